@@ -1,0 +1,312 @@
+"""Frozen settings: TOML file < ``SEEDPROXY_*`` environment < CLI flags, with one-line errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "SEEDPROXY_"
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key and the problem on one line."""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2,
+          "gib": 1024**3}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``"90"``, ``"30m"``, ``"1h"``, ``"7d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '30m' or '1h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if not m:
+            raise ValueError(f"expected a duration such as 30, '30m' or '1h', got {value!r}")
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a number or a string such as ``"32MB"`` or ``"1GiB"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 1048576 or '32MB'")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _SIZES | {"": 1}:
+            raise ValueError(f"expected a size such as 1048576 or '32MB', got {value!r}")
+        size = int(float(m.group(1)) * _SIZES.get(m.group(2).lower(), 1))
+    if size <= 0:
+        raise ValueError("must be positive")
+    return size
+
+
+def _duration(default: float) -> Any:
+    return field(default=default, metadata={"parse": parse_duration})
+
+
+def _size(default: int) -> Any:
+    return field(default=default, metadata={"parse": parse_size})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body: int = _size(32 * 1024**2)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port: must be between 0 and 65535")
+        if self.workers < 1:
+            raise ValueError("workers: must be at least 1")
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = _duration(600.0)
+    connect_timeout: float = _duration(10.0)
+
+    def __post_init__(self) -> None:
+        if not re.match(r"https?://[^/\s]+", self.base_url):
+            raise ValueError(f"base_url: must be an http(s) URL, got {self.base_url!r}")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    backend: Literal["disk", "redis"] = "disk"
+    dir: str = "./.seedproxy"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mode: Literal["record", "replay", "refresh", "passthrough"] = "record"
+    fingerprint: Literal["current", "latest", "any"] = "current"
+    fingerprint_window: float = _duration(3600.0)
+    ignore_fields: tuple[str, ...] = ("stream", "stream_options", "user", "metadata", "store")
+    scope: Literal["shared", "per-key"] = "shared"
+    verify_rate: float = 0.0
+    ttl: float = _duration(0.0)
+    size_limit: int = _size(4 * 1024**3)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.verify_rate <= 1.0:
+            raise ValueError("verify_rate: must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    mode: Literal["force", "override", "require", "passthrough"] = "force"
+    default: int = 12345
+
+    def __post_init__(self) -> None:
+        if not -(2**63) <= self.default < 2**63:
+            raise ValueError("default: must fit in a signed 64-bit integer")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    tokens: tuple[str, ...] = ()
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    upstream: UpstreamSettings
+    cache: CacheSettings
+    seed: SeedSettings
+    auth: AuthSettings
+    log: LogSettings
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache.dir).expanduser()
+
+    def proxy_tokens(self) -> tuple[str, ...]:
+        """Tokens from ``auth.tokens`` plus the non-blank lines of ``auth.tokens_file``."""
+        tokens = list(self.auth.tokens)
+        if self.auth.tokens_file:
+            text = Path(self.auth.tokens_file).expanduser().read_text()
+            tokens += [t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")]
+        return tuple(tokens)
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "upstream": UpstreamSettings,
+    "cache": CacheSettings,
+    "seed": SeedSettings,
+    "auth": AuthSettings,
+    "log": LogSettings,
+}
+
+
+def _coerce(name: str, hint: Any, parser: Callable[[Any], Any] | None, value: Any,
+            from_text: bool) -> Any:
+    """Check ``value`` against the field's type; text from env/flags is converted first."""
+    if parser is not None:
+        return parser(value)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    if hint is bool:
+        if from_text and isinstance(value, str):
+            low = value.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off"}:
+                return False
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if from_text and isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if from_text and isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _section_values(section: str, raw: Mapping[str, Any], from_text: bool) -> dict[str, Any]:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(f"{name}: unknown key (known: {', '.join(known)})")
+        try:
+            out[key] = _coerce(name, hints[key], known[key].metadata.get("parse"), value, from_text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return out
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    layer: dict[str, dict[str, Any]] = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{var}: unknown setting (expected SEEDPROXY_<SECTION>_<KEY>)")
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def _file_layer(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a table like [{section}]")
+    return data
+
+
+def load_settings(config: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  flags: Mapping[str, Any] | None = None) -> Settings:
+    """Merge defaults < TOML ``config`` < ``env`` < ``flags`` (``{"section.key": value}``)."""
+    env = os.environ if env is None else env
+    config = config or env.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    layers: list[tuple[dict[str, dict[str, Any]], bool]] = []
+    if config:
+        layers.append((_file_layer(Path(config)), False))
+    layers.append((_env_layer(env), True))
+    flag_layer: dict[str, dict[str, Any]] = {}
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            flag_layer.setdefault(section, {})[key] = value
+    layers.append((flag_layer, True))
+    for layer, from_text in layers:
+        for section, raw in layer.items():
+            merged[section].update(_section_values(section, raw, from_text))
+    built = {}
+    for section, cls in SECTIONS.items():
+        try:
+            built[section] = cls(**merged[section])
+        except ValueError as exc:
+            raise ConfigError(f"{section}.{exc}") from None
+    return Settings(**built)
+
+
+def check_cache_dir(settings: Settings) -> None:
+    """Create the disk cache directory and prove it is writable, or raise ConfigError."""
+    if settings.cache.backend != "disk":
+        return
+    path = settings.cache_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cache.dir: cannot use {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
+    """A copy of ``settings`` with some section fields replaced (for tests and tools)."""
+    updated = {name: replace(getattr(settings, name), **values)
+               for name, values in sections.items()}
+    return replace(settings, **updated)
+
+

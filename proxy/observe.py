@@ -1,0 +1,88 @@
+"""Logging (one JSON object per line, or text) and the in-process counters."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+log = logging.getLogger("seedproxy")
+access_log = logging.getLogger("seedproxy.access")
+
+COUNTERS = ("requests", "hits", "misses", "refreshes", "bypasses", "replay_misses", "stores",
+            "coalesced", "drift_events", "fingerprint_changes", "upstream_errors",
+            "prompt_tokens_saved", "completion_tokens_saved")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    data = getattr(record, "data", None)
+    return data if isinstance(data, dict) else {}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "msg", ...data}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": round(record.created, 3), "level": record.levelname.lower(),
+                "logger": record.name, "msg": record.getMessage(), **_fields(record)}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: msg {data}``; the data stays JSON so it is greppable."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        data = _fields(record)
+        extra = " " + orjson.dumps(data, default=str).decode() if data else ""
+        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}{extra}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(fmt: str, level: str, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("seedproxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path (never the query or headers), status, cache result."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:
+        self.logger.info("request", extra={"data": {
+            "method": request.method, "path": request.path, "status": response.status,
+            "cache": response.headers.get("X-Cache"), "ms": round(duration * 1000, 2),
+        }})
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+class Counters:
+    """Counts kept in memory on the hot path and flushed to the shared store in batches."""
+
+    def __init__(self) -> None:
+        self.total: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.total[name] += n
+        self.pending[name] += n
+
+    def take_pending(self) -> dict[str, int]:
+        pending, self.pending = dict(self.pending), Counter()
+        return pending

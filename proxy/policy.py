@@ -1,0 +1,129 @@
+"""Seed policy, per-request cache directives and fingerprint-aware entry selection. Pure."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from .errors import ProxyError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def apply_seed(body: dict[str, Any], mode: str, default: int) -> int | None:
+    """Apply ``seed.mode`` to ``body`` in place; return the seed the upstream will see."""
+    if "seed" in body:
+        seed = body["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ProxyError(400, f"Invalid 'seed': expected an integer, got {seed!r}.",
+                             code="invalid_seed", param="seed")
+        if not INT64_MIN <= seed <= INT64_MAX:
+            raise ProxyError(400, "Invalid 'seed': must fit in a signed 64-bit integer.",
+                             code="invalid_seed", param="seed")
+    if mode == "override" or (mode == "force" and "seed" not in body):
+        body["seed"] = default
+    elif mode == "require" and "seed" not in body:
+        raise ProxyError(400, "Missing required parameter 'seed' (this proxy runs with "
+                              "seed.mode = \"require\").", code="missing_seed", param="seed")
+    return body.get("seed")
+
+
+class Action(enum.Enum):
+    """What to do with the cache for one request."""
+
+    RECORD = "record"  # serve a hit; on a miss go live and store
+    REPLAY = "replay"  # serve a hit; never go live
+    REFRESH = "refresh"  # go live, compare with the stored entry, store
+    BYPASS = "bypass"  # go live, store nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    action: Action
+    max_age: float | None = None  # accept only entries younger than this (seconds)
+
+
+def parse_cache_control(value: str | None) -> dict[str, str | None]:
+    """Request ``Cache-Control`` directives, lower-cased; unknown ones are kept, values unquoted."""
+    directives: dict[str, str | None] = {}
+    for part in (value or "").split(","):
+        name, _, arg = part.strip().partition("=")
+        if name:
+            directives[name.strip().lower()] = arg.strip().strip('"') if arg else None
+    return directives
+
+
+def plan_request(mode: str, cache_control: str | None) -> Plan:
+    """Combine ``cache.mode`` with the request's directives, as an HTTP cache would."""
+    d = parse_cache_control(cache_control)
+    action = Action(mode if mode != "passthrough" else "bypass")
+    if "only-if-cached" in d:
+        action = Action.REPLAY
+    elif "no-store" in d:
+        action = Action.BYPASS
+    elif "no-cache" in d:
+        action = Action.REFRESH
+    max_age = None
+    raw = d.get("max-age")
+    if raw is not None and raw.isdigit():
+        max_age = float(raw)
+    return Plan(action, max_age)
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """How often and when a fingerprint was seen live for a model."""
+
+    fingerprint: str | None
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+class Variant(Protocol):
+    fingerprint: str | None
+    created: float
+
+
+V = TypeVar("V", bound=Variant)
+
+
+def select_variant(variants: Sequence[V], policy: str,
+                               sightings: Mapping[str | None, Sighting], window: float,
+                               now: float, replay: bool) -> V | None:
+    """The stored variant (newest first) the fingerprint policy allows, or None."""
+    if not variants:
+        return None
+    newest = max(variants, key=lambda v: v.created)
+    if replay or policy == "any" or not sightings:
+        return newest
+    if policy == "latest":
+        allowed = {max(sightings.values(), key=lambda s: s.last_seen).fingerprint}
+    else:  # current
+        allowed = {fp for fp, s in sightings.items() if now - s.last_seen <= window}
+        if not allowed:
+            return newest
+    candidates = [v for v in variants if v.fingerprint in allowed]
+    return max(candidates, key=lambda v: v.created) if candidates else None
+
+
+def is_fresh(created: float, now: float, ttl: float, max_age: float | None) -> bool:
+    """Whether an entry is young enough for ``cache.ttl`` (0 = forever) and ``max-age``."""
+    age = now - created
+    if ttl and age > ttl:
+        return False
+    return max_age is None or age <= max_age
+
+
+def observe_sighting(sightings: Mapping[str | None, Sighting], fingerprint: str | None,
+                     now: float) -> tuple[dict[str | None, Sighting], str | None, bool]:
+    """Record a live fingerprint; return the new table, the previous latest and whether it's new."""
+    table = dict(sightings)
+    previous = max(table.values(), key=lambda s: s.last_seen).fingerprint if table else None
+    old = table.get(fingerprint)
+    is_new = old is None and bool(table)
+    table[fingerprint] = Sighting(fingerprint, old.first_seen if old else now, now,
+                                  (old.count if old else 0) + 1)
+    return table, previous, is_new

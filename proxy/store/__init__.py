@@ -1,0 +1,74 @@
+"""The Store interface shared by the disk and Redis backends, and the stored Entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..policy import Sighting
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored upstream answer for (key, fingerprint). Never holds credentials."""
+
+    key: str
+    fingerprint: str | None
+    created: float
+    status: int
+    content_type: str
+    endpoint: str
+    model: str
+    seed: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    body: bytes  # the response, ready to send
+    request: bytes  # the request body as sent upstream (for export and re-verification)
+
+
+class CorruptStoreError(RuntimeError):
+    """The store's files cannot be read; the message names them and how to recover."""
+
+
+class Store(Protocol):
+    """Async storage for entries, the fingerprint registry, events and counters."""
+
+    async def variants(self, key: str) -> list[Entry]:
+        """All entries stored for ``key``, newest first."""
+        ...
+
+    async def put(self, entry: Entry) -> None:
+        """Durably store ``entry``, replacing the one with the same key and fingerprint."""
+        ...
+
+    async def sightings(self, model: str) -> dict[str | None, Sighting]:
+        """The fingerprint registry for ``model``."""
+        ...
+
+    async def see(self, model: str, fingerprint: str | None,
+                  now: float) -> tuple[str | None, bool]:
+        """Record a live fingerprint; return (previous latest, whether it is new)."""
+        ...
+
+    async def add_event(self, event: Mapping[str, Any]) -> None:
+        """Keep a drift or fingerprint-change event (``event["kind"]``)."""
+        ...
+
+    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` events of ``kind``, newest first."""
+        ...
+
+    async def add_counters(self, deltas: Mapping[str, int]) -> None:
+        """Add to the shared counters."""
+        ...
+
+    async def counters(self) -> dict[str, int]:
+        ...
+
+    async def size(self) -> tuple[int, int]:
+        """(entries, bytes) currently stored."""
+        ...
+
+    async def close(self) -> None:
+        ...

@@ -1,0 +1,128 @@
+"""The default store: diskcache (SQLite + files) in ``cache.dir``, called off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import diskcache
+import orjson
+
+from ..policy import Sighting, observe_sighting
+from . import CorruptStoreError, Entry
+from .record import RecordError, decode, encode
+
+MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
+MAX_EVENTS = 10_000  # per kind
+T = TypeVar("T")
+
+
+def _open(path: Path, **settings: Any) -> diskcache.Cache:
+    try:
+        return diskcache.Cache(str(path), **settings)
+    except sqlite3.DatabaseError as exc:
+        raise CorruptStoreError(
+            f"cache file {path / 'cache.db'} is unreadable ({exc}); stop the proxy and move "
+            f"the directory {path} aside (or delete it) to start with an empty cache"
+        ) from None
+
+
+class DiskStore:
+    """Entries, registry, events and counters under one directory, safe across processes."""
+
+    def __init__(self, directory: Path, size_limit: int = 4 * 1024**3) -> None:
+        self.directory = directory
+        # Reads never write: 'least-recently-stored' keeps a hit a pure SELECT.
+        self._entries = _open(directory / "entries", size_limit=size_limit,
+                              eviction_policy="least-recently-stored")
+        self._meta = _open(directory / "meta", eviction_policy="none")
+        self._events = {
+            kind: diskcache.Deque(directory=str(directory / "events" / kind), maxlen=MAX_EVENTS)
+            for kind in ("drift", "fingerprint_change")
+        }
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _read(self, key: str) -> list[Entry]:
+        raw = self._entries.get(key)
+        if raw is None:
+            return []
+        try:
+            return decode(key, raw)
+        except RecordError:
+            return []  # never serve a damaged record; the next store overwrites it
+
+    async def variants(self, key: str) -> list[Entry]:
+        return await self._run(self._read, key)
+
+    def _put(self, entry: Entry) -> None:
+        with self._entries.transact():
+            kept = [e for e in self._read(entry.key) if e.fingerprint != entry.fingerprint]
+            self._entries.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
+
+    async def put(self, entry: Entry) -> None:
+        await self._run(self._put, entry)
+
+    def _sightings(self, model: str) -> dict[str | None, Sighting]:
+        raw = self._meta.get(f"fp:{model}")
+        rows = orjson.loads(raw) if raw else []
+        return {row[0]: Sighting(*row) for row in rows}
+
+    async def sightings(self, model: str) -> dict[str | None, Sighting]:
+        return await self._run(self._sightings, model)
+
+    def _see(self, model: str, fingerprint: str | None, now: float) -> tuple[str | None, bool]:
+        with self._meta.transact():
+            table, previous, is_new = observe_sighting(self._sightings(model), fingerprint, now)
+            rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
+            self._meta.set(f"fp:{model}", orjson.dumps(rows))
+        return previous, is_new
+
+    async def see(self, model: str, fingerprint: str | None,
+                  now: float) -> tuple[str | None, bool]:
+        return await self._run(self._see, model, fingerprint, now)
+
+    async def add_event(self, event: Mapping[str, Any]) -> None:
+        await self._run(self._events[event["kind"]].append, orjson.dumps(event))
+
+    def _events_of(self, kind: str, limit: int) -> list[dict[str, Any]]:
+        out = []
+        for raw in reversed(self._events[kind]):
+            out.append(orjson.loads(raw))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._events_of, kind, limit)
+
+    def _add_counters(self, deltas: Mapping[str, int]) -> None:
+        with self._meta.transact():
+            for name, delta in deltas.items():
+                self._meta.incr(f"c:{name}", delta)
+
+    async def add_counters(self, deltas: Mapping[str, int]) -> None:
+        await self._run(self._add_counters, deltas)
+
+    def _counters(self) -> dict[str, int]:
+        return {k[2:]: self._meta.get(k) for k in self._meta.iterkeys()
+                if isinstance(k, str) and k[:2] == "c:"}
+
+    async def counters(self) -> dict[str, int]:
+        return await self._run(self._counters)
+
+    async def size(self) -> tuple[int, int]:
+        return await self._run(lambda: (len(self._entries), self._entries.volume()))
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._entries.close()
+        self._meta.close()
+        for deque in self._events.values():
+            deque.cache.close()

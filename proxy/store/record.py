@@ -1,0 +1,56 @@
+"""The byte format of one key's stored variants: a JSON header, then the raw bodies. Pure."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import fields
+
+import orjson
+
+from . import Entry
+
+MAGIC = b"SPv1"
+_LEN = struct.Struct(">I")
+_META = [f.name for f in fields(Entry) if f.name not in ("key", "body", "request")]
+
+
+class RecordError(ValueError):
+    """Bytes that are not a complete record."""
+
+
+def encode(entries: Sequence[Entry]) -> bytes:
+    """Pack entries of one key; bodies stay raw bytes so a hit needs no JSON re-encoding."""
+    header = orjson.dumps([
+        [*(getattr(e, name) for name in _META), len(e.body), len(e.request)] for e in entries
+    ])
+    parts = [MAGIC, _LEN.pack(len(header)), header]
+    for e in entries:
+        parts += (e.body, e.request)
+    return b"".join(parts)
+
+
+def decode(key: str, raw: bytes) -> list[Entry]:
+    """Unpack a record written by :func:`encode`; raise RecordError on anything truncated."""
+    if raw[:4] != MAGIC or len(raw) < 8:
+        raise RecordError("bad magic")
+    (hlen,) = _LEN.unpack_from(raw, 4)
+    pos = 8 + hlen
+    try:
+        rows = orjson.loads(raw[8:pos])
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"bad header: {exc}") from None
+    view = memoryview(raw)
+    entries = []
+    for row in rows:
+        meta, blen, rlen = row[:-2], row[-2], row[-1]
+        end = pos + blen + rlen
+        if end > len(raw):
+            raise RecordError("truncated")
+        entries.append(Entry(key, **dict(zip(_META, meta, strict=True)),
+                             body=bytes(view[pos:pos + blen]),
+                             request=bytes(view[pos + blen:end])))
+        pos = end
+    if pos != len(raw):
+        raise RecordError("trailing bytes")
+    return entries

@@ -1,0 +1,120 @@
+"""Run aiohttp servers on a background event loop so sync and async SDK clients can call them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import socket
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from proxy.app import COUNTS, PIPELINE, create_app
+from proxy.config import Settings, load_settings, with_overrides
+from proxy.observe import setup_logging
+
+T = TypeVar("T")
+FAKE_KEY = "sk-planted-secret-do-not-store-7f3a"  # hyphenated: never mistaken for a real key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BackgroundLoop:
+    """An event loop in a daemon thread; ``run`` executes a coroutine there and waits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class ProxyServer:
+    """seedproxy's app on 127.0.0.1, startable, stoppable and restartable on the same port."""
+
+    def __init__(self, bg: BackgroundLoop, settings: Settings) -> None:
+        self.bg = bg
+        self.settings = settings
+        self.port = settings.server.port
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def app(self) -> web.Application:
+        assert self.runner is not None
+        return self.runner.app
+
+    @property
+    def pipeline(self) -> Any:
+        return self.app[PIPELINE]
+
+    @property
+    def counters(self) -> Any:
+        return self.app[COUNTS].total
+
+    async def _start(self) -> None:
+        self.runner = web.AppRunner(create_app(self.settings), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    def start(self) -> ProxyServer:
+        self.bg.run(self._start())
+        return self
+
+    def stop(self) -> None:
+        self.bg.run(self._stop())
+
+    def restart(self, **sections: dict[str, Any]) -> ProxyServer:
+        self.stop()
+        if sections:
+            self.settings = with_overrides(self.settings, **sections)
+        return self.start()
+
+
+def proxy_settings(cache_dir: Path, upstream_url: str, **sections: dict[str, Any]) -> Settings:
+    base = load_settings(env={}, flags={
+        "server.port": free_port(), "upstream.base_url": f"{upstream_url}/v1",
+        "cache.dir": str(cache_dir),
+    })
+    return with_overrides(base, **sections) if sections else base
+
+
+class LogCapture:
+    """seedproxy's log lines, as a user would see them, kept in memory at DEBUG level."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        setup_logging("json", "debug", self.stream)
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def close(self) -> None:
+        logging.getLogger("seedproxy").handlers.clear()
