@@ -16,27 +16,41 @@ log = logging.getLogger("seedproxy.passthrough")
 CHUNK = 64 * 1024
 
 
-async def _limited(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"The request body is larger than server.max_body ({limit} bytes).",
+                      code="request_too_large")
+
+
+class _LimitedBody:
     """The request body as it arrives, refusing to forward more than ``limit`` bytes."""
-    seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise ProxyError(413, f"The request body is larger than server.max_body "
-                                  f"({limit} bytes).", code="request_too_large")
-        yield chunk
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self.request, self.limit, self.exceeded = request, limit, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise _too_large(self.limit)
+            yield chunk
 
 
 async def forward(request: web.Request, upstream: Upstream, raw_tail: str, max_body: int,
                   authorization: str | None) -> web.StreamResponse:
     """Send the request on as it is and stream the answer back as it arrives."""
     if request.content_length is not None and request.content_length > max_body:
-        raise ProxyError(413, f"The request body is larger than server.max_body ({max_body} "
-                              "bytes).", code="request_too_large")
+        raise _too_large(max_body)
     url = upstream.url(raw_tail, request.rel_url.raw_query_string)
     headers = forward_request_headers(request.headers, authorization)
-    data = _limited(request, max_body) if request.body_exists else None
-    return await relay(request, upstream, url, headers, data)
+    body = _LimitedBody(request, max_body) if request.body_exists else None
+    try:
+        return await relay(request, upstream, url, headers, body.__aiter__() if body else None)
+    except ProxyError:
+        if body is not None and body.exceeded:
+            raise _too_large(max_body) from None
+        raise
 
 
 async def relay(request: web.Request, upstream: Upstream, url: URL, headers: Mapping[str, str],

@@ -118,3 +118,19 @@ class LogCapture:
 
     def close(self) -> None:
         logging.getLogger("seedproxy").handlers.clear()
+
+
+def http(server_url: str, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any, bytes]:
+    """A raw HTTP request (no SDK), for what the SDK cannot send; returns status, headers, body."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    netloc = urlsplit(server_url).netloc
+    conn = http.client.HTTPConnection(netloc, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()

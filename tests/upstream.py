@@ -118,7 +118,7 @@ class FakeUpstream:
         }
 
     async def _record(self, request: web.Request) -> Received:
-        received = Received(request.method, request.path, request.query_string,
+        received = Received(request.method, request.path, request.rel_url.raw_query_string,
                             dict(request.headers), await request.read())
         self.calls.append(received)
         return received
