@@ -132,7 +132,8 @@ def test_cache_control_directives(client, upstream, proxy):
     create(client)
     raw = client.chat.completions.with_raw_response
     # no-cache: go live, compare and store
-    r = raw.create(model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"})
+    r = raw.create(model="gpt-test", messages=MESSAGES,
+                   extra_headers={"Cache-Control": "no-cache"})
     assert r.headers["x-cache"] == "REFRESH" and len(upstream.chat_calls) == 2
     # no-store: go live, store nothing
     other = [{"role": "user", "content": "not to be stored"}]
@@ -151,7 +152,8 @@ def test_cache_control_directives(client, upstream, proxy):
     # max-age: an entry older than that is not accepted
     calls = len(upstream.chat_calls)
     time.sleep(1.1)
-    r = raw.create(model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "max-age=0"})
+    r = raw.create(model="gpt-test", messages=MESSAGES,
+                   extra_headers={"Cache-Control": "max-age=0"})
     assert r.headers["x-cache"] == "MISS" and len(upstream.chat_calls) == calls + 1
     r = raw.create(model="gpt-test", messages=MESSAGES,
                    extra_headers={"Cache-Control": "max-age=3600"})

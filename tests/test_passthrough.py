@@ -26,7 +26,7 @@ def test_models_list_through_the_sdk(client, upstream):
 
 def test_request_is_forwarded_untouched(proxy, upstream):
     payload = bytes(range(256)) * 4096  # 1 MiB, not JSON
-    status, headers, body = http(proxy.url, "PUT", "/v1/files/abc?purpose=x&b=%2F&a=1",
+    status, headers, _ = http(proxy.url, "PUT", "/v1/files/abc?purpose=x&b=%2F&a=1",
                                  body=payload, headers={
                                      "X-Custom": "kept", "Authorization": "Bearer t",
                                      "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "1",

@@ -1,0 +1,149 @@
+"""`seedproxy serve` as a user runs it: a real process, a real port, the official SDK."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from proxy.config import SECTIONS, ConfigError, load_settings
+from tests.conftest import sdk
+from tests.harness import FAKE_KEY, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+class Served:
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", *args], cwd=cwd,
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()))
+        reader.start()
+        reader.join(30)
+        self.banner = line[0].strip() if line else ""
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+
+class _Handle:
+    def __init__(self, port: int) -> None:
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+
+def test_serve_end_to_end(tmp_path, upstream):
+    port = free_port()
+    served = Served(["--port", str(port), "--upstream", f"{upstream.url}/v1",
+                     "--cache-dir", str(tmp_path / "c"), "--log-format", "json"], _env(), tmp_path)
+    try:
+        assert f"http://127.0.0.1:{port}" in served.banner
+        for part in (f"upstream {upstream.url}/v1", "mode record", str(tmp_path / "c"),
+                     "seed force (12345)"):
+            assert part in served.banner, part
+        with sdk(_Handle(port)) as client:
+            args = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+            first = client.chat.completions.with_raw_response.create(**args)
+            second = client.chat.completions.with_raw_response.create(**args)
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    finally:
+        code, err = served.stop()
+    assert code == 0
+    assert '"path":"/v1/chat/completions"' in err
+    assert FAKE_KEY not in err
+    assert len(upstream.chat_calls) == 1
+
+
+def test_default_cache_dir_is_dot_seedproxy(tmp_path, upstream):
+    served = Served(["--port", str(free_port()), "--upstream", f"{upstream.url}/v1"], _env(),
+                    tmp_path)
+    try:
+        assert "cache disk:./.seedproxy" in served.banner
+        assert (tmp_path / ".seedproxy").is_dir()
+    finally:
+        served.stop()
+
+
+def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
+    config = tmp_path / "seedproxy.toml"
+    config.write_text(f'[server]\nport = {free_port()}\n[cache]\nmode = "replay"\n'
+                      f'dir = "{tmp_path / "c"}"\n[upstream]\nbase_url = "{upstream.url}/v1"\n')
+    served = Served(["--config", str(config), "--seed-mode", "require"],
+                    _env(SEEDPROXY_CACHE_MODE="refresh", SEEDPROXY_SEED_MODE="override"),
+                    tmp_path)
+    try:
+        assert "mode refresh" in served.banner
+        assert "seed require" in served.banner
+    finally:
+        served.stop()
+
+
+@pytest.mark.parametrize(("args", "env", "toml", "expected"), [
+    (["--mode", "sometimes"], {}, None, "cache.mode: must be one of record, replay"),
+    (["--port", "eighty"], {}, None, "server.port: expected an integer"),
+    ([], {"SEEDPROXY_CACHE_TTL": "soon"}, None, "cache.ttl: expected a duration"),
+    ([], {"SEEDPROXY_NOPE_X": "1"}, None, "SEEDPROXY_NOPE_X: unknown setting"),
+    ([], {}, "[cache]\nbogus = 1\n", "cache.bogus: unknown key"),
+    ([], {}, "[cache]\nverify_rate = \"x\"\n", "cache.verify_rate: expected a number"),
+    ([], {}, "[cache\n", "is not valid TOML"),
+    (["--cache-dir", "/etc/passwd/cache"], {}, None, "cache.dir: cannot use '/etc/passwd/cache'"),
+    (["--seed-mode", "always"], {}, None, "seed.mode: must be one of force"),
+    (["--upstream", "ftp://x"], {}, None, "upstream.base_url: must be an http(s) URL"),
+])
+def test_bad_values_exit_with_one_line(tmp_path, args, env, toml, expected):
+    cmd = [sys.executable, "-m", "proxy", "serve", "--cache-dir", str(tmp_path / "c"), *args]
+    if toml is not None:
+        (tmp_path / "bad.toml").write_text(toml)
+        cmd += ["--config", str(tmp_path / "bad.toml")]
+    result = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=30,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+
+
+def test_precedence_unit():
+    settings = load_settings(None, {"SEEDPROXY_CACHE_MODE": "replay",
+                                      "SEEDPROXY_SERVER_PORT": "9001"},
+                               {"cache.mode": "refresh"})
+    assert (settings.cache.mode, settings.server.port) == ("refresh", 9001)
+    with pytest.raises(ConfigError, match=r"seed\.default: must fit"):
+        load_settings(None, {"SEEDPROXY_SEED_DEFAULT": str(2**63)})
+
+
+def test_example_config_documents_every_key_with_its_default():
+    example = ROOT / "config.example.toml"
+    assert load_settings(example, {}) == load_settings(None, {})
+    text = example.read_text()
+    for section, cls in SECTIONS.items():
+        assert f"[{section}]" in text
+        for field in dataclasses.fields(cls):
+            assert f"\n{field.name} = " in text, f"{section}.{field.name}"
+
+
+def test_python_dash_m_and_help():
+    result = subprocess.run([sys.executable, "-m", "proxy", "serve", "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for flag in ("--config", "--host", "--port", "--upstream", "--cache-dir", "--mode",
+                 "--seed-mode", "--workers", "--log-format"):
+        assert flag in result.stdout
