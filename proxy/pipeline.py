@@ -203,7 +203,9 @@ class Pipeline:
             f"seedproxy has no recorded response for this {call.endpoint.path} request "
             f"(key {call.key}) and runs in replay mode, so it will not call the upstream. "
             "Record it by running the same request once with the proxy in record mode "
-            "(seedproxy serve --mode record) and a valid API key.",
+            "(seedproxy serve --mode record) and a valid API key. The key covers the body "
+            f"(model, messages, seed, ...), the query, the namespace and the upstream "
+            f"{self.settings.upstream.base_url}: replay with the upstream you recorded with.",
             code="cache_miss",
             headers={"x-should-retry": "false", "X-Cache": "MISS",
                      "X-Seedproxy-Key": call.key},
