@@ -16,7 +16,7 @@ from .config import Settings
 from .errors import ProxyError, error_response
 from .observe import COUNTERS, Counters
 from .passthrough import forward
-from .pipeline import CHAT, Endpoint, Pipeline
+from .pipeline import ENDPOINTS, Endpoint, Pipeline
 from .store import Store
 from .store.disk import DiskStore
 from .upstream import Upstream
@@ -173,6 +173,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_seedproxy/stats", _stats)
     app.router.add_get("/_seedproxy/drift", _drift)
-    app.router.add_post(CHAT.path, _cached(CHAT))
+    for endpoint in ENDPOINTS:
+        app.router.add_post(endpoint.path, _cached(endpoint))
     app.router.add_route("*", "/v1/{tail:.*}", _passthrough)
     return app

@@ -102,10 +102,14 @@ class CacheSettings:
     verify_rate: float = 0.0
     ttl: float = _duration(0.0)
     size_limit: int = _size(4 * 1024**3)
+    complete_on_disconnect: bool = True
+    embedding_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_rate <= 1.0:
             raise ValueError("verify_rate: must be between 0 and 1")
+        if self.embedding_tolerance < 0:
+            raise ValueError("embedding_tolerance: must not be negative")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import array
+import base64
 import difflib
+import math
+import sys
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,15 +54,73 @@ class Comparison:
     diff: str
 
 
-def compare(cached: dict[str, Any], live: dict[str, Any]) -> Comparison | None:
-    """None when both responses said the same; else their similarity and a unified diff."""
-    a, b = outputs(cached), outputs(live)
+def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | None:
+    """None when two answers' outputs are equal; else their similarity and a unified diff."""
     if a == b:
         return None
     la, lb = render(a), render(b)
     ratio = difflib.SequenceMatcher(None, "\n".join(la), "\n".join(lb)).ratio()
     diff = "\n".join(difflib.unified_diff(la, lb, "cached", "live", lineterm=""))
     return Comparison(round(ratio, 4), diff)
+
+
+def response_outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a Responses API answer said, per output item (messages and function calls)."""
+    result = []
+    items = response.get("output")
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict) or item.get("type") not in ("message", "function_call"):
+            continue  # reasoning items carry per-call ids and encrypted content
+        parts = [p for p in item.get("content") or [] if isinstance(p, dict)]
+        texts = [p.get("text") or "" for p in parts if p.get("type") == "output_text"]
+        refusals = [p.get("refusal") or "" for p in parts if p.get("type") == "refusal"]
+        calls = ([{"name": item.get("name"), "arguments": item.get("arguments")}]
+                 if item["type"] == "function_call" else [])
+        result.append({"index": index, "content": "".join(texts) if texts else None,
+                       "refusal": "".join(refusals) if refusals else None,
+                       "tool_calls": calls, "finish_reason": response.get("status")})
+    return result
+
+
+def _vectors(response: dict[str, Any]) -> list[list[float]]:
+    data = response.get("data")
+    vectors = []
+    for item in sorted(data if isinstance(data, list) else [],
+                       key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0):
+        embedding = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(embedding, str):  # encoding_format = "base64": little-endian float32
+            floats = array.array("f")
+            floats.frombytes(base64.b64decode(embedding))
+            if sys.byteorder == "big":
+                floats.byteswap()
+            vectors.append(floats.tolist())
+        elif isinstance(embedding, list):
+            vectors.append([float(x) for x in embedding])
+    return vectors
+
+
+def compare_embeddings(cached: dict[str, Any], live: dict[str, Any],
+                       tolerance: float) -> Comparison | None:
+    """None when every component differs by at most ``tolerance``; else the mean cosine
+    similarity and one line per vector that moved."""
+    a, b = _vectors(cached), _vectors(live)
+    if [len(v) for v in a] != [len(v) for v in b]:
+        shape = f"-{[len(v) for v in a]} vectors/dimensions\n+{[len(v) for v in b]}"
+        return Comparison(0.0, f"--- cached\n+++ live\n{shape}")
+    lines, cosines = [], []
+    for i, (u, v) in enumerate(zip(a, b, strict=True)):
+        deltas = [abs(x - y) for x, y in zip(u, v, strict=True)]
+        worst = max(deltas, default=0.0)
+        norm = math.sqrt(sum(x * x for x in u) * sum(y * y for y in v))
+        cosine = sum(x * y for x, y in zip(u, v, strict=True)) / norm if norm else 1.0
+        cosines.append(cosine)
+        if worst > tolerance:
+            lines.append(f"embedding {i}: max |delta| {worst:.3g} at dimension "
+                         f"{deltas.index(worst)}, cosine similarity {cosine:.6f}")
+    if not lines:
+        return None
+    mean = sum(cosines) / len(cosines) if cosines else 1.0
+    return Comparison(round(mean, 6), "--- cached\n+++ live\n" + "\n".join(lines))
 
 
 @dataclass(frozen=True, slots=True)

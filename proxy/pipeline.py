@@ -11,17 +11,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from . import drift
 from .config import Settings
-from .errors import ProxyError
+from .errors import ProxyError, error_body
 from .keys import cache_key, canonical_body, canonical_query
+from .kinds import KINDS, Kind
 from .observe import Counters
 from .passthrough import relay
 from .policy import Action, Plan, Sighting, apply_seed, is_fresh, plan_request, select_variant
+from .sse import EventSplitter, parse_event
 from .store import Entry, Store
 from .upstream import Upstream, forward_request_headers, forward_response_headers
 
@@ -31,21 +34,29 @@ drift_log = logging.getLogger("seedproxy.drift")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SIGHTINGS_TTL = 1.0  # seconds a process trusts its copy of a model's fingerprint registry
 _MISSING = object()
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A cached endpoint: its path below ``/v1/`` and whether the seed policy applies."""
+    """A cached endpoint: its path below ``/v1/``, whether the seed policy applies, and the
+    kind of answer it gives (how it streams, how its outputs are compared)."""
 
     tail: str
     seeded: bool
+    kind: Kind
 
     @property
     def path(self) -> str:
         return f"/v1/{self.tail}"
 
 
-CHAT = Endpoint("chat/completions", seeded=True)
+ENDPOINTS = (
+    Endpoint("chat/completions", seeded=True, kind=KINDS["chat"]),
+    Endpoint("completions", seeded=True, kind=KINDS["completion"]),
+    Endpoint("embeddings", seeded=False, kind=KINDS["embedding"]),
+    Endpoint("responses", seeded=False, kind=KINDS["response"]),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +72,35 @@ class Call:
     seed: int | None
     plan: Plan
 
+    @property
+    def stream(self) -> bool:
+        return self.body.get("stream") is True
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    """An upstream answer, read in full."""
+    """An upstream answer, read in full (a stream is folded into the equivalent JSON)."""
 
     status: int
     headers: CIMultiDict[str]
     body: bytes
     parsed: dict[str, Any] | None  # the JSON object of a 2xx answer
+    events: bytes = b""  # the raw events, for kinds that replay them as recorded
 
     @property
     def fingerprint(self) -> str | None:
         return self.parsed.get("system_fingerprint") if self.parsed is not None else None
+
+
+Record = Callable[[Live], Awaitable[None]]
+# What the fetch task hands a streaming client, in order: ("start", status, headers,
+# fingerprint), ("event", raw)..., ("end", final raw event); ("done",) once the task is over.
+Sink = asyncio.Queue[tuple[Any, ...]]
 
 
 class Pipeline:
@@ -130,24 +157,26 @@ class Pipeline:
         headers = forward_request_headers(request.headers, self.upstream_auth)
         headers["Accept-Encoding"] = "gzip, deflate"
         model = body.get("model")
+        plan = plan_request(cache.mode, request.headers.get("Cache-Control"))
+        if endpoint.kind.stateful(body):
+            plan = Plan(Action.BYPASS)
         return Call(endpoint, body, raw, headers, key, model if isinstance(model, str) else "",
-                    seed, plan_request(cache.mode, request.headers.get("Cache-Control")))
+                    seed, plan)
 
     # -- the flow --------------------------------------------------------------------------
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         call = await self.parse(request, endpoint)
         self.counters.add("requests")
-        if call.body.get("stream") is True:
-            # Streamed answers are relayed as they arrive and not cached yet.
-            self.counters.add("bypasses")
-            url = self.upstream.url(endpoint.tail, request.rel_url.raw_query_string)
-            return await relay(request, self.upstream, url, call.headers, call.upstream_body,
-                               self._our_headers(call, None, "BYPASS"))
+        raw_query = request.rel_url.raw_query_string
         if call.plan.action is Action.BYPASS:
             self.counters.add("bypasses")
-            live = await self._fetch(call, request.rel_url.raw_query_string)
-            return self._live_response(call, live, "BYPASS")
+            if call.stream:
+                url = self.upstream.url(endpoint.tail, raw_query)
+                return await relay(request, self.upstream, url, call.headers, call.upstream_body,
+                                   self._our_headers(call, None, "BYPASS"))
+            return self._respond(call, await self._go_live(call, raw_query, None, None),
+                                 "BYPASS")
         variants = await self.store.variants(call.key)
         now = time.time()
         if call.plan.action in (Action.RECORD, Action.REPLAY):
@@ -166,16 +195,15 @@ class Pipeline:
             reason = "refresh"
             self.counters.add("refreshes")
             label = "REFRESH"
-        live = await self._coalesced(call, lambda: self._fetch_and_store(
-            call, request.rel_url.raw_query_string, variants, reason))
-        return self._live_response(call, live, label)
+        return await self._miss(request, call, variants, reason, label)
 
     async def _select(self, call: Call, variants: list[Entry], now: float,
                       replay: bool) -> Entry | None:
         cache = self.settings.cache
         if not variants:
             return None
-        needs_registry = not replay and cache.fingerprint != "any"
+        needs_registry = (not replay and cache.fingerprint != "any"
+                          and call.endpoint.kind.fingerprinted)
         sightings = await self.sightings(call.model, now) if needs_registry else {}
         return select_variant(variants, cache.fingerprint, sightings, cache.fingerprint_window,
                               now, replay)
@@ -188,14 +216,30 @@ class Pipeline:
         self._sightings[model] = (now, table)
         return table
 
+    # -- answers ---------------------------------------------------------------------------
+
     def _hit(self, call: Call, entry: Entry, now: float) -> web.Response:
         self.counters.add("hits")
         self.counters.add("prompt_tokens_saved", entry.prompt_tokens)
         self.counters.add("completion_tokens_saved", entry.completion_tokens)
         headers = self._our_headers(call, entry.fingerprint, "HIT")
         headers["Age"] = str(max(0, int(now - entry.created)))
+        if call.stream:
+            headers.update(_SSE_HEADERS)
+            body = call.endpoint.kind.replay(orjson.loads(entry.body), entry.stream,
+                                             call.include_usage)
+            return web.Response(status=entry.status, body=body, headers=headers)
         headers["Content-Type"] = entry.content_type
         return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+    def _respond(self, call: Call, live: Live, label: str) -> web.Response:
+        headers = live.headers.copy()
+        headers.update(self._our_headers(call, live.fingerprint, label))
+        if call.stream and live.parsed is not None:
+            headers.update(_SSE_HEADERS)
+            body = call.endpoint.kind.replay(live.parsed, live.events, call.include_usage)
+            return web.Response(status=live.status, body=body, headers=headers)
+        return web.Response(status=live.status, body=live.body, headers=headers)
 
     def _replay_miss(self, call: Call) -> ProxyError:
         return ProxyError(
@@ -215,35 +259,72 @@ class Pipeline:
         headers: CIMultiDict[str] = CIMultiDict()
         headers["X-Cache"] = label
         headers["X-Seedproxy-Key"] = call.key
-        headers["X-Seedproxy-Fingerprint"] = fingerprint if fingerprint is not None else "null"
+        if call.endpoint.kind.fingerprinted:
+            headers["X-Seedproxy-Fingerprint"] = fingerprint if fingerprint is not None else "null"
         if call.seed is not None:
             headers["X-Seedproxy-Seed"] = str(call.seed)
         return headers
 
-    def _live_response(self, call: Call, live: Live, label: str) -> web.Response:
-        headers = live.headers.copy()
-        headers.update(self._our_headers(call, live.fingerprint, label))
-        return web.Response(status=live.status, body=live.body, headers=headers)
+    # -- misses ----------------------------------------------------------------------------
 
-    async def _coalesced(self, call: Call, fetch: Callable[[], Awaitable[Live]]) -> Live:
-        """One upstream call per key at a time; it runs in its own task so a client that
-        leaves does not cancel what the others wait for, or the store."""
+    async def _miss(self, request: web.Request, call: Call, stored: list[Entry], reason: str,
+                    label: str) -> web.StreamResponse:
+        """One upstream call per key at a time. It runs in its own task, so a client that
+        leaves cancels neither what the others wait for nor the store."""
         task = self._inflight.get(call.key)
-        if task is None:
-            task = asyncio.ensure_future(fetch())
-            self._inflight[call.key] = task
-            task.add_done_callback(lambda t: self._inflight.pop(call.key, None))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        else:
+        if task is not None:
             self.counters.add("coalesced")
-        return await asyncio.shield(task)
+            return self._respond(call, await asyncio.shield(task), label)
+        sink: Sink | None = asyncio.Queue() if call.stream else None
 
-    async def _fetch(self, call: Call, raw_query: str) -> Live:
+        async def record(live: Live) -> None:
+            await self._record(call, live, stored, reason)
+
+        task = asyncio.ensure_future(
+            self._go_live(call, request.rel_url.raw_query_string, sink, record))
+        self._inflight[call.key] = task
+        task.add_done_callback(lambda t: self._inflight.pop(call.key, None))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if sink is None:
+            return self._respond(call, await asyncio.shield(task), label)
+        task.add_done_callback(lambda t: sink.put_nowait(("done",)))
+        return await self._stream_to_client(request, call, task, sink, label)
+
+    async def _stream_to_client(self, request: web.Request, call: Call, task: asyncio.Task[Live],
+                                sink: Sink, label: str) -> web.StreamResponse:
+        """Forward each upstream event to the client as soon as the fetch task has it."""
+        first = await sink.get()
+        if first[0] != "start":  # the upstream did not stream: an error, or plain JSON
+            return self._respond(call, await asyncio.shield(task), label)
+        _, status, headers, fingerprint = first
+        headers.update(self._our_headers(call, fingerprint, label))
+        response = web.StreamResponse(status=status, headers=headers)
+        try:
+            await response.prepare(request)
+            while (item := await sink.get())[0] == "event":
+                await response.write(item[1])
+            if item[0] == "end":
+                await response.write(item[1])
+                await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            keep = self.settings.cache.complete_on_disconnect
+            log.info("client left mid-stream", extra={"data": {
+                "key": call.key, "upstream": "read to the end" if keep else "cancelled"}})
+            if not keep:
+                task.cancel()
+        return response
+
+    async def _go_live(self, call: Call, raw_query: str,
+                       sink: Sink | None, record: Record | None) -> Live:
+        """Call the upstream; ``record`` stores a complete 2xx answer before anyone has it."""
         url = self.upstream.url(call.endpoint.tail, raw_query)
         async with self.upstream.request("POST", url, call.headers, call.upstream_body,
                                          decompress=True) as response:
-            body = await response.read()
             headers = forward_response_headers(response.headers, decoded=True)
+            if (200 <= response.status < 300 and call.endpoint.kind.streams
+                    and response.content_type == "text/event-stream"):
+                return await self._consume_stream(call, response, headers, sink, record)
+            body = await response.read()
         if not 200 <= response.status < 300:
             self.counters.add("upstream_errors")
             return Live(response.status, headers, body, None)
@@ -255,30 +336,86 @@ class Pipeline:
             self.counters.add("upstream_errors")
             raise ProxyError(502, "The upstream answered with a body that is not a JSON "
                                   "object; nothing was cached.", code="upstream_invalid")
-        return Live(response.status, headers, body, parsed)
+        live = Live(response.status, headers, body, parsed)
+        if record is not None:
+            await record(live)
+        return live
 
-    async def _fetch_and_store(self, call: Call, raw_query: str, stored: list[Entry],
-                               reason: str) -> Live:
-        live = await self._fetch(call, raw_query)
-        parsed = live.parsed
-        if parsed is None:
-            return live  # errors pass through and are never cached
+    async def _consume_stream(self, call: Call, response: aiohttp.ClientResponse,
+                              headers: CIMultiDict[str], sink: Sink | None,
+                              record: Record | None) -> Live:
+        """Read an SSE answer event by event, pass each on, fold them into one answer, and
+        store it before the final event is passed on. An incomplete stream is not stored."""
+        acc = call.endpoint.kind.fold()
+        splitter = EventSplitter()
+        events: list[bytes] = []
+        started = False
+        problem = None
+        final = b""
+        try:
+            async for data in response.content.iter_any():
+                for raw in splitter.feed(data):
+                    name, payload = parse_event(raw)
+                    if payload is not None and problem is None:
+                        problem = acc.feed(name, payload)
+                    if acc.final_event(name, payload):
+                        final = raw  # held back until the answer is stored
+                        continue
+                    events.append(raw)
+                    if sink is not None:
+                        if not started:
+                            sink.put_nowait(("start", response.status, headers, acc.fingerprint))
+                            started = True
+                        sink.put_nowait(("event", raw))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = f"the upstream connection failed mid-stream ({type(exc).__name__})"
+        if sink is not None and not started:
+            sink.put_nowait(("start", response.status, headers, acc.fingerprint))
+        if problem is None and not acc.complete:
+            problem = "the upstream stream ended before its final event"
+        if problem is not None:
+            self.counters.add("upstream_errors")
+            log.warning("incomplete upstream stream; not cached", extra={"data": {
+                "key": call.key, "endpoint": call.endpoint.path, "problem": problem}})
+            message = f"seedproxy: {problem}; nothing was cached."
+            if sink is not None:
+                sink.put_nowait(("end", b"data: " + error_body(502, message,
+                                                                "upstream_incomplete") + b"\n\n"))
+            raise ProxyError(502, message, code="upstream_incomplete")
+        answer = acc.result()
+        json_headers = headers.copy()
+        json_headers["Content-Type"] = "application/json"
+        kept = b"".join(events) + final if call.endpoint.kind.keeps_events else b""
+        live = Live(response.status, json_headers, orjson.dumps(answer), answer, kept)
+        if record is not None:
+            await record(live)
+        if sink is not None:
+            sink.put_nowait(("end", final))
+        return live
+
+    # -- storing and comparing -------------------------------------------------------------
+
+    async def _record(self, call: Call, live: Live, stored: list[Entry], reason: str) -> None:
+        """Store a complete answer, update the registry, report changes against ``stored``."""
+        assert live.parsed is not None
         now = time.time()
-        usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else {}
+        prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
         entry = Entry(call.key, live.fingerprint, now, live.status,
                       live.headers.get("Content-Type", "application/json"), call.endpoint.path,
-                      call.model, call.seed, int(usage.get("prompt_tokens") or 0),
-                      int(usage.get("completion_tokens") or 0), live.body, call.upstream_body)
+                      call.model, call.seed, prompt_tokens, completion_tokens, live.body,
+                      call.upstream_body, live.events)
         # Durably stored before anyone is answered; the registry is updated alongside.
-        _, (previous, is_new) = await asyncio.gather(
-            self.store.put(entry), self.store.see(call.model, live.fingerprint, now))
+        if call.endpoint.kind.fingerprinted:
+            _, (previous, is_new) = await asyncio.gather(
+                self.store.put(entry), self.store.see(call.model, live.fingerprint, now))
+            self._sightings.pop(call.model, None)
+            if is_new:
+                await self._fingerprint_changed(call.model, previous, live.fingerprint, now)
+        else:
+            await self.store.put(entry)
         self.counters.add("stores")
-        self._sightings.pop(call.model, None)
-        if is_new:
-            await self._fingerprint_changed(call.model, previous, live.fingerprint, now)
         if stored:
-            await self._compare(call, stored, parsed, entry, reason)
-        return live
+            await self._compare(call, stored, live.parsed, entry, reason)
 
     async def _fingerprint_changed(self, model: str, previous: str | None,
                                    fingerprint: str | None, now: float) -> None:
@@ -296,7 +433,7 @@ class Pipeline:
             cached = orjson.loads(previous.body)
         except orjson.JSONDecodeError:
             return
-        result = drift.compare(cached, parsed)
+        result = call.endpoint.kind.compare(cached, parsed, self.settings.cache)
         if result is None:
             return
         event = drift.DriftEvent(

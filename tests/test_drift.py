@@ -1,4 +1,9 @@
-from proxy.drift import compare, outputs
+from proxy.drift import compare as compare_outputs
+from proxy.drift import outputs
+
+
+def compare(a, b):
+    return compare_outputs(outputs(a), outputs(b))
 
 
 def completion(content=None, tool_args=None, finish="stop", **extra):

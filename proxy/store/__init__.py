@@ -25,6 +25,7 @@ class Entry:
     completion_tokens: int
     body: bytes  # the response, ready to send
     request: bytes  # the request body as sent upstream (for export and re-verification)
+    stream: bytes = b""  # the raw SSE events, for endpoints whose streams replay verbatim
 
 
 class CorruptStoreError(RuntimeError):

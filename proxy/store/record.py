@@ -10,9 +10,10 @@ import orjson
 
 from . import Entry
 
-MAGIC = b"SPv1"
+MAGIC = b"SPv2"
 _LEN = struct.Struct(">I")
-_META = [f.name for f in fields(Entry) if f.name not in ("key", "body", "request")]
+_BLOBS = ("body", "request", "stream")
+_META = [f.name for f in fields(Entry) if f.name != "key" and f.name not in _BLOBS]
 
 
 class RecordError(ValueError):
@@ -22,11 +23,12 @@ class RecordError(ValueError):
 def encode(entries: Sequence[Entry]) -> bytes:
     """Pack entries of one key; bodies stay raw bytes so a hit needs no JSON re-encoding."""
     header = orjson.dumps([
-        [*(getattr(e, name) for name in _META), len(e.body), len(e.request)] for e in entries
+        [*(getattr(e, name) for name in _META), *(len(getattr(e, b)) for b in _BLOBS)]
+        for e in entries
     ])
     parts = [MAGIC, _LEN.pack(len(header)), header]
     for e in entries:
-        parts += (e.body, e.request)
+        parts += (getattr(e, b) for b in _BLOBS)
     return b"".join(parts)
 
 
@@ -43,14 +45,14 @@ def decode(key: str, raw: bytes) -> list[Entry]:
     view = memoryview(raw)
     entries = []
     for row in rows:
-        meta, blen, rlen = row[:-2], row[-2], row[-1]
-        end = pos + blen + rlen
-        if end > len(raw):
-            raise RecordError("truncated")
-        entries.append(Entry(key, **dict(zip(_META, meta, strict=True)),
-                             body=bytes(view[pos:pos + blen]),
-                             request=bytes(view[pos + blen:end])))
-        pos = end
+        meta, lengths = row[:len(_META)], row[len(_META):]
+        blobs = {}
+        for name, length in zip(_BLOBS, lengths, strict=True):
+            if pos + length > len(raw):
+                raise RecordError("truncated")
+            blobs[name] = bytes(view[pos:pos + length])
+            pos += length
+        entries.append(Entry(key, **dict(zip(_META, meta, strict=True)), **blobs))
     if pos != len(raw):
         raise RecordError("trailing bytes")
     return entries

@@ -1,0 +1,244 @@
+"""What differs between the cached endpoints' answers: how a stream is folded and replayed,
+where usage is, how outputs are compared, which requests depend on server state. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import orjson
+
+from . import drift
+from .config import CacheSettings
+from .sse import CompletionAccumulator, encode_event, pieces, synthesize
+
+
+class StreamFold(Protocol):
+    """Folds one endpoint's SSE events into the answer a non-streamed request gets."""
+
+    fingerprint: str | None
+
+    def feed(self, name: str | None, payload: bytes) -> str | None:
+        """Take one event's data; return a problem that makes the stream unfit to store."""
+        ...
+
+    def final_event(self, name: str | None, payload: bytes | None) -> bool:
+        """Whether this is the closing event, held back until the answer is stored."""
+        ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    def result(self) -> dict[str, Any]: ...
+
+
+def _json_event(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, "the upstream sent an event that is not JSON"
+    if not isinstance(data, dict):
+        return None, "the upstream sent an event that is not a JSON object"
+    if data.get("error") is not None:
+        err = data["error"]
+        message = err.get("message") if isinstance(err, dict) else err
+        return None, f"the upstream reported an error mid-stream: {message}"
+    return data, None
+
+
+class CompletionFold:
+    """``chat.completion.chunk`` / ``text_completion`` events, closed by ``data: [DONE]``."""
+
+    def __init__(self, chat: bool) -> None:
+        self.acc = CompletionAccumulator(chat)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.acc.fingerprint
+
+    def feed(self, name: str | None, payload: bytes) -> str | None:
+        if payload.strip() == b"[DONE]":
+            self.acc.done = True
+            return None
+        chunk, problem = _json_event(payload)
+        if chunk is not None:
+            self.acc.feed(chunk)
+        return problem
+
+    def final_event(self, name: str | None, payload: bytes | None) -> bool:
+        return payload is not None and payload.strip() == b"[DONE]"
+
+    @property
+    def complete(self) -> bool:
+        return self.acc.complete
+
+    def result(self) -> dict[str, Any]:
+        return self.acc.result()
+
+
+class ResponseFold:
+    """Responses API typed events; the answer is ``response.completed``'s response."""
+
+    fingerprint = None
+
+    def __init__(self) -> None:
+        self.response: dict[str, Any] | None = None
+
+    def feed(self, name: str | None, payload: bytes) -> str | None:
+        event, problem = _json_event(payload)
+        if event is None:
+            return problem
+        kind = event.get("type", name)
+        if kind == "response.completed" and isinstance(event.get("response"), dict):
+            self.response = event["response"]
+        elif kind in ("response.failed", "response.incomplete", "error"):
+            return f"the upstream stream ended with {kind}"
+        return None
+
+    def final_event(self, name: str | None, payload: bytes | None) -> bool:
+        return name == "response.completed" or (
+            name is None and payload is not None and b'"response.completed"' in payload[:64])
+
+    @property
+    def complete(self) -> bool:
+        return self.response is not None
+
+    def result(self) -> dict[str, Any]:
+        assert self.response is not None
+        return self.response
+
+
+class Kind:
+    """Chat completions; the other kinds override what differs."""
+
+    name = "chat"
+    fingerprinted = True  # answers carry system_fingerprint
+    streams = True
+    keeps_events = False  # streamed hits are synthesized, not replayed verbatim
+
+    def stateful(self, body: dict[str, Any]) -> bool:
+        """Whether the answer depends on server-side state, so it must not be cached."""
+        return False
+
+    def fold(self) -> StreamFold:
+        return CompletionFold(chat=True)
+
+    def replay(self, answer: dict[str, Any], events: bytes, include_usage: bool) -> bytes:
+        """The SSE body of a streamed hit."""
+        return synthesize(answer, include_usage)
+
+    def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
+        usage = answer.get("usage")
+        if not isinstance(usage, dict):
+            return 0, 0
+        return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+
+    def compare(self, cached: dict[str, Any], live: dict[str, Any],
+                settings: CacheSettings) -> drift.Comparison | None:
+        return drift.compare(drift.outputs(cached), drift.outputs(live))
+
+
+class CompletionKind(Kind):
+    name = "completion"
+
+    def fold(self) -> StreamFold:
+        return CompletionFold(chat=False)
+
+
+class EmbeddingKind(Kind):
+    name = "embedding"
+    fingerprinted = False
+    streams = False
+
+    def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
+        return super().usage(answer)[0], 0
+
+    def compare(self, cached: dict[str, Any], live: dict[str, Any],
+                settings: CacheSettings) -> drift.Comparison | None:
+        return drift.compare_embeddings(cached, live, settings.embedding_tolerance)
+
+
+class ResponseKind(Kind):
+    name = "response"
+    fingerprinted = False
+    keeps_events = True
+
+    def stateful(self, body: dict[str, Any]) -> bool:
+        return (body.get("previous_response_id") is not None
+                or body.get("conversation") is not None or body.get("background") is True)
+
+    def fold(self) -> StreamFold:
+        return ResponseFold()
+
+    def replay(self, answer: dict[str, Any], events: bytes, include_usage: bool) -> bytes:
+        return events or b"".join(response_events(answer))
+
+    def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
+        usage = answer.get("usage")
+        if not isinstance(usage, dict):
+            return 0, 0
+        return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+
+    def compare(self, cached: dict[str, Any], live: dict[str, Any],
+                settings: CacheSettings) -> drift.Comparison | None:
+        return drift.compare(drift.response_outputs(cached), drift.response_outputs(live))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (Kind(), CompletionKind(), EmbeddingKind(),
+                                               ResponseKind())}
+
+
+def response_events(response: dict[str, Any]) -> Iterator[bytes]:
+    """Typed Responses API events that rebuild ``response`` (for a response recorded without
+    streaming and asked for as a stream)."""
+    seq = 0
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal seq
+        seq += 1
+        return encode_event({"type": kind, "sequence_number": seq - 1, **fields}, kind)
+
+    opening = {**response, "status": "in_progress", "output": [], "usage": None}
+    yield event("response.created", response=opening)
+    yield event("response.in_progress", response=opening)
+    for oi, item in enumerate(response.get("output") or []):
+        item_id = item.get("id")
+        if item.get("type") == "message":
+            yield event("response.output_item.added", output_index=oi,
+                        item={**item, "status": "in_progress", "content": []})
+            for ci, part in enumerate(item.get("content") or []):
+                where = {"item_id": item_id, "output_index": oi, "content_index": ci}
+                ptype = part.get("type")
+                text_key = "text" if ptype == "output_text" else "refusal"
+                empty = {**part, text_key: ""}
+                yield event("response.content_part.added", **where, part=empty)
+                delta_kind = ("response.output_text" if ptype == "output_text"
+                              else "response.refusal")
+                if ptype in ("output_text", "refusal"):
+                    for piece in pieces(part.get(text_key) or ""):
+                        if piece:
+                            extra = {"logprobs": []} if ptype == "output_text" else {}
+                            yield event(f"{delta_kind}.delta", **where, delta=piece, **extra)
+                    extra = {"logprobs": part.get("logprobs") or []} \
+                        if ptype == "output_text" else {}
+                    yield event(f"{delta_kind}.done", **where,
+                                **{text_key: part.get(text_key) or ""}, **extra)
+                yield event("response.content_part.done", **where, part=part)
+        elif item.get("type") == "function_call":
+            yield event("response.output_item.added", output_index=oi,
+                        item={**item, "status": "in_progress", "arguments": ""})
+            arguments = item.get("arguments") or ""
+            for piece in pieces(arguments):
+                if piece:
+                    yield event("response.function_call_arguments.delta", item_id=item_id,
+                                output_index=oi, delta=piece)
+            yield event("response.function_call_arguments.done", item_id=item_id,
+                        output_index=oi, arguments=arguments)
+        else:
+            yield event("response.output_item.added", output_index=oi, item=item)
+        yield event("response.output_item.done", output_index=oi, item=item)
+    yield event("response.completed", response=response)

@@ -1,0 +1,261 @@
+"""Server-sent events: split a byte stream into events, accumulate completion chunks into
+one completion, and synthesize chunks back from a stored completion. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_PIECE = re.compile(r"\s*\S+|\s+")
+PIECE_CHARS = 24  # a synthesized delta carries about this much text (a few tokens)
+
+
+class EventSplitter:
+    """Cuts a byte stream into complete raw events (terminator included), in order."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf + data if self._buf else data
+        events = []
+        start = 0
+        while True:
+            cut, sep = -1, b""
+            for candidate in _SEPARATORS:
+                i = buf.find(candidate, start)
+                if i != -1 and (cut == -1 or i < cut):
+                    cut, sep = i, candidate
+            if cut == -1:
+                break
+            events.append(buf[start:cut + len(sep)])
+            start = cut + len(sep)
+        self._buf = buf[start:]
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received after the last complete event."""
+        return self._buf
+
+
+def parse_event(raw: bytes) -> tuple[str | None, bytes | None]:
+    """(event name, data) of one raw event; data lines are joined with newlines."""
+    name = None
+    data: list[bytes] = []
+    for line in raw.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", "replace")
+    return name, b"\n".join(data) if data else None
+
+
+def encode_event(payload: Any, name: str | None = None) -> bytes:
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+# -- accumulation ---------------------------------------------------------------------------
+
+_REPLACED = frozenset({"index", "type", "role", "id"})
+
+
+def merge_delta(acc: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """Fold one delta into ``acc``: text is appended, objects merged, lists of indexed objects
+    merged by ``index``, other lists extended, other values replaced (if not null)."""
+    for key, value in delta.items():
+        old = acc.get(key)
+        if old is None or key in _REPLACED:
+            if value is not None or key not in acc:
+                acc[key] = _fresh(value)
+        elif isinstance(old, str) and isinstance(value, str):
+            acc[key] = old + value
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merge_delta(old, value)
+        elif isinstance(old, list) and isinstance(value, list):
+            for item in value:
+                slot = _indexed_slot(old, item)
+                if slot is None:
+                    old.append(_fresh(item))
+                else:
+                    merge_delta(slot, item)
+        elif value is not None:
+            acc[key] = _fresh(value)
+    return acc
+
+
+def _fresh(value: Any) -> Any:
+    """A copy deep enough that later merges never modify the chunk it came from."""
+    if isinstance(value, dict):
+        return merge_delta({}, value)
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
+def _indexed_slot(items: list[Any], item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+        return None
+    for existing in items:
+        if isinstance(existing, dict) and existing.get("index") == item["index"]:
+            return existing
+    return None
+
+
+class CompletionAccumulator:
+    """Folds ``chat.completion.chunk`` (or legacy ``text_completion``) chunks into the
+    completion a non-streamed request would have returned, keeping every field sent."""
+
+    def __init__(self, chat: bool = True) -> None:
+        self.chat = chat
+        self.top: dict[str, Any] = {}
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.done = False
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        for key, value in chunk.items():
+            if key in ("choices", "obfuscation"):
+                continue
+            if value is not None or key not in self.top:
+                self.top[key] = value
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            slot = self.choices.setdefault(
+                index, {"index": index, "message": {}} if self.chat else {"index": index})
+            for key, value in choice.items():
+                if key == "index":
+                    continue
+                if key == "delta" and self.chat:
+                    merge_delta(slot["message"], value or {})
+                elif key == "finish_reason":
+                    if value is not None:
+                        slot[key] = value
+                else:
+                    merge_delta(slot, {key: value})
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.top.get("system_fingerprint")
+
+    @property
+    def complete(self) -> bool:
+        """``[DONE]`` was seen and every choice finished."""
+        return self.done and bool(self.choices) and all(
+            c.get("finish_reason") is not None for c in self.choices.values())
+
+    def result(self) -> dict[str, Any]:
+        out = dict(self.top)
+        out["object"] = "chat.completion" if self.chat else "text_completion"
+        out.setdefault("system_fingerprint", None)
+        choices = []
+        for index in sorted(self.choices):
+            choice = dict(self.choices[index])
+            if self.chat:
+                message = {"role": "assistant", "content": None, **choice.pop("message")}
+                for call in message.get("tool_calls") or ():
+                    if isinstance(call, dict):
+                        call.pop("index", None)  # a stream's bookkeeping, not in a completion
+                choice = {"index": index, "message": message, "logprobs": None,
+                          "finish_reason": None, **choice}
+            else:
+                choice = {"index": index, "text": "", "logprobs": None, "finish_reason": None,
+                          **choice}
+            choices.append(choice)
+        out["choices"] = choices
+        return out
+
+
+# -- synthesis ------------------------------------------------------------------------------
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` cut at whitespace into pieces of about ``size`` characters; joined, equal."""
+    current = ""
+    for token in _PIECE.findall(text):
+        current += token
+        if len(current) >= size:
+            yield current
+            current = ""
+    if current or not text:
+        yield current
+
+
+_TOP_KEYS = ("choices", "object", "usage")
+_STREAMED_TEXT = ("reasoning_content", "reasoning", "content", "refusal")
+
+
+def _message_deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The deltas after the opening one that rebuild ``message`` when merged in order."""
+    for key in _STREAMED_TEXT:
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            for piece in pieces(value):
+                yield {key: piece}
+    for j, call in enumerate(message.get("tool_calls") or ()):
+        function = dict(call.get("function") or {})
+        arguments = function.pop("arguments", None)
+        opening = {k: v for k, v in call.items() if k != "function"}
+        opening.setdefault("index", j)
+        yield {"tool_calls": [{**opening, "function": {**function, "arguments": ""}}]}
+        if isinstance(arguments, str) and arguments:
+            for piece in pieces(arguments):
+                yield {"tool_calls": [{"index": opening["index"],
+                                       "function": {"arguments": piece}}]}
+    for key, value in message.items():
+        if key not in ("role", "tool_calls", *_STREAMED_TEXT) and value is not None:
+            yield {key: value}
+
+
+def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
+    """SSE events, ending in ``[DONE]``, that a client folds back into ``completion``."""
+    chat = completion.get("object") != "text_completion"
+    base = {k: v for k, v in completion.items() if k not in _TOP_KEYS}
+    base["object"] = "chat.completion.chunk" if chat else "text_completion"
+    if include_usage:
+        base["usage"] = None
+    choices = completion.get("choices") or []
+    events = []
+
+    def chunk(choice_deltas: list[dict[str, Any]]) -> None:
+        events.append(encode_event({**base, "choices": choice_deltas}))
+
+    if chat:
+        opening = []
+        for choice in choices:
+            message = choice.get("message") or {}
+            # Text fields open empty and grow piece by piece; null fields are stated once.
+            delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": None}
+            delta.update((k, "" if isinstance(v, str) and k in _STREAMED_TEXT else None)
+                         for k, v in message.items()
+                         if k in _STREAMED_TEXT and (v is None or isinstance(v, str)))
+            delta.update((k, None) for k, v in message.items() if v is None)
+            opening.append({"index": choice.get("index", 0), "delta": delta, "logprobs": None,
+                            "finish_reason": None})
+        chunk(opening)
+    for choice in choices:
+        index = choice.get("index", 0)
+        extra = {k: v for k, v in choice.items()
+                 if k not in ("index", "message", "text", "logprobs", "finish_reason", "delta")}
+        if chat:
+            for delta in _message_deltas(choice.get("message") or {}):
+                chunk([{"index": index, "delta": delta, "logprobs": None,
+                        "finish_reason": None}])
+            chunk([{"index": index, "delta": {}, "logprobs": choice.get("logprobs"),
+                    "finish_reason": choice.get("finish_reason"), **extra}])
+        else:
+            for piece in pieces(choice.get("text") or ""):
+                if piece:
+                    chunk([{"index": index, "text": piece, "logprobs": None,
+                            "finish_reason": None}])
+            chunk([{"index": index, "text": "", "logprobs": choice.get("logprobs"),
+                    "finish_reason": choice.get("finish_reason"), **extra}])
+    if include_usage:
+        events.append(encode_event({**base, "choices": [], "usage": completion.get("usage")}))
+    events.append(DONE)
+    return b"".join(events)
