@@ -74,7 +74,8 @@ class ProxyServer:
         return self.app[COUNTS].total
 
     async def _start(self) -> None:
-        self.runner = web.AppRunner(create_app(self.settings), access_log=None)
+        self.runner = web.AppRunner(create_app(self.settings), access_log=None,
+                                    shutdown_timeout=2.0)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 

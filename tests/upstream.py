@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import random
+import re
+import struct
+import threading
 import time
 import uuid
 from collections import deque
@@ -25,6 +29,11 @@ WORDS = [
     "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
     "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
 ]
+
+
+def tokens(text: str) -> list[str]:
+    """Text cut the way a tokenizer streams it: each word with its leading space."""
+    return re.findall(r"\s*\S+|\s+", text)
 
 
 @dataclass
@@ -55,6 +64,13 @@ class FakeUpstream:
         self.fingerprint: str | None = "fp_one"
         self.latency = 0.0
         self.nondeterministic = False
+        self.chunk_delay = 0.0  # seconds between streamed events
+        self.stream_fault: str | None = None  # "drop" | "stall" | "no_done" | "error_event"
+        self.fault_after = 2  # events sent before the fault
+        self.extra_fields: dict[str, Any] = {}  # added to every message, e.g. reasoning_content
+        # Set to a threading.Event to hold a stream after its first event until it is set.
+        self.gate: threading.Event | None = None
+        self.stream_finished = threading.Event()  # set when a stream was written to the end
         self.scripts: deque[Scripted] = deque()
         self.calls: list[Received] = []
         self._runner: web.AppRunner | None = None
@@ -102,8 +118,14 @@ class FakeUpstream:
                 lines = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(3)]
                 message["content"] = "\n".join(lines)
                 finish = "stop"
+            message.update(self.extra_fields)
             completion_tokens += 18
-            choices.append({"index": index, "message": message, "logprobs": None,
+            logprobs = None
+            if req.get("logprobs") and message["content"]:
+                logprobs = {"content": [
+                    {"token": t, "logprob": -rng.random(), "bytes": list(t.encode()),
+                     "top_logprobs": []} for t in tokens(message["content"])], "refusal": None}
+            choices.append({"index": index, "message": message, "logprobs": logprobs,
                             "finish_reason": finish})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         return {
@@ -111,11 +133,90 @@ class FakeUpstream:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": req.get("model", "gpt-test"),
+            "service_tier": "default",
             "system_fingerprint": self.fingerprint,
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+    def chunks(self, completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+        """The completion as OpenAI streams it: choices interleaved, text a token at a time,
+        tool calls opened with id and name, then their arguments in parts."""
+        base = {k: completion[k] for k in ("id", "created", "model", "service_tier",
+                                           "system_fingerprint")}
+        base["object"] = "chat.completion.chunk"
+        if include_usage:
+            base["usage"] = None
+        per_choice: list[list[dict[str, Any]]] = []
+        for choice in completion["choices"]:
+            msg = choice["message"]
+            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "",
+                                             "refusal": None}]
+            lp = (choice["logprobs"] or {}).get("content") or []
+            for key, value in self.extra_fields.items():
+                if isinstance(value, str):
+                    deltas += [{key: t} for t in tokens(value)]
+                else:
+                    deltas.append({key: value})
+            for i, token in enumerate(tokens(msg["content"] or "")):
+                deltas.append({"content": token, "_logprobs": lp[i] if lp else None})
+            if msg["refusal"]:
+                deltas += [{"refusal": t} for t in tokens(msg["refusal"])]
+            for j, call in enumerate(msg.get("tool_calls") or []):
+                fn = call["function"]
+                deltas.append({"tool_calls": [{"index": j, "id": call["id"], "type": "function",
+                                               "function": {"name": fn["name"],
+                                                            "arguments": ""}}]})
+                args = fn["arguments"]
+                third = max(1, len(args) // 3)
+                deltas += [{"tool_calls": [{"index": j, "function": {
+                    "arguments": args[k:k + third]}}]} for k in range(0, len(args), third)]
+            events = []
+            for delta in deltas:
+                token_lp = delta.pop("_logprobs", None)
+                events.append({"index": choice["index"], "delta": delta,
+                               "logprobs": {"content": [token_lp], "refusal": None}
+                               if token_lp else None, "finish_reason": None})
+            events.append({"index": choice["index"], "delta": {}, "logprobs": None,
+                           "finish_reason": choice["finish_reason"]})
+            per_choice.append(events)
+        out = []
+        for step in range(max(len(e) for e in per_choice)):
+            for events in per_choice:
+                if step < len(events):
+                    out.append({**base, "choices": [events[step]]})
+        if include_usage:
+            out.append({**base, "choices": [], "usage": completion["usage"]})
+        return out
+
+    async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "x-request-id": uuid.uuid4().hex})
+        await response.prepare(request)
+        if self.stream_fault == "no_done":  # the final event never comes
+            events = [e for e in events
+                      if e != b"data: [DONE]\n\n" and b"event: response.completed" not in e]
+        for n, event in enumerate(events):
+            if n == self.fault_after and self.stream_fault == "drop":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if n == self.fault_after and self.stream_fault == "stall":
+                await asyncio.sleep(3600)
+            if n == self.fault_after and self.stream_fault == "error_event":
+                await response.write(b'data: {"error": {"message": "overloaded", '
+                                     b'"type": "server_error"}}\n\n')
+                await response.write_eof()
+                return response
+            await response.write(event)
+            if n == 0 and self.gate is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await response.write_eof()
+        self.stream_finished.set()
+        return response
 
     async def _record(self, request: web.Request) -> Received:
         received = Received(request.method, request.path, request.rel_url.raw_query_string,
@@ -146,9 +247,135 @@ class FakeUpstream:
         if self.latency:
             await asyncio.sleep(self.latency)
         req = received.json()
-        return web.Response(body=orjson.dumps(self.completion(req)),
-                            content_type="application/json",
+        completion = self.completion(req)
+        if req.get("stream"):
+            usage = (req.get("stream_options") or {}).get("include_usage") is True
+            events = [b"data: " + orjson.dumps(c) + b"\n\n"
+                      for c in self.chunks(completion, usage)]
+            return await self._stream(request, [*events, b"data: [DONE]\n\n"])
+        return web.Response(body=orjson.dumps(completion), content_type="application/json",
                             headers={"x-request-id": uuid.uuid4().hex})
+
+    async def legacy(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/completions: the chat answer's text as a ``text_completion``."""
+        received = await self._record(request)
+        if self.scripts:
+            return await self._scripted(request, self.scripts.popleft())
+        req = received.json()
+        chat = self.completion({**req, "messages": [{"role": "user",
+                                                     "content": str(req.get("prompt"))}]})
+        choices = [{"index": c["index"], "text": c["message"]["content"] or "",
+                    "logprobs": None, "finish_reason": c["finish_reason"]}
+                   for c in chat["choices"]]
+        answer = {**chat, "object": "text_completion", "choices": choices}
+        if not req.get("stream"):
+            return web.json_response(answer)
+        base = {k: answer[k] for k in ("id", "object", "created", "model",
+                                       "system_fingerprint")}
+        events = []
+        for c in choices:
+            for token in tokens(c["text"]):
+                events.append({**base, "choices": [{"index": c["index"], "text": token,
+                                                    "logprobs": None, "finish_reason": None}]})
+            events.append({**base, "choices": [{"index": c["index"], "text": "",
+                                                "logprobs": None,
+                                                "finish_reason": c["finish_reason"]}]})
+        if (req.get("stream_options") or {}).get("include_usage"):
+            events.append({**base, "choices": [], "usage": answer["usage"]})
+        raw = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events]
+        return await self._stream(request, [*raw, b"data: [DONE]\n\n"])
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        if self.scripts:
+            return await self._scripted(request, self.scripts.popleft())
+        req = received.json()
+        inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+        data = []
+        for i, text in enumerate(inputs):
+            rng = random.Random(hashlib.sha256(orjson.dumps(text)).digest())
+            vector = [rng.uniform(-1, 1) for _ in range(8)]
+            if self.nondeterministic:
+                vector = [x + random.uniform(-1e-3, 1e-3) for x in vector]
+            if req.get("encoding_format") == "base64":
+                embedding: Any = base64.b64encode(struct.pack("<8f", *vector)).decode()
+            else:
+                embedding = vector
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        return web.json_response({"object": "list", "data": data, "model": req["model"],
+                                  "usage": {"prompt_tokens": len(inputs) * 3,
+                                            "total_tokens": len(inputs) * 3}})
+
+    def response(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A Responses API answer built from the chat answer to the same input."""
+        text_input = req.get("input")
+        messages = ([{"role": "user", "content": text_input}] if isinstance(text_input, str)
+                    else text_input)
+        chat = self.completion({**req, "messages": messages, "n": 1})
+        message = chat["choices"][0]["message"]
+        rid = f"resp_{uuid.uuid4().hex[:16]}"
+        if message.get("tool_calls"):
+            call = message["tool_calls"][0]
+            output = [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:8]}",
+                       "call_id": call["id"], "name": call["function"]["name"],
+                       "arguments": call["function"]["arguments"], "status": "completed"}]
+        else:
+            output = [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}",
+                       "status": "completed", "role": "assistant",
+                       "content": [{"type": "output_text", "text": message["content"] or "",
+                                    "annotations": [], "logprobs": []}]}]
+        return {"id": rid, "object": "response", "created_at": chat["created"],
+                "status": "completed", "model": chat["model"], "output": output,
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                "usage": {"input_tokens": chat["usage"]["prompt_tokens"],
+                          "output_tokens": chat["usage"]["completion_tokens"],
+                          "total_tokens": chat["usage"]["total_tokens"],
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}}
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        if self.scripts:
+            return await self._scripted(request, self.scripts.popleft())
+        req = received.json()
+        answer = self.response(req)
+        if not req.get("stream"):
+            return web.json_response(answer)
+        seq = iter(range(10**6))
+
+        def event(kind: str, **fields: Any) -> bytes:
+            payload = {"type": kind, "sequence_number": next(seq), **fields}
+            return f"event: {kind}\n".encode() + b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        opening = {**answer, "status": "in_progress", "output": []}
+        events = [event("response.created", response=opening),
+                  event("response.in_progress", response=opening)]
+        for oi, item in enumerate(answer["output"]):
+            if item["type"] == "message":
+                text = item["content"][0]["text"]
+                where = {"item_id": item["id"], "output_index": oi, "content_index": 0}
+                events += [
+                    event("response.output_item.added", output_index=oi,
+                          item={**item, "status": "in_progress", "content": []}),
+                    event("response.content_part.added", **where,
+                          part={"type": "output_text", "text": "", "annotations": []}),
+                    *[event("response.output_text.delta", **where, delta=t, logprobs=[])
+                      for t in tokens(text)],
+                    event("response.output_text.done", **where, text=text, logprobs=[]),
+                    event("response.content_part.done", **where, part=item["content"][0]),
+                ]
+            else:
+                events += [
+                    event("response.output_item.added", output_index=oi,
+                          item={**item, "arguments": "", "status": "in_progress"}),
+                    event("response.function_call_arguments.delta", item_id=item["id"],
+                          output_index=oi, delta=item["arguments"]),
+                    event("response.function_call_arguments.done", item_id=item["id"],
+                          output_index=oi, arguments=item["arguments"]),
+                ]
+            events.append(event("response.output_item.done", output_index=oi, item=item))
+        events.append(event("response.completed", response=answer))
+        return await self._stream(request, events)
 
     async def echo(self, request: web.Request) -> web.StreamResponse:
         """Any other path: answers what it received, so pass-through can be checked."""
@@ -166,11 +393,14 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.legacy)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 
     async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or self.port)
         await site.start()
