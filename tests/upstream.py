@@ -108,7 +108,7 @@ class FakeUpstream:
                 message["refusal"] = "I can't help with that."
                 finish = "stop"
             elif tools and req.get("tool_choice") != "none":
-                name = tools[0]["function"]["name"]
+                name = tools[0].get("function", tools[0])["name"]  # chat or Responses shape
                 args = orjson.dumps({"city": rng.choice(WORDS), "days": rng.randint(1, 9)})
                 message["tool_calls"] = [{"id": f"call_{rng.randrange(16**8):08x}",
                                           "type": "function",
