@@ -8,17 +8,19 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
+from . import keys, reports
 from .config import Settings
 from .errors import ProxyError, error_response
-from .observe import COUNTERS, Counters
+from .keys import canonical_query
+from .observe import Counters
 from .passthrough import forward
-from .pipeline import ENDPOINTS, Endpoint, Pipeline
-from .store import Store
-from .store.disk import DiskStore
+from .pipeline import ENDPOINTS, Endpoint, Pipeline, endpoint_for, seeded
+from .store import Store, open_store
 from .upstream import Upstream
 
 log = logging.getLogger("seedproxy")
@@ -32,10 +34,6 @@ TOKENS = web.AppKey("tokens", tuple)
 
 FLUSH_INTERVAL = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def open_store(settings: Settings) -> Store:
-    return DiskStore(settings.cache_dir, size_limit=settings.cache.size_limit)
 
 
 @web.middleware
@@ -118,6 +116,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
+        await pipeline.close()
         await _flush_counters(app)
         await upstream.close()
         await store.close()
@@ -140,26 +139,37 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    store = request.app[STORE]
     await _flush_counters(request.app)
-    counts = {name: 0 for name in COUNTERS} | await store.counters()
-    entries, volume = await store.size()
-    looked_up = counts["hits"] + counts["misses"] + counts["replay_misses"]
-    stats = {**counts, "hit_ratio": round(counts["hits"] / looked_up, 4) if looked_up else 0.0,
-             "tokens_saved": counts["prompt_tokens_saved"] + counts["completion_tokens_saved"],
-             "entries": entries, "bytes": volume}
-    return web.Response(body=orjson.dumps(stats), content_type="application/json")
+    data = await reports.stats(request.app[STORE], request.app[SETTINGS])
+    return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 
 async def _drift(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+    query = request.query
     try:
-        limit = max(1, min(int(request.query.get("limit", "100")), 10_000))
-    except ValueError:
-        raise ProxyError(400, "limit must be an integer.", param="limit") from None
-    body = {"drift": await store.events("drift", limit),
-            "fingerprint_changes": await store.events("fingerprint_change", limit)}
+        limit = max(1, min(int(query.get("limit", "100")), 10_000))
+        since = reports.parse_since(query["since"]) if "since" in query else None
+    except ValueError as exc:
+        raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
+    store, model = request.app[STORE], query.get("model")
+    body = {"drift": await reports.drift(store, model, since, limit),
+            "fingerprint_changes": await reports.drift(store, model, since, limit,
+                                                       kind="fingerprint_change")}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def _explain(request: web.Request) -> web.Response:
+    """POST a request body: its canonical form, ignored fields, namespace and key."""
+    settings, pipeline = request.app[SETTINGS], request.app[PIPELINE]
+    endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
+    _, body = await pipeline.read_json(request)
+    seed, _ = seeded(endpoint, body, settings)
+    query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
+    info = keys.explain(endpoint.path, query, pipeline.namespace(request),
+                        settings.upstream.base_url, body, settings.cache.ignore_fields)
+    info["seed"] = seed
+    info["seed_mode"] = settings.seed.mode if endpoint.seeded else None
+    return web.Response(body=orjson.dumps(info), content_type="application/json")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -173,6 +183,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_seedproxy/stats", _stats)
     app.router.add_get("/_seedproxy/drift", _drift)
+    app.router.add_post("/_seedproxy/explain", _explain)
     for endpoint in ENDPOINTS:
         app.router.add_post(endpoint.path, _cached(endpoint))
     app.router.add_route("*", "/v1/{tail:.*}", _passthrough)

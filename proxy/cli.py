@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import sys
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
 
 import click
+import orjson
 from aiohttp import web
 
-from . import __version__
-from .config import ConfigError, Settings, check_cache_dir, load_settings
+from . import __version__, reports
+from .cassette import CassetteError, from_line, to_line
+from .config import ConfigError, Settings, check_cache_dir, load_settings, parse_duration
 from .observe import AccessLogger, access_log, setup_logging
-from .store import CorruptStoreError
+from .store import CorruptStoreError, Store, open_store
 
 log = logging.getLogger("seedproxy")
 
@@ -97,3 +103,276 @@ def serve(config: str | None, host: str | None, port: str | None, upstream: str 
     except OSError as exc:
         _fail(f"server: cannot listen on {settings.server.host}:{settings.server.port}: "
               f"{exc.strerror or exc}")
+
+
+# -- commands over the store ----------------------------------------------------------------
+
+
+def store_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """A command that opens the configured store (``--config``, ``--cache-dir``) and runs
+    ``fn(store, settings, **options)``; ``--json`` is left to the command."""
+
+    @click.option("--config", "config", metavar="FILE", help="TOML config file.")
+    @click.option("--cache-dir", help="Disk cache directory (default ./.seedproxy).")
+    @functools.wraps(fn)
+    def wrapper(config: str | None, cache_dir: str | None, **options: Any) -> None:
+        settings = _settings(config, {"cache.dir": cache_dir})
+
+        async def run() -> None:
+            store = open_store(settings)
+            try:
+                await fn(store, settings, **options)
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except CorruptStoreError as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return reports.parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_command
+async def stats(store: Store, settings: Settings, as_json: bool) -> None:
+    """Hits, misses, drift, tokens and money saved, entries (all processes on this cache)."""
+    data = await reports.stats(store, settings)
+    if as_json:
+        _emit_json(data)
+        return
+    money = data["money_saved_usd"]
+    rows = [
+        ["requests", data["requests"]], ["hits", data["hits"]], ["misses", data["misses"]],
+        ["hit ratio", f"{data['hit_ratio']:.1%}"], ["stores", data["stores"]],
+        ["coalesced", data["coalesced"]], ["drift events", data["drift_events"]],
+        ["fingerprint changes", data["fingerprint_changes"]],
+        ["tokens served from cache",
+         f"{data['tokens_saved']} ({data['prompt_tokens_saved']} prompt + "
+         f"{data['completion_tokens_saved']} completion)"],
+        ["money saved", f"${money:.4f}" if money is not None else "(set [prices] to see it)"],
+        ["entries", data["entries"]], ["bytes", data["bytes"]],
+    ]
+    click.echo(reports.text_table(["stat", "value"], rows))
+
+
+@main.group(invoke_without_command=True)
+@click.option("--model", help="Only this model.")
+@click.option("--since", help="Only events after this: a duration ago (2h) or a date.")
+@click.option("--limit", default=50, show_default=True, help="At most this many events.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--cache-dir", help="Disk cache directory (default ./.seedproxy).")
+@click.pass_context
+def drift(ctx: click.Context, model: str | None, since: str | None, limit: int, as_json: bool,
+          config: str | None, cache_dir: str | None) -> None:
+    """Drift events, newest first; `seedproxy drift show ID` prints one with its diff."""
+    ctx.obj = {"config": config, "cache_dir": cache_dir}
+    if ctx.invoked_subcommand is not None:
+        return
+    ctx.invoke(_drift_list, config=config, cache_dir=cache_dir, model=model,
+               since=since, limit=limit, as_json=as_json)
+
+
+@store_command
+async def _drift_list(store: Store, settings: Settings, model: str | None, since: str | None,
+                      limit: int, as_json: bool) -> None:
+    events = await reports.drift(store, model, _since(since), limit)
+    if as_json:
+        _emit_json(events)
+        return
+    if not events:
+        click.echo("no drift events")
+        return
+    rows = [[e["id"], reports.iso(e["time"]), e["model"], e["reason"], e["seed"],
+             f"{e['cached_fingerprint']} -> {e['live_fingerprint']}",
+             f"{e['similarity']:.3f}"] for e in events]
+    click.echo(reports.text_table(
+        ["id", "time (UTC)", "model", "reason", "seed", "fingerprints", "similarity"], rows))
+
+
+def colored_diff(diff: str) -> str:
+    lines = []
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---")):
+            lines.append(click.style(line, bold=True))
+        elif line.startswith("+"):
+            lines.append(click.style(line, fg="green"))
+        elif line.startswith("-"):
+            lines.append(click.style(line, fg="red"))
+        elif line.startswith("@@"):
+            lines.append(click.style(line, fg="cyan"))
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+@drift.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def drift_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
+    """One drift event with its diff (red: cached, green: live)."""
+    ctx.invoke(_drift_show, event_id=event_id, as_json=as_json, **ctx.obj)
+
+
+@store_command
+async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: bool) -> None:
+    for event in await store.events("drift", 10_000):
+        if event["id"] == event_id:
+            break
+    else:
+        _fail(f"no drift event {event_id!r} (see `seedproxy drift`)")
+    if as_json:
+        _emit_json(event)
+        return
+    click.echo(f"drift {event['id']}  {reports.iso(event['time'])} UTC  reason {event['reason']}")
+    click.echo(f"model {event['model']}  seed {event['seed']}  endpoint {event['endpoint']}")
+    click.echo(f"fingerprint {event['cached_fingerprint']} (cached) -> "
+               f"{event['live_fingerprint']} (live)  same: {event['same_fingerprint']}")
+    click.echo(f"similarity {event['similarity']:.4f}  key {event['key']}\n")
+    click.echo(colored_diff(event["diff"]))
+
+
+@main.command()
+@click.option("--model", help="Only this model.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_command
+async def fingerprints(store: Store, settings: Settings, model: str | None,
+                       as_json: bool) -> None:
+    """Per model, each system_fingerprint seen live: first seen, last seen, count."""
+    table = await reports.fingerprints(store, model)
+    if as_json:
+        _emit_json(table)
+        return
+    rows = [[name, s["fingerprint"], reports.iso(s["first_seen"]), reports.iso(s["last_seen"]),
+             s["count"]] for name, seen in table.items() for s in seen]
+    click.echo(reports.text_table(["model", "fingerprint", "first seen (UTC)",
+                                   "last seen (UTC)", "count"], rows) if rows
+               else "no fingerprints seen yet")
+
+
+@main.command("export")
+@click.argument("file", type=click.File("wb", atomic=True))
+@click.option("--model", help="Only this model.")
+@click.option("--since", help="Only entries stored after this: a duration ago or a date.")
+@store_command
+async def export_cmd(store: Store, settings: Settings, file: BinaryIO, model: str | None,
+                     since: str | None) -> None:
+    """Write entries as a JSON Lines cassette (no credentials) to FILE (- for stdout)."""
+    after = _since(since)
+    count = 0
+    for key in await store.keys():
+        for entry in await store.variants(key):
+            if (model is None or entry.model == model) and (
+                    after is None or entry.created >= after):
+                file.write(to_line(entry))
+                count += 1
+    click.echo(f"exported {count} entries to {file.name}", err=True)
+
+
+@main.command("import")
+@click.argument("file", type=click.File("rb"))
+@store_command
+async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
+    """Load a cassette (- for stdin); importing the same file twice changes nothing."""
+    try:
+        entries = [from_line(line, n) for n, line in enumerate(file, 1) if line.strip()]
+    except CassetteError as exc:
+        _fail(f"{file.name}: {exc}")
+    for entry in entries:
+        await store.put(entry)
+    click.echo(f"imported {len(entries)} entries from {file.name}")
+
+
+@main.command()
+@click.option("--model", help="Only this model.")
+@click.option("--fingerprint", help="Only this system_fingerprint ('null' for none).")
+@click.option("--older-than", help="Only entries older than this duration (30d, 12h).")
+@click.option("--all", "everything", is_flag=True, help="Every entry.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_command
+async def purge(store: Store, settings: Settings, model: str | None, fingerprint: str | None,
+                older_than: str | None, everything: bool, as_json: bool) -> None:
+    """Remove entries and print what was removed. Needs a filter or --all."""
+    if not (everything or model or fingerprint or older_than):
+        _fail("purge: give --model, --fingerprint, --older-than or --all")
+    try:
+        cutoff = time.time() - parse_duration(older_than) if older_than else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    wanted_fp = None if fingerprint is None else (None if fingerprint == "null" else fingerprint)
+    removed = []
+    for key in await store.keys():
+        victims = {e.fingerprint for e in await store.variants(key)
+                   if (model is None or e.model == model)
+                   and (fingerprint is None or e.fingerprint == wanted_fp)
+                   and (cutoff is None or e.created < cutoff)}
+        if victims:
+            gone = [e for e in await store.variants(key) if e.fingerprint in victims]
+            await store.delete(key, victims)
+            removed += gone
+    if as_json:
+        _emit_json([{"key": e.key, "model": e.model, "fingerprint": e.fingerprint,
+                     "created": e.created} for e in removed])
+        return
+    for e in removed:
+        click.echo(f"removed {e.key[:16]}  {e.model}  {e.fingerprint}  "
+                   f"{reports.iso(e.created)} UTC")
+    click.echo(f"{len(removed)} entries removed")
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"))
+@click.option("--path", "path", default="/v1/chat/completions", show_default=True,
+              help="The endpoint the body is sent to.")
+@click.option("--namespace", default="", help="X-Seedproxy-Namespace, if the client sets one.")
+@click.option("--query", default="", help="The query string, if any (api-version=...).")
+@click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key(file: BinaryIO, path: str, namespace: str, query: str, config: str | None,
+        as_json: bool) -> None:
+    """Explain the cache key of the request body in FILE (- for stdin), offline."""
+    from urllib.parse import parse_qsl
+
+    from .errors import ProxyError
+    from .keys import canonical_query, explain
+    from .pipeline import endpoint_for, seeded
+
+    settings = _settings(config, {})
+    try:
+        body = orjson.loads(file.read())
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        endpoint = endpoint_for(path)
+        seed, _ = seeded(endpoint, body, settings)
+    except (ValueError, ProxyError) as exc:
+        _fail(f"{file.name}: {getattr(exc, 'message', exc)}")
+    if settings.cache.scope == "per-key":
+        click.echo("note: cache.scope is per-key; the proxy adds a hash of the client's "
+                   "credential to the namespace", err=True)
+    info = explain(endpoint.path, canonical_query(parse_qsl(query, keep_blank_values=True)),
+                   namespace, settings.upstream.base_url, body, settings.cache.ignore_fields)
+    info["seed"] = seed
+    if as_json:
+        _emit_json(info)
+        return
+    for name in ("key", "path", "query", "namespace", "upstream", "seed"):
+        click.echo(f"{name:10} {info[name]}")
+    click.echo(f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
+               f"  (configured: {', '.join(info['configured_ignore_fields'])})")
+    click.echo(f"{'canonical':10} {info['canonical']}")

@@ -100,6 +100,8 @@ class CacheSettings:
     ignore_fields: tuple[str, ...] = ("stream", "stream_options", "user", "metadata", "store")
     scope: Literal["shared", "per-key"] = "shared"
     verify_rate: float = 0.0
+    verify_replace: bool = False
+    verify_concurrency: int = 4
     ttl: float = _duration(0.0)
     size_limit: int = _size(4 * 1024**3)
     complete_on_disconnect: bool = True
@@ -108,6 +110,8 @@ class CacheSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_rate <= 1.0:
             raise ValueError("verify_rate: must be between 0 and 1")
+        if self.verify_concurrency < 1:
+            raise ValueError("verify_concurrency: must be at least 1")
         if self.embedding_tolerance < 0:
             raise ValueError("embedding_tolerance: must not be negative")
 
@@ -142,6 +146,8 @@ class Settings:
     seed: SeedSettings
     auth: AuthSettings
     log: LogSettings
+    # USD per million (prompt, completion) tokens, by model: [prices] "gpt-4o" = [2.5, 10.0]
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def cache_dir(self) -> Path:
@@ -257,11 +263,26 @@ def _file_layer(path: Path) -> dict[str, dict[str, Any]]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
     for section, values in data.items():
+        if section == "prices":
+            continue
         if section not in SECTIONS:
-            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)}, "
+                              "prices)")
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: must be a table like [{section}]")
     return data
+
+
+def _prices(raw: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    prices = {}
+    for model, pair in raw.items():
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0
+                           for x in pair)):
+            raise ConfigError(f"prices.{model}: expected [prompt, completion] USD per million "
+                              f"tokens, got {pair!r}")
+        prices[model] = (float(pair[0]), float(pair[1]))
+    return prices
 
 
 def load_settings(config: str | os.PathLike[str] | None = None,
@@ -281,8 +302,12 @@ def load_settings(config: str | os.PathLike[str] | None = None,
             section, _, key = dotted.partition(".")
             flag_layer.setdefault(section, {})[key] = value
     layers.append((flag_layer, True))
+    prices: dict[str, tuple[float, float]] = {}
     for layer, from_text in layers:
         for section, raw in layer.items():
+            if section == "prices" and not from_text:
+                prices = _prices(raw)
+                continue
             merged[section].update(_section_values(section, raw, from_text))
     built = {}
     for section, cls in SECTIONS.items():
@@ -290,7 +315,7 @@ def load_settings(config: str | os.PathLike[str] | None = None,
             built[section] = cls(**merged[section])
         except ValueError as exc:
             raise ConfigError(f"{section}.{exc}") from None
-    return Settings(**built)
+    return Settings(**built, prices=prices)
 
 
 def check_cache_dir(settings: Settings) -> None:

@@ -17,6 +17,7 @@ access_log = logging.getLogger("seedproxy.access")
 
 COUNTERS = ("requests", "hits", "misses", "refreshes", "bypasses", "replay_misses", "stores",
             "coalesced", "drift_events", "fingerprint_changes", "upstream_errors",
+            "verifications", "verify_skipped",
             "prompt_tokens_saved", "completion_tokens_saved")
 
 

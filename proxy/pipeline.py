@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +21,7 @@ from multidict import CIMultiDict
 from . import drift
 from .config import Settings
 from .errors import ProxyError, error_body
-from .keys import cache_key, canonical_body, canonical_query
+from .keys import cache_key, canonical_body, canonical_query, nearest
 from .kinds import KINDS, Kind
 from .observe import Counters
 from .passthrough import relay
@@ -34,6 +36,7 @@ drift_log = logging.getLogger("seedproxy.drift")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SIGHTINGS_TTL = 1.0  # seconds a process trusts its copy of a model's fingerprint registry
 _MISSING = object()
+NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -71,6 +74,7 @@ class Call:
     model: str
     seed: int | None
     plan: Plan
+    raw_query: str
 
     @property
     def stream(self) -> bool:
@@ -97,6 +101,24 @@ class Live:
         return self.parsed.get("system_fingerprint") if self.parsed is not None else None
 
 
+def seeded(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[int | None,
+                                                                                 bool]:
+    """Apply the seed policy to ``body`` if ``endpoint`` takes one: (seed, body changed)."""
+    if not endpoint.seeded:
+        return None, False
+    before = body.get("seed", _MISSING)
+    seed = apply_seed(body, settings.seed.mode, settings.seed.default)
+    return seed, body.get("seed", _MISSING) is not before
+
+
+def endpoint_for(path: str) -> Endpoint:
+    for endpoint in ENDPOINTS:
+        if endpoint.path == path:
+            return endpoint
+    raise ProxyError(400, f"{path!r} is not a cached endpoint; one of "
+                          f"{', '.join(e.path for e in ENDPOINTS)}.", param="path")
+
+
 Record = Callable[[Live], Awaitable[None]]
 # What the fetch task hands a streaming client, in order: ("start", status, headers,
 # fingerprint), ("event", raw)..., ("end", final raw event); ("done",) once the task is over.
@@ -115,10 +137,11 @@ class Pipeline:
         self.upstream_auth: str | None = None
         self._inflight: dict[str, asyncio.Task[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
+        self._verifying: set[asyncio.Future[None]] = set()
 
     # -- request parsing -------------------------------------------------------------------
 
-    async def _read_json(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    async def read_json(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -143,13 +166,10 @@ class Pipeline:
         return name
 
     async def parse(self, request: web.Request, endpoint: Endpoint) -> Call:
-        raw, body = await self._read_json(request)
-        seed = None
-        if endpoint.seeded:
-            before = body.get("seed", _MISSING)
-            seed = apply_seed(body, self.settings.seed.mode, self.settings.seed.default)
-            if body.get("seed", _MISSING) is not before:
-                raw = orjson.dumps(body)  # otherwise the client's bytes go upstream as they are
+        raw, body = await self.read_json(request)
+        seed, changed = seeded(endpoint, body, self.settings)
+        if changed:
+            raw = orjson.dumps(body)  # otherwise the client's bytes go upstream as they are
         cache = self.settings.cache
         key = cache_key(endpoint.path, canonical_query(request.rel_url.query.items()),
                         self.namespace(request), self.settings.upstream.base_url,
@@ -161,22 +181,20 @@ class Pipeline:
         if endpoint.kind.stateful(body):
             plan = Plan(Action.BYPASS)
         return Call(endpoint, body, raw, headers, key, model if isinstance(model, str) else "",
-                    seed, plan)
+                    seed, plan, request.rel_url.raw_query_string)
 
     # -- the flow --------------------------------------------------------------------------
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         call = await self.parse(request, endpoint)
         self.counters.add("requests")
-        raw_query = request.rel_url.raw_query_string
         if call.plan.action is Action.BYPASS:
             self.counters.add("bypasses")
             if call.stream:
-                url = self.upstream.url(endpoint.tail, raw_query)
+                url = self.upstream.url(endpoint.tail, call.raw_query)
                 return await relay(request, self.upstream, url, call.headers, call.upstream_body,
                                    self._our_headers(call, None, "BYPASS"))
-            return self._respond(call, await self._go_live(call, raw_query, None, None),
-                                 "BYPASS")
+            return self._respond(call, await self._go_live(call, None, None), "BYPASS")
         variants = await self.store.variants(call.key)
         now = time.time()
         if call.plan.action in (Action.RECORD, Action.REPLAY):
@@ -187,7 +205,7 @@ class Pipeline:
                 return self._hit(call, chosen, now)
             if replay:
                 self.counters.add("replay_misses")
-                raise self._replay_miss(call)
+                raise await self._replay_miss(call)
             reason = "expired" if chosen is not None else "fingerprint"
             self.counters.add("misses")
             label = "MISS"
@@ -222,6 +240,9 @@ class Pipeline:
         self.counters.add("hits")
         self.counters.add("prompt_tokens_saved", entry.prompt_tokens)
         self.counters.add("completion_tokens_saved", entry.completion_tokens)
+        self.counters.add(f"saved_prompt:{entry.model}", entry.prompt_tokens)
+        self.counters.add(f"saved_completion:{entry.model}", entry.completion_tokens)
+        self._maybe_verify(call, entry)
         headers = self._our_headers(call, entry.fingerprint, "HIT")
         headers["Age"] = str(max(0, int(now - entry.created)))
         if call.stream:
@@ -241,19 +262,37 @@ class Pipeline:
             return web.Response(status=live.status, body=body, headers=headers)
         return web.Response(status=live.status, body=live.body, headers=headers)
 
-    def _replay_miss(self, call: Call) -> ProxyError:
+    async def _replay_miss(self, call: Call) -> ProxyError:
         return ProxyError(
             504,
             f"seedproxy has no recorded response for this {call.endpoint.path} request "
             f"(key {call.key}) and runs in replay mode, so it will not call the upstream. "
-            "Record it by running the same request once with the proxy in record mode "
-            "(seedproxy serve --mode record) and a valid API key. The key covers the body "
-            f"(model, messages, seed, ...), the query, the namespace and the upstream "
-            f"{self.settings.upstream.base_url}: replay with the upstream you recorded with.",
+            f"{await self._nearest(call)} To record it, send the request once through the "
+            "proxy in record mode (seedproxy serve --mode record) with a valid API key.",
             code="cache_miss",
             headers={"x-should-retry": "false", "X-Cache": "MISS",
                      "X-Seedproxy-Key": call.key},
         )
+
+    async def _nearest(self, call: Call) -> str:
+        """Which recorded request for the same endpoint and model is closest, and how it
+        differs (the way vcrpy explains a cassette miss)."""
+        recorded = []
+        for key in (await self.store.recent(call.endpoint.path, call.model))[:NEAREST_SCAN]:
+            for entry in (await self.store.variants(key))[:1]:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    recorded.append((key, orjson.loads(entry.request)))
+        found = nearest(call.body, recorded, self.settings.cache.ignore_fields)
+        if found is None:
+            return (f"Nothing is recorded for model {call.model!r} on {call.endpoint.path}.")
+        key, fields = found
+        if not fields:
+            return (f"A request with the same body is recorded (key {key}) under another "
+                    "namespace, query or upstream (the key covers those too; upstream here: "
+                    f"{self.settings.upstream.base_url}).")
+        shown = ", ".join(fields[:8]) + (f" and {len(fields) - 8} more" if len(fields) > 8 else "")
+        return (f"The nearest recorded request for model {call.model!r} (key {key}) differs "
+                f"in: {shown}.")
 
     def _our_headers(self, call: Call, fingerprint: str | None, label: str) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
@@ -280,8 +319,7 @@ class Pipeline:
         async def record(live: Live) -> None:
             await self._record(call, live, stored, reason)
 
-        task = asyncio.ensure_future(
-            self._go_live(call, request.rel_url.raw_query_string, sink, record))
+        task = asyncio.ensure_future(self._go_live(call, sink, record))
         self._inflight[call.key] = task
         task.add_done_callback(lambda t: self._inflight.pop(call.key, None))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -314,10 +352,9 @@ class Pipeline:
                 task.cancel()
         return response
 
-    async def _go_live(self, call: Call, raw_query: str,
-                       sink: Sink | None, record: Record | None) -> Live:
+    async def _go_live(self, call: Call, sink: Sink | None, record: Record | None) -> Live:
         """Call the upstream; ``record`` stores a complete 2xx answer before anyone has it."""
-        url = self.upstream.url(call.endpoint.tail, raw_query)
+        url = self.upstream.url(call.endpoint.tail, call.raw_query)
         async with self.upstream.request("POST", url, call.headers, call.upstream_body,
                                          decompress=True) as response:
             headers = forward_response_headers(response.headers, decoded=True)
@@ -395,7 +432,38 @@ class Pipeline:
 
     # -- storing and comparing -------------------------------------------------------------
 
-    async def _record(self, call: Call, live: Live, stored: list[Entry], reason: str) -> None:
+    def _maybe_verify(self, call: Call, entry: Entry) -> None:
+        """Sample ``cache.verify_rate`` of hits for a live re-request in the background."""
+        cache = self.settings.cache
+        if not cache.verify_rate or random.random() >= cache.verify_rate:
+            return
+        if len(self._verifying) >= cache.verify_concurrency:
+            self.counters.add("verify_skipped")
+            return
+        task = asyncio.ensure_future(self._verify(call, entry))
+        self._verifying.add(task)
+        task.add_done_callback(self._verifying.discard)
+
+    async def _verify(self, call: Call, entry: Entry) -> None:
+        try:
+            live = await self._go_live(call, None, None)
+            if live.parsed is None:
+                return
+            self.counters.add("verifications")
+            await self._record(call, live, [entry], "verify",
+                               store=self.settings.cache.verify_replace)
+        except ProxyError as exc:
+            log.warning("verify request failed", extra={"data": {
+                "key": call.key, "status": exc.status, "error": exc.message}})
+
+    async def close(self) -> None:
+        """Stop background verification (in-flight misses finish on their own)."""
+        for task in list(self._verifying):
+            task.cancel()
+        await asyncio.gather(*self._verifying, return_exceptions=True)
+
+    async def _record(self, call: Call, live: Live, stored: list[Entry], reason: str,
+                      store: bool = True) -> None:
         """Store a complete answer, update the registry, report changes against ``stored``."""
         assert live.parsed is not None
         now = time.time()
@@ -405,15 +473,17 @@ class Pipeline:
                       call.model, call.seed, prompt_tokens, completion_tokens, live.body,
                       call.upstream_body, live.events)
         # Durably stored before anyone is answered; the registry is updated alongside.
+        put = self.store.put(entry) if store else asyncio.sleep(0)
         if call.endpoint.kind.fingerprinted:
             _, (previous, is_new) = await asyncio.gather(
-                self.store.put(entry), self.store.see(call.model, live.fingerprint, now))
+                put, self.store.see(call.model, live.fingerprint, now))
             self._sightings.pop(call.model, None)
             if is_new:
                 await self._fingerprint_changed(call.model, previous, live.fingerprint, now)
         else:
-            await self.store.put(entry)
-        self.counters.add("stores")
+            await put
+        if store:
+            self.counters.add("stores")
         if stored:
             await self._compare(call, stored, live.parsed, entry, reason)
 

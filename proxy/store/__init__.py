@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..config import Settings
 from ..policy import Sighting
 
 
@@ -67,9 +68,32 @@ class Store(Protocol):
     async def counters(self) -> dict[str, int]:
         ...
 
+    async def keys(self) -> list[str]:
+        """Every stored key (for reports, export and purge; not for the hot path)."""
+        ...
+
+    async def delete(self, key: str, fingerprints: set[str | None] | None = None) -> int:
+        """Remove the entries of ``key`` (only those ``fingerprints`` if given); return how many."""
+        ...
+
+    async def models(self) -> list[str]:
+        """Models that have a fingerprint registry."""
+        ...
+
+    async def recent(self, endpoint: str, model: str) -> list[str]:
+        """Keys most recently stored for (endpoint, model), newest first."""
+        ...
+
     async def size(self) -> tuple[int, int]:
         """(entries, bytes) currently stored."""
         ...
 
     async def close(self) -> None:
         ...
+
+
+def open_store(settings: Settings) -> Store:
+    """The store ``cache.backend`` names, opened on ``settings``."""
+    from .disk import DiskStore
+
+    return DiskStore(settings.cache_dir, size_limit=settings.cache.size_limit)

@@ -18,6 +18,7 @@ from .record import RecordError, decode, encode
 
 MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
 MAX_EVENTS = 10_000  # per kind
+MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
 T = TypeVar("T")
 
 
@@ -65,9 +66,38 @@ class DiskStore:
         with self._entries.transact():
             kept = [e for e in self._read(entry.key) if e.fingerprint != entry.fingerprint]
             self._entries.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
+        recent = f"recent:{entry.endpoint}:{entry.model}"
+        with self._meta.transact():
+            keys = [k for k in orjson.loads(self._meta.get(recent, b"[]")) if k != entry.key]
+            self._meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
 
     async def put(self, entry: Entry) -> None:
         await self._run(self._put, entry)
+
+    async def recent(self, endpoint: str, model: str) -> list[str]:
+        raw = await self._run(self._meta.get, f"recent:{endpoint}:{model}")
+        return orjson.loads(raw) if raw else []
+
+    async def keys(self) -> list[str]:
+        return await self._run(lambda: [k for k in self._entries.iterkeys() if isinstance(k, str)])
+
+    def _delete(self, key: str, fingerprints: set[str | None] | None) -> int:
+        with self._entries.transact():
+            variants = self._read(key)
+            kept = [] if fingerprints is None else [
+                e for e in variants if e.fingerprint not in fingerprints]
+            if kept:
+                self._entries.set(key, encode(kept))
+            else:
+                self._entries.delete(key)
+        return len(variants) - len(kept)
+
+    async def delete(self, key: str, fingerprints: set[str | None] | None = None) -> int:
+        return await self._run(self._delete, key, fingerprints)
+
+    async def models(self) -> list[str]:
+        return await self._run(lambda: sorted(
+            k[3:] for k in self._meta.iterkeys() if isinstance(k, str) and k[:3] == "fp:"))
 
     def _sightings(self, model: str) -> dict[str | None, Sighting]:
         raw = self._meta.get(f"fp:{model}")

@@ -1,0 +1,99 @@
+"""What the CLI and the admin endpoints report from a store: stats, drift, fingerprints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Settings, parse_duration
+from .observe import COUNTERS
+from .store import Store
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """A point in time from a duration ago (``"2h"``) or an ISO date/time (UTC if naive)."""
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"expected a duration such as '2h' or a date such as 2026-01-31, "
+                         f"got {value!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def stats(store: Store, settings: Settings,
+                pending: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Counters summed over every process that shares ``store``, plus size and savings."""
+    counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+    for name, value in (await store.counters()).items():
+        counts[name] = counts.get(name, 0) + value
+    for name, value in (pending or {}).items():
+        counts[name] = counts.get(name, 0) + value
+    entries, volume = await store.size()
+    looked_up = counts["hits"] + counts["misses"] + counts["replay_misses"]
+    saved = 0.0
+    for model, (prompt_price, completion_price) in settings.prices.items():
+        saved += (counts.get(f"saved_prompt:{model}", 0) * prompt_price
+                  + counts.get(f"saved_completion:{model}", 0) * completion_price) / 1e6
+    result = {name: counts[name] for name in COUNTERS}
+    result.update({
+        "hit_ratio": round(counts["hits"] / looked_up, 4) if looked_up else 0.0,
+        "tokens_saved": counts["prompt_tokens_saved"] + counts["completion_tokens_saved"],
+        "money_saved_usd": round(saved, 6) if settings.prices else None,
+        "entries": entries,
+        "bytes": volume,
+    })
+    return result
+
+
+async def drift(store: Store, model: str | None = None, since: float | None = None,
+                limit: int = 100, kind: str = "drift") -> list[dict[str, Any]]:
+    """Events of ``kind``, newest first, filtered by model and time."""
+    out = []
+    for event in await store.events(kind, 10_000):
+        if model is not None and event.get("model") != model:
+            continue
+        if since is not None and event.get("time", 0) < since:
+            break
+        out.append(event)
+        if len(out) >= limit:
+            break
+    return out
+
+
+async def fingerprints(store: Store, model: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Per model, each fingerprint seen live with first/last seen and count, newest first."""
+    models = [model] if model else await store.models()
+    table = {}
+    for name in models:
+        sightings = await store.sightings(name)
+        if sightings:
+            table[name] = [
+                {"fingerprint": s.fingerprint, "first_seen": s.first_seen,
+                 "last_seen": s.last_seen, "count": s.count}
+                for s in sorted(sightings.values(), key=lambda s: s.last_seen, reverse=True)]
+    return table
+
+
+def text_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Columns aligned for a terminal."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
