@@ -12,12 +12,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import keys, reports
+from . import dashboard, keys, reports
 from .config import Settings
 from .errors import ProxyError, error_response
 from .keys import canonical_query
-from .observe import Counters
+from .observe import Counters, Metrics
 from .passthrough import forward
 from .pipeline import ENDPOINTS, Endpoint, Pipeline, endpoint_for, seeded
 from .store import Store, open_store
@@ -27,12 +28,14 @@ log = logging.getLogger("seedproxy")
 
 SETTINGS = web.AppKey("settings", Settings)
 COUNTS = web.AppKey("counters", Counters)
+METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 UPSTREAM = web.AppKey("upstream", Upstream)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 TOKENS = web.AppKey("tokens", tuple)
 
 FLUSH_INTERVAL = 1.0
+DASHBOARD_EVENTS = 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,6 +66,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("unhandled error", extra={"data": {"path": request.path}})
         return error_response(ProxyError(500, "seedproxy hit an internal error; see its log.",
                                          code="internal_error"))
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route and cache result (X-Cache), errors included."""
+    response = await handler(request)
+    route = request.match_info.route.resource
+    endpoint = route.canonical if route is not None else "unmatched"
+    request.app[METRICS].requests.labels(endpoint, response.headers.get("X-Cache", "NONE")).inc()
+    return response
 
 
 @web.middleware
@@ -103,6 +116,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings)
     upstream = Upstream(settings.upstream)
+    upstream.latency = app[METRICS].upstream_latency
     await upstream.start()
     pipeline = Pipeline(settings, store, upstream, app[COUNTS])
     if app[TOKENS]:
@@ -172,18 +186,42 @@ async def _explain(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(info), content_type="application/json")
 
 
+async def _dashboard(request: web.Request) -> web.Response:
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    await _flush_counters(request.app)
+    html = dashboard.render(await reports.stats(store, settings),
+                            await reports.fingerprints(store),
+                            await reports.drift(store, limit=DASHBOARD_EVENTS),
+                            await reports.drift(store, limit=DASHBOARD_EVENTS,
+                                                kind="fingerprint_change"))
+    return web.Response(text=html, content_type="text/html")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    entries, volume = await request.app[STORE].size()
+    metrics.entries.set(entries)
+    metrics.bytes.set(volume)
+    return web.Response(body=generate_latest(metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(settings: Settings) -> web.Application:
     """The proxy as an aiohttp application; resources open and close with it."""
     app = web.Application(client_max_size=settings.server.max_body,
-                          middlewares=[errors_middleware, auth_middleware])
+                          middlewares=[metrics_middleware, errors_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[COUNTS] = Counters()
+    app[METRICS] = Metrics(app[COUNTS])
     app[TOKENS] = settings.proxy_tokens()
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_seedproxy/stats", _stats)
     app.router.add_get("/_seedproxy/drift", _drift)
     app.router.add_post("/_seedproxy/explain", _explain)
+    app.router.add_get("/_seedproxy/", _dashboard)
+    app.router.add_get("/_seedproxy", _dashboard)
+    app.router.add_get("/metrics", _metrics)
     for endpoint in ENDPOINTS:
         app.router.add_post(endpoint.path, _cached(endpoint))
     app.router.add_route("*", "/v1/{tail:.*}", _passthrough)

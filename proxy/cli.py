@@ -267,7 +267,7 @@ async def fingerprints(store: Store, settings: Settings, model: str | None,
 
 
 @main.command("export")
-@click.argument("file", type=click.File("wb", atomic=True))
+@click.argument("file", type=click.File("wb", atomic=True, lazy=False))
 @click.option("--model", help="Only this model.")
 @click.option("--since", help="Only entries stored after this: a duration ago or a date.")
 @store_command
@@ -376,3 +376,60 @@ def key(file: BinaryIO, path: str, namespace: str, query: str, config: str | Non
     click.echo(f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
                f"  (configured: {', '.join(info['configured_ignore_fields'])})")
     click.echo(f"{'canonical':10} {info['canonical']}")
+
+
+@main.command()
+@click.option("--model", required=True, help="Model to probe.")
+@click.option("--prompt", default="Write a haiku about reproducibility.", show_default=True)
+@click.option("--system", default=None, help="A system message, if any.")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--seed", default=12345, show_default=True, type=int)
+@click.option("--no-seed", is_flag=True, help="Send no seed, to compare with seeded runs.")
+@click.option("--temperature", type=float, default=None)
+@click.option("--max-tokens", type=int, default=None)
+@click.option("--base-url", default=None,
+              help="API base URL (default: $OPENAI_BASE_URL, else OpenAI's).")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="Environment variable holding the API key.")
+@click.option("--html", "html_file", type=click.File("w", atomic=True),
+              help="Write an HTML report with red/green diff tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--expect-identical", is_flag=True,
+              help="Exit 1 unless every run's output equals the first (a CI gate).")
+def probe(model: str, prompt: str, system: str | None, runs: int, seed: int, no_seed: bool,
+          temperature: float | None, max_tokens: int | None, base_url: str | None,
+          api_key_env: str, html_file: Any, as_json: bool, expect_identical: bool) -> None:
+    """Send one prompt N times live and report how deterministic the answers are."""
+    import openai
+
+    from .probe import html_report, report
+    from .probe import probe as run_probe
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+    client = openai.OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+                           api_key=os.environ.get(api_key_env) or "none")
+    try:
+        results = run_probe(client, model, messages, runs, None if no_seed else seed,
+                            temperature, max_tokens)
+    except openai.APIError as exc:
+        _fail(f"probe: the API failed: {exc}")
+    data = report(results, {"model": model, "runs": runs, "seed": None if no_seed else seed,
+                            "temperature": temperature, "max_tokens": max_tokens})
+    if html_file is not None:
+        html_file.write(html_report(data))
+    summary = data["summary"]
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(reports.text_table(
+            ["run", "fingerprint", "prompt", "completion", "same as #1", "similarity"],
+            [[r.number, r.fingerprint, r.prompt_tokens, r.completion_tokens,
+              "yes" if r.identical else "NO", f"{r.similarity:.3f}"] for r in results]))
+        click.echo(f"\nidentical-output rate {summary['identical_rate']:.0%}  "
+                   f"distinct outputs {summary['distinct_outputs']}  "
+                   f"fingerprints {', '.join(summary['distinct_fingerprints'])}  "
+                   f"mean similarity {summary['mean_similarity']:.3f}")
+    if expect_identical and summary["distinct_outputs"] > 1:
+        click.echo("probe: outputs differ (--expect-identical)", err=True)
+        sys.exit(1)

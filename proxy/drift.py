@@ -60,8 +60,25 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | No
         return None
     la, lb = render(a), render(b)
     ratio = difflib.SequenceMatcher(None, "\n".join(la), "\n".join(lb)).ratio()
-    diff = "\n".join(difflib.unified_diff(la, lb, "cached", "live", lineterm=""))
+    # Full context: the diff holds both outputs whole, so both sides can be shown again.
+    diff = "\n".join(difflib.unified_diff(la, lb, "cached", "live", lineterm="",
+                                           n=max(len(la), len(lb))))
     return Comparison(round(ratio, 4), diff)
+
+
+def sides(diff: str) -> tuple[list[str], list[str]]:
+    """The (cached, live) lines a full-context unified diff was made from."""
+    cached: list[str] = []
+    live: list[str] = []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        tag, text = line[:1], line[1:]
+        if tag in (" ", "-"):
+            cached.append(text)
+        if tag in (" ", "+"):
+            live.append(text)
+    return cached, live
 
 
 def response_outputs(response: dict[str, Any]) -> list[dict[str, Any]]:

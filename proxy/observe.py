@@ -6,11 +6,16 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("seedproxy")
 access_log = logging.getLogger("seedproxy.access")
@@ -87,3 +92,33 @@ class Counters:
     def take_pending(self) -> dict[str, int]:
         pending, self.pending = dict(self.pending), Counter()
         return pending
+
+
+class Metrics:
+    """Prometheus metrics of one app, in a registry of its own; every counter of
+    :class:`Counters` is exported too, as ``seedproxy_<name>_total``."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = PromCounter(
+            "seedproxy_requests", "Requests by endpoint and cache result.",
+            ["endpoint", "cache"], registry=self.registry)
+        self.upstream_latency = Histogram(
+            "seedproxy_upstream_latency_seconds", "Time to the upstream's response headers.",
+            ["endpoint"], registry=self.registry,
+            buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.entries = Gauge("seedproxy_entries", "Stored keys.", registry=self.registry)
+        self.bytes = Gauge("seedproxy_cache_bytes", "Bytes the cache occupies.",
+                           registry=self.registry)
+        self.registry.register(_CountersCollector(counters))
+
+
+class _CountersCollector(Collector):
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name in COUNTERS:
+            if name != "requests":  # seedproxy_requests has labels, above
+                yield CounterMetricFamily(f"seedproxy_{name}", name.replace("_", " "),
+                                          value=self.counters.total[name])

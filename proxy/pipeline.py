@@ -356,7 +356,7 @@ class Pipeline:
         """Call the upstream; ``record`` stores a complete 2xx answer before anyone has it."""
         url = self.upstream.url(call.endpoint.tail, call.raw_query)
         async with self.upstream.request("POST", url, call.headers, call.upstream_body,
-                                         decompress=True) as response:
+                                         decompress=True, label=call.endpoint.path) as response:
             headers = forward_response_headers(response.headers, decoded=True)
             if (200 <= response.status < 300 and call.endpoint.kind.streams
                     and response.content_type == "text/event-stream"):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from urllib.parse import unquote
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Histogram
 from yarl import URL
 
 from .config import UpstreamSettings
@@ -56,6 +58,7 @@ class Upstream:
         self._prefix = str(self.base)
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
+        self.latency: Histogram | None = None
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.connect_timeout,
@@ -82,14 +85,18 @@ class Upstream:
 
     @asynccontextmanager
     async def request(self, method: str, url: URL, headers: Mapping[str, str],
-                      data: object = None, decompress: bool = False
+                      data: object = None, decompress: bool = False, label: str = "passthrough"
                       ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request; connection failures become 502 and timeouts 504 ProxyErrors."""
+        """Send one request; connection failures become 502 and timeouts 504 ProxyErrors.
+        The time to the response headers is observed under ``label``."""
         assert self.session is not None, "Upstream.start() was not awaited"
+        started = time.perf_counter()
         try:
             async with self.session.request(method, url, headers=headers, data=data,
                                              allow_redirects=False,
                                              auto_decompress=decompress) as response:
+                if self.latency is not None:
+                    self.latency.labels(label).observe(time.perf_counter() - started)
                 yield response
         except TimeoutError:
             raise ProxyError(504, f"The upstream {self.base} did not answer in time.",

@@ -68,7 +68,8 @@ class FakeUpstream:
         self.stream_fault: str | None = None  # "drop" | "stall" | "no_done" | "error_event"
         self.fault_after = 2  # events sent before the fault
         self.extra_fields: dict[str, Any] = {}  # added to every message, e.g. reasoning_content
-        # Set to a threading.Event to hold a stream after its first event until it is set.
+        # Set to a threading.Event to hold answers until it is set (streams: after their
+        # first event).
         self.gate: threading.Event | None = None
         self.stream_finished = threading.Event()  # set when a stream was written to the end
         self.scripts: deque[Scripted] = deque()
@@ -248,6 +249,8 @@ class FakeUpstream:
             await asyncio.sleep(self.latency)
         req = received.json()
         completion = self.completion(req)
+        if self.gate is not None and not req.get("stream"):
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
         if req.get("stream"):
             usage = (req.get("stream_options") or {}).get("include_usage") is True
             events = [b"data: " + orjson.dumps(c) + b"\n\n"
@@ -420,9 +423,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--fingerprint", default="fp_one")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--nondeterministic", action="store_true")
     args = parser.parse_args()
     fake = FakeUpstream()
     fake.fingerprint, fake.latency = args.fingerprint, args.latency
+    fake.nondeterministic = args.nondeterministic
     web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None)
 
 

@@ -1,0 +1,48 @@
+"""Self-contained HTML pieces (no external assets): the page frame and red/green diff tables."""
+
+from __future__ import annotations
+
+import difflib
+from html import escape
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem; color: #1b1f24; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .5rem; text-align: left;
+         vertical-align: top; }
+th { background: #f6f8fa; }
+.meta { color: #57606a; }
+table.diff { font: 12px/1.4 ui-monospace, monospace; width: 100%; }
+table.diff td { border: none; white-space: pre-wrap; word-break: break-word; }
+.diff_header { background: #f6f8fa; color: #57606a; text-align: right; }
+table.diff th.diff_header { text-align: left; }
+.diff_next { display: none; }
+.diff_sub { background: #ffc1c0; }
+.diff_add { background: #abf2bc; }
+table.diff td:nth-child(3) .diff_chg { background: #ffc1c0; }
+table.diff td:nth-child(6) .diff_chg { background: #abf2bc; }
+.event { border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem 1rem;
+         margin: 1rem 0; }
+.ok { color: #1a7f37; } .bad { color: #cf222e; }
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+            f"<body><h1>{escape(title)}</h1>{body}</body></html>")
+
+
+def diff_table(before: list[str], after: list[str], before_name: str,
+               after_name: str) -> str:
+    """A side-by-side table: removed text red, added text green (difflib.HtmlDiff)."""
+    return difflib.HtmlDiff(wrapcolumn=90).make_table(before, after, before_name, after_name)
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

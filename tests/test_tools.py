@@ -1,0 +1,284 @@
+"""Determinism tooling: the CLI over a live proxy's store, explain, verify sampling, probe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from proxy.cli import colored_diff, main
+from tests.conftest import sdk
+from tests.harness import FAKE_KEY, http
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `seedproxy` command in its own process, as a user runs it next to a proxy."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True,
+                          text=True, timeout=60, env=base | (env or {}))
+
+
+def cli_json(*args: str) -> object:
+    result = cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return orjson.loads(result.stdout)
+
+
+@pytest.fixture
+def busy(make_proxy, upstream, cache_dir):
+    """A running proxy with hits, misses, a fingerprint change and a drift event."""
+    proxy = make_proxy()
+    with sdk(proxy) as client:
+        for model in ("gpt-a", "gpt-b"):
+            client.chat.completions.create(model=model, messages=MESSAGES)
+            client.chat.completions.create(model=model, messages=MESSAGES)
+        upstream.nondeterministic = True
+        client.chat.completions.create(model="gpt-a", messages=MESSAGES,
+                                       extra_headers={"Cache-Control": "no-cache"})
+        upstream.nondeterministic = False
+        upstream.fingerprint = "fp_two"
+        client.chat.completions.create(model="gpt-b", messages=[{"role": "user",
+                                                                 "content": "new"}])
+    http(proxy.url, "GET", "/_seedproxy/stats")  # flushes the counters to the store
+    return proxy
+
+
+def test_stats_while_the_proxy_runs(busy, cache_dir):
+    stats = cli_json("stats", "--cache-dir", str(cache_dir))
+    assert (stats["hits"], stats["misses"], stats["refreshes"]) == (2, 3, 1)
+    assert stats["stores"] == 4 and stats["entries"] == 3
+    assert stats["drift_events"] == 1 and stats["fingerprint_changes"] == 1
+    assert stats["tokens_saved"] == stats["prompt_tokens_saved"] + stats[
+        "completion_tokens_saved"] > 0
+    assert stats["money_saved_usd"] is None
+    human = cli("stats", "--cache-dir", str(cache_dir))
+    assert "hit ratio" in human.stdout and "40.0%" in human.stdout
+
+
+def test_stats_with_prices(busy, cache_dir, tmp_path):
+    config = tmp_path / "prices.toml"
+    config.write_text(f'[cache]\ndir = "{cache_dir}"\n[prices]\n"gpt-a" = [1000000, 0]\n')
+    stats = cli_json("stats", "--config", str(config))
+    # gpt-a saved its prompt tokens once at $1 per token
+    assert stats["money_saved_usd"] == pytest.approx(len(MESSAGES[0]["content"].split()))
+
+
+def test_drift_listing_filters_and_show(busy, cache_dir):
+    events = cli_json("drift", "--cache-dir", str(cache_dir))
+    assert [e["model"] for e in events] == ["gpt-a"]
+    assert cli_json("drift", "--cache-dir", str(cache_dir), "--model", "gpt-b") == []
+    assert cli_json("drift", "--cache-dir", str(cache_dir), "--since", "1h") == events
+    assert cli_json("drift", "--cache-dir", str(cache_dir), "--since", "2999-01-01") == []
+    table = cli("drift", "--cache-dir", str(cache_dir))
+    assert events[0]["id"] in table.stdout and "refresh" in table.stdout
+    shown = cli("drift", "--cache-dir", str(cache_dir), "show", events[0]["id"])
+    assert shown.returncode == 0
+    assert "--- cached" in shown.stdout and "+++ live" in shown.stdout
+    assert any(line.startswith("-") and not line.startswith("---")
+               for line in shown.stdout.splitlines())
+    missing = cli("drift", "--cache-dir", str(cache_dir), "show", "nope")
+    assert missing.returncode == 2 and "no drift event" in missing.stderr
+
+
+def test_drift_diff_is_red_and_green_in_a_terminal():
+    colored = colored_diff("--- cached\n+++ live\n@@ -1 +1 @@\n-old\n+new\n same")
+    assert "\x1b[31m-old" in colored and "\x1b[32m+new" in colored
+
+
+def test_fingerprints_per_model(busy, cache_dir):
+    table = cli_json("fingerprints", "--cache-dir", str(cache_dir))
+    assert [s["fingerprint"] for s in table["gpt-b"]] == ["fp_two", "fp_one"]
+    assert [s["count"] for s in table["gpt-a"]] == [2]
+    only = cli_json("fingerprints", "--cache-dir", str(cache_dir), "--model", "gpt-a")
+    assert list(only) == ["gpt-a"]
+    assert "first seen" in cli("fingerprints", "--cache-dir", str(cache_dir)).stdout
+
+
+def test_export_import_replay_in_ci(busy, cache_dir, tmp_path, make_proxy, bg, upstream):
+    cassette = tmp_path / "cassette.jsonl"
+    result = cli("export", str(cassette), "--cache-dir", str(cache_dir))
+    assert result.returncode == 0, result.stderr
+    lines = cassette.read_bytes().splitlines()
+    assert len(lines) == 3  # gpt-a (refreshed in place), gpt-b twice
+    assert FAKE_KEY.encode() not in cassette.read_bytes()
+    assert {orjson.loads(line)["model"] for line in lines} == {"gpt-a", "gpt-b"}
+    only_b = tmp_path / "b.jsonl"
+    cli("export", str(only_b), "--cache-dir", str(cache_dir), "--model", "gpt-b")
+    assert {orjson.loads(line)["model"] for line in only_b.read_bytes().splitlines()} == {"gpt-b"}
+    assert cli("export", str(tmp_path / "none.jsonl"), "--cache-dir", str(cache_dir),
+               "--since", "2999-01-01").returncode == 0
+    assert (tmp_path / "none.jsonl").read_bytes() == b""
+
+    ci_cache = tmp_path / "ci-cache"
+    for _ in range(2):  # idempotent
+        imported = cli("import", str(cassette), "--cache-dir", str(ci_cache))
+        assert imported.returncode == 0 and "imported 3 entries" in imported.stdout
+    assert cli_json("stats", "--cache-dir", str(ci_cache))["entries"] == 3
+    busy.stop()
+    bg.run(upstream.stop())
+    replay = make_proxy(cache={"mode": "replay", "dir": str(ci_cache)})
+    with sdk(replay) as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-a", messages=MESSAGES)
+    assert raw.headers["x-cache"] == "HIT"
+
+
+def test_import_rejects_garbage(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "k"}\n')
+    result = cli("import", str(bad), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 2 and "line 1: not a cassette entry" in result.stderr
+
+
+def test_purge_filters(busy, cache_dir):
+    assert cli("purge", "--cache-dir", str(cache_dir)).returncode == 2
+    out = cli("purge", "--cache-dir", str(cache_dir), "--fingerprint", "fp_two", "--json")
+    removed = orjson.loads(out.stdout)
+    assert [(r["model"], r["fingerprint"]) for r in removed] == [("gpt-b", "fp_two")]
+    assert cli("purge", "--cache-dir", str(cache_dir), "--older-than", "1h").stdout.endswith(
+        "0 entries removed\n")
+    text = cli("purge", "--cache-dir", str(cache_dir), "--model", "gpt-a").stdout
+    assert "gpt-a" in text and text.endswith("1 entries removed\n")
+    assert cli_json("stats", "--cache-dir", str(cache_dir))["entries"] == 1
+    cli("purge", "--cache-dir", str(cache_dir), "--all")
+    assert cli_json("stats", "--cache-dir", str(cache_dir))["entries"] == 0
+    with sdk(busy) as client:  # the running proxy sees the purge
+        raw = client.chat.completions.with_raw_response.create(model="gpt-b", messages=MESSAGES)
+    assert raw.headers["x-cache"] == "MISS"
+
+
+# -- explain -------------------------------------------------------------------------------
+
+def test_explain_endpoint_and_key_command_agree_with_the_proxy(client, proxy, tmp_path):
+    body = {"model": "gpt-test", "messages": MESSAGES, "temperature": 1.0, "user": "u",
+            "stream": False}
+    raw = client.chat.completions.with_raw_response.create(**body)
+    status, _, answer = http(proxy.url, "POST", "/_seedproxy/explain", body=orjson.dumps(body))
+    info = orjson.loads(answer)
+    assert status == 200
+    assert info["key"] == raw.headers["x-seedproxy-key"]
+    assert info["ignored_fields"] == ["stream", "user"]
+    assert info["seed"] == 12345 and info["namespace"] == ""
+    assert orjson.loads(info["canonical"]) == {"messages": MESSAGES, "model": "gpt-test",
+                                               "seed": 12345, "temperature": 1}
+    _, _, spaced = http(proxy.url, "POST", "/_seedproxy/explain", body=orjson.dumps(body),
+                        headers={"X-Seedproxy-Namespace": "team-a"})
+    assert orjson.loads(spaced)["key"] != info["key"]
+    status, _, err = http(proxy.url, "POST", "/_seedproxy/explain?path=/v1/nope", body=b"{}")
+    assert status == 400 and "not a cached endpoint" in orjson.loads(err)["error"]["message"]
+
+    request_file = tmp_path / "request.json"
+    request_file.write_bytes(orjson.dumps(body))
+    offline = cli("key", str(request_file), "--json",
+                  env={"SEEDPROXY_UPSTREAM_BASE_URL": proxy.settings.upstream.base_url})
+    assert orjson.loads(offline.stdout)["key"] == info["key"]
+
+
+def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make_proxy,
+                                                                            upstream):
+    recorder = make_proxy()
+    with sdk(recorder) as client:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES, temperature=0.5)
+        client.chat.completions.create(model="gpt-test", messages=[
+            {"role": "user", "content": "something else entirely"}], max_tokens=9)
+    recorder.stop()
+    replay = make_proxy(cache={"mode": "replay"})
+    import openai
+
+    with sdk(replay) as client:
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="gpt-test", temperature=0.7, messages=[
+                {"role": "user", "content": "Say hello!"}])
+        assert "differs in: messages[0].content, temperature" in err.value.message
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="other-model", messages=MESSAGES)
+        assert "Nothing is recorded for model 'other-model'" in err.value.message
+
+
+# -- verify sampling ----------------------------------------------------------------------
+
+def wait_for(predicate, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        threading.Event().wait(0.02)
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_verify_sampling_compares_in_the_background(make_proxy, upstream, replace):
+    proxy = make_proxy(cache={"verify_rate": 1.0, "verify_replace": replace})
+    with sdk(proxy) as client:
+        stored = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        upstream.nondeterministic = True
+        upstream.gate = threading.Event()  # the verify request hangs until released
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test",
+                                                               messages=MESSAGES)
+        # the hit was answered while its live re-request was still held at the upstream
+        assert raw.headers["x-cache"] == "HIT" and not upstream.gate.is_set()
+        assert raw.parse().choices[0].message.content == stored.choices[0].message.content
+        upstream.gate.set()
+        wait_for(lambda: proxy.counters["drift_events"] == 1)
+        events = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])["drift"]
+        assert [e["reason"] for e in events] == ["verify"]
+        upstream.gate = None
+        upstream.nondeterministic = False
+        again = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert len(upstream.chat_calls) >= 2
+    replaced = again.choices[0].message.content != stored.choices[0].message.content
+    assert replaced is replace
+
+
+def test_verify_concurrency_is_bounded(make_proxy, upstream):
+    proxy = make_proxy(cache={"verify_rate": 1.0, "verify_concurrency": 1})
+    with sdk(proxy) as client:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        upstream.gate = threading.Event()
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert proxy.counters["verify_skipped"] == 2
+        upstream.gate.set()
+        wait_for(lambda: proxy.counters["verifications"] == 1)
+
+
+# -- probe --------------------------------------------------------------------------------
+
+def probe(upstream, *args: str):
+    return CliRunner().invoke(main, ["probe", "--model", "gpt-test", "--base-url",
+                                     f"{upstream.url}/v1", *args],
+                              env={"OPENAI_API_KEY": "none"})
+
+
+def test_probe_identical_outputs_pass_the_gate(upstream):
+    result = probe(upstream, "--runs", "3", "--expect-identical")
+    assert result.exit_code == 0, result.output
+    assert "identical-output rate 100%" in result.output
+    assert [c.json()["seed"] for c in upstream.chat_calls] == [12345] * 3
+    assert all(c.headers["Cache-Control"] == "no-store" for c in upstream.chat_calls)
+
+
+def test_probe_reports_differences_and_fails_the_gate(upstream, tmp_path):
+    upstream.nondeterministic = True
+    report = tmp_path / "probe.html"
+    result = probe(upstream, "--runs", "3", "--no-seed", "--temperature", "1.2",
+                   "--system", "Be brief.", "--json", "--html", str(report),
+                   "--expect-identical")
+    assert result.exit_code == 1
+    data = orjson.loads(result.stdout)
+    assert data["summary"]["identical_rate"] == 0.0 and data["summary"]["distinct_outputs"] == 3
+    assert data["summary"]["distinct_fingerprints"] == ["fp_one"]
+    assert 0 < data["summary"]["mean_similarity"] < 1
+    assert [r["number"] for r in data["runs"]] == [1, 2, 3]
+    sent = upstream.chat_calls[0].json()
+    assert "seed" not in sent and sent["temperature"] == 1.2
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    html = report.read_text()
+    assert html.count("<table class=\"diff\"") == 2
+    assert "diff_sub" in html or "diff_chg" in html
+    assert "<script" not in html and "http" not in html.split("<style>")[1].split("</style>")[0]
