@@ -115,6 +115,7 @@ async def _flusher(app: web.Application) -> None:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings)
+    await store.start()
     upstream = Upstream(settings.upstream)
     upstream.latency = app[METRICS].upstream_latency
     await upstream.start()

@@ -106,6 +106,10 @@ class CacheSettings:
     size_limit: int = _size(4 * 1024**3)
     complete_on_disconnect: bool = True
     embedding_tolerance: float = 0.0
+    redis_entry_ttl: float = _duration(0.0)
+    redis_maxmemory: int = field(default=0, metadata={"parse": lambda v: parse_size(v)
+                                                      if v not in (0, "0") else 0})
+    lock_ttl: float = _duration(30.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_rate <= 1.0:

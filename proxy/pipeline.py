@@ -9,6 +9,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ drift_log = logging.getLogger("seedproxy.drift")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SIGHTINGS_TTL = 1.0  # seconds a process trusts its copy of a model's fingerprint registry
 _MISSING = object()
+LOCK_POLL = 0.02  # seconds between looks for an entry another process is fetching
 NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
@@ -138,6 +140,8 @@ class Pipeline:
         self._inflight: dict[str, asyncio.Task[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
         self._verifying: set[asyncio.Future[None]] = set()
+        # Other processes use this store too: coalesce misses through it, not only here.
+        self.shared = settings.cache.backend == "redis" or settings.server.workers > 1
 
     # -- request parsing -------------------------------------------------------------------
 
@@ -319,7 +323,9 @@ class Pipeline:
         async def record(live: Live) -> None:
             await self._record(call, live, stored, reason)
 
-        task = asyncio.ensure_future(self._go_live(call, sink, record))
+        fetch = self._go_live(call, sink, record) if not self.shared else \
+            self._go_live_once(call, sink, record)
+        task = asyncio.ensure_future(fetch)
         self._inflight[call.key] = task
         task.add_done_callback(lambda t: self._inflight.pop(call.key, None))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -327,6 +333,46 @@ class Pipeline:
             return self._respond(call, await asyncio.shield(task), label)
         task.add_done_callback(lambda t: sink.put_nowait(("done",)))
         return await self._stream_to_client(request, call, task, sink, label)
+
+    async def _go_live_once(self, call: Call, sink: Sink | None, record: Record) -> Live:
+        """Across processes sharing the store, one goes upstream per key: it holds the
+        key's in-flight marker (renewed while it works); the others wait for its entry,
+        and go themselves if it vanishes without one (an error, or a crashed holder)."""
+        ttl = self.settings.cache.lock_ttl
+        token = uuid.uuid4().hex
+        # what was stored before; hosts' clocks differ, so no timestamps are compared
+        before = {(e.fingerprint, e.created) for e in await self.store.variants(call.key)}
+        while True:
+            if await self.store.lock(call.key, token, ttl):
+                keeper = asyncio.ensure_future(self._keep_lock(call.key, token, ttl))
+                try:
+                    return await self._go_live(call, sink, record)
+                finally:
+                    keeper.cancel()
+                    await self.store.unlock(call.key, token)
+            entry = await self._await_other(call.key, before)
+            if entry is not None:
+                self.counters.add("coalesced")
+                return Live(entry.status, CIMultiDict({"Content-Type": entry.content_type}),
+                            entry.body, orjson.loads(entry.body), entry.stream)
+
+    async def _keep_lock(self, key: str, token: str, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            await self.store.extend(key, token, ttl)
+
+    async def _await_other(self, key: str,
+                           before: set[tuple[str | None, float]]) -> Entry | None:
+        """The entry another process stores for ``key`` (one not in ``before``), or None
+        once its marker is gone without one."""
+        while True:
+            held = await self.store.locked(key)  # looked at first: a holder stores, then lets go
+            for entry in await self.store.variants(key):
+                if (entry.fingerprint, entry.created) not in before:
+                    return entry
+            if not held:
+                return None
+            await asyncio.sleep(LOCK_POLL)
 
     async def _stream_to_client(self, request: web.Request, call: Call, task: asyncio.Task[Live],
                                 sink: Sink, label: str) -> web.StreamResponse:

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import redis
 
-from tests.harness import FAKE_KEY, BackgroundLoop, LogCapture, ProxyServer, proxy_settings
+from tests.harness import (
+    FAKE_KEY,
+    BackgroundLoop,
+    LogCapture,
+    ProxyServer,
+    free_port,
+    proxy_settings,
+)
 from tests.upstream import FakeUpstream
 
 
@@ -38,12 +49,65 @@ def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: the test command installs Debian's redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield url
+    client.close()
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["disk", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test that touches the store runs against both backends."""
+    return request.param
+
+
+@pytest.fixture
+def store_config(backend: str, cache_dir: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The [cache] settings that select this test's store, emptied for the test."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_server")
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
+        return {"backend": "redis", "redis_url": url}
+    return {"backend": "disk", "dir": str(cache_dir)}
+
+
+@pytest.fixture
+def store_env(store_config: dict[str, Any]) -> dict[str, str]:
+    """The same store selected through SEEDPROXY_* variables, for the CLI."""
+    return {f"SEEDPROXY_CACHE_{k.upper()}": str(v) for k, v in store_config.items()}
+
+
 @pytest.fixture
 def make_proxy(bg: BackgroundLoop, upstream: FakeUpstream, cache_dir: Path,
+               store_config: dict[str, Any],
                logs: LogCapture) -> Iterator[Callable[..., ProxyServer]]:
     started: list[ProxyServer] = []
 
     def make(**sections: dict[str, Any]) -> ProxyServer:
+        sections["cache"] = {**store_config, **sections.get("cache", {})}
         server = ProxyServer(bg, proxy_settings(cache_dir, upstream.url, **sections)).start()
         started.append(server)
         return server

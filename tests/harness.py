@@ -135,3 +135,19 @@ def http(server_url: str, method: str, path: str, body: Any = None,
         return response.status, response.headers, response.read()
     finally:
         conn.close()
+
+
+def stored_bytes(store_config: dict[str, Any]) -> list[bytes]:
+    """Every byte the store holds, file by file (disk) or key by key (Redis)."""
+    if store_config["backend"] == "disk":
+        return [p.read_bytes() for p in Path(store_config["dir"]).rglob("*") if p.is_file()]
+    import redis
+
+    out = []
+    with redis.Redis.from_url(store_config["redis_url"]) as client:
+        for key in client.scan_iter("*"):
+            kind = client.type(key)
+            value: Any = {b"string": client.get, b"hash": client.hgetall, b"list":
+                          lambda k: client.lrange(k, 0, -1), b"set": client.smembers}[kind](key)
+            out.append(key + repr(value).encode())
+    return out

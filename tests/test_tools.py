@@ -26,14 +26,25 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, timeout=60, env=base | (env or {}))
 
 
-def cli_json(*args: str) -> object:
-    result = cli(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return orjson.loads(result.stdout)
+@pytest.fixture
+def run(store_env):
+    """`seedproxy ...` on this test's store (disk or Redis, selected by environment)."""
+    def go(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return cli(*args, env={**store_env, **(env or {})})
+    return go
 
 
 @pytest.fixture
-def busy(make_proxy, upstream, cache_dir):
+def run_json(run):
+    def go(*args: str, env: dict[str, str] | None = None) -> object:
+        result = run(*args, "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        return orjson.loads(result.stdout)
+    return go
+
+
+@pytest.fixture
+def busy(make_proxy, upstream):
     """A running proxy with hits, misses, a fingerprint change and a drift event."""
     proxy = make_proxy()
     with sdk(proxy) as client:
@@ -51,40 +62,41 @@ def busy(make_proxy, upstream, cache_dir):
     return proxy
 
 
-def test_stats_while_the_proxy_runs(busy, cache_dir):
-    stats = cli_json("stats", "--cache-dir", str(cache_dir))
+def test_stats_while_the_proxy_runs(busy, run, run_json):
+    stats = run_json("stats")
     assert (stats["hits"], stats["misses"], stats["refreshes"]) == (2, 3, 1)
     assert stats["stores"] == 4 and stats["entries"] == 3
     assert stats["drift_events"] == 1 and stats["fingerprint_changes"] == 1
     assert stats["tokens_saved"] == stats["prompt_tokens_saved"] + stats[
         "completion_tokens_saved"] > 0
     assert stats["money_saved_usd"] is None
-    human = cli("stats", "--cache-dir", str(cache_dir))
+    human = run("stats")
     assert "hit ratio" in human.stdout and "40.0%" in human.stdout
 
 
-def test_stats_with_prices(busy, cache_dir, tmp_path):
+def test_stats_with_prices(busy, store_config, run_json, tmp_path):
     config = tmp_path / "prices.toml"
-    config.write_text(f'[cache]\ndir = "{cache_dir}"\n[prices]\n"gpt-a" = [1000000, 0]\n')
-    stats = cli_json("stats", "--config", str(config))
+    cache = "".join(f'{k} = "{v}"\n' for k, v in store_config.items())
+    config.write_text(f'[cache]\n{cache}[prices]\n"gpt-a" = [1000000, 0]\n')
+    stats = run_json("stats", "--config", str(config))
     # gpt-a saved its prompt tokens once at $1 per token
     assert stats["money_saved_usd"] == pytest.approx(len(MESSAGES[0]["content"].split()))
 
 
-def test_drift_listing_filters_and_show(busy, cache_dir):
-    events = cli_json("drift", "--cache-dir", str(cache_dir))
+def test_drift_listing_filters_and_show(busy, run, run_json):
+    events = run_json("drift")
     assert [e["model"] for e in events] == ["gpt-a"]
-    assert cli_json("drift", "--cache-dir", str(cache_dir), "--model", "gpt-b") == []
-    assert cli_json("drift", "--cache-dir", str(cache_dir), "--since", "1h") == events
-    assert cli_json("drift", "--cache-dir", str(cache_dir), "--since", "2999-01-01") == []
-    table = cli("drift", "--cache-dir", str(cache_dir))
+    assert run_json("drift", "--model", "gpt-b") == []
+    assert run_json("drift", "--since", "1h") == events
+    assert run_json("drift", "--since", "2999-01-01") == []
+    table = run("drift")
     assert events[0]["id"] in table.stdout and "refresh" in table.stdout
-    shown = cli("drift", "--cache-dir", str(cache_dir), "show", events[0]["id"])
+    shown = run("drift", "show", events[0]["id"])
     assert shown.returncode == 0
     assert "--- cached" in shown.stdout and "+++ live" in shown.stdout
     assert any(line.startswith("-") and not line.startswith("---")
                for line in shown.stdout.splitlines())
-    missing = cli("drift", "--cache-dir", str(cache_dir), "show", "nope")
+    missing = run("drift", "show", "nope")
     assert missing.returncode == 2 and "no drift event" in missing.stderr
 
 
@@ -93,38 +105,37 @@ def test_drift_diff_is_red_and_green_in_a_terminal():
     assert "\x1b[31m-old" in colored and "\x1b[32m+new" in colored
 
 
-def test_fingerprints_per_model(busy, cache_dir):
-    table = cli_json("fingerprints", "--cache-dir", str(cache_dir))
+def test_fingerprints_per_model(busy, run, run_json):
+    table = run_json("fingerprints")
     assert [s["fingerprint"] for s in table["gpt-b"]] == ["fp_two", "fp_one"]
     assert [s["count"] for s in table["gpt-a"]] == [2]
-    only = cli_json("fingerprints", "--cache-dir", str(cache_dir), "--model", "gpt-a")
+    only = run_json("fingerprints", "--model", "gpt-a")
     assert list(only) == ["gpt-a"]
-    assert "first seen" in cli("fingerprints", "--cache-dir", str(cache_dir)).stdout
+    assert "first seen" in run("fingerprints").stdout
 
 
-def test_export_import_replay_in_ci(busy, cache_dir, tmp_path, make_proxy, bg, upstream):
+def test_export_import_replay_in_ci(busy, run, run_json, tmp_path, make_proxy, bg, upstream):
     cassette = tmp_path / "cassette.jsonl"
-    result = cli("export", str(cassette), "--cache-dir", str(cache_dir))
+    result = run("export", str(cassette))
     assert result.returncode == 0, result.stderr
     lines = cassette.read_bytes().splitlines()
     assert len(lines) == 3  # gpt-a (refreshed in place), gpt-b twice
     assert FAKE_KEY.encode() not in cassette.read_bytes()
     assert {orjson.loads(line)["model"] for line in lines} == {"gpt-a", "gpt-b"}
     only_b = tmp_path / "b.jsonl"
-    cli("export", str(only_b), "--cache-dir", str(cache_dir), "--model", "gpt-b")
+    run("export", str(only_b), "--model", "gpt-b")
     assert {orjson.loads(line)["model"] for line in only_b.read_bytes().splitlines()} == {"gpt-b"}
-    assert cli("export", str(tmp_path / "none.jsonl"), "--cache-dir", str(cache_dir),
-               "--since", "2999-01-01").returncode == 0
+    assert run("export", str(tmp_path / "none.jsonl"), "--since", "2999-01-01").returncode == 0
     assert (tmp_path / "none.jsonl").read_bytes() == b""
 
-    ci_cache = tmp_path / "ci-cache"
+    ci = {"SEEDPROXY_CACHE_BACKEND": "disk", "SEEDPROXY_CACHE_DIR": str(tmp_path / "ci")}
     for _ in range(2):  # idempotent
-        imported = cli("import", str(cassette), "--cache-dir", str(ci_cache))
+        imported = run("import", str(cassette), env=ci)
         assert imported.returncode == 0 and "imported 3 entries" in imported.stdout
-    assert cli_json("stats", "--cache-dir", str(ci_cache))["entries"] == 3
+    assert run_json("stats", env=ci)["entries"] == 3
     busy.stop()
     bg.run(upstream.stop())
-    replay = make_proxy(cache={"mode": "replay", "dir": str(ci_cache)})
+    replay = make_proxy(cache={"mode": "replay", "backend": "disk", "dir": str(tmp_path / "ci")})
     with sdk(replay) as client:
         raw = client.chat.completions.with_raw_response.create(model="gpt-a", messages=MESSAGES)
     assert raw.headers["x-cache"] == "HIT"
@@ -137,18 +148,18 @@ def test_import_rejects_garbage(tmp_path):
     assert result.returncode == 2 and "line 1: not a cassette entry" in result.stderr
 
 
-def test_purge_filters(busy, cache_dir):
-    assert cli("purge", "--cache-dir", str(cache_dir)).returncode == 2
-    out = cli("purge", "--cache-dir", str(cache_dir), "--fingerprint", "fp_two", "--json")
+def test_purge_filters(busy, run, run_json):
+    assert run("purge").returncode == 2
+    out = run("purge", "--fingerprint", "fp_two", "--json")
     removed = orjson.loads(out.stdout)
     assert [(r["model"], r["fingerprint"]) for r in removed] == [("gpt-b", "fp_two")]
-    assert cli("purge", "--cache-dir", str(cache_dir), "--older-than", "1h").stdout.endswith(
+    assert run("purge", "--older-than", "1h").stdout.endswith(
         "0 entries removed\n")
-    text = cli("purge", "--cache-dir", str(cache_dir), "--model", "gpt-a").stdout
+    text = run("purge", "--model", "gpt-a").stdout
     assert "gpt-a" in text and text.endswith("1 entries removed\n")
-    assert cli_json("stats", "--cache-dir", str(cache_dir))["entries"] == 1
-    cli("purge", "--cache-dir", str(cache_dir), "--all")
-    assert cli_json("stats", "--cache-dir", str(cache_dir))["entries"] == 0
+    assert run_json("stats")["entries"] == 1
+    run("purge", "--all")
+    assert run_json("stats")["entries"] == 0
     with sdk(busy) as client:  # the running proxy sees the purge
         raw = client.chat.completions.with_raw_response.create(model="gpt-b", messages=MESSAGES)
     assert raw.headers["x-cache"] == "MISS"

@@ -88,12 +88,36 @@ class Store(Protocol):
         """(entries, bytes) currently stored."""
         ...
 
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        """Take the in-flight marker of ``key`` for ``ttl`` seconds unless another holds it."""
+        ...
+
+    async def extend(self, key: str, token: str, ttl: float) -> bool:
+        """Keep holding the marker (if still ours) for another ``ttl`` seconds."""
+        ...
+
+    async def unlock(self, key: str, token: str) -> None:
+        """Drop the marker if it is still ours."""
+        ...
+
+    async def locked(self, key: str) -> bool:
+        ...
+
+    async def start(self) -> None:
+        """Connect and check; raise with a clear message when the store cannot be used."""
+        ...
+
     async def close(self) -> None:
         ...
 
 
 def open_store(settings: Settings) -> Store:
     """The store ``cache.backend`` names, opened on ``settings``."""
+    if settings.cache.backend == "redis":
+        from .redis import RedisStore
+
+        return RedisStore(settings.cache.redis_url, settings.cache.redis_entry_ttl,
+                          settings.cache.redis_maxmemory)
     from .disk import DiskStore
 
     return DiskStore(settings.cache_dir, size_limit=settings.cache.size_limit)

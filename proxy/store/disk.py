@@ -147,6 +147,34 @@ class DiskStore:
     async def counters(self) -> dict[str, int]:
         return await self._run(self._counters)
 
+    def _lock(self, key: str, token: str, ttl: float) -> bool:
+        return bool(self._meta.add(f"lock:{key}", token, expire=ttl))
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self._run(self._lock, key, token, ttl)
+
+    def _extend(self, key: str, token: str, ttl: float) -> bool:
+        with self._meta.transact():
+            return self._meta.get(f"lock:{key}") == token and self._meta.touch(
+                f"lock:{key}", expire=ttl)
+
+    async def extend(self, key: str, token: str, ttl: float) -> bool:
+        return await self._run(self._extend, key, token, ttl)
+
+    def _unlock(self, key: str, token: str) -> None:
+        with self._meta.transact():
+            if self._meta.get(f"lock:{key}") == token:
+                self._meta.delete(f"lock:{key}")
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._run(self._unlock, key, token)
+
+    async def locked(self, key: str) -> bool:
+        return await self._run(self._meta.get, f"lock:{key}") is not None
+
+    async def start(self) -> None:
+        """Nothing to connect: the files were opened (and checked) in the constructor."""
+
     async def size(self) -> tuple[int, int]:
         return await self._run(lambda: (len(self._entries), self._entries.volume()))
 
