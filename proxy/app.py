@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import dashboard, keys, reports
-from .config import Settings
+from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
 from .keys import canonical_query
 from .observe import Counters, Metrics
@@ -120,9 +120,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     upstream.latency = app[METRICS].upstream_latency
     await upstream.start()
     pipeline = Pipeline(settings, store, upstream, app[COUNTS])
-    if app[TOKENS]:
-        key = os.environ.get(settings.upstream.api_key_env, "")
-        pipeline.upstream_auth = f"Bearer {key}"
+    pipeline.upstream_credential = upstream_credential(settings, os.environ)
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
     flusher = asyncio.create_task(_flusher(app))
     try:
@@ -146,7 +144,8 @@ def _cached(endpoint: Endpoint) -> Handler:
 async def _passthrough(request: web.Request) -> web.StreamResponse:
     raw_tail = request.raw_path.partition("?")[0][len("/v1/"):]
     return await forward(request, request.app[UPSTREAM], raw_tail,
-                         request.app[SETTINGS].server.max_body, request.app[PIPELINE].upstream_auth)
+                         request.app[SETTINGS].server.max_body,
+                         request.app[PIPELINE].upstream_credential)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -18,7 +18,14 @@ from aiohttp import web
 
 from . import __version__, reports
 from .cassette import CassetteError, from_line, to_line
-from .config import ConfigError, Settings, check_cache_dir, load_settings, parse_duration
+from .config import (
+    ConfigError,
+    Settings,
+    check_cache_dir,
+    load_settings,
+    parse_duration,
+    upstream_credential,
+)
 from .observe import AccessLogger, access_log, setup_logging
 from .store import CorruptStoreError, Store, open_store
 
@@ -30,11 +37,12 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _settings(config: str | None, flags: dict[str, Any]) -> Settings:
+def _settings(config: str | None, flags: dict[str, Any], serving: bool = False) -> Settings:
     try:
         settings = load_settings(config, os.environ, flags)
         check_cache_dir(settings)
-        settings.proxy_tokens()
+        if serving:
+            upstream_credential(settings, os.environ)
     except ConfigError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -56,7 +64,8 @@ def banner(settings: Settings) -> str:
     return (f"seedproxy {__version__} listening on http://{s.server.host}:{s.server.port}"
             f" | upstream {s.upstream.base_url} | mode {s.cache.mode}"
             f" | cache {s.cache.backend}:{where} | seed {seed}"
-            f" | fingerprint {s.cache.fingerprint}")
+            f" | fingerprint {s.cache.fingerprint}"
+            + (f" | workers {s.server.workers}" if s.server.workers > 1 else ""))
 
 
 @click.group()
@@ -83,14 +92,16 @@ def serve(config: str | None, host: str | None, port: str | None, upstream: str 
         "server.host": host, "server.port": port, "upstream.base_url": upstream,
         "cache.dir": cache_dir, "cache.mode": mode, "seed.mode": seed_mode,
         "server.workers": workers, "log.format": log_format,
-    })
-    if settings.server.workers != 1:
-        _fail("server.workers: only 1 worker is supported in this version")
+    }, serving=True)
     setup_logging(settings.log.format, settings.log.level)
     if not _is_loopback(settings.server.host) and not settings.proxy_tokens():
         log.warning("listening on a non-loopback address without auth.tokens: anyone who can "
                     "reach it can spend the upstream key and read the cache",
                     extra={"data": {"host": settings.server.host}})
+    if settings.server.workers > 1:
+        from .workers import supervise
+
+        sys.exit(supervise(settings, lambda: click.echo(banner(settings))))
     from .app import create_app
 
     try:

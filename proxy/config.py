@@ -81,6 +81,7 @@ class ServerSettings:
 class UpstreamSettings:
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_header: Literal["authorization", "api-key"] = "authorization"
     timeout: float = _duration(600.0)
     connect_timeout: float = _duration(10.0)
 
@@ -320,6 +321,20 @@ def load_settings(config: str | os.PathLike[str] | None = None,
         except ValueError as exc:
             raise ConfigError(f"{section}.{exc}") from None
     return Settings(**built, prices=prices)
+
+
+def upstream_credential(settings: Settings, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """With proxy tokens, the (header, value) the proxy sends upstream instead of the
+    client's; None without tokens (the client's own credential is forwarded)."""
+    if not settings.proxy_tokens():
+        return None
+    key = env.get(settings.upstream.api_key_env, "")
+    if not key:
+        raise ConfigError(f"upstream.api_key_env: ${settings.upstream.api_key_env} is not set; "
+                          "with auth.tokens the proxy sends its own key upstream")
+    if settings.upstream.api_key_header == "api-key":
+        return "api-key", key
+    return "Authorization", f"Bearer {key}"
 
 
 def check_cache_dir(settings: Settings) -> None:

@@ -36,7 +36,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": round(record.created, 3), "level": record.levelname.lower(),
-                "logger": record.name, "msg": record.getMessage(), **_fields(record)}
+                "logger": record.name, "pid": record.process, "msg": record.getMessage(),
+                **_fields(record)}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()

@@ -38,12 +38,12 @@ class _LimitedBody:
 
 
 async def forward(request: web.Request, upstream: Upstream, raw_tail: str, max_body: int,
-                  authorization: str | None) -> web.StreamResponse:
+                  credential: tuple[str, str] | None) -> web.StreamResponse:
     """Send the request on as it is and stream the answer back as it arrives."""
     if request.content_length is not None and request.content_length > max_body:
         raise _too_large(max_body)
     url = upstream.url(raw_tail, request.rel_url.raw_query_string)
-    headers = forward_request_headers(request.headers, authorization)
+    headers = forward_request_headers(request.headers, credential)
     body = _LimitedBody(request, max_body) if request.body_exists else None
     try:
         return await relay(request, upstream, url, headers, body.__aiter__() if body else None)

@@ -136,7 +136,7 @@ class Pipeline:
         self.store = store
         self.upstream = upstream
         self.counters = counters
-        self.upstream_auth: str | None = None
+        self.upstream_credential: tuple[str, str] | None = None
         self._inflight: dict[str, asyncio.Task[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
         self._verifying: set[asyncio.Future[None]] = set()
@@ -178,7 +178,7 @@ class Pipeline:
         key = cache_key(endpoint.path, canonical_query(request.rel_url.query.items()),
                         self.namespace(request), self.settings.upstream.base_url,
                         canonical_body(body, cache.ignore_fields))
-        headers = forward_request_headers(request.headers, self.upstream_auth)
+        headers = forward_request_headers(request.headers, self.upstream_credential)
         headers["Accept-Encoding"] = "gzip, deflate"
         model = body.get("model")
         plan = plan_request(cache.mode, request.headers.get("Cache-Control"))

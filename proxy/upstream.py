@@ -30,14 +30,15 @@ def _dropped(headers: Mapping[str, str]) -> frozenset[str]:
 
 
 def forward_request_headers(headers: CIMultiDictProxy[str],
-                            authorization: str | None = None) -> CIMultiDict[str]:
-    """Client headers fit for the upstream; ``authorization`` replaces the client's own."""
+                            credential: tuple[str, str] | None = None) -> CIMultiDict[str]:
+    """Client headers fit for the upstream; ``credential`` (header, value) replaces the
+    client's own credentials."""
     drop = _dropped(headers) | PROXY_ONLY
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
-    if authorization is not None:
+    if credential is not None:
         out.popall("Authorization", None)
         out.popall("api-key", None)
-        out["Authorization"] = authorization
+        out[credential[0]] = credential[1]
     return out
 
 

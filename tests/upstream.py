@@ -259,6 +259,16 @@ class FakeUpstream:
         return web.Response(body=orjson.dumps(completion), content_type="application/json",
                             headers={"x-request-id": uuid.uuid4().hex})
 
+    async def azure_chat(self, request: web.Request) -> web.StreamResponse:
+        """Azure OpenAI's deployment path: it wants ``api-version`` and an ``api-key``."""
+        if "api-version" not in request.query:
+            return web.json_response({"error": {"code": "404", "message": "Resource not found"}},
+                                     status=404)
+        if "api-key" not in request.headers:
+            return web.json_response({"error": {"code": "401", "message": "Access denied"}},
+                                     status=401)
+        return await self.chat(request)
+
     async def legacy(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/completions: the chat answer's text as a ``text_completion``."""
         received = await self._record(request)
@@ -399,6 +409,7 @@ class FakeUpstream:
         app.router.add_post("/v1/completions", self.legacy)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 

@@ -1,0 +1,370 @@
+"""Sharing across a team: the store contract on both backends, Redis limits, coalescing
+across processes, --workers, proxy tokens, namespaces and upstream identity."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import openai
+import orjson
+import pytest
+import redis
+
+from proxy.policy import Sighting
+from proxy.store import Entry, open_store
+from tests.conftest import sdk
+from tests.harness import FAKE_KEY, free_port, http, proxy_settings
+from tests.upstream import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Team question"}]
+UPSTREAM_KEY = "sk-upstream-team-key-do-not-leak"
+TOKEN = "team-token-1"
+
+
+def entry(key: str, fp: str | None, created: float, body: bytes = b"{}") -> Entry:
+    return Entry(key, fp, created, 200, "application/json", "/v1/chat/completions", "m", 1,
+                 2, 3, body, b'{"model":"m"}')
+
+
+# -- the store contract, on both backends -------------------------------------------------
+
+async def test_store_contract(store_config, cache_dir, upstream):
+    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config))
+    await store.start()
+    try:
+        await store.put(entry("k1", "fp_a", 1.0, b'{"a":1}'))
+        await store.put(entry("k1", "fp_b", 2.0))
+        await store.put(entry("k1", "fp_a", 3.0, b'{"a":2}'))  # replaces fp_a
+        await store.put(entry("k1", None, 4.0))
+        variants = await store.variants("k1")
+        assert [(v.fingerprint, v.created) for v in variants] == [
+            (None, 4.0), ("fp_a", 3.0), ("fp_b", 2.0)]
+        assert variants[1].body == b'{"a":2}' and variants[1].request == b'{"model":"m"}'
+        for i in range(12):  # at most eight fingerprints per key, the oldest go
+            await store.put(entry("k2", f"fp{i}", float(i)))
+        assert len(await store.variants("k2")) == 8
+        assert sorted(await store.keys()) == ["k1", "k2"]
+        assert (await store.recent("/v1/chat/completions", "m"))[:2] == ["k2", "k1"]
+
+        assert await store.see("m", "fp_a", 10.0) == (None, False)
+        assert await store.see("m", None, 11.0) == ("fp_a", True)
+        assert await store.see("m", "fp_a", 12.0) == (None, False)
+        assert (await store.sightings("m"))["fp_a"] == Sighting("fp_a", 10.0, 12.0, 2)
+        assert await store.models() == ["m"]
+
+        for i in range(3):
+            await store.add_event({"kind": "drift", "id": str(i)})
+        assert [e["id"] for e in await store.events("drift", 2)] == ["2", "1"]
+        await store.add_counters({"hits": 2, "misses": 1})
+        await store.add_counters({"hits": 3})
+        assert (await store.counters())["hits"] == 5
+
+        assert await store.delete("k1", {"fp_b"}) == 1
+        assert len(await store.variants("k1")) == 2
+        assert await store.delete("k1") == 2
+        assert await store.variants("k1") == []
+        entries, volume = await store.size()
+        assert entries == 1 and volume > 0
+
+        assert await store.lock("k", "me", 0.3)
+        assert not await store.lock("k", "other", 5)
+        assert await store.locked("k")
+        assert await store.extend("k", "me", 0.3)
+        assert not await store.extend("k", "other", 5)
+        await asyncio.sleep(0.5)  # expired: a crashed holder's marker goes away
+        assert not await store.locked("k")
+        assert await store.lock("k", "other", 5)
+        await store.unlock("k", "me")  # not ours any more: nothing happens
+        assert await store.locked("k")
+        await store.unlock("k", "other")
+        assert not await store.locked("k")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_redis_entry_ttl_and_memory_bound(store_config, cache_dir, upstream):
+    url = store_config["redis_url"]
+    config = store_config | {"redis_entry_ttl": 3600, "redis_maxmemory": 256 * 1024**2}
+    store = open_store(proxy_settings(cache_dir, upstream.url, cache=config))
+    client = redis.Redis.from_url(url)
+    before = client.config_get("maxmemory*")
+    try:
+        await store.start()
+        await store.put(entry("k", "fp", 1.0))
+        assert 3500 < client.ttl("seedproxy:e:k") <= 3600
+        assert client.config_get("maxmemory")["maxmemory"] == str(256 * 1024**2)
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
+        assert client.ttl("seedproxy:counters") == -2  # registry, events, counters: no TTL
+    finally:
+        await store.close()
+        client.config_set("maxmemory", before["maxmemory"])
+        client.config_set("maxmemory-policy", before["maxmemory-policy"])
+        client.close()
+
+
+# -- several processes ---------------------------------------------------------------------
+
+class Serve:
+    """`seedproxy serve` in its own process."""
+
+    def __init__(self, port: int, upstream: FakeUpstream, env: dict[str, str],
+                 *args: str) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+        self.port = port
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedproxy-{port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream",
+             f"{upstream.url}/v1", *args],
+            env=base | env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        deadline = time.monotonic() + 30
+        while http_ok(port) is False:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"seedproxy did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def http_ok(port: int) -> bool:
+    try:
+        return http(f"http://127.0.0.1:{port}", "GET", "/healthz", timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+def post_many(ports: list[int], n: int, body: bytes) -> list[tuple[int, str, bytes]]:
+    async def go() -> list[tuple[int, str, bytes]]:
+        async with aiohttp.ClientSession() as session:
+            async def one(i: int) -> tuple[int, str, bytes]:
+                async with session.post(
+                        f"http://127.0.0.1:{ports[i % len(ports)]}/v1/chat/completions",
+                        data=body, headers={"Content-Type": "application/json"}) as r:
+                    return r.status, r.headers.get("X-Cache", ""), await r.read()
+            return await asyncio.gather(*(one(i) for i in range(n)))
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_two_processes_on_one_redis_make_one_upstream_call(upstream, store_env):
+    upstream.latency = 0.5
+    env = store_env | {"SEEDPROXY_CACHE_LOCK_TTL": "5s"}
+    a, b = Serve(free_port(), upstream, env), Serve(free_port(), upstream, env)
+    try:
+        body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
+        results = post_many([a.port, b.port], 20, body)
+    finally:
+        a.stop()
+        b.stop()
+    assert [r[0] for r in results] == [200] * 20
+    assert len(upstream.chat_calls) == 1
+    assert len({r[2] for r in results}) == 1
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_a_waiter_goes_upstream_itself_after_a_crashed_holder(upstream, store_env):
+    upstream.gate = threading.Event()  # the first call hangs at the upstream
+    env = store_env | {"SEEDPROXY_CACHE_LOCK_TTL": "1s"}
+    holder, waiter = Serve(free_port(), upstream, env), Serve(free_port(), upstream, env)
+    body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
+    try:
+        def doomed() -> None:
+            with contextlib.suppress(aiohttp.ClientError):  # its proxy is killed below
+                post_many([holder.port], 1, body)
+
+        first = threading.Thread(target=doomed, daemon=True)
+        first.start()
+        deadline = time.monotonic() + 10
+        while not upstream.chat_calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        result: list = []
+        second = threading.Thread(target=lambda: result.extend(post_many([waiter.port], 1, body)))
+        second.start()
+        time.sleep(0.3)  # the waiter is waiting on the holder's marker
+        assert len(upstream.chat_calls) == 1
+        holder.stop(signal.SIGKILL)
+        upstream.gate.set()  # the upstream would answer now, to a dead holder
+        second.join(30)
+        assert result and result[0][0] == 200
+        assert len(upstream.chat_calls) == 2  # the waiter went itself once the marker expired
+    finally:
+        holder.stop()
+        waiter.stop()
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_workers_share_the_port_the_cache_and_the_counters(upstream, store_env):
+    upstream.latency = 0.2
+    port = free_port()
+    served = Serve(port, upstream, store_env | {"SEEDPROXY_LOG_LEVEL": "info"},
+                   "--workers", "2")
+    try:
+        same = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
+        results = post_many([port], 20, same)
+        assert len(upstream.chat_calls) == 1  # coalesced within and across the workers
+        assert len({r[2] for r in results}) == 1
+        distinct = [post_many([port], 1, orjson.dumps({"model": "gpt-test", "messages": [
+            {"role": "user", "content": f"q{i}"}]})) for i in range(10)]
+        assert all(d[0][0] == 200 for d in distinct)
+        deadline = time.monotonic() + 10
+        while True:  # each worker flushes its counters every second
+            stats = orjson.loads(http(f"http://127.0.0.1:{port}", "GET",
+                                      "/_seedproxy/stats")[2])
+            if stats["requests"] == 30 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert stats["requests"] == 30
+        assert stats["hits"] + stats["misses"] == 30
+        assert stats["stores"] == 11
+    finally:
+        served.stop()
+    pids = {orjson.loads(line)["pid"] for line in served.log.read_text().splitlines()
+            if line.startswith("{") and '"path":"/v1/chat/completions"' in line}
+    assert len(pids) == 2  # both workers served requests
+    assert served.proc.returncode == 0
+
+
+# -- proxy tokens --------------------------------------------------------------------------
+
+@pytest.fixture
+def guarded(make_proxy, monkeypatch, tmp_path):
+    monkeypatch.setenv("TEAM_UPSTREAM_KEY", UPSTREAM_KEY)
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("# team tokens\nfile-token-2\n")
+    return make_proxy(auth={"tokens": (TOKEN,), "tokens_file": str(tokens_file)},
+                      upstream={"api_key_env": "TEAM_UPSTREAM_KEY"})
+
+
+def test_tokens_guard_everything_but_healthz(guarded, upstream):
+    for bad in (FAKE_KEY, "", "team-token-"):
+        with openai.OpenAI(base_url=guarded.base_url, api_key=bad or "x", max_retries=0) as c, \
+                pytest.raises(openai.AuthenticationError) as err:
+            c.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert err.value.code == "invalid_proxy_token"
+    for path in ("/_seedproxy/stats", "/_seedproxy/drift", "/_seedproxy/", "/metrics",
+                 "/v1/models"):
+        status, _, body = http(guarded.url, "GET", path)
+        assert status == 401, path
+        assert orjson.loads(body)["error"]["type"] == "authentication_error"
+    assert http(guarded.url, "POST", "/_seedproxy/explain", body=b"{}")[0] == 401
+    assert http(guarded.url, "GET", "/healthz")[0] == 200
+    assert upstream.calls == []  # nothing happened before the check
+
+
+def test_valid_tokens_get_the_proxys_own_upstream_key(guarded, upstream, logs):
+    for token in (TOKEN, "file-token-2"):
+        with openai.OpenAI(base_url=guarded.base_url, api_key=token) as client:
+            client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            client.models.list()
+    assert [c.headers["Authorization"] for c in upstream.calls] == [
+        f"Bearer {UPSTREAM_KEY}"] * 3
+    assert http(guarded.url, "GET", "/_seedproxy/stats",
+                headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert UPSTREAM_KEY not in logs.text and TOKEN not in logs.text
+
+
+def test_tokens_without_an_upstream_key_refuse_to_start(tmp_path, upstream):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env.pop("OPENAI_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(free_port()), "--cache-dir",
+         str(tmp_path / "c")], env=env | {"SEEDPROXY_AUTH_TOKENS": "a,b"},
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "upstream.api_key_env: $OPENAI_API_KEY is not set" in result.stderr
+
+
+# -- namespaces ----------------------------------------------------------------------------
+
+def create(client, **extra):
+    return client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, **extra).headers["x-cache"]
+
+
+def test_namespaces_never_serve_each_others_entries(proxy, upstream):
+    with sdk(proxy) as client:
+        a = {"extra_headers": {"X-Seedproxy-Namespace": "team-a"}}
+        b = {"extra_headers": {"X-Seedproxy-Namespace": "team.b_2"}}
+        assert [create(client, **a), create(client, **b), create(client)] == ["MISS"] * 3
+        assert [create(client, **a), create(client, **b), create(client)] == ["HIT"] * 3
+        with pytest.raises(openai.BadRequestError) as err:
+            create(client, extra_headers={"X-Seedproxy-Namespace": "../etc"})
+        assert err.value.code == "invalid_namespace"
+    assert len(upstream.chat_calls) == 3
+
+
+def test_per_key_scope_isolates_credentials(make_proxy, upstream):
+    proxy = make_proxy(cache={"scope": "per-key"})
+    with openai.OpenAI(base_url=proxy.base_url, api_key="sk-alice-0") as alice, \
+            openai.OpenAI(base_url=proxy.base_url, api_key="sk-bob-0") as bob:
+        assert [create(alice), create(bob), create(alice), create(bob)] == [
+            "MISS", "MISS", "HIT", "HIT"]
+    shared = make_proxy()
+    with openai.OpenAI(base_url=shared.base_url, api_key="sk-carol-0") as carol, \
+            openai.OpenAI(base_url=shared.base_url, api_key="sk-dave-0") as dave:
+        assert [create(carol), create(dave)] == ["MISS", "HIT"]
+
+
+# -- upstream identity ---------------------------------------------------------------------
+
+def test_different_upstreams_never_share_entries(make_proxy, upstream, bg):
+    other = FakeUpstream()
+    other.fingerprint = "fp_other"
+    bg.run(other.start())
+    try:
+        first = make_proxy()
+        second = make_proxy(upstream={"base_url": f"{other.url}/v1"})
+        with sdk(first) as a, sdk(second) as b:
+            assert [create(a), create(b), create(a), create(b)] == ["MISS", "MISS", "HIT", "HIT"]
+        assert len(upstream.chat_calls) == len(other.chat_calls) == 1
+    finally:
+        bg.run(other.stop())
+
+
+def test_azure_deployment_with_api_key_and_api_version(make_proxy, upstream):
+    proxy = make_proxy(upstream={"base_url": f"{upstream.url}/openai/deployments/gpt-4o"})
+    azure_key = "azure-client-key-1"
+
+    def client(version: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=proxy.base_url, api_key="unused",
+                             default_headers={"api-key": azure_key},
+                             default_query={"api-version": version})
+
+    with client("2024-06-01") as june, client("2024-10-21") as october:
+        assert [create(june), create(june), create(october)] == ["MISS", "HIT", "MISS"]
+    seen = upstream.chat_calls[0]
+    assert seen.path == "/openai/deployments/gpt-4o/chat/completions"
+    assert seen.query == "api-version=2024-06-01"
+    assert seen.headers["api-key"] == azure_key
+
+
+def test_azure_with_proxy_tokens_sends_the_api_key_header(make_proxy, upstream, monkeypatch):
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", UPSTREAM_KEY)
+    proxy = make_proxy(upstream={"base_url": f"{upstream.url}/openai/deployments/gpt-4o",
+                                 "api_key_env": "AZURE_OPENAI_API_KEY",
+                                 "api_key_header": "api-key"},
+                       auth={"tokens": (TOKEN,)})
+    with openai.OpenAI(base_url=proxy.base_url, api_key=TOKEN,
+                       default_query={"api-version": "2024-06-01"}) as client:
+        assert create(client) == "MISS"
+    seen = upstream.chat_calls[0]
+    assert seen.headers["api-key"] == UPSTREAM_KEY
+    assert "Authorization" not in seen.headers
