@@ -27,7 +27,7 @@ from .config import (
     upstream_credential,
 )
 from .observe import AccessLogger, access_log, setup_logging
-from .store import CorruptStoreError, Store, open_store
+from .store import Store, StoreError, open_store, redact
 
 log = logging.getLogger("seedproxy")
 
@@ -59,7 +59,7 @@ def _is_loopback(host: str) -> bool:
 
 def banner(settings: Settings) -> str:
     s = settings
-    where = s.cache.dir if s.cache.backend == "disk" else s.cache.redis_url
+    where = s.cache.dir if s.cache.backend == "disk" else redact(s.cache.redis_url)
     seed = s.seed.mode + (f" ({s.seed.default})" if s.seed.mode in ("force", "override") else "")
     return (f"seedproxy {__version__} listening on http://{s.server.host}:{s.server.port}"
             f" | upstream {s.upstream.base_url} | mode {s.cache.mode}"
@@ -109,7 +109,7 @@ def serve(config: str | None, host: str | None, port: str | None, upstream: str 
         web.run_app(app, host=settings.server.host, port=settings.server.port,
                     print=lambda _: click.echo(banner(settings)), access_log=access_log,
                     access_log_class=AccessLogger)
-    except CorruptStoreError as exc:
+    except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"server: cannot listen on {settings.server.host}:{settings.server.port}: "
@@ -132,13 +132,14 @@ def store_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
         async def run() -> None:
             store = open_store(settings)
             try:
+                await store.start()
                 await fn(store, settings, **options)
             finally:
                 await store.close()
 
         try:
             asyncio.run(run())
-        except CorruptStoreError as exc:
+        except StoreError as exc:
             _fail(str(exc))
 
     return wrapper

@@ -107,6 +107,9 @@ def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
     (["--cache-dir", "/etc/passwd/cache"], {}, None, "cache.dir: cannot use '/etc/passwd/cache'"),
     (["--seed-mode", "always"], {}, None, "seed.mode: must be one of force"),
     (["--upstream", "ftp://x"], {}, None, "upstream.base_url: must be an http(s) URL"),
+    ([], {"SEEDPROXY_CACHE_BACKEND": "redis",
+          "SEEDPROXY_CACHE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}, None,
+     "cache.redis_url: cannot reach redis://:***@127.0.0.1:1/0"),
 ])
 def test_bad_values_exit_with_one_line(tmp_path, args, env, toml, expected):
     cmd = [sys.executable, "-m", "proxy", "serve", "--cache-dir", str(tmp_path / "c"), *args]
@@ -119,6 +122,7 @@ def test_bad_values_exit_with_one_line(tmp_path, args, env, toml, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_precedence_unit():

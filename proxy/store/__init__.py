@@ -29,8 +29,20 @@ class Entry:
     stream: bytes = b""  # the raw SSE events, for endpoints whose streams replay verbatim
 
 
-class CorruptStoreError(RuntimeError):
+class StoreError(RuntimeError):
+    """The store cannot be used; the message says which one, why, and what to do."""
+
+
+class CorruptStoreError(StoreError):
     """The store's files cannot be read; the message names them and how to recover."""
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs: any password replaced by ``***``."""
+    from yarl import URL
+
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
 
 
 class Store(Protocol):

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..policy import Sighting, observe_sighting
-from . import Entry
+from . import Entry, StoreError, redact
 from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
 from .record import RecordError, decode, encode
 
@@ -51,14 +51,19 @@ class RedisStore:
 
     async def start(self) -> None:
         """Check the connection; apply the memory bound if one is configured."""
-        await self.redis.ping()
+        where = redact(self.url)
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cache.redis_url: cannot reach {where}: {exc}") from None
         if self.maxmemory:
             try:
                 await self.redis.config_set("maxmemory", self.maxmemory)
                 # only keys with a TTL (entries) are evicted; registry and events are kept
                 await self.redis.config_set("maxmemory-policy", "volatile-lru")
             except ResponseError as exc:  # managed Redis often forbids CONFIG
-                raise RedisError(f"cannot set maxmemory on {self.url}: {exc}") from None
+                raise StoreError(f"cache.redis_maxmemory: cannot set it on {where}: {exc}; "
+                                 "set it on the server and leave this 0") from None
 
     async def variants(self, key: str) -> list[Entry]:
         rows = await self.redis.hgetall(PREFIX + "e:" + key)
