@@ -21,7 +21,7 @@ from .keys import canonical_query
 from .observe import Counters, Metrics
 from .passthrough import forward
 from .pipeline import ENDPOINTS, Endpoint, Pipeline, endpoint_for, seeded
-from .store import Store, open_store
+from .store import Store, StoreError, open_store
 from .upstream import Upstream
 
 log = logging.getLogger("seedproxy")
@@ -46,6 +46,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ProxyError as exc:
         return error_response(exc)
+    except StoreError as exc:
+        log.error("cache store failed", extra={"data": {"path": request.path,
+                                                        "error": str(exc)}})
+        return error_response(ProxyError(503, f"seedproxy's cache store is unavailable: {exc}",
+                                         code="store_unavailable"))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].server.max_body
         return error_response(ProxyError(
@@ -142,7 +147,9 @@ def _cached(endpoint: Endpoint) -> Handler:
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
-    raw_tail = request.raw_path.partition("?")[0][len("/v1/"):]
+    # rel_url, not raw_path: an absolute-form target (GET http://elsewhere/v1/x) names
+    # another host, which is never contacted; only its path below /v1/ is used
+    raw_tail = request.rel_url.raw_path[len("/v1/"):]
     return await forward(request, request.app[UPSTREAM], raw_tail,
                          request.app[SETTINGS].server.max_body,
                          request.app[PIPELINE].upstream_credential)

@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.harness import free_port
 
@@ -54,10 +55,23 @@ async def _post(session: aiohttp.ClientSession, port: int, i: int, answered: dic
         pass
 
 
+KILLS = 20
+
+
+def stats(cache_dir) -> dict:
+    """`seedproxy stats` as a user runs it after a crash."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    result = subprocess.run([sys.executable, "-m", "proxy", "stats", "--json", "--cache-dir",
+                             str(cache_dir)], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    return orjson.loads(result.stdout)
+
+
 async def test_answered_requests_survive_sigkill(tmp_path, upstream):
     upstream.latency = 0.02
     port, cache_dir = free_port(), tmp_path / "cache"
-    for round_ in range(3):
+    for round_ in range(KILLS):
         proc = serve(port, cache_dir, f"{upstream.url}/v1", "record")
         answered: dict[int, bytes] = {}
         ten_answered = asyncio.Event()
@@ -69,6 +83,7 @@ async def test_answered_requests_survive_sigkill(tmp_path, upstream):
             await asyncio.gather(*tasks)
         proc.wait()
         assert answered
+        assert stats(cache_dir)["entries"] >= len(answered)
 
         # after the crash: every answered request is a hit with the same bytes, and no
         # request is ever answered with a damaged entry
@@ -89,3 +104,41 @@ async def test_answered_requests_survive_sigkill(tmp_path, upstream):
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+
+
+def corrupt(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x00garbage" * 512)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_cache_file_is_a_clear_error_not_a_traceback(tmp_path, upstream, how):
+    port, cache_dir = free_port(), tmp_path / "cache"
+    proc = serve(port, cache_dir, f"{upstream.url}/v1", "record")
+    import urllib.request
+
+    for i in range(5):
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}{CHAT}", data=body(i),
+            headers={"Content-Type": "application/json"}), timeout=10).read()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    damaged = cache_dir / "entries" / "cache.db"
+    corrupt(damaged, how)
+    for wal in cache_dir.glob("entries/cache.db-*"):
+        wal.unlink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    for args in (["serve", "--port", str(port)], ["stats"], ["export", "-"]):
+        result = subprocess.run([sys.executable, "-m", "proxy", *args, "--cache-dir",
+                                 str(cache_dir)], capture_output=True, text=True, env=env,
+                                timeout=30)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert str(damaged) in lines[0] and "move the directory" in lines[0]
+    # the documented recovery: move the directory aside and start again
+    cache_dir.rename(tmp_path / "damaged")
+    proc = serve(port, cache_dir, f"{upstream.url}/v1", "record")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

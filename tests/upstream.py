@@ -45,6 +45,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     stall: float = 0.0  # seconds to wait before answering
     drop: bool = False  # close the connection without answering
+    midway: str | None = None  # "stall" | "drop": after the headers and half the body
 
 
 @dataclass
@@ -73,6 +74,10 @@ class FakeUpstream:
         self.gate: threading.Event | None = None
         self.stream_finished = threading.Event()  # set when a stream was written to the end
         self.scripts: deque[Scripted] = deque()
+        self.fail_rate = 0.0  # fraction of calls answered with a 500
+        self.failures = 0
+        self.keep_calls = True  # False for load tests: only count them
+        self.call_count = 0
         self.calls: list[Received] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -222,7 +227,9 @@ class FakeUpstream:
     async def _record(self, request: web.Request) -> Received:
         received = Received(request.method, request.path, request.rel_url.raw_query_string,
                             dict(request.headers), await request.read())
-        self.calls.append(received)
+        self.call_count += 1
+        if self.keep_calls:
+            self.calls.append(received)
         return received
 
     async def _scripted(self, request: web.Request, item: Scripted) -> web.StreamResponse:
@@ -238,6 +245,17 @@ class FakeUpstream:
             body = orjson.dumps(item.body if item.body is not None else {"error": {
                 "message": f"scripted {item.status}", "type": "server_error", "param": None,
                 "code": None}})
+        if item.midway:
+            response = web.StreamResponse(status=item.status, headers=item.headers)
+            response.content_type = "application/json"
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[:len(body) // 2])
+            if item.midway == "stall":
+                await asyncio.sleep(3600)
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         return web.Response(status=item.status, body=body, headers=item.headers,
                             content_type="application/json")
 
@@ -403,8 +421,26 @@ class FakeUpstream:
             "headers": received.headers, "body": received.body.decode("latin-1"),
         }, headers={"X-Upstream": "fake", "Set-Cookie": "a=b"})
 
+    @web.middleware
+    async def _robust(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Like the real API: a request it cannot make sense of is a 400, not a crash; and
+        ``fail_rate`` of the calls fail with a 500."""
+        if self.fail_rate and random.random() < self.fail_rate:
+            await request.read()
+            self.failures += 1
+            return web.json_response({"error": {"message": "random failure", "type":
+                                                "server_error", "param": None, "code": None}},
+                                     status=500)
+        try:
+            return await handler(request)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+                orjson.JSONDecodeError) as exc:
+            return web.json_response({"error": {"message": f"invalid request: {exc!r}",
+                                                "type": "invalid_request_error", "param": None,
+                                                "code": None}}, status=400)
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024**3)
+        app = web.Application(client_max_size=1024**3, middlewares=[self._robust])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.legacy)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -435,10 +471,12 @@ def main() -> None:
     parser.add_argument("--fingerprint", default="fp_one")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--nondeterministic", action="store_true")
+    parser.add_argument("--fail-rate", type=float, default=0.0)
     args = parser.parse_args()
     fake = FakeUpstream()
     fake.fingerprint, fake.latency = args.fingerprint, args.latency
-    fake.nondeterministic = args.nondeterministic
+    fake.nondeterministic, fake.fail_rate = args.nondeterministic, args.fail_rate
+    fake.keep_calls = False
     web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None)
 
 

@@ -13,7 +13,7 @@ import diskcache
 import orjson
 
 from ..policy import Sighting, observe_sighting
-from . import CorruptStoreError, Entry
+from . import CorruptStoreError, Entry, StoreError
 from .record import RecordError, decode, encode
 
 MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
@@ -22,14 +22,19 @@ MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misse
 T = TypeVar("T")
 
 
+def _corrupt(path: Path, exc: Exception) -> str:
+    return (f"cache file {path / 'cache.db'} (or one beside it) is unreadable ({exc}); stop "
+            f"the proxy and move the directory {path} aside (or delete it) to start with an "
+            "empty cache; recordings exported with `seedproxy export` can be imported again")
+
+
 def _open(path: Path, **settings: Any) -> diskcache.Cache:
     try:
         return diskcache.Cache(str(path), **settings)
     except sqlite3.DatabaseError as exc:
-        raise CorruptStoreError(
-            f"cache file {path / 'cache.db'} is unreadable ({exc}); stop the proxy and move "
-            f"the directory {path} aside (or delete it) to start with an empty cache"
-        ) from None
+        raise CorruptStoreError(_corrupt(path, exc)) from None
+    except OSError as exc:
+        raise StoreError(f"cache.dir: cannot open {path}: {exc}") from None
 
 
 class DiskStore:
@@ -42,13 +47,19 @@ class DiskStore:
                               eviction_policy="least-recently-stored")
         self._meta = _open(directory / "meta", eviction_policy="none")
         self._events = {
-            kind: diskcache.Deque(directory=str(directory / "events" / kind), maxlen=MAX_EVENTS)
+            kind: diskcache.Deque.fromcache(_open(directory / "events" / kind,
+                                                  eviction_policy="none"), maxlen=MAX_EVENTS)
             for kind in ("drift", "fingerprint_change")
         }
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
+        except OSError as exc:
+            raise StoreError(f"cache.dir {self.directory}: {exc}") from None
 
     def _read(self, key: str) -> list[Entry]:
         raw = self._entries.get(key)

@@ -12,6 +12,7 @@ Fingerprints are stored JSON-encoded so that ``null`` is a value like any other.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -188,3 +189,20 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _guarded(fn: Any) -> Any:
+    """Redis failing mid-request becomes a StoreError (answered 503), with the URL redacted."""
+    @functools.wraps(fn)
+    async def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(self, *args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis at {redact(self.url)} failed: {exc}") from None
+    return wrapper
+
+
+for _name in ("variants", "put", "sightings", "see", "add_event", "events", "add_counters",
+              "counters", "keys", "delete", "models", "recent", "size", "lock", "extend",
+              "unlock", "locked"):
+    setattr(RedisStore, _name, _guarded(getattr(RedisStore, _name)))

@@ -1,0 +1,134 @@
+"""Upstream faults, one by one: the client gets a clear OpenAI-shaped error (or the upstream's
+own), nothing is cached, no task or connection leaks, and the next request succeeds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import sdk
+from tests.upstream import Scripted
+
+MESSAGES = [{"role": "user", "content": "Faulty"}]
+
+
+def proxy_tasks(proxy) -> int:
+    """Tasks running the proxy's own code on its loop (the fake upstream shares the loop)."""
+    async def count() -> int:
+        return sum(1 for t in asyncio.all_tasks()
+                   if "/proxy/" in getattr(getattr(t.get_coro(), "cr_code", None),
+                                           "co_filename", ""))
+    return proxy.bg.run(count())
+
+
+def busy_connections(proxy) -> int:
+    connector = proxy.pipeline.upstream.session.connector
+    return sum(len(c) for c in connector._acquired_per_host.values())
+
+
+def settled(proxy, baseline: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if proxy_tasks(proxy) <= baseline and busy_connections(proxy) == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def set_fault(upstream, fault: str) -> None:
+    scripted = {
+        "timeout_before_headers": Scripted(200, stall=3.0),
+        "stall_mid_body": Scripted(200, body={"choices": []}, midway="stall"),
+        "reset_mid_body": Scripted(200, body={"choices": [], "pad": "x" * 4000}, midway="drop"),
+        "malformed_json_200": Scripted(200, body=b'{"choices": [{"index": 0, "mess'),
+        "429_retry_after": Scripted(429, headers={"Retry-After": "11"}),
+        "500": Scripted(500),
+        "503": Scripted(503),
+        "dropped_connection": Scripted(drop=True),
+    }
+    if fault in scripted:
+        upstream.script(scripted[fault])
+    elif fault == "reset_mid_stream":
+        upstream.stream_fault = "drop"
+    elif fault == "sse_without_done":
+        upstream.stream_fault = "no_done"
+    elif fault == "stall_mid_stream":
+        upstream.stream_fault = "stall"
+
+
+EXPECTED: dict[str, tuple[int, str | None]] = {  # status, proxy's error code (None: upstream's)
+    "connect_refused": (502, "upstream_unreachable"),
+    "timeout_before_headers": (504, "upstream_timeout"),
+    "stall_mid_body": (504, "upstream_timeout"),
+    "reset_mid_body": (502, "upstream_error"),
+    "dropped_connection": (502, "upstream_error"),
+    "malformed_json_200": (502, "upstream_invalid"),
+    "429_retry_after": (429, None),
+    "500": (500, None),
+    "503": (503, None),
+    "reset_mid_stream": (200, "upstream_incomplete"),
+    "sse_without_done": (200, "upstream_incomplete"),
+    "stall_mid_stream": (200, "upstream_incomplete"),
+}
+STREAMED = {"reset_mid_stream", "sse_without_done", "stall_mid_stream"}
+
+
+@pytest.mark.parametrize("fault", list(EXPECTED))
+def test_upstream_fault(make_proxy, upstream, bg, fault):
+    proxy = make_proxy(upstream={"timeout": 1.0})
+    baseline = proxy_tasks(proxy)
+    status, code = EXPECTED[fault]
+    port = upstream.port
+    if fault == "connect_refused":
+        bg.run(upstream.stop())
+    else:
+        set_fault(upstream, fault)
+    with sdk(proxy, max_retries=0) as client:
+        with pytest.raises(openai.APIError) as err:
+            if fault in STREAMED:
+                for _ in client.chat.completions.create(model="gpt-test", messages=MESSAGES,
+                                                        stream=True):
+                    pass
+            else:
+                client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        error: Any = err.value
+        if fault in STREAMED:  # headers were sent: the error arrives as an SSE event
+            assert error.code == code and "nothing was cached" in error.message
+        else:
+            assert error.status_code == status
+            body = error.response.json()["error"]
+            assert set(body) >= {"message", "type", "param", "code"}
+            assert body["code"] == code
+            if code is None:
+                assert body["message"].startswith("scripted")  # the upstream's own, unchanged
+        if fault == "429_retry_after":
+            assert error.response.headers["retry-after"] == "11"
+
+        assert proxy.counters["stores"] == 0
+        assert settled(proxy, baseline), (proxy_tasks(proxy), busy_connections(proxy))
+
+        upstream.stream_fault = None
+        if fault == "connect_refused":
+            bg.run(upstream.start(port))
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test",
+                                                               messages=MESSAGES)
+        assert raw.status_code == 200 and raw.headers["x-cache"] == "MISS"
+    assert proxy.counters["stores"] == 1
+
+
+def test_many_faults_in_a_row_leak_nothing(make_proxy, upstream):
+    proxy = make_proxy(upstream={"timeout": 1.0})
+    baseline = proxy_tasks(proxy)
+    with sdk(proxy, max_retries=0) as client:
+        for i in range(30):
+            upstream.script(Scripted(drop=True) if i % 2 else Scripted(
+                200, body={"pad": "y" * 2000}, midway="drop"))
+            with pytest.raises(openai.APIError):
+                client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert settled(proxy, baseline)
+    connector = proxy.pipeline.upstream.session.connector
+    assert sum(len(c) for c in connector._conns.values()) <= 1
