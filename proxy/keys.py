@@ -8,7 +8,10 @@ from typing import Any
 
 import orjson
 
+from .errors import ProxyError
+
 _MAX_EXACT = 2**53
+MAX_DEPTH = 254  # what orjson can encode
 
 
 def _normalize(value: Any) -> Any:
@@ -27,8 +30,12 @@ def _normalize(value: Any) -> Any:
 def canonical_body(body: dict[str, Any], ignore: Iterable[str] = ()) -> bytes:
     """Sorted-key, whitespace-free JSON of ``body`` without the ``ignore`` fields."""
     skip = frozenset(ignore)
-    kept = {k: _normalize(v) for k, v in body.items() if k not in skip}
-    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+    try:
+        kept = {k: _normalize(v) for k, v in body.items() if k not in skip}
+        return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, RecursionError):
+        raise ProxyError(400, f"The request body is nested more than {MAX_DEPTH} levels deep.",
+                         code="invalid_json") from None
 
 
 def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:

@@ -26,7 +26,16 @@ from .keys import cache_key, canonical_body, canonical_query, nearest
 from .kinds import KINDS, Kind
 from .observe import Counters
 from .passthrough import relay
-from .policy import Action, Plan, Sighting, apply_seed, is_fresh, plan_request, select_variant
+from .policy import (
+    Action,
+    Plan,
+    Sighting,
+    add_seed,
+    apply_seed,
+    is_fresh,
+    plan_request,
+    select_variant,
+)
 from .sse import EventSplitter, parse_event
 from .store import Entry, Store
 from .upstream import Upstream, forward_request_headers, forward_response_headers
@@ -171,9 +180,10 @@ class Pipeline:
 
     async def parse(self, request: web.Request, endpoint: Endpoint) -> Call:
         raw, body = await self.read_json(request)
+        had_seed = "seed" in body
         seed, changed = seeded(endpoint, body, self.settings)
-        if changed:
-            raw = orjson.dumps(body)  # otherwise the client's bytes go upstream as they are
+        if changed:  # otherwise the client's bytes go upstream exactly as they are
+            raw = orjson.dumps(body) if had_seed else add_seed(raw, body["seed"])
         cache = self.settings.cache
         key = cache_key(endpoint.path, canonical_query(request.rel_url.query.items()),
                         self.namespace(request), self.settings.upstream.base_url,

@@ -30,6 +30,16 @@ def apply_seed(body: dict[str, Any], mode: str, default: int) -> int | None:
     return body.get("seed")
 
 
+def add_seed(raw: bytes, seed: int) -> bytes:
+    """``raw`` (a JSON object without ``seed``) with ``"seed":N`` added after its opening
+    brace; every other byte stays as the client sent it (no re-encoding, so no number is
+    rounded and no key reordered)."""
+    brace = raw.index(b"{")
+    empty = raw[brace + 1:].lstrip().startswith(b"}")
+    return raw[:brace + 1] + b'"seed":' + str(seed).encode() + (b"" if empty else b",") + \
+        raw[brace + 1:]
+
+
 class Action(enum.Enum):
     """What to do with the cache for one request."""
 

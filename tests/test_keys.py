@@ -46,3 +46,16 @@ def test_query_order_does_not_matter():
 def test_huge_and_fractional_floats_are_kept_apart():
     assert canonical_body({"x": 1e300}) != canonical_body({"x": 1e299})
     assert canonical_body({"x": 0.1}) != canonical_body({"x": 0.10000001})
+
+
+def test_too_deep_bodies_are_a_400():
+    import pytest
+
+    from proxy.errors import ProxyError
+
+    deep: dict = {"a": 1}
+    for _ in range(300):
+        deep = {"a": deep}
+    with pytest.raises(ProxyError) as err:
+        canonical_body({"model": "m", "x": deep})
+    assert err.value.status == 400

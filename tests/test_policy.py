@@ -4,6 +4,7 @@ from proxy.errors import ProxyError
 from proxy.policy import (
     Action,
     Sighting,
+    add_seed,
     apply_seed,
     is_fresh,
     observe_sighting,
@@ -128,3 +129,14 @@ def test_observe_sighting_reports_new_fingerprints_after_the_first():
     table, previous, new = observe_sighting(table, "fp_a", 3.0)
     assert (previous, new) == ("fp_b", False)
     assert table["fp_a"] == Sighting("fp_a", 1.0, 3.0, 2)
+
+
+@pytest.mark.parametrize("raw", [
+    b"{}", b" { } ", b'{"model":"m"}', b'\n{\n  "big": 123456789012345678901234567890\n}',
+    b'{"x": {"y": [1, 2.50, "{"]}}'])
+def test_add_seed_keeps_every_other_byte(raw):
+    import orjson
+
+    spliced = add_seed(raw, 42)
+    assert orjson.loads(spliced)["seed"] == 42
+    assert spliced.replace(b'"seed":42,', b"").replace(b'"seed":42', b"") == raw
