@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.app import COUNTS, PIPELINE, create_app
 from proxy.config import Settings, load_settings, with_overrides
-from proxy.observe import setup_logging
+from proxy.observe import AccessLogger, access_log, setup_logging
 
 T = TypeVar("T")
 FAKE_KEY = "sk-planted-secret-do-not-store-7f3a"  # hyphenated: never mistaken for a real key
@@ -74,8 +74,8 @@ class ProxyServer:
         return self.app[COUNTS].total
 
     async def _start(self) -> None:
-        self.runner = web.AppRunner(create_app(self.settings), access_log=None,
-                                    shutdown_timeout=2.0)
+        self.runner = web.AppRunner(create_app(self.settings), access_log=access_log,
+                                    access_log_class=AccessLogger, shutdown_timeout=2.0)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 

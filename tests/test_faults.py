@@ -132,3 +132,21 @@ def test_many_faults_in_a_row_leak_nothing(make_proxy, upstream):
     assert settled(proxy, baseline)
     connector = proxy.pipeline.upstream.session.connector
     assert sum(len(c) for c in connector._conns.values()) <= 1
+
+
+def test_dns_failure(make_proxy, upstream):
+    """Nothing can succeed against a name that does not resolve; what must hold is that each
+    request fails cleanly, nothing leaks, and the proxy stays up."""
+    proxy = make_proxy(upstream={"base_url": "http://no-such-host.invalid/v1"})
+    baseline = proxy_tasks(proxy)
+    with sdk(proxy, max_retries=0) as client:
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError) as err:
+                client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            assert err.value.status_code == 502
+            assert err.value.response.json()["error"]["code"] == "upstream_unreachable"
+    assert settled(proxy, baseline)
+    assert proxy.counters["stores"] == 0
+    from tests.harness import http
+
+    assert http(proxy.url, "GET", "/healthz")[0] == 200
