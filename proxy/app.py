@@ -41,7 +41,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error the proxy answers itself is in the OpenAI shape; none is a bare 500."""
+    """Every error the proxy answers itself is in the OpenAI shape; none is a bare 500.
+    Every answer, errors included, is counted by route and cache result (X-Cache)."""
+    response = await _answer(request, handler)
+    route = request.match_info.route.resource
+    request.app[METRICS].requests.labels(route.canonical if route is not None else "unmatched",
+                                         response.headers.get("X-Cache", "NONE")).inc()
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ProxyError as exc:
@@ -74,20 +83,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every answer by route and cache result (X-Cache), errors included."""
-    response = await handler(request)
-    route = request.match_info.route.resource
-    endpoint = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].requests.labels(endpoint, response.headers.get("X-Cache", "NONE")).inc()
-    return response
-
-
-@web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With ``auth.tokens`` set, everything but /healthz needs ``Authorization: Bearer <t>``."""
     tokens = request.app[TOKENS]
-    if tokens and request.path != "/healthz":
+    if request.path != "/healthz":
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         ok = False
@@ -215,12 +214,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     """The proxy as an aiohttp application; resources open and close with it."""
+    tokens = settings.proxy_tokens()
     app = web.Application(client_max_size=settings.server.max_body,
-                          middlewares=[metrics_middleware, errors_middleware, auth_middleware])
+                          middlewares=[errors_middleware, *([auth_middleware] if tokens else [])])
     app[SETTINGS] = settings
     app[COUNTS] = Counters()
     app[METRICS] = Metrics(app[COUNTS])
-    app[TOKENS] = settings.proxy_tokens()
+    app[TOKENS] = tokens
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_seedproxy/stats", _stats)

@@ -26,7 +26,7 @@ from .config import (
     parse_duration,
     upstream_credential,
 )
-from .observe import AccessLogger, access_log, setup_logging
+from .observe import AccessLogger, access_log, loop_name, new_event_loop, setup_logging
 from .store import Store, StoreError, open_store, redact
 
 log = logging.getLogger("seedproxy")
@@ -62,6 +62,7 @@ def banner(settings: Settings) -> str:
     where = s.cache.dir if s.cache.backend == "disk" else redact(s.cache.redis_url)
     seed = s.seed.mode + (f" ({s.seed.default})" if s.seed.mode in ("force", "override") else "")
     return (f"seedproxy {__version__} listening on http://{s.server.host}:{s.server.port}"
+            f" | loop {loop_name()}"
             f" | upstream {s.upstream.base_url} | mode {s.cache.mode}"
             f" | cache {s.cache.backend}:{where} | seed {seed}"
             f" | fingerprint {s.cache.fingerprint}"
@@ -108,7 +109,7 @@ def serve(config: str | None, host: str | None, port: str | None, upstream: str 
         app = create_app(settings)
         web.run_app(app, host=settings.server.host, port=settings.server.port,
                     print=lambda _: click.echo(banner(settings)), access_log=access_log,
-                    access_log_class=AccessLogger)
+                    access_log_class=AccessLogger, loop=new_event_loop())
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:

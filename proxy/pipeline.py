@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -17,7 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import drift
 from .config import Settings
@@ -73,19 +74,35 @@ ENDPOINTS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Call:
-    """One parsed client request, with everything the flow decides about it up front."""
+    """One parsed client request, with everything the flow decides about it up front.
+    What only a live request needs (its upstream body and headers) is made on first use,
+    so a hit never pays for it."""
 
     endpoint: Endpoint
     body: dict[str, Any]
-    upstream_body: bytes
-    headers: CIMultiDict[str]
+    raw: bytes  # the client's body
+    seed_edit: str  # "" (the client's bytes go upstream), "added", "replaced"
+    client_headers: CIMultiDictProxy[str]
+    credential: tuple[str, str] | None
     key: str
     model: str
     seed: int | None
     plan: Plan
     raw_query: str
+
+    @functools.cached_property
+    def upstream_body(self) -> bytes:
+        if self.seed_edit == "added":  # splice: every other byte stays the client's
+            return add_seed(self.raw, self.body["seed"])
+        return orjson.dumps(self.body) if self.seed_edit else self.raw
+
+    @functools.cached_property
+    def headers(self) -> CIMultiDict[str]:
+        headers = forward_request_headers(self.client_headers, self.credential)
+        headers["Accept-Encoding"] = "gzip, deflate"
+        return headers
 
     @property
     def stream(self) -> bool:
@@ -182,20 +199,18 @@ class Pipeline:
         raw, body = await self.read_json(request)
         had_seed = "seed" in body
         seed, changed = seeded(endpoint, body, self.settings)
-        if changed:  # otherwise the client's bytes go upstream exactly as they are
-            raw = orjson.dumps(body) if had_seed else add_seed(raw, body["seed"])
+        seed_edit = ("replaced" if had_seed else "added") if changed else ""
         cache = self.settings.cache
         key = cache_key(endpoint.path, canonical_query(request.rel_url.query.items()),
                         self.namespace(request), self.settings.upstream.base_url,
                         canonical_body(body, cache.ignore_fields))
-        headers = forward_request_headers(request.headers, self.upstream_credential)
-        headers["Accept-Encoding"] = "gzip, deflate"
         model = body.get("model")
         plan = plan_request(cache.mode, request.headers.get("Cache-Control"))
         if endpoint.kind.stateful(body):
             plan = Plan(Action.BYPASS)
-        return Call(endpoint, body, raw, headers, key, model if isinstance(model, str) else "",
-                    seed, plan, request.rel_url.raw_query_string)
+        return Call(endpoint, body, raw, seed_edit, request.headers, self.upstream_credential,
+                    key, model if isinstance(model, str) else "", seed, plan,
+                    request.rel_url.raw_query_string)
 
     # -- the flow --------------------------------------------------------------------------
 

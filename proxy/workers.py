@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import Settings
-from .observe import AccessLogger, access_log, setup_logging
+from .observe import AccessLogger, access_log, new_event_loop, setup_logging
 
 log = logging.getLogger("seedproxy.workers")
 RAPID_EXIT = 5.0  # a worker that dies sooner than this after starting counts as failing
@@ -31,7 +31,7 @@ def run_worker(settings: Settings) -> None:
     setup_logging(settings.log.format, settings.log.level)
     web.run_app(create_app(settings), host=settings.server.host, port=settings.server.port,
                 reuse_port=True, print=None, access_log=access_log,
-                access_log_class=AccessLogger)
+                access_log_class=AccessLogger, loop=new_event_loop())
 
 
 def _probe_host(host: str) -> str:

@@ -71,7 +71,13 @@ class DiskStore:
             return []  # never serve a damaged record; the next store overwrites it
 
     async def variants(self, key: str) -> list[Entry]:
-        return await self._run(self._read, key)
+        # Read on the event loop, no thread hop: in WAL mode a read never waits for a
+        # writer, and it is served from SQLite's page cache (values over
+        # ``disk_min_file_size`` are one small file read). The hop cost more than the read.
+        try:
+            return self._read(key)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
 
     def _put(self, entry: Entry) -> None:
         with self._entries.transact():
@@ -116,7 +122,7 @@ class DiskStore:
         return {row[0]: Sighting(*row) for row in rows}
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
-        return await self._run(self._sightings, model)
+        return await self._run(self._sightings, model)  # memoized by the pipeline
 
     def _see(self, model: str, fingerprint: str | None, now: float) -> tuple[str | None, bool]:
         with self._meta.transact():

@@ -1,0 +1,35 @@
+-- wrk script: POST a chat completion. CHAT_UNIQUE=1 makes every request a distinct prompt
+-- (cache misses); otherwise every request is the same (cache hits). Prints one JSON line.
+local unique = os.getenv("CHAT_UNIQUE") == "1"
+local stream = os.getenv("CHAT_STREAM") == "1"
+local run = os.getenv("CHAT_RUN") or "0"
+local prefix = '{"model":"gpt-bench","stream":' .. (stream and "true" or "false")
+  .. ',"messages":[{"role":"user","content":"benchmark prompt '
+local suffix = '"}]}'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = prefix .. "fixed" .. suffix
+
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+local counter = 0
+function request()
+  if not unique then
+    return wrk.format(nil, nil, nil, wrk.body)
+  end
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, prefix .. run .. "-" .. tid .. "-" .. counter .. suffix)
+end
+
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, errors, latency:percentile(50),
+    latency:percentile(99), latency.mean))
+end
