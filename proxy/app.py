@@ -18,7 +18,7 @@ from . import dashboard, keys, reports
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
 from .keys import canonical_query
-from .observe import Counters, Metrics
+from .observe import Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import ENDPOINTS, Endpoint, Pipeline, endpoint_for, seeded
 from .store import Store, StoreError, open_store
@@ -45,8 +45,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     Every answer, errors included, is counted by route and cache result (X-Cache)."""
     response = await _answer(request, handler)
     route = request.match_info.route.resource
-    request.app[METRICS].requests.labels(route.canonical if route is not None else "unmatched",
-                                         response.headers.get("X-Cache", "NONE")).inc()
+    request.app[METRICS].requests[route.canonical if route is not None else "unmatched",
+                                  response.headers.get("X-Cache", "NONE")] += 1
     return response
 
 
@@ -106,14 +106,14 @@ async def _flush_counters(app: web.Application) -> None:
             await app[STORE].add_counters(pending)
         except Exception:
             log.exception("could not flush counters")
-            for name, n in pending.items():
-                app[COUNTS].pending[name] += n
+            app[COUNTS].restore(pending)
 
 
 async def _flusher(app: web.Application) -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         await _flush_counters(app)
+        flush_logs()
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -135,6 +135,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await flusher
         await pipeline.close()
         await _flush_counters(app)
+        flush_logs()
         await upstream.close()
         await store.close()
 

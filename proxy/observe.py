@@ -14,7 +14,6 @@ import orjson
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -74,8 +73,46 @@ def loop_name() -> str:
     return "uvloop"
 
 
+class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes lines in batches, like nginx's ``access_log ... buffer= flush=``: warnings and
+    above at once, the rest when 64 KiB have gathered or :meth:`flush` runs (every second,
+    and at shutdown). A write and flush per request would cost more than the request."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.pending: list[str] = []
+        self.size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        self.pending.append(line)
+        self.size += len(line)
+        if record.levelno >= logging.WARNING or self.size >= 65536:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            text, self.pending, self.size = "".join(self.pending), [], 0
+            if text:
+                self.stream.write(text)
+            self.stream.flush()
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger("seedproxy").handlers:
+        handler.flush()
+
+
 def setup_logging(fmt: str, level: str, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    # No caller lookup (a stack walk per line) and no thread names: lines never show them.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    handler = BufferedHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("seedproxy")
     root.handlers[:] = [handler]
@@ -101,16 +138,26 @@ class Counters:
     """Counts kept in memory on the hot path and flushed to the shared store in batches."""
 
     def __init__(self) -> None:
-        self.total: Counter[str] = Counter()
+        self.flushed: Counter[str] = Counter()
         self.pending: Counter[str] = Counter()
 
     def add(self, name: str, n: int = 1) -> None:
-        self.total[name] += n
         self.pending[name] += n
 
+    @property
+    def total(self) -> Counter[str]:
+        """Everything this process counted."""
+        return self.flushed + self.pending
+
     def take_pending(self) -> dict[str, int]:
-        pending, self.pending = dict(self.pending), Counter()
-        return pending
+        pending, self.pending = self.pending, Counter()
+        self.flushed.update(pending)
+        return dict(pending)
+
+    def restore(self, pending: dict[str, int]) -> None:
+        """Put back counts whose flush failed."""
+        self.flushed.subtract(pending)
+        self.pending.update(pending)
 
 
 class Metrics:
@@ -119,9 +166,8 @@ class Metrics:
 
     def __init__(self, counters: Counters) -> None:
         self.registry = CollectorRegistry()
-        self.requests = PromCounter(
-            "seedproxy_requests", "Requests by endpoint and cache result.",
-            ["endpoint", "cache"], registry=self.registry)
+        # (route, X-Cache) -> count; a dict increment per request, not a labelled child
+        self.requests: Counter[tuple[str, str]] = Counter()
         self.upstream_latency = Histogram(
             "seedproxy_upstream_latency_seconds", "Time to the upstream's response headers.",
             ["endpoint"], registry=self.registry,
@@ -129,15 +175,22 @@ class Metrics:
         self.entries = Gauge("seedproxy_entries", "Stored keys.", registry=self.registry)
         self.bytes = Gauge("seedproxy_cache_bytes", "Bytes the cache occupies.",
                            registry=self.registry)
-        self.registry.register(_CountersCollector(counters))
+        self.registry.register(_CountersCollector(counters, self.requests))
 
 
 class _CountersCollector(Collector):
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, counters: Counters, requests: Counter[tuple[str, str]]) -> None:
         self.counters = counters
+        self.requests = requests
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("seedproxy_requests", "Requests by endpoint and cache "
+                                     "result.", labels=["endpoint", "cache"])
+        for (endpoint, cache), value in sorted(self.requests.items()):
+            family.add_metric([endpoint, cache], value)
+        yield family
+        total = self.counters.total
         for name in COUNTERS:
             if name != "requests":  # seedproxy_requests has labels, above
                 yield CounterMetricFamily(f"seedproxy_{name}", name.replace("_", " "),
-                                          value=self.counters.total[name])
+                                          value=total[name])

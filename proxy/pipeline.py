@@ -201,7 +201,8 @@ class Pipeline:
         seed, changed = seeded(endpoint, body, self.settings)
         seed_edit = ("replaced" if had_seed else "added") if changed else ""
         cache = self.settings.cache
-        key = cache_key(endpoint.path, canonical_query(request.rel_url.query.items()),
+        query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
+        key = cache_key(endpoint.path, query,
                         self.namespace(request), self.settings.upstream.base_url,
                         canonical_body(body, cache.ignore_fields))
         model = body.get("model")

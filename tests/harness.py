@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.app import COUNTS, PIPELINE, create_app
 from proxy.config import Settings, load_settings, with_overrides
-from proxy.observe import AccessLogger, access_log, setup_logging
+from proxy.observe import AccessLogger, access_log, flush_logs, setup_logging
 
 T = TypeVar("T")
 FAKE_KEY = "sk-planted-secret-do-not-store-7f3a"  # hyphenated: never mistaken for a real key
@@ -115,6 +115,7 @@ class LogCapture:
 
     @property
     def text(self) -> str:
+        flush_logs()
         return self.stream.getvalue()
 
     def close(self) -> None:
