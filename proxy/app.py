@@ -114,6 +114,10 @@ async def _flusher(app: web.Application) -> None:
         await asyncio.sleep(FLUSH_INTERVAL)
         await _flush_counters(app)
         flush_logs()
+        try:
+            await app[STORE].checkpoint()
+        except StoreError as exc:
+            log.warning("store checkpoint failed", extra={"data": {"error": str(exc)}})
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -160,6 +164,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
+    await request.app[PIPELINE].settle()
     await _flush_counters(request.app)
     data = await reports.stats(request.app[STORE], request.app[SETTINGS])
     return web.Response(body=orjson.dumps(data), content_type="application/json")
@@ -173,6 +178,7 @@ async def _drift(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
+    await request.app[PIPELINE].settle()
     body = {"drift": await reports.drift(store, model, since, limit),
             "fingerprint_changes": await reports.drift(store, model, since, limit,
                                                        kind="fingerprint_change")}
@@ -195,6 +201,7 @@ async def _explain(request: web.Request) -> web.Response:
 
 async def _dashboard(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
+    await request.app[PIPELINE].settle()
     await _flush_counters(request.app)
     html = dashboard.render(await reports.stats(store, settings),
                             await reports.fingerprints(store),

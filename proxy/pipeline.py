@@ -11,6 +11,7 @@ import random
 import re
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +35,13 @@ from .policy import (
     add_seed,
     apply_seed,
     is_fresh,
+    merge_sightings,
+    observe_sighting,
     plan_request,
     select_variant,
 )
 from .sse import EventSplitter, parse_event
-from .store import Entry, Store
+from .store import Entry, Store, StoreError
 from .upstream import Upstream, forward_request_headers, forward_response_headers
 
 log = logging.getLogger("seedproxy.pipeline")
@@ -47,6 +50,7 @@ drift_log = logging.getLogger("seedproxy.drift")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SIGHTINGS_TTL = 1.0  # seconds a process trusts its copy of a model's fingerprint registry
 _MISSING = object()
+DISCONNECT_CHECK = 0.1  # seconds between looks at a waiting streaming client's connection
 LOCK_POLL = 0.02  # seconds between looks for an entry another process is fetching
 NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -129,6 +133,19 @@ class Live:
         return self.parsed.get("system_fingerprint") if self.parsed is not None else None
 
 
+async def _next_item(sink: Sink, request: web.Request) -> tuple[Any, ...]:
+    """The next item for a streaming client; noticing, while waiting, that it has gone
+    (else that would be learnt only at the next write, perhaps after the whole answer)."""
+    getter = asyncio.ensure_future(sink.get())
+    while True:
+        done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_CHECK)
+        if done:
+            return getter.result()
+        if request.transport is None or request.transport.is_closing():
+            getter.cancel()
+            raise ConnectionResetError("the client closed the connection")
+
+
 def seeded(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[int | None,
                                                                                  bool]:
     """Apply the seed policy to ``body`` if ``endpoint`` takes one: (seed, body changed)."""
@@ -166,6 +183,8 @@ class Pipeline:
         self._inflight: dict[str, asyncio.Task[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
         self._verifying: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        self._noting: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
         # Other processes use this store too: coalesce misses through it, not only here.
         self.shared = settings.cache.backend == "redis" or settings.server.workers > 1
 
@@ -257,6 +276,9 @@ class Pipeline:
                               now, replay)
 
     async def sightings(self, model: str, now: float) -> dict[str | None, Sighting]:
+        noting = self._noting.get(model)
+        if noting:  # what this process saw live for the model is written first
+            await asyncio.gather(*noting, return_exceptions=True)
         memo = self._sightings.get(model)
         if memo is not None and now - memo[0] < _SIGHTINGS_TTL:
             return memo[1]
@@ -345,8 +367,11 @@ class Pipeline:
             self.counters.add("coalesced")
             return self._respond(call, await asyncio.shield(task), label)
         sink: Sink | None = asyncio.Queue() if call.stream else None
+        gone = asyncio.Event()  # the streaming client left before the end
 
         async def record(live: Live) -> None:
+            if gone.is_set() and not self.settings.cache.complete_on_disconnect:
+                return  # asked not to complete what the client abandoned
             await self._record(call, live, stored, reason)
 
         fetch = self._go_live(call, sink, record) if not self.shared else \
@@ -358,7 +383,7 @@ class Pipeline:
         if sink is None:
             return self._respond(call, await asyncio.shield(task), label)
         task.add_done_callback(lambda t: sink.put_nowait(("done",)))
-        return await self._stream_to_client(request, call, task, sink, label)
+        return await self._stream_to_client(request, call, task, sink, gone, label)
 
     async def _go_live_once(self, call: Call, sink: Sink | None, record: Record) -> Live:
         """Across processes sharing the store, one goes upstream per key: it holds the
@@ -401,7 +426,8 @@ class Pipeline:
             await asyncio.sleep(LOCK_POLL)
 
     async def _stream_to_client(self, request: web.Request, call: Call, task: asyncio.Task[Live],
-                                sink: Sink, label: str) -> web.StreamResponse:
+                                sink: Sink, gone: asyncio.Event,
+                                label: str) -> web.StreamResponse:
         """Forward each upstream event to the client as soon as the fetch task has it."""
         first = await sink.get()
         if first[0] != "start":  # the upstream did not stream: an error, or plain JSON
@@ -411,12 +437,13 @@ class Pipeline:
         response = web.StreamResponse(status=status, headers=headers)
         try:
             await response.prepare(request)
-            while (item := await sink.get())[0] == "event":
+            while (item := await _next_item(sink, request))[0] == "event":
                 await response.write(item[1])
             if item[0] == "end":
                 await response.write(item[1])
                 await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            gone.set()
             keep = self.settings.cache.complete_on_disconnect
             log.info("client left mid-stream", extra={"data": {
                 "key": call.key, "upstream": "read to the end" if keep else "cancelled"}})
@@ -529,10 +556,12 @@ class Pipeline:
                 "key": call.key, "status": exc.status, "error": exc.message}})
 
     async def close(self) -> None:
-        """Stop background verification (in-flight misses finish on their own)."""
+        """Stop background verification (in-flight misses finish on their own) and finish
+        the store work already started."""
         for task in list(self._verifying):
             task.cancel()
         await asyncio.gather(*self._verifying, return_exceptions=True)
+        await self.settle()
 
     async def _record(self, call: Call, live: Live, stored: list[Entry], reason: str,
                       store: bool = True) -> None:
@@ -544,20 +573,48 @@ class Pipeline:
                       live.headers.get("Content-Type", "application/json"), call.endpoint.path,
                       call.model, call.seed, prompt_tokens, completion_tokens, live.body,
                       call.upstream_body, live.events)
-        # Durably stored before anyone is answered; the registry is updated alongside.
-        put = self.store.put(entry) if store else asyncio.sleep(0)
-        if call.endpoint.kind.fingerprinted:
-            _, (previous, is_new) = await asyncio.gather(
-                put, self.store.see(call.model, live.fingerprint, now))
-            self._sightings.pop(call.model, None)
-            if is_new:
-                await self._fingerprint_changed(call.model, previous, live.fingerprint, now)
-        else:
-            await put
+        # Durably stored before anyone is answered. The recent-keys index and the registry
+        # follow right after; this process's copy of the registry learns at once.
+        if store:
+            await self.store.put(entry)
+        fingerprinted = call.endpoint.kind.fingerprinted
+        memo = self._sightings.get(call.model)
+        if fingerprinted and memo is not None:
+            self._sightings[call.model] = (memo[0], observe_sighting(memo[1], entry.fingerprint,
+                                                                     now)[0])
+        self._after(self._note(entry, now, fingerprinted), self._noting[call.model])
         if store:
             self.counters.add("stores")
         if stored:
             await self._compare(call, stored, live.parsed, entry, reason)
+
+    def _after(self, work: Awaitable[None], also: set[asyncio.Future[None]]) -> None:
+        """Run store work that need not delay the answer; :meth:`settle` waits for it, and
+        so does whoever waits on ``also``."""
+        task = asyncio.ensure_future(work)
+        for pending in (self._background, also):
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    async def settle(self) -> None:
+        """Wait for the store work started so far (reads of this process see its writes)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _note(self, entry: Entry, now: float, see: bool) -> None:
+        try:
+            seen = await self.store.note(entry, now, see)
+        except StoreError as exc:
+            log.warning("could not update the registry", extra={"data": {
+                "key": entry.key, "error": str(exc)}})
+            return
+        if seen is None:
+            return
+        memo = self._sightings.get(entry.model)  # may already know of later sightings
+        self._sightings[entry.model] = (time.time(), merge_sightings(
+            seen.sightings, memo[1]) if memo is not None else seen.sightings)
+        if seen.is_new:
+            await self._fingerprint_changed(entry.model, seen.previous, entry.fingerprint, now)
 
     async def _fingerprint_changed(self, model: str, previous: str | None,
                                    fingerprint: str | None, now: float) -> None:

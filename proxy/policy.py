@@ -137,3 +137,14 @@ def observe_sighting(sightings: Mapping[str | None, Sighting], fingerprint: str 
     table[fingerprint] = Sighting(fingerprint, old.first_seen if old else now, now,
                                   (old.count if old else 0) + 1)
     return table, previous, is_new
+
+
+def merge_sightings(a: Mapping[str | None, Sighting],
+                    b: Mapping[str | None, Sighting]) -> dict[str | None, Sighting]:
+    """Two views of a registry as one: per fingerprint, the later sighting wins."""
+    merged = dict(a)
+    for fingerprint, seen in b.items():
+        mine = merged.get(fingerprint)
+        if mine is None or seen.last_seen > mine.last_seen:
+            merged[fingerprint] = seen
+    return merged

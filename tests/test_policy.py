@@ -7,6 +7,7 @@ from proxy.policy import (
     add_seed,
     apply_seed,
     is_fresh,
+    merge_sightings,
     observe_sighting,
     parse_cache_control,
     plan_request,
@@ -140,3 +141,10 @@ def test_add_seed_keeps_every_other_byte(raw):
     spliced = add_seed(raw, 42)
     assert orjson.loads(spliced)["seed"] == 42
     assert spliced.replace(b'"seed":42,', b"").replace(b'"seed":42', b"") == raw
+
+
+def test_merge_sightings_keeps_the_later_of_each():
+    old = {"a": Sighting("a", 1, 5, 2), "b": Sighting("b", 1, 9, 1)}
+    new = {"a": Sighting("a", 1, 7, 3)}
+    assert merge_sightings(old, new) == {"a": Sighting("a", 1, 7, 3), "b": Sighting("b", 1, 9, 1)}
+    assert merge_sightings(new, old) == merge_sightings(old, new)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import aiohttp
 import openai
@@ -181,7 +182,7 @@ async def test_first_event_reaches_the_client_before_the_upstream_sends_the_seco
     assert len(stored) == 1
 
 
-def _leave_after_first_event(proxy, upstream) -> None:
+def _leave_after_first_event(proxy, upstream, logs) -> None:
     upstream.gate = threading.Event()
     upstream.stream_finished.clear()
 
@@ -194,8 +195,11 @@ def _leave_after_first_event(proxy, upstream) -> None:
             response.close()  # the client goes away mid-stream
 
     asyncio.run(go())
+    deadline = time.monotonic() + 10  # the proxy notices while the upstream still holds
+    while "client left mid-stream" not in logs.text:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     upstream.gate.set()
-    assert upstream.stream_finished.wait(20)
 
 
 def _wait_for_store(proxy, expected: int) -> None:
@@ -205,8 +209,9 @@ def _wait_for_store(proxy, expected: int) -> None:
         threading.Event().wait(0.02)
 
 
-def test_client_leaving_mid_stream_still_stores_the_answer(client, proxy, upstream):
-    _leave_after_first_event(proxy, upstream)
+def test_client_leaving_mid_stream_still_stores_the_answer(client, proxy, upstream, logs):
+    _leave_after_first_event(proxy, upstream, logs)
+    assert upstream.stream_finished.wait(20)
     _wait_for_store(proxy, 1)
     raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
     assert raw.headers["x-cache"] == "HIT"
@@ -214,9 +219,10 @@ def test_client_leaving_mid_stream_still_stores_the_answer(client, proxy, upstre
     assert http(proxy.url, "GET", "/healthz")[0] == 200
 
 
-def test_client_leaving_without_complete_on_disconnect_stores_nothing(make_proxy, upstream):
+def test_client_leaving_without_complete_on_disconnect_stores_nothing(make_proxy, upstream,
+                                                                     logs):
     proxy = make_proxy(cache={"complete_on_disconnect": False})
-    _leave_after_first_event(proxy, upstream)
+    _leave_after_first_event(proxy, upstream, logs)
     with sdk(proxy) as client:
         raw = client.chat.completions.with_raw_response.create(model="gpt-test",
                                                                messages=MESSAGES)

@@ -53,12 +53,21 @@ async def test_store_contract(store_config, cache_dir, upstream):
             await store.put(entry("k2", f"fp{i}", float(i)))
         assert len(await store.variants("k2")) == 8
         assert sorted(await store.keys()) == ["k1", "k2"]
+        await store.note(entry("k1", "fp_a", 3.0), 3.0, see=False)
+        await store.note(entry("k2", "fp_a", 3.0), 3.0, see=False)
         assert (await store.recent("/v1/chat/completions", "m"))[:2] == ["k2", "k1"]
 
-        assert await store.see("m", "fp_a", 10.0) == (None, False)
-        assert await store.see("m", None, 11.0) == ("fp_a", True)
-        assert await store.see("m", "fp_a", 12.0) == (None, False)
+        async def see(fp: str | None, now: float) -> tuple[str | None, bool]:
+            seen = await store.note(entry("k9", fp, now), now, see=True)
+            assert seen is not None and seen.sightings == await store.sightings("m")
+            return seen.previous, seen.is_new
+
+        assert await see("fp_a", 10.0) == (None, False)
+        assert await see(None, 11.0) == ("fp_a", True)
+        assert await see("fp_a", 12.0) == (None, False)
         assert (await store.sightings("m"))["fp_a"] == Sighting("fp_a", 10.0, 12.0, 2)
+        assert await store.note(entry("k9", "fp_z", 13.0), 13.0, see=False) is None
+        assert "fp_z" not in await store.sightings("m")
         assert await store.models() == ["m"]
 
         for i in range(3):

@@ -477,7 +477,10 @@ def main() -> None:
     fake.fingerprint, fake.latency = args.fingerprint, args.latency
     fake.nondeterministic, fake.fail_rate = args.nondeterministic, args.fail_rate
     fake.keep_calls = False
-    web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None)
+    from proxy.observe import new_event_loop  # the same loop as the proxy's, for benchmarks
+
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None, print=None,
+                loop=new_event_loop())
 
 
 if __name__ == "__main__":

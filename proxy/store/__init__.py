@@ -29,6 +29,16 @@ class Entry:
     stream: bytes = b""  # the raw SSE events, for endpoints whose streams replay verbatim
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A fingerprint sighting's outcome: the model's registry after it, the latest
+    fingerprint before it, and whether it was new for the model."""
+
+    sightings: dict[str | None, Sighting]
+    previous: str | None
+    is_new: bool
+
+
 class StoreError(RuntimeError):
     """The store cannot be used; the message says which one, why, and what to do."""
 
@@ -60,9 +70,9 @@ class Store(Protocol):
         """The fingerprint registry for ``model``."""
         ...
 
-    async def see(self, model: str, fingerprint: str | None,
-                  now: float) -> tuple[str | None, bool]:
-        """Record a live fingerprint; return (previous latest, whether it is new)."""
+    async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
+        """After a put: list the key among the recent ones of its endpoint and model, and
+        with ``see`` record its fingerprint as seen live for the model."""
         ...
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
@@ -117,6 +127,10 @@ class Store(Protocol):
 
     async def start(self) -> None:
         """Connect and check; raise with a clear message when the store cannot be used."""
+        ...
+
+    async def checkpoint(self) -> None:
+        """Periodic housekeeping, run every second off the request path."""
         ...
 
     async def close(self) -> None:

@@ -13,12 +13,13 @@ import diskcache
 import orjson
 
 from ..policy import Sighting, observe_sighting
-from . import CorruptStoreError, Entry, StoreError
+from . import CorruptStoreError, Entry, Seen, StoreError
 from .record import RecordError, decode, encode
 
 MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
 MAX_EVENTS = 10_000  # per kind
 MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
+WAL_LIMIT = 16 * 1024**2  # a write-ahead log file is cut back to this after a checkpoint
 T = TypeVar("T")
 
 
@@ -43,15 +44,19 @@ class DiskStore:
     def __init__(self, directory: Path, size_limit: int = 4 * 1024**3) -> None:
         self.directory = directory
         # Reads never write: 'least-recently-stored' keeps a hit a pure SELECT.
+        # Checkpoints (copying the WAL into the database) would land on whichever write
+        # crosses the threshold; they run from checkpoint() instead, every second.
+        wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT}
         self._entries = _open(directory / "entries", size_limit=size_limit,
-                              eviction_policy="least-recently-stored")
-        self._meta = _open(directory / "meta", eviction_policy="none")
+                              eviction_policy="least-recently-stored", **wal)
+        self._meta = _open(directory / "meta", eviction_policy="none", **wal)
         self._events = {
             kind: diskcache.Deque.fromcache(_open(directory / "events" / kind,
                                                   eviction_policy="none"), maxlen=MAX_EVENTS)
             for kind in ("drift", "fingerprint_change")
         }
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
+        self._checkpointers: list[sqlite3.Connection] = []  # one job at a time uses them
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -83,10 +88,6 @@ class DiskStore:
         with self._entries.transact():
             kept = [e for e in self._read(entry.key) if e.fingerprint != entry.fingerprint]
             self._entries.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
-        recent = f"recent:{entry.endpoint}:{entry.model}"
-        with self._meta.transact():
-            keys = [k for k in orjson.loads(self._meta.get(recent, b"[]")) if k != entry.key]
-            self._meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
 
     async def put(self, entry: Entry) -> None:
         await self._run(self._put, entry)
@@ -124,16 +125,21 @@ class DiskStore:
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         return await self._run(self._sightings, model)  # memoized by the pipeline
 
-    def _see(self, model: str, fingerprint: str | None, now: float) -> tuple[str | None, bool]:
+    def _note(self, entry: Entry, now: float, see: bool) -> Seen | None:
         with self._meta.transact():
-            table, previous, is_new = observe_sighting(self._sightings(model), fingerprint, now)
+            recent = f"recent:{entry.endpoint}:{entry.model}"
+            keys = [k for k in orjson.loads(self._meta.get(recent, b"[]")) if k != entry.key]
+            self._meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
+            if not see:
+                return None
+            table, previous, is_new = observe_sighting(self._sightings(entry.model),
+                                                       entry.fingerprint, now)
             rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
-            self._meta.set(f"fp:{model}", orjson.dumps(rows))
-        return previous, is_new
+            self._meta.set(f"fp:{entry.model}", orjson.dumps(rows))
+        return Seen(table, previous, is_new)
 
-    async def see(self, model: str, fingerprint: str | None,
-                  now: float) -> tuple[str | None, bool]:
-        return await self._run(self._see, model, fingerprint, now)
+    async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
+        return await self._run(self._note, entry, now, see)
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
         await self._run(self._events[event["kind"]].append, orjson.dumps(event))
@@ -192,11 +198,27 @@ class DiskStore:
     async def start(self) -> None:
         """Nothing to connect: the files were opened (and checked) in the constructor."""
 
+    def _checkpoint(self) -> None:
+        if not self._checkpointers:
+            for cache in (self._entries, self._meta):
+                connection = sqlite3.connect(cache.directory + "/cache.db",
+                                             check_same_thread=False)
+                connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+                self._checkpointers.append(connection)
+        for connection in self._checkpointers:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def checkpoint(self) -> None:
+        """Fold the write-ahead logs into the databases, without waiting for readers."""
+        await self._run(self._checkpoint)
+
     async def size(self) -> tuple[int, int]:
         return await self._run(lambda: (len(self._entries), self._entries.volume()))
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for connection in self._checkpointers:
+            connection.close()
         self._entries.close()
         self._meta.close()
         for deque in self._events.values():

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..policy import Sighting, observe_sighting
-from . import Entry, StoreError, redact
+from . import Entry, Seen, StoreError, redact
 from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
 from .record import RecordError, decode, encode
 
@@ -78,14 +78,10 @@ class RedisStore:
 
     async def put(self, entry: Entry) -> None:
         name = PREFIX + "e:" + entry.key
-        recent = f"{PREFIX}recent:{entry.endpoint}:{entry.model}"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(name, _fp(entry.fingerprint), encode([entry]))
             if self.entry_ttl:
                 pipe.expire(name, int(self.entry_ttl) or 1)
-            pipe.lrem(recent, 0, entry.key)
-            pipe.lpush(recent, entry.key)
-            pipe.ltrim(recent, 0, MAX_RECENT - 1)
             pipe.hlen(name)
             *_, count = await pipe.execute()
         if count > MAX_VARIANTS:
@@ -104,8 +100,16 @@ class RedisStore:
             table[fingerprint] = Sighting(fingerprint, *orjson.loads(raw))
         return table
 
-    async def see(self, model: str, fingerprint: str | None,
-                  now: float) -> tuple[str | None, bool]:
+    async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
+        recent = f"{PREFIX}recent:{entry.endpoint}:{entry.model}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(recent, 0, entry.key)
+            pipe.lpush(recent, entry.key)
+            pipe.ltrim(recent, 0, MAX_RECENT - 1)
+            await pipe.execute()
+        return await self._see(entry.model, entry.fingerprint, now) if see else None
+
+    async def _see(self, model: str, fingerprint: str | None, now: float) -> Seen:
         name = PREFIX + "fp:" + model
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -119,7 +123,7 @@ class RedisStore:
                               orjson.dumps([s.first_seen, s.last_seen, s.count]))
                     pipe.sadd(PREFIX + "models", model)
                     await pipe.execute()
-                    return previous, is_new
+                    return Seen(updated, previous, is_new)
                 except WatchError:
                     continue  # another process saw a fingerprint at the same moment
 
@@ -187,6 +191,9 @@ class RedisStore:
     async def locked(self, key: str) -> bool:
         return bool(await self.redis.exists(PREFIX + "lock:" + key))
 
+    async def checkpoint(self) -> None:
+        """Nothing to do: Redis persists on its own schedule."""
+
     async def close(self) -> None:
         await self.redis.aclose()
 
@@ -202,7 +209,7 @@ def _guarded(fn: Any) -> Any:
     return wrapper
 
 
-for _name in ("variants", "put", "sightings", "see", "add_event", "events", "add_counters",
-              "counters", "keys", "delete", "models", "recent", "size", "lock", "extend",
-              "unlock", "locked"):
+for _name in ("variants", "put", "note", "sightings", "add_event", "events",
+              "add_counters", "counters", "keys", "delete", "models", "recent", "size", "lock",
+              "extend", "unlock", "locked"):
     setattr(RedisStore, _name, _guarded(getattr(RedisStore, _name)))
