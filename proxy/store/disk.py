@@ -49,6 +49,11 @@ class DiskStore:
         wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT}
         self._entries = _open(directory / "entries", size_limit=size_limit,
                               eviction_policy="least-recently-stored", **wal)
+        # The event loop's own connection to the entries, which never waits for a lock:
+        # a read, or a write whose lock is free, costs less than a hop to the pool and
+        # back; when another writer holds the lock the work goes to the pool instead.
+        self._now = _open(directory / "entries", timeout=0, size_limit=size_limit,
+                          eviction_policy="least-recently-stored", **wal)
         self._meta = _open(directory / "meta", eviction_policy="none", **wal)
         self._events = {
             kind: diskcache.Deque.fromcache(_open(directory / "events" / kind,
@@ -66,8 +71,8 @@ class DiskStore:
         except OSError as exc:
             raise StoreError(f"cache.dir {self.directory}: {exc}") from None
 
-    def _read(self, key: str) -> list[Entry]:
-        raw = self._entries.get(key)
+    def _read(self, key: str, cache: diskcache.Cache | None = None) -> list[Entry]:
+        raw = (cache or self._entries).get(key)
         if raw is None:
             return []
         try:
@@ -76,21 +81,28 @@ class DiskStore:
             return []  # never serve a damaged record; the next store overwrites it
 
     async def variants(self, key: str) -> list[Entry]:
-        # Read on the event loop, no thread hop: in WAL mode a read never waits for a
-        # writer, and it is served from SQLite's page cache (values over
-        # ``disk_min_file_size`` are one small file read). The hop cost more than the read.
+        # On the event loop: in WAL mode a read does not wait for writers and comes from
+        # SQLite's page cache (a value over ``disk_min_file_size`` is one small file read).
         try:
-            return self._read(key)
+            return self._read(key, self._now)
+        except (diskcache.Timeout, sqlite3.OperationalError):
+            return await self._run(self._read, key)
         except sqlite3.DatabaseError as exc:
             raise CorruptStoreError(_corrupt(self.directory, exc)) from None
 
-    def _put(self, entry: Entry) -> None:
-        with self._entries.transact():
-            kept = [e for e in self._read(entry.key) if e.fingerprint != entry.fingerprint]
-            self._entries.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
+    def _put(self, entry: Entry, cache: diskcache.Cache | None = None) -> None:
+        cache = cache or self._entries
+        with cache.transact():
+            kept = [e for e in self._read(entry.key, cache) if e.fingerprint != entry.fingerprint]
+            cache.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
 
     async def put(self, entry: Entry) -> None:
-        await self._run(self._put, entry)
+        try:
+            self._put(entry, self._now)  # no hop while the write lock is free
+        except (diskcache.Timeout, sqlite3.OperationalError):
+            await self._run(self._put, entry)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
         raw = await self._run(self._meta.get, f"recent:{endpoint}:{model}")
@@ -220,6 +232,7 @@ class DiskStore:
         for connection in self._checkpointers:
             connection.close()
         self._entries.close()
+        self._now.close()
         self._meta.close()
         for deque in self._events.values():
             deque.cache.close()
