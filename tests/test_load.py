@@ -23,9 +23,9 @@ import pytest
 
 from tests.harness import free_port, http
 
-SECONDS = float(os.environ.get("LOAD_SECONDS", "10"))
+SECONDS = float(os.environ.get("LOAD_SECONDS", "15"))
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "200"))
-WARM_UP = 0.3  # share of the run before memory is measured
+WARM_UP = 0.4  # share of the run before memory is measured (SQLite's caches fill up)
 pytestmark = [pytest.mark.load, pytest.mark.parametrize("backend", ["disk"], indirect=True)]
 
 

@@ -46,7 +46,9 @@ class DiskStore:
         # Reads never write: 'least-recently-stored' keeps a hit a pure SELECT.
         # Checkpoints (copying the WAL into the database) would land on whichever write
         # crosses the threshold; they run from checkpoint() instead, every second.
-        wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT}
+        wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT,
+               # bounded memory per connection: 4 MiB of page cache, 8 MiB mapped
+               "sqlite_cache_size": 1024, "sqlite_mmap_size": 8 * 1024**2}
         self._entries = _open(directory / "entries", size_limit=size_limit,
                               eviction_policy="least-recently-stored", **wal)
         # The event loop's own connection to the entries, which never waits for a lock:
