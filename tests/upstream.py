@@ -64,6 +64,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.fingerprint: str | None = "fp_one"
         self.latency = 0.0
+        self.content_lines = 3  # lines of six words in each answer (about 40 bytes a line)
         self.nondeterministic = False
         self.chunk_delay = 0.0  # seconds between streamed events
         self.stream_fault: str | None = None  # "drop" | "stall" | "no_done" | "error_event"
@@ -121,7 +122,8 @@ class FakeUpstream:
                                           "function": {"name": name, "arguments": args.decode()}}]
                 finish = "tool_calls"
             else:
-                lines = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(3)]
+                lines = [" ".join(rng.choice(WORDS) for _ in range(6))
+                         for _ in range(self.content_lines)]
                 message["content"] = "\n".join(lines)
                 finish = "stop"
             message.update(self.extra_fields)
@@ -472,10 +474,12 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--nondeterministic", action="store_true")
     parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--content-lines", type=int, default=3)
     args = parser.parse_args()
     fake = FakeUpstream()
     fake.fingerprint, fake.latency = args.fingerprint, args.latency
     fake.nondeterministic, fake.fail_rate = args.nondeterministic, args.fail_rate
+    fake.content_lines = args.content_lines
     fake.keep_calls = False
     from proxy.observe import new_event_loop  # the same loop as the proxy's, for benchmarks
 

@@ -57,6 +57,7 @@ class DiskStore:
         self._now = _open(directory / "entries", timeout=0, size_limit=size_limit,
                           eviction_policy="least-recently-stored", **wal)
         self._meta = _open(directory / "meta", eviction_policy="none", **wal)
+        self._meta_now = _open(directory / "meta", timeout=0, eviction_policy="none", **wal)
         self._events = {
             kind: diskcache.Deque.fromcache(_open(directory / "events" / kind,
                                                   eviction_policy="none"), maxlen=MAX_EVENTS)
@@ -131,29 +132,37 @@ class DiskStore:
         return await self._run(lambda: sorted(
             k[3:] for k in self._meta.iterkeys() if isinstance(k, str) and k[:3] == "fp:"))
 
-    def _sightings(self, model: str) -> dict[str | None, Sighting]:
-        raw = self._meta.get(f"fp:{model}")
+    def _sightings(self, model: str,
+                   meta: diskcache.Cache | None = None) -> dict[str | None, Sighting]:
+        raw = (meta or self._meta).get(f"fp:{model}")
         rows = orjson.loads(raw) if raw else []
         return {row[0]: Sighting(*row) for row in rows}
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         return await self._run(self._sightings, model)  # memoized by the pipeline
 
-    def _note(self, entry: Entry, now: float, see: bool) -> Seen | None:
-        with self._meta.transact():
+    def _note(self, entry: Entry, now: float, see: bool,
+              meta: diskcache.Cache | None = None) -> Seen | None:
+        meta = meta or self._meta
+        with meta.transact():
             recent = f"recent:{entry.endpoint}:{entry.model}"
-            keys = [k for k in orjson.loads(self._meta.get(recent, b"[]")) if k != entry.key]
-            self._meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
+            keys = [k for k in orjson.loads(meta.get(recent, b"[]")) if k != entry.key]
+            meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
             if not see:
                 return None
-            table, previous, is_new = observe_sighting(self._sightings(entry.model),
+            table, previous, is_new = observe_sighting(self._sightings(entry.model, meta),
                                                        entry.fingerprint, now)
             rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
-            self._meta.set(f"fp:{entry.model}", orjson.dumps(rows))
+            meta.set(f"fp:{entry.model}", orjson.dumps(rows))
         return Seen(table, previous, is_new)
 
     async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
-        return await self._run(self._note, entry, now, see)
+        try:  # on the loop's never-waiting connection, like put(); else in the pool
+            return self._note(entry, now, see, self._meta_now)
+        except (diskcache.Timeout, sqlite3.OperationalError):
+            return await self._run(self._note, entry, now, see)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
         await self._run(self._events[event["kind"]].append, orjson.dumps(event))
@@ -236,5 +245,6 @@ class DiskStore:
         self._entries.close()
         self._now.close()
         self._meta.close()
+        self._meta_now.close()
         for deque in self._events.values():
             deque.cache.close()

@@ -1,0 +1,432 @@
+"""seedproxy's benchmark: every figure beside its baselines from the same run, with targets.
+
+    python bench/run.py              # the full run (about 10 minutes, 1,000,000 entries)
+    python bench/run.py --quick      # shorter runs, 100,000 entries
+    python bench/run.py --smoke      # seconds; keeps the script working (the test suite runs it)
+    python bench/run.py --litellm    # also LiteLLM's proxy, installed into bench/.venv-litellm
+
+It starts the fake upstream (tests/upstream.py) at 0 ms and 50 ms, a constant-body aiohttp
+server, seedproxy (one process and --workers 2) and, when installed, nginx as a POST-body-keyed
+proxy_cache in front of the same upstream. Load comes from wrk (Debian's, a Lua script posting
+a ~1 KB chat completion) in its own process on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "chat.lua"
+PROMPT = "benchmark prompt fixed"
+LINES_1KB, LINES_30KB = 12, 700  # fake upstream answer sizes
+
+
+@dataclass
+class Mode:
+    seconds: float  # per throughput run
+    latency_seconds: float  # per latency run
+    entries: int  # the large store
+    name: str
+
+
+MODES = {"full": Mode(10, 10, 1_000_000, "full"), "quick": Mode(5, 6, 100_000, "quick"),
+         "smoke": Mode(1, 1, 300, "smoke")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Servers:
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="seedproxy-bench-")))
+
+    def start(self, args: list[str], port: int, env: dict[str, str] | None = None,
+              health: str = "/healthz") -> subprocess.Popen:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+        proc = subprocess.Popen(args, cwd=ROOT, env=base | {"PYTHONPATH": str(ROOT)} | (env or {}),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=1).read()
+                return proc
+            except OSError as exc:
+                if getattr(exc, "code", None):  # an HTTP error still means it is up
+                    return proc
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"bench: {args[:4]} did not start") from None
+                time.sleep(0.05)
+
+    def upstream(self, latency_ms: int, lines: int = LINES_1KB) -> int:
+        port = free_port()
+        self.start([sys.executable, "-m", "tests.upstream", "--port", str(port), "--latency",
+                    str(latency_ms / 1000), "--content-lines", str(lines)], port)
+        return port
+
+    def proxy(self, upstream: int, cache: Path, workers: int = 1) -> tuple[int, subprocess.Popen]:
+        port = free_port()
+        proc = self.start([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+                           "--upstream", f"http://127.0.0.1:{upstream}/v1", "--cache-dir",
+                           str(cache), "--workers", str(workers)], port)
+        return port, proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wrk(port: int, connections: int, seconds: float, unique: bool = False,
+        run: str = "0") -> dict[str, float]:
+    env = os.environ | {"CHAT_UNIQUE": "1" if unique else "0", "CHAT_RUN": run}
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/chat/completions"],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def warm(port: int, prompt: str = PROMPT, stream: bool = False) -> None:
+    body = json.dumps({"model": "gpt-bench", "stream": stream,
+                       "messages": [{"role": "user", "content": prompt}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+
+
+def rss_kib(proc: subprocess.Popen, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+async def first_chunk_ms(port: int, n: int, tag: str) -> float:
+    """Median time to the first streamed event of a miss (raw sockets: nothing in between)."""
+    samples = []
+    for i in range(n):
+        body = json.dumps({"model": "gpt-bench", "stream": True, "messages": [
+            {"role": "user", "content": f"ttfc {tag} {time.time_ns()} {i}"}]}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.perf_counter()
+        writer.write(head.encode() + body)
+        data = b""
+        while b"data:" not in data:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
+        samples.append(time.perf_counter() - started)
+        await reader.read()  # the rest, to the close
+        writer.close()
+    return statistics.median(samples[1:] if len(samples) > 2 else samples) * 1000
+
+
+def fill(cache: Path, entries: int, upstream: int) -> None:
+    """A store with ``entries`` entries (the benchmark's own prompt among them), written in
+    bulk through the store's own record format."""
+    import diskcache
+    import orjson
+
+    from proxy.keys import cache_key, canonical_body
+    from proxy.store import Entry
+    from proxy.store.record import encode
+
+    cache.mkdir(parents=True, exist_ok=True)
+    store = diskcache.Cache(str(cache / "entries"), size_limit=64 * 1024**3,
+                            eviction_policy="least-recently-stored")
+    answer = urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{upstream}/v1/chat/completions", data=json.dumps({
+            "model": "gpt-bench", "seed": 12345, "stream": False,
+            "messages": [{"role": "user", "content": PROMPT}]}).encode()), timeout=30).read()
+    ignore = ("stream", "stream_options", "user", "metadata", "store")
+    base = f"http://127.0.0.1:{upstream}/v1"
+    batch = 5000
+    for start in range(0, entries, batch):
+        with store.transact():
+            for i in range(start, min(entries, start + batch)):
+                prompt = PROMPT if i == entries // 2 else f"stored prompt {i}"
+                body = {"model": "gpt-bench", "stream": False, "seed": 12345,
+                        "messages": [{"role": "user", "content": prompt}]}
+                key = cache_key("/v1/chat/completions", "", "", base,
+                                canonical_body(body, ignore))
+                entry = Entry(key, "fp_one", time.time(), 200, "application/json",
+                              "/v1/chat/completions", "gpt-bench", 12345, 9, 72, answer,
+                              orjson.dumps(body))
+                store.set(key, encode([entry]))
+    store.close()
+
+
+@dataclass
+class Row:
+    metric: str
+    ours: str
+    baselines: str
+    ratio: str = ""
+    target: str = ""
+    met: str = ""
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "NOT MET")
+
+
+def ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--entries", type=int, help="Size of the large store.")
+    parser.add_argument("--litellm", action="store_true",
+                        help="Also measure LiteLLM's proxy (installs it into a venv).")
+    args = parser.parse_args()
+    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    entries = args.entries or mode.entries
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench: wrk is missing (apt-get install wrk)")
+    servers = Servers()
+    rows: list[Row] = []
+    try:
+        run(servers, mode, entries, args.litellm, rows)
+    finally:
+        servers.stop()
+        shutil.rmtree(servers.tmp, ignore_errors=True)
+    header = Row("metric", "seedproxy", "baselines (same run)", "ratio", "target", "")
+    widths = [max(len(getattr(r, f)) for r in (header, *rows))
+              for f in ("metric", "ours", "baselines", "ratio", "target", "met")]
+    print(f"\nseedproxy benchmark ({mode.name}, {os.cpu_count()} cores, "
+          f"loop {loop_name()}, wrk -t1)\n")
+    for i, r in enumerate([header, *rows]):
+        cells = [r.metric, r.ours, r.baselines, r.ratio, r.target, r.met]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def loop_name() -> str:
+    from proxy.observe import loop_name as name
+
+    return name()
+
+
+def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Row]) -> None:
+    t, lt = mode.seconds, mode.latency_seconds
+    up0, up50, up30k = servers.upstream(0), servers.upstream(50), servers.upstream(0, LINES_30KB)
+    ceiling = free_port()
+    servers.start([sys.executable, str(ROOT / "bench" / "ceiling.py"), str(ceiling)], ceiling)
+    proxy, proxy_proc = servers.proxy(up0, servers.tmp / "c1")
+    proxy2, _ = servers.proxy(up0, servers.tmp / "c2", workers=2)
+    nginx = start_nginx(servers, up0)
+    for port in (proxy, proxy2, *([nginx] if nginx else [])):
+        for _ in range(3):
+            warm(port)
+
+    # -- hit throughput at 64 connections
+    const = wrk(ceiling, 64, t)
+    fake = wrk(up0, 64, t)
+    hits = wrk(proxy, 64, t)
+    hits2 = wrk(proxy2, 64, t)
+    ng = wrk(nginx, 64, t) if nginx else None
+    ll = measure_litellm(servers, up0, t) if litellm else None
+    base = [f"fake upstream 0 ms {fake['rps']:,.0f}", f"constant-body aiohttp {const['rps']:,.0f}"]
+    if ng:
+        base.append(f"nginx {ng['rps']:,.0f}")
+    base.append(f"LiteLLM {ll['rps']:,.0f}" if ll else "LiteLLM not measured (--litellm)")
+    rows.append(Row("hit throughput, 1 process, c=64", f"{hits['rps']:,.0f} req/s", "; ".join(base),
+                    f"{hits['rps'] / fake['rps']:.0%} of fake, {hits['rps'] / const['rps']:.0%} "
+                    "of constant", ">= 60% of fake upstream",
+                    verdict(hits["rps"] >= 0.6 * fake["rps"])))
+    rows.append(Row("  p50 / p99 at c=64", f"{ms(hits['p50_us'])} / {ms(hits['p99_us'])}",
+                    f"fake {ms(fake['p50_us'])} / {ms(fake['p99_us'])}"
+                    + (f"; nginx {ms(ng['p50_us'])} / {ms(ng['p99_us'])}" if ng else "")))
+    rows.append(Row("hit throughput, --workers 2, c=64", f"{hits2['rps']:,.0f} req/s",
+                    f"1 process {hits['rps']:,.0f}", f"{hits2['rps'] / hits['rps']:.2f}x",
+                    ">= 1.6x one process", verdict(hits2["rps"] >= 1.6 * hits["rps"])))
+    if ng:
+        rows.append(Row("  vs nginx proxy_cache", f"{hits['rps']:,.0f} req/s",
+                        f"nginx {ng['rps']:,.0f}", f"{hits['rps'] / ng['rps']:.0%} (workers 2: "
+                        f"{hits2['rps'] / ng['rps']:.0%})"))
+    rows.append(Row("vs LiteLLM hit throughput", f"{hits['rps']:,.0f} req/s",
+                    f"LiteLLM {ll['rps']:,.0f}" if ll else "not measured",
+                    f"{hits['rps'] / ll['rps']:.0f}x" if ll else "", ">= 50x",
+                    verdict(hits["rps"] >= 50 * ll["rps"]) if ll else "-"))
+
+    # -- hit latency at c=1 and c=16
+    for c in (1, 16):
+        h = wrk(proxy, c, lt)
+        n = wrk(nginx, c, lt) if nginx else None
+        rows.append(Row(f"hit latency p50 / p99, c={c}", f"{ms(h['p50_us'])} / {ms(h['p99_us'])}",
+                        f"nginx {ms(n['p50_us'])} / {ms(n['p99_us'])}" if n else "nginx absent"))
+
+    # -- added latency on misses, 50 ms upstream
+    proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
+    for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
+        direct = wrk(up50, c, lt, unique=True, run=f"d{c}")
+        via = wrk(proxy50, c, lt, unique=True, run=f"p{c}")
+        add50 = (via["p50_us"] - direct["p50_us"]) / 1000
+        add99 = (via["p99_us"] - direct["p99_us"]) / 1000
+        ok = add50 <= p50_target and (p99_target is None or add99 <= p99_target)
+        target = f"p50 <= {p50_target} ms" + (f", p99 <= {p99_target} ms" if p99_target else "")
+        rows.append(Row(f"added latency on misses, c={c}", f"+{add50:.2f} ms / +{add99:.2f} ms",
+                        f"direct {ms(direct['p50_us'])} / {ms(direct['p99_us'])}, via proxy "
+                        f"{ms(via['p50_us'])} / {ms(via['p99_us'])}", "p50 / p99", target,
+                        verdict(ok)))
+
+    # -- streaming: time to the first chunk, misses
+    n = 10 if mode.name == "smoke" else 60
+    direct_ttfc = asyncio.run(first_chunk_ms(up50, n, "direct"))
+    proxy_ttfc = asyncio.run(first_chunk_ms(proxy50, n, "proxy"))
+    added = proxy_ttfc - direct_ttfc
+    rows.append(Row("stream first-chunk added on misses", f"+{added:.2f} ms",
+                    f"direct {direct_ttfc:.2f} ms, via proxy {proxy_ttfc:.2f} ms", "",
+                    "<= 2 ms", verdict(added <= 2.0)))
+
+    # -- a 30 KB hit
+    proxy30k, _ = servers.proxy(up30k, servers.tmp / "c30k")
+    warm(proxy30k)
+    big = wrk(proxy30k, 1, lt)
+    small = wrk(proxy, 1, lt)
+    rows.append(Row("hit latency, 30 KB answer, c=1", f"{ms(big['p50_us'])} / "
+                    f"{ms(big['p99_us'])}", f"1 KB {ms(small['p50_us'])} / "
+                    f"{ms(small['p99_us'])}", f"{big['p50_us'] / small['p50_us']:.2f}x"))
+
+    # -- a large store
+    small_dir, large_dir = servers.tmp / "small", servers.tmp / "large"
+    started = time.monotonic()
+    fill(small_dir, 1000, up0)
+    fill(large_dir, entries, up0)
+    filled = time.monotonic() - started
+    results = {}
+    for name, cache in (("small", small_dir), ("large", large_dir)):
+        port, proc = servers.proxy(up0, cache)
+        warm(port)
+        wrk(port, 16, max(1, lt / 2))  # warm the page cache
+        results[name] = (wrk(port, 1, lt), wrk(port, 64, t), rss_kib(proc))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    (s1, s64, s_rss), (l1, l64, l_rss) = results["small"], results["large"]
+    ratio = l1["p50_us"] / s1["p50_us"]
+    rows.append(Row(f"hit latency with {entries:,} entries, c=1",
+                    f"{ms(l1['p50_us'])} / {ms(l1['p99_us'])}",
+                    f"1,000 entries {ms(s1['p50_us'])} / {ms(s1['p99_us'])} (filled in "
+                    f"{filled:.0f} s)", f"{ratio:.2f}x", "<= 1.5x", verdict(ratio <= 1.5)))
+    rows.append(Row(f"  throughput c=64 with {entries:,} entries", f"{l64['rps']:,.0f} req/s",
+                    f"1,000 entries {s64['rps']:,.0f}", f"{l64['rps'] / s64['rps']:.0%}"))
+    per_entry = (f"{(l_rss - s_rss) * 1024 / (entries - 1000):+.2f} bytes/entry"
+                 if entries > 1000 else "")
+    rows.append(Row(f"RSS with {entries:,} entries", f"{l_rss / 1024:.1f} MiB",
+                    f"1,000 entries {s_rss / 1024:.1f} MiB", per_entry,
+                    "no growth with entries (bounded caches)", verdict(l_rss <= s_rss * 1.25)))
+    rows.append(Row("peak RSS (1 process, after all its runs)",
+                    f"{rss_kib(proxy_proc, 'VmHWM') / 1024:.1f} MiB", ""))
+
+
+def start_nginx(servers: Servers, upstream: int) -> int | None:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                       else None)
+    if binary is None:
+        return None
+    port = free_port()
+    prefix = servers.tmp / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    user = "user root;" if os.geteuid() == 0 else ""
+    (prefix / "nginx.conf").write_text(f"""
+{user}
+worker_processes auto;
+daemon off;
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_buffer_size 64k;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy_temp;
+  fastcgi_temp_path {prefix}/fastcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+  proxy_cache_path {prefix}/cache levels=1:2 keys_zone=bench:16m max_size=2g inactive=1h
+                   use_temp_path=off;
+  upstream fake {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /healthz {{ return 200 "ok"; }}
+    location / {{
+      proxy_pass http://fake;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_methods POST;
+      proxy_cache_key "$request_uri|$request_body";
+      proxy_cache_valid 200 1h;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie;
+      add_header X-Cache $upstream_cache_status;
+    }}
+  }}
+}}
+""")
+    servers.start([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port)
+    return port
+
+
+def measure_litellm(servers: Servers, upstream: int, seconds: float) -> dict[str, float] | None:
+    """LiteLLM's proxy with its disk cache, in its own venv (created on first use)."""
+    venv = ROOT / "bench" / ".venv-litellm"
+    litellm = venv / "bin" / "litellm"
+    if not litellm.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy,caching]"],
+                       check=True)
+    port = free_port()
+    config = servers.tmp / "litellm.yaml"
+    config.write_text(f"""
+model_list:
+  - model_name: gpt-bench
+    litellm_params:
+      model: openai/gpt-bench
+      api_base: http://127.0.0.1:{upstream}/v1
+      api_key: none
+litellm_settings:
+  cache: true
+  cache_params:
+    type: disk
+    disk_cache_dir: {servers.tmp / "litellm-cache"}
+""")
+    servers.start([str(litellm), "--config", str(config), "--port", str(port), "--host",
+                   "127.0.0.1"], port, health="/health/liveliness")
+    for _ in range(3):
+        warm(port)
+    return wrk(port, 64, seconds)
+
+
+if __name__ == "__main__":
+    main()
