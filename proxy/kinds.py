@@ -115,6 +115,8 @@ class Kind:
     fingerprinted = True  # answers carry system_fingerprint
     streams = True
     keeps_events = False  # streamed hits are synthesized, not replayed verbatim
+    usage_fields: tuple[str, str | None] = ("prompt_tokens", "completion_tokens")
+    outputs = staticmethod(drift.outputs)  # what an answer said, for drift
 
     def stateful(self, body: dict[str, Any]) -> bool:
         """Whether the answer depends on server-side state, so it must not be cached."""
@@ -128,14 +130,16 @@ class Kind:
         return synthesize(answer, include_usage)
 
     def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
+        """(prompt, completion) tokens, from the fields this kind reports them in."""
         usage = answer.get("usage")
         if not isinstance(usage, dict):
             return 0, 0
-        return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+        prompt, completion = self.usage_fields
+        return _int(usage.get(prompt)), _int(usage.get(completion)) if completion else 0
 
     def compare(self, cached: dict[str, Any], live: dict[str, Any],
                 settings: CacheSettings) -> drift.Comparison | None:
-        return drift.compare(drift.outputs(cached), drift.outputs(live))
+        return drift.compare(self.outputs(cached), self.outputs(live))
 
 
 class CompletionKind(Kind):
@@ -149,9 +153,7 @@ class EmbeddingKind(Kind):
     name = "embedding"
     fingerprinted = False
     streams = False
-
-    def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
-        return super().usage(answer)[0], 0
+    usage_fields = ("prompt_tokens", None)
 
     def compare(self, cached: dict[str, Any], live: dict[str, Any],
                 settings: CacheSettings) -> drift.Comparison | None:
@@ -162,6 +164,8 @@ class ResponseKind(Kind):
     name = "response"
     fingerprinted = False
     keeps_events = True
+    usage_fields = ("input_tokens", "output_tokens")
+    outputs = staticmethod(drift.response_outputs)
 
     def stateful(self, body: dict[str, Any]) -> bool:
         return (body.get("previous_response_id") is not None
@@ -172,16 +176,6 @@ class ResponseKind(Kind):
 
     def replay(self, answer: dict[str, Any], events: bytes, include_usage: bool) -> bytes:
         return events or b"".join(response_events(answer))
-
-    def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
-        usage = answer.get("usage")
-        if not isinstance(usage, dict):
-            return 0, 0
-        return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-
-    def compare(self, cached: dict[str, Any], live: dict[str, Any],
-                settings: CacheSettings) -> drift.Comparison | None:
-        return drift.compare(drift.response_outputs(cached), drift.response_outputs(live))
 
 
 def _int(value: Any) -> int:
