@@ -185,6 +185,7 @@ class Pipeline:
         self._verifying: set[asyncio.Future[None]] = set()
         self._background: set[asyncio.Future[None]] = set()
         self._noting: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._noting_order = asyncio.Lock()  # FIFO
         # Other processes use this store too: coalesce misses through it, not only here.
         self.shared = settings.cache.backend == "redis" or settings.server.workers > 1
 
@@ -603,7 +604,8 @@ class Pipeline:
 
     async def _note(self, entry: Entry, now: float, see: bool) -> None:
         try:
-            seen = await self.store.note(entry, now, see)
+            async with self._noting_order:  # in the order seen: else a later sighting can
+                seen = await self.store.note(entry, now, see)  # land first, faking a change
         except StoreError as exc:
             log.warning("could not update the registry", extra={"data": {
                 "key": entry.key, "error": str(exc)}})

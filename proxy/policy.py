@@ -134,7 +134,9 @@ def observe_sighting(sightings: Mapping[str | None, Sighting], fingerprint: str 
     previous = max(table.values(), key=lambda s: s.last_seen).fingerprint if table else None
     old = table.get(fingerprint)
     is_new = old is None and bool(table)
-    table[fingerprint] = Sighting(fingerprint, old.first_seen if old else now, now,
+    # another process may record a later sighting first: times never move backwards
+    table[fingerprint] = Sighting(fingerprint, min(old.first_seen, now) if old else now,
+                                  max(old.last_seen, now) if old else now,
                                   (old.count if old else 0) + 1)
     return table, previous, is_new
 

@@ -148,3 +148,9 @@ def test_merge_sightings_keeps_the_later_of_each():
     new = {"a": Sighting("a", 1, 7, 3)}
     assert merge_sightings(old, new) == {"a": Sighting("a", 1, 7, 3), "b": Sighting("b", 1, 9, 1)}
     assert merge_sightings(new, old) == merge_sightings(old, new)
+
+
+def test_a_late_older_sighting_does_not_move_times_backwards():
+    table, _, _ = observe_sighting({}, "a", 10.0)
+    table, _, _ = observe_sighting(table, "a", 5.0)
+    assert table["a"] == Sighting("a", 5.0, 10.0, 2)
