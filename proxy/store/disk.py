@@ -92,10 +92,9 @@ class DiskStore:
             raise CorruptStoreError(_corrupt(self.directory, exc)) from None
 
     def _put(self, entry: Entry) -> None:
-        cache = self._entries
-        with cache.transact():
-            kept = [e for e in self._read(entry.key, cache) if e.fingerprint != entry.fingerprint]
-            cache.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
+        with self._entries.transact():
+            kept = [e for e in self._read(entry.key) if e.fingerprint != entry.fingerprint]
+            self._entries.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
 
     async def put(self, entry: Entry) -> None:
         # In the pool: measured under concurrent misses, a write on the loop cost more
@@ -136,17 +135,16 @@ class DiskStore:
         return await self._run(self._sightings, model)  # memoized by the pipeline
 
     def _note(self, entry: Entry, now: float, see: bool) -> Seen | None:
-        meta = self._meta
-        with meta.transact():
+        with self._meta.transact():
             recent = f"recent:{entry.endpoint}:{entry.model}"
-            keys = [k for k in orjson.loads(meta.get(recent, b"[]")) if k != entry.key]
-            meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
+            keys = [k for k in orjson.loads(self._meta.get(recent, b"[]")) if k != entry.key]
+            self._meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
             if not see:
                 return None
             table, previous, is_new = observe_sighting(self._sightings(entry.model),
                                                        entry.fingerprint, now)
             rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
-            meta.set(f"fp:{entry.model}", orjson.dumps(rows))
+            self._meta.set(f"fp:{entry.model}", orjson.dumps(rows))
         return Seen(table, previous, is_new)
 
     async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
