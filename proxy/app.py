@@ -128,7 +128,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     upstream.latency = app[METRICS].upstream_latency
     await upstream.start()
     pipeline = Pipeline(settings, store, upstream, app[COUNTS])
-    pipeline.upstream_credential = upstream_credential(settings, os.environ)
+    pipeline.upstream_credential = upstream_credential(settings, os.environ, app[TOKENS])
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
     flusher = asyncio.create_task(_flusher(app))
     try:

@@ -42,7 +42,7 @@ def _settings(config: str | None, flags: dict[str, Any], serving: bool = False) 
         settings = load_settings(config, os.environ, flags)
         check_cache_dir(settings)
         if serving:
-            upstream_credential(settings, os.environ)
+            upstream_credential(settings, os.environ, settings.proxy_tokens())
     except ConfigError as exc:
         _fail(str(exc))
     except OSError as exc:

@@ -323,10 +323,11 @@ def load_settings(config: str | os.PathLike[str] | None = None,
     return Settings(**built, prices=prices)
 
 
-def upstream_credential(settings: Settings, env: Mapping[str, str]) -> tuple[str, str] | None:
-    """With proxy tokens, the (header, value) the proxy sends upstream instead of the
+def upstream_credential(settings: Settings, env: Mapping[str, str],
+                        tokens: tuple[str, ...]) -> tuple[str, str] | None:
+    """With proxy ``tokens``, the (header, value) the proxy sends upstream instead of the
     client's; None without tokens (the client's own credential is forwarded)."""
-    if not settings.proxy_tokens():
+    if not tokens:
         return None
     key = env.get(settings.upstream.api_key_env, "")
     if not key:
