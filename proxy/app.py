@@ -112,6 +112,7 @@ async def _flush_counters(app: web.Application) -> None:
 async def _flusher(app: web.Application) -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
+        await app[PIPELINE].flush_notes()
         await _flush_counters(app)
         flush_logs()
         try:

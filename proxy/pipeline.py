@@ -11,7 +11,7 @@ import random
 import re
 import time
 import uuid
-from collections import defaultdict
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,7 @@ from .policy import (
     select_variant,
 )
 from .sse import EventSplitter, parse_event
-from .store import Entry, Store, StoreError
+from .store import Entry, Note, Seen, Store, StoreError
 from .upstream import Upstream, forward_request_headers, forward_response_headers
 
 log = logging.getLogger("seedproxy.pipeline")
@@ -133,17 +133,35 @@ class Live:
         return self.parsed.get("system_fingerprint") if self.parsed is not None else None
 
 
-async def _next_item(sink: Sink, request: web.Request) -> tuple[Any, ...]:
-    """The next item for a streaming client; noticing, while waiting, that it has gone
-    (else that would be learnt only at the next write, perhaps after the whole answer)."""
-    getter = asyncio.ensure_future(sink.get())
-    while True:
-        done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_CHECK)
-        if done:
-            return getter.result()
-        if request.transport is None or request.transport.is_closing():
-            getter.cancel()
-            raise ConnectionResetError("the client closed the connection")
+class Sink:
+    """What a fetch task hands one streaming client, in order: ("start", status, headers,
+    fingerprint), ("event", raw)..., ("end", final raw event); ("done",) once the task is
+    over. The client takes everything handed over so far at once."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Any, ...]] = deque()
+        self._ready: asyncio.Future[None] | None = None
+
+    def put(self, *item: Any) -> None:
+        self._items.append(item)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    async def take(self, request: web.Request) -> list[tuple[Any, ...]]:
+        """The items handed over so far, waiting for one if need be, and noticing while
+        waiting that the client has gone (else that would be learnt only at the next write,
+        perhaps after the whole answer)."""
+        while not self._items:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(DISCONNECT_CHECK):
+                    await self._ready
+            except TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError("the client closed the connection") from None
+        items = list(self._items)
+        self._items.clear()
+        return items
 
 
 def seeded(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[int | None,
@@ -165,9 +183,6 @@ def endpoint_for(path: str) -> Endpoint:
 
 
 Record = Callable[[Live], Awaitable[None]]
-# What the fetch task hands a streaming client, in order: ("start", status, headers,
-# fingerprint), ("event", raw)..., ("end", final raw event); ("done",) once the task is over.
-Sink = asyncio.Queue[tuple[Any, ...]]
 
 
 class Pipeline:
@@ -183,9 +198,9 @@ class Pipeline:
         self._inflight: dict[str, asyncio.Task[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
         self._verifying: set[asyncio.Future[None]] = set()
-        self._background: set[asyncio.Future[None]] = set()
-        self._noting: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
-        self._noting_order = asyncio.Lock()  # FIFO
+        self._unnoted: list[Note] = []  # gathered for the next flush_notes()
+        self._noting: list[Note] = []  # being written by it
+        self._note_lock = asyncio.Lock()
         # Other processes use this store too: coalesce misses through it, not only here.
         self.shared = settings.cache.backend == "redis" or settings.server.workers > 1
 
@@ -277,13 +292,13 @@ class Pipeline:
                               now, replay)
 
     async def sightings(self, model: str, now: float) -> dict[str | None, Sighting]:
-        noting = self._noting.get(model)
-        if noting:  # what this process saw live for the model is written first
-            await asyncio.gather(*noting, return_exceptions=True)
         memo = self._sightings.get(model)
         if memo is not None and now - memo[0] < _SIGHTINGS_TTL:
             return memo[1]
         table = await self.store.sightings(model)
+        for note in self._unwritten():  # what this process saw live and has not written yet
+            if note.see and note.model == model:  # (a count may run one ahead; only the
+                table = observe_sighting(table, note.fingerprint, note.now)[0]  # store's is shown)
         self._sightings[model] = (now, table)
         return table
 
@@ -331,7 +346,10 @@ class Pipeline:
         """Which recorded request for the same endpoint and model is closest, and how it
         differs (the way vcrpy explains a cassette miss)."""
         recorded = []
-        for key in (await self.store.recent(call.endpoint.path, call.model))[:NEAREST_SCAN]:
+        unwritten = [note.key for note in reversed(self._unwritten())
+                     if note.endpoint == call.endpoint.path and note.model == call.model]
+        recent = dict.fromkeys(unwritten + await self.store.recent(call.endpoint.path, call.model))
+        for key in list(recent)[:NEAREST_SCAN]:
             for entry in (await self.store.variants(key))[:1]:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     recorded.append((key, orjson.loads(entry.request)))
@@ -367,7 +385,7 @@ class Pipeline:
         if task is not None:
             self.counters.add("coalesced")
             return self._respond(call, await asyncio.shield(task), label)
-        sink: Sink | None = asyncio.Queue() if call.stream else None
+        sink = Sink() if call.stream else None
         gone = asyncio.Event()  # the streaming client left before the end
 
         async def record(live: Live) -> None:
@@ -383,7 +401,7 @@ class Pipeline:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         if sink is None:
             return self._respond(call, await asyncio.shield(task), label)
-        task.add_done_callback(lambda t: sink.put_nowait(("done",)))
+        task.add_done_callback(lambda t: sink.put("done"))
         return await self._stream_to_client(request, call, task, sink, gone, label)
 
     async def _go_live_once(self, call: Call, sink: Sink | None, record: Record) -> Live:
@@ -429,20 +447,27 @@ class Pipeline:
     async def _stream_to_client(self, request: web.Request, call: Call, task: asyncio.Task[Live],
                                 sink: Sink, gone: asyncio.Event,
                                 label: str) -> web.StreamResponse:
-        """Forward each upstream event to the client as soon as the fetch task has it."""
-        first = await sink.get()
-        if first[0] != "start":  # the upstream did not stream: an error, or plain JSON
-            return self._respond(call, await asyncio.shield(task), label)
-        _, status, headers, fingerprint = first
-        headers.update(self._our_headers(call, fingerprint, label))
-        response = web.StreamResponse(status=status, headers=headers)
+        """Forward the upstream events to the client as soon as the fetch task has them."""
+        response = None
         try:
+            items = await sink.take(request)
+            if items[0][0] != "start":  # the upstream did not stream: an error, or plain JSON
+                return self._respond(call, await asyncio.shield(task), label)
+            _, status, headers, fingerprint = items[0]
+            headers.update(self._our_headers(call, fingerprint, label))
+            response = web.StreamResponse(status=status, headers=headers)
             await response.prepare(request)
-            while (item := await _next_item(sink, request))[0] == "event":
-                await response.write(item[1])
-            if item[0] == "end":
-                await response.write(item[1])
-                await response.write_eof()
+            del items[0]
+            while True:
+                chunk = b"".join(item[1] for item in items if item[0] != "done")
+                if chunk:
+                    await response.write(chunk)
+                if any(item[0] == "end" for item in items):
+                    await response.write_eof()
+                    return response
+                if any(item[0] == "done" for item in items):
+                    return response
+                items = await sink.take(request)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             gone.set()
             keep = self.settings.cache.complete_on_disconnect
@@ -450,7 +475,7 @@ class Pipeline:
                 "key": call.key, "upstream": "read to the end" if keep else "cancelled"}})
             if not keep:
                 task.cancel()
-        return response
+        return response or web.Response(status=499)  # nginx's "client closed request"
 
     async def _go_live(self, call: Call, sink: Sink | None, record: Record | None) -> Live:
         """Call the upstream; ``record`` stores a complete 2xx answer before anyone has it."""
@@ -491,23 +516,32 @@ class Pipeline:
         final = b""
         try:
             async for data in response.content.iter_any():
+                unfolded = []
                 for raw in splitter.feed(data):
                     name, payload = parse_event(raw)
-                    if payload is not None and problem is None:
-                        problem = acc.feed(name, payload)
                     if acc.final_event(name, payload):
                         final = raw  # held back until the answer is stored
-                        continue
-                    events.append(raw)
-                    if sink is not None:
-                        if not started:
-                            sink.put_nowait(("start", response.status, headers, acc.fingerprint))
+                    else:
+                        events.append(raw)
+                        if sink is not None and not started:
+                            if payload is not None:  # the first event names the fingerprint
+                                problem = acc.feed(name, payload)
+                            sink.put("start", response.status, headers, acc.fingerprint)
+                            sink.put("event", raw)
                             started = True
-                        sink.put_nowait(("event", raw))
+                            continue
+                        if sink is not None:
+                            sink.put("event", raw)
+                    unfolded.append((name, payload))
+                if sink is not None and unfolded:
+                    await asyncio.sleep(0)  # the client's task writes them before they are folded
+                for name, payload in unfolded:
+                    if payload is not None and problem is None:
+                        problem = acc.feed(name, payload)
         except (aiohttp.ClientError, TimeoutError) as exc:
             problem = f"the upstream connection failed mid-stream ({type(exc).__name__})"
         if sink is not None and not started:
-            sink.put_nowait(("start", response.status, headers, acc.fingerprint))
+            sink.put("start", response.status, headers, acc.fingerprint)
         if problem is None and not acc.complete:
             problem = "the upstream stream ended before its final event"
         if problem is not None:
@@ -516,8 +550,8 @@ class Pipeline:
                 "key": call.key, "endpoint": call.endpoint.path, "problem": problem}})
             message = f"seedproxy: {problem}; nothing was cached."
             if sink is not None:
-                sink.put_nowait(("end", b"data: " + error_body(502, message,
-                                                                "upstream_incomplete") + b"\n\n"))
+                sink.put("end", b"data: " + error_body(502, message, "upstream_incomplete")
+                         + b"\n\n")
             raise ProxyError(502, message, code="upstream_incomplete")
         answer = acc.result()
         json_headers = headers.copy()
@@ -527,7 +561,7 @@ class Pipeline:
         if record is not None:
             await record(live)
         if sink is not None:
-            sink.put_nowait(("end", final))
+            sink.put("end", final)
         return live
 
     # -- storing and comparing -------------------------------------------------------------
@@ -575,48 +609,57 @@ class Pipeline:
                       call.model, call.seed, prompt_tokens, completion_tokens, live.body,
                       call.upstream_body, live.events)
         # Durably stored before anyone is answered. The recent-keys index and the registry
-        # follow right after; this process's copy of the registry learns at once.
+        # are written with the next flush; this process's copy of the registry learns at once.
         if store:
-            await self.store.put(entry)
+            await self.store.put(entry, busy=len(self._inflight) > 1)
         fingerprinted = call.endpoint.kind.fingerprinted
         memo = self._sightings.get(call.model)
         if fingerprinted and memo is not None:
             self._sightings[call.model] = (memo[0], observe_sighting(memo[1], entry.fingerprint,
                                                                      now)[0])
-        self._after(self._note(entry, now, fingerprinted), self._noting[call.model])
+        self._unnoted.append(Note(entry.key, entry.endpoint, entry.model, entry.fingerprint,
+                                  now, fingerprinted))
         if store:
             self.counters.add("stores")
         if stored:
             await self._compare(call, stored, live.parsed, entry, reason)
 
-    def _after(self, work: Awaitable[None], also: set[asyncio.Future[None]]) -> None:
-        """Run store work that need not delay the answer; :meth:`settle` waits for it, and
-        so does whoever waits on ``also``."""
-        task = asyncio.ensure_future(work)
-        for pending in (self._background, also):
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+    def _unwritten(self) -> list[Note]:
+        return [*self._noting, *self._unnoted]
+
+    async def flush_notes(self) -> None:
+        """Write the recent-keys index and registry updates gathered since the last flush
+        (once a second, and before reports): one store transaction instead of one per miss.
+        Flushes run one at a time, so sightings are written in the order they were seen."""
+        async with self._note_lock:
+            if not self._unnoted:
+                return
+            notes = self._noting = self._unnoted
+            self._unnoted = []
+            try:
+                results = await self.store.note(notes)
+            except StoreError as exc:
+                log.warning("could not update the registry", extra={"data": {
+                    "notes": len(notes), "error": str(exc)}})
+                return
+            finally:
+                self._noting = []
+        latest: dict[str, Seen] = {}
+        for note, seen in zip(notes, results, strict=True):
+            if seen is None:
+                continue
+            latest[note.model] = seen
+            if seen.is_new:
+                await self._fingerprint_changed(note.model, seen.previous, note.fingerprint,
+                                                note.now)
+        for model, seen in latest.items():
+            memo = self._sightings.get(model)  # may already know of later sightings
+            self._sightings[model] = (time.time(), merge_sightings(
+                seen.sightings, memo[1]) if memo is not None else seen.sightings)
 
     async def settle(self) -> None:
-        """Wait for the store work started so far (reads of this process see its writes)."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def _note(self, entry: Entry, now: float, see: bool) -> None:
-        try:
-            async with self._noting_order:  # in the order seen: else a later sighting can
-                seen = await self.store.note(entry, now, see)  # land first, faking a change
-        except StoreError as exc:
-            log.warning("could not update the registry", extra={"data": {
-                "key": entry.key, "error": str(exc)}})
-            return
-        if seen is None:
-            return
-        memo = self._sightings.get(entry.model)  # may already know of later sightings
-        self._sightings[entry.model] = (time.time(), merge_sightings(
-            seen.sightings, memo[1]) if memo is not None else seen.sightings)
-        if seen.is_new:
-            await self._fingerprint_changed(entry.model, seen.previous, entry.fingerprint, now)
+        """Write what this process has gathered for the store (its reads then see it)."""
+        await self.flush_notes()
 
     async def _fingerprint_changed(self, model: str, previous: str | None,
                                    fingerprint: str | None, now: float) -> None:

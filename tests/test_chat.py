@@ -223,6 +223,32 @@ def test_latest_policy_follows_a_fingerprint_change(make_proxy, upstream, logs):
     assert [(d["reason"], d["same_fingerprint"]) for d in drift] == [("fingerprint", False)]
 
 
+def test_registry_updates_not_yet_written_still_count(make_proxy, upstream, monkeypatch):
+    """Sightings and recent keys are written once a second; until then this process's
+    lookups and replay-miss explanations use what it gathered."""
+    monkeypatch.setattr("proxy.app.FLUSH_INTERVAL", 3600)
+    monkeypatch.setattr("proxy.pipeline._SIGHTINGS_TTL", 0)  # every lookup reads the store
+    proxy = make_proxy(cache={"fingerprint": "latest"})
+    other = [{"role": "user", "content": "another prompt"}]
+    with sdk(proxy) as client:
+        create(client)
+        _get(proxy, "/_seedproxy/stats")  # reports write them first
+        assert proxy.bg.run(proxy.pipeline.store.recent("/v1/chat/completions", "gpt-test"))
+        upstream.fingerprint = "fp_two"
+        create(client, messages=other)  # fp_two seen live, not written yet
+        key = create(client, messages=other)[0]["x-seedproxy-key"]
+        assert proxy.bg.run(proxy.pipeline.store.sightings("gpt-test")).keys() == {"fp_one"}
+        headers, _ = create(client)  # latest is fp_two: the fp_one answer is not served
+        assert (headers["x-cache"], headers["x-seedproxy-fingerprint"]) == ("MISS", "fp_two")
+        with pytest.raises(openai.APIStatusError) as err:
+            create(client, messages=other, temperature=0.3,
+                   extra_headers={"Cache-Control": "only-if-cached"})
+        assert f"(key {key}) differs in: temperature" in err.value.message
+    _get(proxy, "/_seedproxy/stats")
+    assert proxy.bg.run(proxy.pipeline.store.sightings("gpt-test")).keys() == {"fp_one",
+                                                                               "fp_two"}
+
+
 def test_current_policy_drops_a_fingerprint_after_the_window(make_proxy, upstream):
     proxy = make_proxy(cache={"fingerprint": "current", "fingerprint_window": 1.0})
     with sdk(proxy) as client:

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from proxy.policy import Sighting
-from proxy.store import Entry, open_store
+from proxy.store import Entry, Note, open_store
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port, http, proxy_settings
 from tests.upstream import FakeUpstream
@@ -42,31 +42,34 @@ async def test_store_contract(store_config, cache_dir, upstream):
     await store.start()
     try:
         await store.put(entry("k1", "fp_a", 1.0, b'{"a":1}'))
-        await store.put(entry("k1", "fp_b", 2.0))
+        await store.put(entry("k1", "fp_b", 2.0), busy=False)
         await store.put(entry("k1", "fp_a", 3.0, b'{"a":2}'))  # replaces fp_a
-        await store.put(entry("k1", None, 4.0))
+        await store.put(entry("k1", None, 4.0), busy=False)
         variants = await store.variants("k1")
         assert [(v.fingerprint, v.created) for v in variants] == [
             (None, 4.0), ("fp_a", 3.0), ("fp_b", 2.0)]
         assert variants[1].body == b'{"a":2}' and variants[1].request == b'{"model":"m"}'
         for i in range(12):  # at most eight fingerprints per key, the oldest go
-            await store.put(entry("k2", f"fp{i}", float(i)))
+            await store.put(entry("k2", f"fp{i}", float(i)), busy=i % 2 == 0)
         assert len(await store.variants("k2")) == 8
         assert sorted(await store.keys()) == ["k1", "k2"]
-        await store.note(entry("k1", "fp_a", 3.0), 3.0, see=False)
-        await store.note(entry("k2", "fp_a", 3.0), 3.0, see=False)
-        assert (await store.recent("/v1/chat/completions", "m"))[:2] == ["k2", "k1"]
 
-        async def see(fp: str | None, now: float) -> tuple[str | None, bool]:
-            seen = await store.note(entry("k9", fp, now), now, see=True)
-            assert seen is not None and seen.sightings == await store.sightings("m")
-            return seen.previous, seen.is_new
+        def note(key: str, fp: str | None, now: float, see: bool = True) -> Note:
+            return Note(key, "/v1/chat/completions", "m", fp, now, see)
 
-        assert await see("fp_a", 10.0) == (None, False)
-        assert await see(None, 11.0) == ("fp_a", True)
-        assert await see("fp_a", 12.0) == (None, False)
+        assert await store.note([note("k1", "fp_a", 3.0, False), note("k2", "fp_a", 3.0, False),
+                                 note("k3", "fp_a", 3.0, False), note("k1", "fp_a", 3.0, False)]
+                                ) == [None] * 4
+        assert (await store.recent("/v1/chat/completions", "m"))[:3] == ["k1", "k3", "k2"]
+
+        # applied in order, in one call or several
+        first = await store.note([note("k9", "fp_a", 10.0), note("k9", None, 11.0)])
+        second = await store.note([note("k9", "fp_a", 12.0)])
+        assert [(s.previous, s.is_new) for s in (*first, *second)] == [
+            (None, False), ("fp_a", True), (None, False)]
+        assert second[0].sightings == await store.sightings("m")
         assert (await store.sightings("m"))["fp_a"] == Sighting("fp_a", 10.0, 12.0, 2)
-        assert await store.note(entry("k9", "fp_z", 13.0), 13.0, see=False) is None
+        assert await store.note([note("k9", "fp_z", 13.0, see=False)]) == [None]
         assert "fp_z" not in await store.sightings("m")
         assert await store.models() == ["m"]
 
@@ -96,6 +99,22 @@ async def test_store_contract(store_config, cache_dir, upstream):
         assert await store.locked("k")
         await store.unlock("k", "other")
         assert not await store.locked("k")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+async def test_disk_size_limit_evicts_the_oldest_entries(store_config, cache_dir, upstream):
+    config = store_config | {"size_limit": 512 * 1024}
+    store = open_store(proxy_settings(cache_dir, upstream.url, cache=config))
+    try:
+        for i in range(40):  # 40 entries of 40 KB: three times the limit
+            await store.put(entry(f"k{i}", "fp", float(i), b"x" * 40_000))
+        await store.checkpoint()  # eviction runs here, off the request path
+        _, volume = await store.size()
+        assert volume <= 512 * 1024
+        assert await store.variants("k0") == []
+        assert (await store.variants("k39"))[0].body == b"x" * 40_000
     finally:
         await store.close()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..config import Settings
 from ..policy import Sighting
@@ -27,6 +27,18 @@ class Entry:
     body: bytes  # the response, ready to send
     request: bytes  # the request body as sent upstream (for export and re-verification)
     stream: bytes = b""  # the raw SSE events, for endpoints whose streams replay verbatim
+
+
+class Note(NamedTuple):
+    """A stored answer to index: its key among the recent ones of (endpoint, model) and,
+    with ``see``, its fingerprint as seen live for the model at ``now``."""
+
+    key: str
+    endpoint: str
+    model: str
+    fingerprint: str | None
+    now: float
+    see: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +74,18 @@ class Store(Protocol):
         """All entries stored for ``key``, newest first."""
         ...
 
-    async def put(self, entry: Entry) -> None:
-        """Durably store ``entry``, replacing the one with the same key and fingerprint."""
+    async def put(self, entry: Entry, busy: bool = True) -> None:
+        """Durably store ``entry``, replacing the one with the same key and fingerprint.
+        ``busy``: other requests are in progress, so keep the event loop free for them."""
         ...
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         """The fingerprint registry for ``model``."""
         ...
 
-    async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
-        """After a put: list the key among the recent ones of its endpoint and model, and
-        with ``see`` record its fingerprint as seen live for the model."""
+    async def note(self, notes: Sequence[Note]) -> list[Seen | None]:
+        """Apply ``notes`` in order, after their puts; one result per note: the model's
+        registry after it if it ``see``s, else None."""
         ...
 
     async def add_event(self, event: Mapping[str, Any]) -> None:

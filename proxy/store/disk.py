@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +13,7 @@ import diskcache
 import orjson
 
 from ..policy import Sighting, observe_sighting
-from . import CorruptStoreError, Entry, Seen, StoreError
+from . import CorruptStoreError, Entry, Note, Seen, StoreError
 from .record import RecordError, decode, encode
 
 MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
@@ -46,7 +46,9 @@ class DiskStore:
         # Reads never write: 'least-recently-stored' keeps a hit a pure SELECT.
         # Checkpoints (copying the WAL into the database) would land on whichever write
         # crosses the threshold; they run from checkpoint() instead, every second.
+        # Likewise eviction (three more queries in every write): checkpoint() culls.
         wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT,
+               "cull_limit": 0,
                # bounded memory per connection: 4 MiB of page cache, 8 MiB mapped
                "sqlite_cache_size": 1024, "sqlite_mmap_size": 8 * 1024**2}
         self._entries = _open(directory / "entries", size_limit=size_limit,
@@ -73,7 +75,8 @@ class DiskStore:
             raise StoreError(f"cache.dir {self.directory}: {exc}") from None
 
     def _read(self, key: str, cache: diskcache.Cache | None = None) -> list[Entry]:
-        raw = (cache or self._entries).get(key)
+        # not ``cache or ...``: a Cache's truth value is its length, one more query
+        raw = (self._entries if cache is None else cache).get(key)
         if raw is None:
             return []
         try:
@@ -91,15 +94,23 @@ class DiskStore:
         except sqlite3.DatabaseError as exc:
             raise CorruptStoreError(_corrupt(self.directory, exc)) from None
 
-    def _put(self, entry: Entry) -> None:
-        with self._entries.transact():
-            kept = [e for e in self._read(entry.key) if e.fingerprint != entry.fingerprint]
-            self._entries.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
+    def _put(self, entry: Entry, cache: diskcache.Cache | None = None) -> None:
+        cache = self._entries if cache is None else cache
+        with cache.transact():
+            kept = [e for e in self._read(entry.key, cache) if e.fingerprint != entry.fingerprint]
+            cache.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
 
-    async def put(self, entry: Entry) -> None:
-        # In the pool: measured under concurrent misses, a write on the loop cost more
-        # latency than the hop it saves (bench/run.py, misses at c=16).
-        await self._run(self._put, entry)
+    async def put(self, entry: Entry, busy: bool = True) -> None:
+        if busy:  # the loop has other requests to serve: a thread writes
+            return await self._run(self._put, entry)
+        try:  # nothing else to do: no hop to a thread and back (a third of a miss's overhead)
+            self._put(entry, self._now)
+        except (diskcache.Timeout, sqlite3.OperationalError):  # another writer holds the lock
+            await self._run(self._put, entry)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
+        except OSError as exc:  # a large value is a file of its own
+            raise StoreError(f"cache.dir {self.directory}: {exc}") from None
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
         raw = await self._run(self._meta.get, f"recent:{endpoint}:{model}")
@@ -134,21 +145,36 @@ class DiskStore:
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         return await self._run(self._sightings, model)  # memoized by the pipeline
 
-    def _note(self, entry: Entry, now: float, see: bool) -> Seen | None:
+    def _note(self, notes: Sequence[Note]) -> list[Seen | None]:
+        recent: dict[str, list[str]] = {}
+        tables: dict[str, dict[str | None, Sighting]] = {}
+        seen: list[Seen | None] = []
         with self._meta.transact():
-            recent = f"recent:{entry.endpoint}:{entry.model}"
-            keys = [k for k in orjson.loads(self._meta.get(recent, b"[]")) if k != entry.key]
-            self._meta.set(recent, orjson.dumps([entry.key, *keys][:MAX_RECENT]))
-            if not see:
-                return None
-            table, previous, is_new = observe_sighting(self._sightings(entry.model),
-                                                       entry.fingerprint, now)
-            rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
-            self._meta.set(f"fp:{entry.model}", orjson.dumps(rows))
-        return Seen(table, previous, is_new)
+            for note in notes:
+                name = f"recent:{note.endpoint}:{note.model}"
+                keys = recent.get(name)
+                if keys is None:
+                    keys = orjson.loads(self._meta.get(name, b"[]"))
+                recent[name] = [note.key, *(k for k in keys if k != note.key)][:MAX_RECENT]
+                if not note.see:
+                    seen.append(None)
+                    continue
+                table = tables.get(note.model)
+                if table is None:
+                    table = self._sightings(note.model)
+                table, previous, is_new = observe_sighting(table, note.fingerprint, note.now)
+                tables[note.model] = table
+                seen.append(Seen(table, previous, is_new))
+            for name, keys in recent.items():
+                self._meta.set(name, orjson.dumps(keys))
+            for model, table in tables.items():
+                rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count]
+                        for s in table.values()]
+                self._meta.set(f"fp:{model}", orjson.dumps(rows))
+        return seen
 
-    async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
-        return await self._run(self._note, entry, now, see)
+    async def note(self, notes: Sequence[Note]) -> list[Seen | None]:
+        return await self._run(self._note, notes)
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
         await self._run(self._events[event["kind"]].append, orjson.dumps(event))
@@ -208,6 +234,7 @@ class DiskStore:
         """Nothing to connect: the files were opened (and checked) in the constructor."""
 
     def _checkpoint(self) -> None:
+        self._entries.cull(retry=True)  # the oldest entries go while over cache.size_limit
         if not self._checkpointers:
             for cache in (self._entries, self._meta):
                 connection = sqlite3.connect(cache.directory + "/cache.db",
@@ -218,7 +245,8 @@ class DiskStore:
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def checkpoint(self) -> None:
-        """Fold the write-ahead logs into the databases, without waiting for readers."""
+        """Evict down to the size limit; fold the write-ahead logs into the databases,
+        without waiting for readers."""
         await self._run(self._checkpoint)
 
     async def size(self) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..policy import Sighting, observe_sighting
-from . import Entry, Seen, StoreError, redact
+from . import Entry, Note, Seen, StoreError, redact
 from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
 from .record import RecordError, decode, encode
 
@@ -76,7 +76,7 @@ class RedisStore:
                 continue  # never serve a damaged record
         return sorted(entries, key=lambda e: e.created, reverse=True)
 
-    async def put(self, entry: Entry) -> None:
+    async def put(self, entry: Entry, busy: bool = True) -> None:
         name = PREFIX + "e:" + entry.key
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(name, _fp(entry.fingerprint), encode([entry]))
@@ -100,30 +100,41 @@ class RedisStore:
             table[fingerprint] = Sighting(fingerprint, *orjson.loads(raw))
         return table
 
-    async def note(self, entry: Entry, now: float, see: bool) -> Seen | None:
-        recent = f"{PREFIX}recent:{entry.endpoint}:{entry.model}"
+    async def note(self, notes: Sequence[Note]) -> list[Seen | None]:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(recent, 0, entry.key)
-            pipe.lpush(recent, entry.key)
-            pipe.ltrim(recent, 0, MAX_RECENT - 1)
+            for note in notes:
+                recent = f"{PREFIX}recent:{note.endpoint}:{note.model}"
+                pipe.lrem(recent, 0, note.key)
+                pipe.lpush(recent, note.key)
+                pipe.ltrim(recent, 0, MAX_RECENT - 1)
             await pipe.execute()
-        return await self._see(entry.model, entry.fingerprint, now) if see else None
+        seen: list[Seen | None] = [None] * len(notes)
+        for model in {note.model for note in notes if note.see}:
+            at = [i for i, note in enumerate(notes) if note.see and note.model == model]
+            for i, one in zip(at, await self._see(model, [notes[i] for i in at]), strict=True):
+                seen[i] = one
+        return seen
 
-    async def _see(self, model: str, fingerprint: str | None, now: float) -> Seen:
+    async def _see(self, model: str, notes: list[Note]) -> list[Seen]:
         name = PREFIX + "fp:" + model
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(name)
                     table = self._table(await pipe.hgetall(name))
-                    updated, previous, is_new = observe_sighting(table, fingerprint, now)
-                    s = updated[fingerprint]
+                    seen = []
+                    for note in notes:
+                        table, previous, is_new = observe_sighting(table, note.fingerprint,
+                                                                   note.now)
+                        seen.append(Seen(table, previous, is_new))
                     pipe.multi()
-                    pipe.hset(name, _fp(fingerprint),
-                              orjson.dumps([s.first_seen, s.last_seen, s.count]))
+                    for fingerprint in {note.fingerprint for note in notes}:
+                        s = table[fingerprint]
+                        pipe.hset(name, _fp(fingerprint),
+                                  orjson.dumps([s.first_seen, s.last_seen, s.count]))
                     pipe.sadd(PREFIX + "models", model)
                     await pipe.execute()
-                    return Seen(updated, previous, is_new)
+                    return seen
                 except WatchError:
                     continue  # another process saw a fingerprint at the same moment
 
