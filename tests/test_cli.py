@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,10 +52,12 @@ class _Handle:
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
 
-def test_serve_end_to_end(tmp_path, upstream):
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_serve_end_to_end(tmp_path, upstream, log_format):
     port = free_port()
     served = Served(["--port", str(port), "--upstream", f"{upstream.url}/v1",
-                     "--cache-dir", str(tmp_path / "c"), "--log-format", "json"], _env(), tmp_path)
+                     "--cache-dir", str(tmp_path / "c"), "--log-format", log_format], _env(),
+                    tmp_path)
     try:
         assert f"http://127.0.0.1:{port}" in served.banner
         for part in (f"upstream {upstream.url}/v1", "mode record", str(tmp_path / "c"),
@@ -67,7 +71,20 @@ def test_serve_end_to_end(tmp_path, upstream):
     finally:
         code, err = served.stop()
     assert code == 0
-    assert '"path":"/v1/chat/completions"' in err
+    access = [line for line in err.splitlines() if "seedproxy.access" in line]
+    assert len(access) == 2
+    for line, cache in zip(access, ("MISS", "HIT"), strict=True):
+        if log_format == "json":
+            fields = json.loads(line)
+            assert fields.items() >= {"level": "info", "logger": "seedproxy.access",
+                                      "msg": "request", "method": "POST", "status": 200,
+                                      "path": "/v1/chat/completions", "cache": cache}.items()
+            assert fields["pid"] == served.proc.pid and fields["ms"] >= 0 and fields["time"] > 0
+        else:
+            assert re.fullmatch(r"\d\d:\d\d:\d\d INFO    seedproxy\.access: request \{.*\}", line)
+            fields = json.loads(line[line.index("{"):])
+            assert (fields["path"], fields["status"], fields["cache"]) == (
+                "/v1/chat/completions", 200, cache)
     assert FAKE_KEY not in err
     assert len(upstream.chat_calls) == 1
 
