@@ -125,9 +125,13 @@ def test_dot_segments_never_leave_the_base(proxy, upstream, path):
 def test_unknown_paths_and_methods_are_openai_shaped(proxy):
     status, _, raw = http(proxy.url, "GET", "/nope")
     assert status == 404 and "Unknown path" in error_of(raw)["message"]
-    status, _, raw = http(proxy.url, "POST", "/healthz")
-    assert status == 405
-    error_of(raw)
+    status, headers, raw = http(proxy.url, "POST", "/healthz")
+    assert status == 405 and set(headers["Allow"].split(",")) >= {"GET"}
+    assert "Method POST is not allowed" in error_of(raw)["message"]
+    status, headers, raw = http(proxy.url, "GET", "/_seedproxy/explain")
+    assert status == 405 and headers["Allow"] == "POST"
+    _, _, metrics = http(proxy.url, "GET", "/metrics")
+    assert b'seedproxy_requests_total{cache="NONE",endpoint="unmatched"} 3.0' in metrics
 
 
 def test_healthz(proxy):

@@ -288,7 +288,7 @@ def test_tokens_guard_everything_but_healthz(guarded, upstream):
             c.chat.completions.create(model="gpt-test", messages=MESSAGES)
         assert err.value.code == "invalid_proxy_token"
     for path in ("/_seedproxy/stats", "/_seedproxy/drift", "/_seedproxy/", "/metrics",
-                 "/v1/models"):
+                 "/v1/models", "/nope"):
         status, _, body = http(guarded.url, "GET", path)
         assert status == 401, path
         assert orjson.loads(body)["error"]["type"] == "authentication_error"
