@@ -107,7 +107,8 @@ def wrk(port: int, connections: int, seconds: float, unique: bool = False,
                           "-s", str(LUA), f"http://127.0.0.1:{port}/v1/chat/completions"],
                          capture_output=True, text=True, env=env, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    # successful answers only: an error or a timeout is not a request served
+    result["rps"] = (result["requests"] - result["errors"]) / (result["duration_us"] / 1e6)
     return result
 
 
