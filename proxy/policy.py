@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -65,6 +66,7 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
     return directives
 
 
+@functools.lru_cache(maxsize=256)  # nearly every request asks the same question
 def plan_request(mode: str, cache_control: str | None) -> Plan:
     """Combine ``cache.mode`` with the request's directives, as an HTTP cache would."""
     d = parse_cache_control(cache_control)

@@ -24,3 +24,11 @@ def test_truncated_records_are_refused(cut):
 def test_garbage_is_refused():
     with pytest.raises(RecordError):
         decode("k", b"not a record at all")
+
+
+@pytest.mark.parametrize("header", [b"{}", b"[1]", b"[[1, 2]]", b'"x"'])
+def test_headers_of_the_wrong_shape_are_refused(header):
+    raw = encode([entry("fp_a")])
+    hlen = int.from_bytes(raw[4:8], "big")
+    with pytest.raises(RecordError):
+        decode("k", raw[:4] + len(header).to_bytes(4, "big") + header + raw[8 + hlen:])

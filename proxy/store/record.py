@@ -14,6 +14,8 @@ MAGIC = b"SPv2"
 _LEN = struct.Struct(">I")
 _BLOBS = ("body", "request", "stream")
 _META = [f.name for f in fields(Entry) if f.name != "key" and f.name not in _BLOBS]
+# Entry(key, *meta, *blobs) builds an entry positionally (no keyword dict per hit)
+assert [f.name for f in fields(Entry)] == ["key", *_META, *_BLOBS]
 
 
 class RecordError(ValueError):
@@ -42,17 +44,20 @@ def decode(key: str, raw: bytes) -> list[Entry]:
         rows = orjson.loads(raw[8:pos])
     except orjson.JSONDecodeError as exc:
         raise RecordError(f"bad header: {exc}") from None
-    view = memoryview(raw)
     entries = []
+    end = len(raw)
+    if not isinstance(rows, list):
+        raise RecordError("bad header")
     for row in rows:
-        meta, lengths = row[:len(_META)], row[len(_META):]
-        blobs = {}
-        for name, length in zip(_BLOBS, lengths, strict=True):
-            if pos + length > len(raw):
+        if not isinstance(row, list) or len(row) != len(_META) + len(_BLOBS):
+            raise RecordError("bad header row")
+        blobs = []
+        for length in row[len(_META):]:
+            if pos + length > end:
                 raise RecordError("truncated")
-            blobs[name] = bytes(view[pos:pos + length])
+            blobs.append(raw[pos:pos + length])
             pos += length
-        entries.append(Entry(key, **dict(zip(_META, meta, strict=True)), **blobs))
+        entries.append(Entry(key, *row[:len(_META)], *blobs))
     if pos != len(raw):
         raise RecordError("trailing bytes")
     return entries
