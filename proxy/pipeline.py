@@ -529,6 +529,7 @@ class Pipeline:
                             sink.put("start", response.status, headers, acc.fingerprint)
                             sink.put("event", raw)
                             started = True
+                            await asyncio.sleep(0)  # on its way before the rest is looked at
                             continue
                         if sink is not None:
                             sink.put("event", raw)
