@@ -121,15 +121,19 @@ async def _flush_counters(app: web.Application) -> None:
 
 
 async def _flusher(app: web.Application) -> None:
+    """Once a second: registry updates, counters, log lines and store housekeeping. A step
+    that fails is logged and runs again next time; the flusher itself never stops."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
-        await app[PIPELINE].flush_notes()
-        await _flush_counters(app)
+        for step in (app[PIPELINE].flush_notes, functools.partial(_flush_counters, app),
+                     app[STORE].checkpoint):
+            try:
+                await step()
+            except StoreError as exc:
+                log.warning("periodic store work failed", extra={"data": {"error": str(exc)}})
+            except Exception:
+                log.exception("periodic store work failed")
         flush_logs()
-        try:
-            await app[STORE].checkpoint()
-        except StoreError as exc:
-            log.warning("store checkpoint failed", extra={"data": {"error": str(exc)}})
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -150,3 +150,39 @@ def test_dns_failure(make_proxy, upstream):
     from tests.harness import http
 
     assert http(proxy.url, "GET", "/healthz")[0] == 200
+
+
+def test_periodic_store_work_survives_failures(make_proxy, upstream, logs, monkeypatch):
+    """A failing registry write or checkpoint is logged; the next second's work still runs."""
+    monkeypatch.setattr("proxy.app.FLUSH_INTERVAL", 0.05)
+    proxy = make_proxy()
+    store = proxy.pipeline.store
+    failures = {"note": 1, "checkpoint": 2}
+
+    def failing(name: str, exc: Exception) -> Any:
+        original = getattr(store, name)
+
+        async def run(*args: Any) -> Any:
+            if failures[name]:
+                failures[name] -= 1
+                raise exc
+            return await original(*args)
+        return run
+
+    monkeypatch.setattr(store, "note", failing("note", RuntimeError("boom")))
+    monkeypatch.setattr(store, "checkpoint", failing("checkpoint", OSError("disk gone")))
+    with sdk(proxy) as client:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        deadline = time.monotonic() + 10
+        while failures != {"note": 0, "checkpoint": 0} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.chat.completions.create(model="gpt-test", messages=[
+            {"role": "user", "content": "after the failures"}])
+    assert failures == {"note": 0, "checkpoint": 0}
+    deadline = time.monotonic() + 10  # the flusher still runs: the second key is indexed
+    while not proxy.bg.run(store.recent("/v1/chat/completions", "gpt-test")) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    recent = proxy.bg.run(store.recent("/v1/chat/completions", "gpt-test"))
+    assert len(recent) == 1  # the first key's note was lost with the failed write
+    assert logs.text.count("periodic store work failed") == 3
