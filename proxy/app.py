@@ -180,7 +180,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    await request.app[PIPELINE].settle()
+    await request.app[PIPELINE].flush_notes()
     await _flush_counters(request.app)
     data = await reports.stats(request.app[STORE], request.app[SETTINGS])
     return web.Response(body=orjson.dumps(data), content_type="application/json")
@@ -194,7 +194,7 @@ async def _drift(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
-    await request.app[PIPELINE].settle()
+    await request.app[PIPELINE].flush_notes()
     body = {"drift": await reports.drift(store, model, since, limit),
             "fingerprint_changes": await reports.drift(store, model, since, limit,
                                                        kind="fingerprint_change")}
@@ -217,7 +217,7 @@ async def _explain(request: web.Request) -> web.Response:
 
 async def _dashboard(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
-    await request.app[PIPELINE].settle()
+    await request.app[PIPELINE].flush_notes()
     await _flush_counters(request.app)
     html = dashboard.render(await reports.stats(store, settings),
                             await reports.fingerprints(store),

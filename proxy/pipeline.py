@@ -592,12 +592,12 @@ class Pipeline:
                 "key": call.key, "status": exc.status, "error": exc.message}})
 
     async def close(self) -> None:
-        """Stop background verification (in-flight misses finish on their own) and finish
-        the store work already started."""
+        """Stop background verification (in-flight misses finish on their own) and write
+        what was gathered for the store."""
         for task in list(self._verifying):
             task.cancel()
         await asyncio.gather(*self._verifying, return_exceptions=True)
-        await self.settle()
+        await self.flush_notes()
 
     async def _record(self, call: Call, live: Live, stored: list[Entry], reason: str,
                       store: bool = True) -> None:
@@ -630,7 +630,8 @@ class Pipeline:
 
     async def flush_notes(self) -> None:
         """Write the recent-keys index and registry updates gathered since the last flush
-        (once a second, and before reports): one store transaction instead of one per miss.
+        (once a second, and before reports, so that store reads see them): one store
+        transaction instead of one per miss.
         Flushes run one at a time, so sightings are written in the order they were seen."""
         async with self._note_lock:
             if not self._unnoted:
@@ -657,10 +658,6 @@ class Pipeline:
             memo = self._sightings.get(model)  # may already know of later sightings
             self._sightings[model] = (time.time(), merge_sightings(
                 seen.sightings, memo[1]) if memo is not None else seen.sightings)
-
-    async def settle(self) -> None:
-        """Write what this process has gathered for the store (its reads then see it)."""
-        await self.flush_notes()
 
     async def _fingerprint_changed(self, model: str, previous: str | None,
                                    fingerprint: str | None, now: float) -> None:
