@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,13 +67,29 @@ class DiskStore:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
         self._checkpointers: list[sqlite3.Connection] = []  # one job at a time uses them
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite and file errors as the store's own: a damaged file names the recovery."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            yield
         except sqlite3.DatabaseError as exc:
             raise CorruptStoreError(_corrupt(self.directory, exc)) from None
-        except OSError as exc:
+        except OSError as exc:  # a large value is a file of its own
             raise StoreError(f"cache.dir {self.directory}: {exc}") from None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._errors():
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _on_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args, cache=self._now)`` on the event loop's never-waiting connection; in
+        the pool, on a connection that waits, if another writer holds the lock."""
+        with self._errors():
+            try:
+                return fn(*args, cache=self._now)
+            except (diskcache.Timeout, sqlite3.OperationalError):
+                pass
+        return await self._run(fn, *args)
 
     def _read(self, key: str, cache: diskcache.Cache | None = None) -> list[Entry]:
         # not ``cache or ...``: a Cache's truth value is its length, one more query
@@ -87,12 +104,7 @@ class DiskStore:
     async def variants(self, key: str) -> list[Entry]:
         # On the event loop: in WAL mode a read does not wait for writers and comes from
         # SQLite's page cache (a value over ``disk_min_file_size`` is one small file read).
-        try:
-            return self._read(key, self._now)
-        except (diskcache.Timeout, sqlite3.OperationalError):
-            return await self._run(self._read, key)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
+        return await self._on_loop(self._read, key)
 
     def _put(self, entry: Entry, cache: diskcache.Cache | None = None) -> None:
         cache = self._entries if cache is None else cache
@@ -103,14 +115,8 @@ class DiskStore:
     async def put(self, entry: Entry, busy: bool = True) -> None:
         if busy:  # the loop has other requests to serve: a thread writes
             return await self._run(self._put, entry)
-        try:  # nothing else to do: no hop to a thread and back (a third of a miss's overhead)
-            self._put(entry, self._now)
-        except (diskcache.Timeout, sqlite3.OperationalError):  # another writer holds the lock
-            await self._run(self._put, entry)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptStoreError(_corrupt(self.directory, exc)) from None
-        except OSError as exc:  # a large value is a file of its own
-            raise StoreError(f"cache.dir {self.directory}: {exc}") from None
+        # nothing else to do: no hop to a thread and back (a third of a miss's overhead)
+        await self._on_loop(self._put, entry)
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
         raw = await self._run(self._meta.get, f"recent:{endpoint}:{model}")
