@@ -32,38 +32,50 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "msg", ...data}`` on one line."""
+class LineFormatter(logging.Formatter):
+    """One record, one line: :meth:`line` builds it from the record's parts, so a caller
+    that has the parts (the access log) needs no LogRecord."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = self.line(record.created, record.levelname, record.name, record.getMessage(),
                          _fields(record))
-        if record.exc_info:
-            return text[:-1] + ',"exc":' + orjson.dumps(
-                self.formatException(record.exc_info)).decode() + "}"
-        return text
+        return self.with_exc(text, self.formatException(record.exc_info)) if record.exc_info \
+            else text
+
+    @staticmethod
+    def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def with_exc(text: str, exc: str) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(LineFormatter):
+    """``{"time", "level", "logger", "msg", ...data}`` on one line."""
 
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
         return orjson.dumps({"time": round(created, 3), "level": level.lower(), "logger": name,
                              "pid": os.getpid(), "msg": msg, **data}, default=str).decode()
 
+    @staticmethod
+    def with_exc(text: str, exc: str) -> str:
+        return text[:-1] + ',"exc":' + orjson.dumps(exc).decode() + "}"
 
-class TextFormatter(logging.Formatter):
+
+class TextFormatter(LineFormatter):
     """``time level logger: msg {data}``; the data stays JSON so it is greppable."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = self.line(record.created, record.levelname, record.name, record.getMessage(),
-                         _fields(record))
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
 
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(created))
         extra = " " + orjson.dumps(data, default=str).decode() if data else ""
         return f"{stamp} {level:<7} {name}: {msg}{extra}"
+
+    @staticmethod
+    def with_exc(text: str, exc: str) -> str:
+        return text + "\n" + exc
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -143,7 +155,7 @@ class AccessLogger(AbstractAccessLogger):
                 "cache": response.headers.get("X-Cache"), "ms": round(duration * 1000, 2)}
         handlers = log.handlers
         if len(handlers) == 1 and isinstance(handlers[0], BufferedHandler) and isinstance(
-                formatter := handlers[0].formatter, JsonFormatter | TextFormatter):
+                formatter := handlers[0].formatter, LineFormatter):
             # the same line, without a LogRecord and the logging calls around it: a sixth
             # of a cache hit's time went there
             handlers[0].add(formatter.line(time.time(), "INFO", self.logger.name, "request",
