@@ -65,7 +65,10 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.connect_timeout,
                                         sock_read=self.settings.timeout)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        # No cookie jar: a Set-Cookie belongs to the client that got it, not to every
+        # request after it (and a jar's filtering would cost each call).
         self.session = aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                             cookie_jar=aiohttp.DummyCookieJar(),
                                              auto_decompress=False,
                                              skip_auto_headers=("User-Agent",))
 

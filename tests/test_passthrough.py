@@ -44,6 +44,18 @@ def test_request_is_forwarded_untouched(proxy, upstream):
     assert headers["X-Upstream"] == "fake" and headers["Set-Cookie"] == "a=b"
 
 
+def test_upstream_cookies_are_not_kept_for_other_clients(make_proxy, upstream):
+    # By host name, as the real API is (a cookie jar refuses IP addresses): Cloudflare's
+    # Set-Cookie must reach the client that got it, and never ride along with other requests.
+    proxy = make_proxy(upstream={"base_url": f"http://localhost:{upstream.port}/v1"})
+    status, headers, _ = http(proxy.url, "GET", "/v1/files/first")
+    assert status == 200 and headers["Set-Cookie"] == "a=b"
+    http(proxy.url, "GET", "/v1/files/second")
+    http(proxy.url, "GET", "/v1/files/third", headers={"Cookie": "mine=1"})
+    assert "Cookie" not in upstream.calls[-2].headers
+    assert upstream.calls[-1].headers["Cookie"] == "mine=1"
+
+
 def test_upstream_errors_on_other_paths_pass_through(proxy, upstream):
     upstream.script(Scripted(404, body={"error": {"message": "no such file", "type": "x",
                                                   "param": None, "code": "nf"}}))
