@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
@@ -22,18 +23,23 @@ HOP_BY_HOP = frozenset({
 })
 # Request headers meant for this proxy, not for the upstream.
 PROXY_ONLY = frozenset({"cache-control", "x-seedproxy-namespace"})
+_REQUEST_DROPS = HOP_BY_HOP | PROXY_ONLY
+_DECODED_DROPS = HOP_BY_HOP | {"content-encoding"}  # a body the client gets decoded
 
 
-def _dropped(headers: Mapping[str, str]) -> frozenset[str]:
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
-    return HOP_BY_HOP | named
+def _dropped(headers: Mapping[str, str], always: frozenset[str] = HOP_BY_HOP) -> frozenset[str]:
+    """``always`` and the headers that ``Connection`` names."""
+    connection = headers.get("Connection")
+    if not connection:
+        return always
+    return always | {h.strip().lower() for h in connection.split(",") if h.strip()}
 
 
 def forward_request_headers(headers: CIMultiDictProxy[str],
                             credential: tuple[str, str] | None = None) -> CIMultiDict[str]:
     """Client headers fit for the upstream; ``credential`` (header, value) replaces the
     client's own credentials."""
-    drop = _dropped(headers) | PROXY_ONLY
+    drop = _dropped(headers, _REQUEST_DROPS)
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
     if credential is not None:
         out.popall("Authorization", None)
@@ -45,9 +51,7 @@ def forward_request_headers(headers: CIMultiDictProxy[str],
 def forward_response_headers(headers: CIMultiDictProxy[str],
                              decoded: bool) -> CIMultiDict[str]:
     """Upstream headers fit for the client; ``decoded`` bodies lose their encoding header."""
-    drop = _dropped(headers)
-    if decoded:
-        drop = drop | {"content-encoding"}
+    drop = _dropped(headers, _DECODED_DROPS if decoded else HOP_BY_HOP)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
@@ -60,6 +64,7 @@ class Upstream:
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
         self.latency: Histogram | None = None
+        self._timers: dict[str, Any] = {}  # latency's child per label
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.connect_timeout,
@@ -87,27 +92,58 @@ class Upstream:
         tail = raw_tail + ("?" + raw_query if raw_query else "")
         return URL(f"{self._prefix}/{tail}", encoded=True)
 
-    @asynccontextmanager
-    async def request(self, method: str, url: URL, headers: Mapping[str, str],
-                      data: object = None, decompress: bool = False, label: str = "passthrough"
-                      ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request; connection failures become 502 and timeouts 504 ProxyErrors.
-        The time to the response headers is observed under ``label``."""
+    def request(self, method: str, url: URL, headers: Mapping[str, str], data: object = None,
+                decompress: bool = False, label: str = "passthrough") -> Exchange:
+        """``async with upstream.request(...) as response``: one request; connection failures
+        become 502 and timeouts 504 ProxyErrors. The time to the response headers is
+        observed under ``label``."""
         assert self.session is not None, "Upstream.start() was not awaited"
-        started = time.perf_counter()
+        timer = None
+        if self.latency is not None:
+            timer = self._timers.get(label)
+            if timer is None:
+                timer = self._timers[label] = self.latency.labels(label)
+        pending = self.session.request(method, url, headers=headers, data=data,
+                                       allow_redirects=False, auto_decompress=decompress)
+        return Exchange(self.base, pending, timer)
+
+
+_FAILURES = (TimeoutError, aiohttp.ClientError)
+
+
+def _failure(base: URL, exc: BaseException) -> ProxyError:
+    """What a client-side failure of a call to ``base`` is for the proxy's client."""
+    if isinstance(exc, TimeoutError):
+        return ProxyError(504, f"The upstream {base} did not answer in time.",
+                          code="upstream_timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ProxyError(502, f"The upstream {base} is unreachable: {exc.os_error}.",
+                          code="upstream_unreachable")
+    return ProxyError(502, f"The upstream {base} failed: {type(exc).__name__}.",
+                      code="upstream_error")
+
+
+class Exchange:
+    """One upstream call as an async context manager (a class, not a generator: this is on
+    every miss's path)."""
+
+    __slots__ = ("_base", "_pending", "_started", "_timer")
+
+    def __init__(self, base: URL, pending: Any, timer: Any) -> None:
+        self._base, self._pending, self._timer = base, pending, timer
+        self._started = time.perf_counter()
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
         try:
-            async with self.session.request(method, url, headers=headers, data=data,
-                                             allow_redirects=False,
-                                             auto_decompress=decompress) as response:
-                if self.latency is not None:
-                    self.latency.labels(label).observe(time.perf_counter() - started)
-                yield response
-        except TimeoutError:
-            raise ProxyError(504, f"The upstream {self.base} did not answer in time.",
-                             code="upstream_timeout") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise ProxyError(502, f"The upstream {self.base} is unreachable: {exc.os_error}.",
-                             code="upstream_unreachable") from None
-        except aiohttp.ClientError as exc:
-            raise ProxyError(502, f"The upstream {self.base} failed: {type(exc).__name__}.",
-                             code="upstream_error") from None
+            response = await self._pending.__aenter__()
+        except _FAILURES as exc:
+            raise _failure(self._base, exc) from None
+        if self._timer is not None:
+            self._timer.observe(time.perf_counter() - self._started)
+        return response
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._pending.__aexit__(kind, exc, tb)
+        if isinstance(exc, _FAILURES):
+            raise _failure(self._base, exc) from None
