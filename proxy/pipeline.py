@@ -322,8 +322,7 @@ class Pipeline:
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def _respond(self, call: Call, live: Live, label: str) -> web.Response:
-        headers = live.headers.copy()
-        headers.update(self._our_headers(call, live.fingerprint, label))
+        headers = self._our_headers(call, live.fingerprint, label, live.headers.copy())
         if call.stream and live.parsed is not None:
             headers.update(_SSE_HEADERS)
             body = call.endpoint.kind.replay(live.parsed, live.events, call.include_usage)
@@ -365,8 +364,11 @@ class Pipeline:
         return (f"The nearest recorded request for model {call.model!r} (key {key}) differs "
                 f"in: {shown}.")
 
-    def _our_headers(self, call: Call, fingerprint: str | None, label: str) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
+    def _our_headers(self, call: Call, fingerprint: str | None, label: str,
+                     headers: CIMultiDict[str] | None = None) -> CIMultiDict[str]:
+        """``headers`` (or new ones) with X-Cache and the X-Seedproxy- headers set."""
+        if headers is None:
+            headers = CIMultiDict()
         headers["X-Cache"] = label
         headers["X-Seedproxy-Key"] = call.key
         if call.endpoint.kind.fingerprinted:
@@ -454,7 +456,7 @@ class Pipeline:
             if items[0][0] != "start":  # the upstream did not stream: an error, or plain JSON
                 return self._respond(call, await asyncio.shield(task), label)
             _, status, headers, fingerprint = items[0]
-            headers.update(self._our_headers(call, fingerprint, label))
+            self._our_headers(call, fingerprint, label, headers)
             response = web.StreamResponse(status=status, headers=headers)
             await response.prepare(request)
             del items[0]
