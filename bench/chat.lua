@@ -28,8 +28,15 @@ end
 function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
+  -- the latency histogram as [microseconds, count] pairs, so runs can be pooled
+  local hist = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    hist[#hist + 1] = string.format("[%d,%d]", value, count)
+  end
   io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+    '{"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f,'
+    .. '"hist":[%s]}\n',
     summary.requests, summary.duration, errors, latency:percentile(50),
-    latency:percentile(99), latency.mean))
+    latency:percentile(99), latency.mean, table.concat(hist, ",")))
 end
