@@ -1,5 +1,6 @@
 """The benchmark keeps working: a smoke run with tiny sizes. Nothing here asserts on timing."""
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -20,3 +21,16 @@ def test_benchmark_smoke_run_prints_its_table():
                    "hit latency with 300 entries, c=1", "RSS with 300 entries", "peak RSS"):
         assert metric in table, metric
     assert "req/s" in table and "ms" in table
+
+
+def test_latency_percentiles_pool_runs_by_histogram():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    # two runs' [microseconds, count] pairs, unsorted, a value in both
+    pooled = [[300, 1], [100, 40], [200, 9], [200, 49], [900, 1]]
+    assert bench.percentile(pooled, 0.5) == 200
+    assert bench.percentile(pooled, 0.99) == 300
+    assert bench.percentile(pooled, 1.0) == 900
+    assert bench.percentile([[5, 1]], 0.5) == 5
