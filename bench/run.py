@@ -338,25 +338,21 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
     # -- added latency on misses, 50 ms upstream
     proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
     ll50 = start_litellm(servers, up50) if litellm else None
-    others50 = {"nginx": start_nginx(servers, up50), "LiteLLM": ll50[0] if ll50 else None}
-    others50 = {name: port for name, port in others50.items() if port}
+    nginx50 = start_nginx(servers, up50)
     for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
-        # LiteLLM is measured apart, after the others: work it does after answering would
-        # run into their turns
-        together = {name: port for name, port in others50.items() if name != "LiteLLM"}
-        turns = taking_turns({"direct": up50, "proxy": proxy50, **together}, c, lt,
-                             unique=True)
-        if "LiteLLM" in others50:
-            turns["LiteLLM"] = taking_turns({"LiteLLM": others50["LiteLLM"]}, c, lt,
-                                            unique=True)["LiteLLM"]
+        turns = taking_turns({"direct": up50, "proxy": proxy50,
+                              **({"nginx": nginx50} if nginx50 else {})}, c, lt, unique=True)
+        if ll50:  # apart, after the others: work it does after answering would run into theirs
+            turns |= taking_turns({"LiteLLM": ll50[0]}, c, lt, unique=True)
         direct, via = turns["direct"], turns["proxy"]
         add50 = (via["p50_us"] - direct["p50_us"]) / 1000
         add99 = (via["p99_us"] - direct["p99_us"]) / 1000
         ok = add50 <= p50_target and (p99_target is None or add99 <= p99_target)
         target = f"p50 <= {p50_target} ms" + (f", p99 <= {p99_target} ms" if p99_target else "")
         base = [f"direct {ms(direct['p50_us'])} / {ms(direct['p99_us'])}"]
-        for name in others50:
-            other = turns[name]
+        for name, other in turns.items():
+            if name in ("direct", "proxy"):
+                continue
             base.append(f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
                         f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms")
         rows.append(Row(f"added latency on misses, c={c}", f"{add50:+.2f} ms / {add99:+.2f} ms",
