@@ -27,7 +27,7 @@ _REQUEST_DROPS = HOP_BY_HOP | PROXY_ONLY
 _DECODED_DROPS = HOP_BY_HOP | {"content-encoding"}  # a body the client gets decoded
 
 
-def _dropped(headers: Mapping[str, str], always: frozenset[str] = HOP_BY_HOP) -> frozenset[str]:
+def _dropped(headers: Mapping[str, str], always: frozenset[str]) -> frozenset[str]:
     """``always`` and the headers that ``Connection`` names."""
     connection = headers.get("Connection")
     if not connection:
