@@ -1,6 +1,7 @@
 import pytest
 
 from proxy.store import Entry
+from proxy.store.hot import HotRecords
 from proxy.store.record import RecordError, decode, encode
 
 
@@ -32,3 +33,25 @@ def test_headers_of_the_wrong_shape_are_refused(header):
     hlen = int.from_bytes(raw[4:8], "big")
     with pytest.raises(RecordError):
         decode("k", raw[:4] + len(header).to_bytes(4, "big") + header + raw[8 + hlen:])
+
+
+def test_hot_records_are_forgotten_when_the_version_changes():
+    hot = HotRecords(limit=16 * 100)
+    assert hot.get("k", 1) is None
+    kept = [entry("fp_a")]
+    hot.put("k", kept, 100)
+    assert hot.get("k", 1) is kept
+    assert hot.get("k", 2) is None  # something was committed since: all of it goes
+    assert hot.get("k", 2) is None
+
+
+def test_hot_records_keep_to_their_byte_limit_dropping_the_oldest():
+    hot = HotRecords(limit=16 * 100)
+    hot.get("k0", 1)
+    for i in range(20):
+        hot.put(f"k{i}", [entry("fp_a")], 100)
+    assert [k for k in (f"k{i}" for i in range(20)) if hot.get(k, 1)] == [
+        f"k{i}" for i in range(4, 20)]
+    hot.put("k19", [entry("fp_b")], 100)  # stored again: counted once
+    hot.put("big", [entry("fp_a")], 101)  # over a sixteenth of the limit: not kept
+    assert hot.get("big", 1) is None and hot.get("k4", 1) is not None

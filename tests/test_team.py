@@ -119,6 +119,41 @@ async def test_disk_size_limit_evicts_the_oldest_entries(store_config, cache_dir
         await store.close()
 
 
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+async def test_disk_reads_from_memory_never_outlive_a_commit(store_config, cache_dir, upstream):
+    """A hot key is read from memory, yet every change is seen at once: one made through
+    this store, through another connection, or by another process."""
+    settings = proxy_settings(cache_dir, upstream.url, cache=store_config)
+    mine, other = open_store(settings), open_store(settings)
+
+    async def body() -> bytes:
+        return (await mine.variants("k"))[0].body
+
+    try:
+        await mine.put(entry("k", "fp", 1.0, b'{"a":1}'))
+        assert await mine.variants("k") is await mine.variants("k")  # from memory
+        await other.put(entry("k", "fp", 2.0, b'{"a":2}'), busy=False)
+        assert await body() == b'{"a":2}'
+        await mine.put(entry("k", "fp", 3.0, b'{"a":3}'), busy=False)
+        assert await body() == b'{"a":3}'
+        await mine.put(entry("k", "fp", 4.0, b'{"a":4}'))
+        assert await body() == b'{"a":4}'
+        script = ("import asyncio, sys\nfrom pathlib import Path\n"
+                  "from proxy.store.disk import DiskStore\nfrom tests.test_team import entry\n"
+                  "async def main():\n    store = DiskStore(Path(sys.argv[1]))\n"
+                  "    await store.put(entry('k', 'fp', 5.0, b'{\"a\":5}'))\n"
+                  "    await store.close()\nasyncio.run(main())\n")
+        other_process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(cache_dir), cwd=Path(__file__).parent.parent)
+        assert await other_process.wait() == 0
+        assert await body() == b'{"a":5}'
+        await other.delete("k")
+        assert await mine.variants("k") == []
+    finally:
+        await mine.close()
+        await other.close()
+
+
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
 async def test_redis_entry_ttl_and_memory_bound(store_config, cache_dir, upstream):
     url = store_config["redis_url"]

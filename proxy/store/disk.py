@@ -15,12 +15,15 @@ import orjson
 
 from ..policy import Sighting, observe_sighting
 from . import CorruptStoreError, Entry, Note, Seen, StoreError
+from .hot import HotRecords
 from .record import RecordError, decode, encode
 
 MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
 MAX_EVENTS = 10_000  # per kind
 MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
 WAL_LIMIT = 16 * 1024**2  # a write-ahead log file is cut back to this after a checkpoint
+HOT_BYTES = 8 * 1024**2  # memory for the decoded records of recently read keys
+DECODED = 640  # about what an entry takes in memory beyond its stored bytes
 T = TypeVar("T")
 
 
@@ -58,6 +61,12 @@ class DiskStore:
         # read costs less than a hop to the pool and back; if it must wait, the pool reads.
         self._now = _open(directory / "entries", timeout=0, size_limit=size_limit,
                           eviction_policy="least-recently-stored", **wal)
+        # Hot keys are served from memory while no connection (this process's others, or
+        # another process's) has committed to the entries: SQLite's data_version, asked of
+        # a connection that never writes, changes with every such commit.
+        self._watch = sqlite3.connect(directory / "entries" / "cache.db", isolation_level=None,
+                                      check_same_thread=False)
+        self._hot = HotRecords(HOT_BYTES)
         self._meta = _open(directory / "meta", eviction_policy="none", **wal)
         self._events = {
             kind: diskcache.Deque.fromcache(_open(directory / "events" / kind,
@@ -91,9 +100,8 @@ class DiskStore:
                 pass
         return await self._run(fn, *args)
 
-    def _read(self, key: str, cache: diskcache.Cache | None = None) -> list[Entry]:
-        # not ``cache or ...``: a Cache's truth value is its length, one more query
-        raw = (self._entries if cache is None else cache).get(key)
+    @staticmethod
+    def _decoded(key: str, raw: bytes | None) -> list[Entry]:
         if raw is None:
             return []
         try:
@@ -101,10 +109,27 @@ class DiskStore:
         except RecordError:
             return []  # never serve a damaged record; the next store overwrites it
 
+    def _read(self, key: str, cache: diskcache.Cache | None = None) -> list[Entry]:
+        # not ``cache or ...``: a Cache's truth value is its length, one more query
+        return self._decoded(key, (self._entries if cache is None else cache).get(key))
+
     async def variants(self, key: str) -> list[Entry]:
         # On the event loop: in WAL mode a read does not wait for writers and comes from
-        # SQLite's page cache (a value over ``disk_min_file_size`` is one small file read).
-        return await self._on_loop(self._read, key)
+        # SQLite's page cache (a value over ``disk_min_file_size`` is one small file read);
+        # a hot key's records, unchanged since, come from memory without SQL or decoding.
+        with self._errors():
+            try:
+                (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+                entries = self._hot.get(key, version)
+                if entries is not None:
+                    return entries
+                raw = self._now.get(key)  # read after the version: never older than it
+            except (diskcache.Timeout, sqlite3.OperationalError):
+                return await self._run(self._read, key)
+        entries = self._decoded(key, raw)
+        if entries:
+            self._hot.put(key, entries, len(raw) + DECODED * len(entries))
+        return entries
 
     def _put(self, entry: Entry, cache: diskcache.Cache | None = None) -> None:
         cache = self._entries if cache is None else cache
@@ -264,6 +289,7 @@ class DiskStore:
             connection.close()
         self._entries.close()
         self._now.close()
+        self._watch.close()
         self._meta.close()
         for deque in self._events.values():
             deque.cache.close()

@@ -1,0 +1,42 @@
+"""Decoded records of recently read keys, kept while the store is unchanged. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from . import Entry
+
+
+class HotRecords:
+    """Up to ``limit`` bytes of decoded records, by key, oldest dropped first.
+    Each lookup names the store's current version; when that differs from the version the
+    records were read under, they are all forgotten, so nothing outlives a commit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._records: dict[str, tuple[list[Entry], int]] = {}
+        self._bytes = 0
+        self._version: Hashable = None
+
+    def get(self, key: str, version: Hashable) -> list[Entry] | None:
+        """The records of ``key`` if read under ``version``; a new version empties the memory."""
+        if version != self._version:
+            self._records.clear()
+            self._bytes = 0
+            self._version = version
+            return None
+        found = self._records.get(key)
+        return None if found is None else found[0]
+
+    def put(self, key: str, entries: list[Entry], size: int) -> None:
+        """Keep what was read, after the last :meth:`get`, under the version it named
+        (callers never mutate the list they are given back)."""
+        if size > self.limit // 16:  # a large record would push out many small ones
+            return
+        old = self._records.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        while self._records and self._bytes + size > self.limit:
+            self._bytes -= self._records.pop(next(iter(self._records)))[1]
+        self._records[key] = (entries, size)
+        self._bytes += size
