@@ -1,6 +1,9 @@
 -- wrk script: POST a chat completion. CHAT_UNIQUE=1 makes every request a distinct prompt
--- (cache misses); otherwise every request is the same (cache hits). Prints one JSON line.
+-- (cache misses); CHAT_KEYS=N picks one of N stored prompts at random (hits spread over a
+-- store that bench/run.py filled); otherwise every request is the same (hits on one key).
+-- Prints one JSON line.
 local unique = os.getenv("CHAT_UNIQUE") == "1"
+local keys = tonumber(os.getenv("CHAT_KEYS") or "0")
 local stream = os.getenv("CHAT_STREAM") == "1"
 local run = os.getenv("CHAT_RUN") or "0"
 local prefix = '{"model":"gpt-bench","stream":' .. (stream and "true" or "false")
@@ -18,6 +21,10 @@ end
 
 local counter = 0
 function request()
+  if keys > 0 then
+    return wrk.format(nil, nil, nil, '{"model":"gpt-bench","stream":false,"messages":[{"role":'
+      .. '"user","content":"stored prompt ' .. math.random(0, keys - 1) .. '"}]}')
+  end
   if not unique then
     return wrk.format(nil, nil, nil, wrk.body)
   end
