@@ -158,6 +158,11 @@ def test_purge_filters(busy, run, run_json):
     text = run("purge", "--model", "gpt-a").stdout
     assert "gpt-a" in text and text.endswith("1 entries removed\n")
     assert run_json("stats")["entries"] == 1
+    with sdk(busy) as client:  # read twice: the second time from the proxy's memory
+        for _ in range(2):
+            raw = client.chat.completions.with_raw_response.create(model="gpt-b",
+                                                                   messages=MESSAGES)
+            assert raw.headers["x-cache"] == "HIT"
     run("purge", "--all")
     assert run_json("stats")["entries"] == 0
     with sdk(busy) as client:  # the running proxy sees the purge
