@@ -388,6 +388,7 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
     for name, n in sizes.items():
         fill(servers.tmp / name, n, up0)
     filled = time.monotonic() - started
+    os.sync()  # the fill's dirty pages written back now, not during the measurements
     results = {}
     for name, n in sizes.items():
         port, proc = servers.proxy(up0, servers.tmp / name)
