@@ -133,6 +133,8 @@ class DiskStore:
 
     def _put(self, entry: Entry, cache: diskcache.Cache | None = None) -> None:
         cache = self._entries if cache is None else cache
+        if cache.add(entry.key, encode([entry])):  # a new key (most misses): no merging read
+            return
         with cache.transact():
             kept = [e for e in self._read(entry.key, cache) if e.fingerprint != entry.fingerprint]
             cache.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
