@@ -1,7 +1,7 @@
 import pytest
 
 from proxy.store import Entry
-from proxy.store.hot import HotRecords
+from proxy.store.hot import SEEN, HotRecords
 from proxy.store.record import RecordError, decode, encode
 
 
@@ -43,6 +43,18 @@ def test_hot_records_are_forgotten_when_the_version_changes():
     assert hot.get("k", 1) is kept
     assert hot.get("k", 2) is None  # something was committed since: all of it goes
     assert hot.get("k", 2) is None
+
+
+def test_hot_records_keep_a_key_from_its_second_read():
+    hot = HotRecords(limit=16 * 100)
+    assert hot.first_read("k") and not hot.first_read("k")
+    hot.put("k", [entry("fp_a")], 100)
+    assert not hot.first_read("k")
+    assert all(hot.first_read(f"other{i}") for i in range(SEEN))  # "k" is held, not seen
+    assert not hot.first_read("k")
+    hot.get("k", 2)  # a commit: "k" must be read once more before it is kept again
+    assert hot.first_read("k")
+    assert hot.first_read("other0")  # the oldest of the keys read once was forgotten
 
 
 def test_hot_records_keep_to_their_byte_limit_dropping_the_oldest():

@@ -119,6 +119,8 @@ class DiskStore:
         # a hot key's records, unchanged since, come from memory without SQL or decoding.
         with self._errors():
             try:
+                if self._hot.first_read(key):  # kept from the next read on
+                    return self._decoded(key, self._now.get(key))
                 (version,) = self._watch.execute("PRAGMA data_version").fetchone()
                 entries = self._hot.get(key, version)
                 if entries is not None:

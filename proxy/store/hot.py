@@ -6,17 +6,31 @@ from collections.abc import Hashable
 
 from . import Entry
 
+SEEN = 8192  # keys remembered as read once, so that their next read is kept
+
 
 class HotRecords:
-    """Up to ``limit`` bytes of decoded records, by key, oldest dropped first.
-    Each lookup names the store's current version; when that differs from the version the
-    records were read under, they are all forgotten, so nothing outlives a commit."""
+    """Up to ``limit`` bytes of decoded records, by key, oldest dropped first. A key is
+    kept from its second read on, so keys read once (most misses, a CI run's replays)
+    never cost a version check. Each lookup names the store's current version; when that
+    differs from the version the records were read under, they are all forgotten, so
+    nothing outlives a commit."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._records: dict[str, tuple[list[Entry], int]] = {}
         self._bytes = 0
         self._version: Hashable = None
+        self._seen: dict[str, None] = {}  # oldest first
+
+    def first_read(self, key: str) -> bool:
+        """Whether ``key`` is neither kept nor read lately; if so, it is remembered now."""
+        if key in self._records or key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > SEEN:
+            del self._seen[next(iter(self._seen))]
+        return True
 
     def get(self, key: str, version: Hashable) -> list[Entry] | None:
         """The records of ``key`` if read under ``version``; a new version empties the memory."""
@@ -33,6 +47,7 @@ class HotRecords:
         (callers never mutate the list they are given back)."""
         if size > self.limit // 16:  # a large record would push out many small ones
             return
+        self._seen.pop(key, None)
         old = self._records.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
