@@ -195,7 +195,7 @@ class Pipeline:
         self.upstream = upstream
         self.counters = counters
         self.upstream_credential: tuple[str, str] | None = None
-        self._inflight: dict[str, asyncio.Task[Live]] = {}
+        self._inflight: dict[str, asyncio.Future[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
         self._verifying: set[asyncio.Future[None]] = set()
         self._unnoted: list[Note] = []  # gathered for the next flush_notes()
@@ -381,30 +381,54 @@ class Pipeline:
 
     async def _miss(self, request: web.Request, call: Call, stored: list[Entry], reason: str,
                     label: str) -> web.StreamResponse:
-        """One upstream call per key at a time. It runs in its own task, so a client that
-        leaves cancels neither what the others wait for nor the store."""
-        task = self._inflight.get(call.key)
-        if task is not None:
+        """One upstream call per key at a time; identical requests meanwhile wait for its
+        answer. A client that leaves cancels neither what the others wait for nor the
+        store: aiohttp lets the handler of a client that left run to its end
+        (``handler_cancellation`` stays off), and a stream is fetched in a task of its own."""
+        waiting = self._inflight.get(call.key)
+        if waiting is not None:
             self.counters.add("coalesced")
-            return self._respond(call, await asyncio.shield(task), label)
-        sink = Sink() if call.stream else None
-        gone = asyncio.Event()  # the streaming client left before the end
+            return self._respond(call, await asyncio.shield(waiting), label)
+        if not call.stream:  # fetched in this request's task: no hop to another and back
+            return self._respond(call, await self._fetch(call, stored, reason), label)
+        sink = Sink()
+        gone = asyncio.Event()  # the client left before the end
 
         async def record(live: Live) -> None:
             if gone.is_set() and not self.settings.cache.complete_on_disconnect:
                 return  # asked not to complete what the client abandoned
             await self._record(call, live, stored, reason)
 
-        fetch = self._go_live(call, sink, record) if not self.shared else \
-            self._go_live_once(call, sink, record)
-        task = asyncio.ensure_future(fetch)
+        task = asyncio.ensure_future(self._go_live_any(call, sink, record))
         self._inflight[call.key] = task
         task.add_done_callback(lambda t: self._inflight.pop(call.key, None))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        if sink is None:
-            return self._respond(call, await asyncio.shield(task), label)
         task.add_done_callback(lambda t: sink.put("done"))
         return await self._stream_to_client(request, call, task, sink, gone, label)
+
+    async def _fetch(self, call: Call, stored: list[Entry], reason: str) -> Live:
+        """Go live and store, with a future in ``_inflight`` that identical requests await."""
+        future: asyncio.Future[Live] = asyncio.get_running_loop().create_future()
+        self._inflight[call.key] = future
+        try:
+            live = await self._go_live_any(
+                call, None, lambda live: self._record(call, live, stored, reason))
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: only those who wait re-raise it
+            raise
+        except BaseException:  # cancelled: the server is shutting down
+            future.cancel()
+            raise
+        finally:
+            del self._inflight[call.key]
+        future.set_result(live)
+        return live
+
+    def _go_live_any(self, call: Call, sink: Sink | None, record: Record) -> Awaitable[Live]:
+        """Go live: on a store shared with other processes, one of them per key."""
+        return self._go_live_once(call, sink, record) if self.shared else \
+            self._go_live(call, sink, record)
 
     async def _go_live_once(self, call: Call, sink: Sink | None, record: Record) -> Live:
         """Across processes sharing the store, one goes upstream per key: it holds the

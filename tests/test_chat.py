@@ -300,6 +300,27 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, u
     assert proxy.counters["coalesced"] == 49
 
 
+async def test_a_client_that_hangs_up_mid_miss_stops_neither_the_store_nor_who_waits(
+        proxy, upstream):
+    upstream.latency = 0.5
+    async with async_sdk(proxy, max_retries=0, timeout=0.2) as leaving, \
+            async_sdk(proxy, max_retries=0) as waiting:
+        first = asyncio.ensure_future(leaving.chat.completions.create(
+            model="gpt-test", messages=MESSAGES))
+        await asyncio.sleep(0.1)
+        second = await waiting.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=MESSAGES)
+        with pytest.raises(openai.APITimeoutError):
+            await first  # it hung up after 0.2 s, while the upstream call was under way
+        assert second.headers["x-cache"] == "MISS"
+        third = await waiting.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=MESSAGES)
+    assert third.headers["x-cache"] == "HIT"
+    assert third.parse().id == second.parse().id
+    assert len(upstream.chat_calls) == 1
+    assert proxy.counters["coalesced"] == 1
+
+
 def test_upstream_errors_pass_through_and_are_never_cached(client, upstream):
     from tests.upstream import Scripted
 
