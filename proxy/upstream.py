@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -141,8 +142,9 @@ class Exchange:
             response = await self._pending.__aenter__()
         except _FAILURES as exc:
             raise _failure(self._base, exc) from None
-        if self._timer is not None:
-            self._timer.observe(time.perf_counter() - self._started)
+        if self._timer is not None:  # observed after this turn of the loop has answered
+            asyncio.get_running_loop().call_soon(self._timer.observe,
+                                                 time.perf_counter() - self._started)
         return response
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
