@@ -21,6 +21,7 @@ import redis
 
 from proxy.policy import Sighting
 from proxy.store import Entry, Note, open_store
+from proxy.store.disk import CHECKPOINT_EVERY, CHECKPOINT_PUTS, checkpoint_due
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port, http, proxy_settings
 from tests.upstream import FakeUpstream
@@ -115,6 +116,33 @@ async def test_disk_size_limit_evicts_the_oldest_entries(store_config, cache_dir
         assert volume <= 512 * 1024
         assert await store.variants("k0") == []
         assert (await store.variants("k39"))[0].body == b"x" * 40_000
+    finally:
+        await store.close()
+
+
+def test_checkpoints_follow_the_writes_or_the_clock():
+    assert not checkpoint_due(0, 0.0)
+    assert not checkpoint_due(CHECKPOINT_PUTS - 1, CHECKPOINT_EVERY - 0.1)
+    assert checkpoint_due(CHECKPOINT_PUTS, 0.0)
+    assert checkpoint_due(0, CHECKPOINT_EVERY)
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+async def test_disk_folds_the_write_ahead_log_in_once_enough_was_written(store_config, cache_dir,
+                                                                        upstream):
+    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config))
+    database = cache_dir / "entries" / "cache.db"
+    try:
+        for i in range(5):
+            await store.put(entry(f"k{i}", "fp", 1.0, b"x" * 1000))
+        size = database.stat().st_size
+        await store.checkpoint()
+        assert database.stat().st_size == size  # not due: the pages stay in the log
+        for i in range(CHECKPOINT_PUTS):
+            await store.put(entry(f"m{i}", "fp", 1.0, b"x" * 1000))
+        await store.checkpoint()
+        assert database.stat().st_size > size  # folded into the database
+        assert (await store.variants("k0"))[0].body == b"x" * 1000
     finally:
         await store.close()
 

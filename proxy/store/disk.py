@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +23,20 @@ MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
 MAX_EVENTS = 10_000  # per kind
 MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
 WAL_LIMIT = 16 * 1024**2  # a write-ahead log file is cut back to this after a checkpoint
+# A checkpoint's fsync stalls the misses being stored at that moment, so the write-ahead
+# logs are folded in about as often as SQLite's own auto-checkpoint would (1,000 pages; an
+# entry writes about 7), or after a while, rather than every second whatever was written.
+CHECKPOINT_PUTS = 150
+CHECKPOINT_EVERY = 10.0  # seconds
 HOT_BYTES = 8 * 1024**2  # memory for the decoded records of recently read keys
 DECODED = 640  # about what an entry takes in memory beyond its stored bytes
 T = TypeVar("T")
+
+
+def checkpoint_due(puts: int, elapsed: float) -> bool:
+    """Whether to fold the write-ahead logs in, ``puts`` entries and ``elapsed`` seconds
+    after the last time."""
+    return puts >= CHECKPOINT_PUTS or elapsed >= CHECKPOINT_EVERY
 
 
 def _corrupt(path: Path, exc: Exception) -> str:
@@ -75,6 +87,8 @@ class DiskStore:
         }
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
         self._checkpointers: list[sqlite3.Connection] = []  # one job at a time uses them
+        self._puts = 0  # entries this process stored since its last checkpoint
+        self._checkpointed = time.monotonic()
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -142,6 +156,7 @@ class DiskStore:
             cache.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
 
     async def put(self, entry: Entry, busy: bool = True) -> None:
+        self._puts += 1
         if busy:  # the loop has other requests to serve: a thread writes
             return await self._run(self._put, entry)
         # nothing else to do: no hop to a thread and back (a third of a miss's overhead)
@@ -268,8 +283,10 @@ class DiskStore:
     async def start(self) -> None:
         """Nothing to connect: the files were opened (and checked) in the constructor."""
 
-    def _checkpoint(self) -> None:
+    def _cull(self) -> None:
         self._entries.cull(retry=True)  # the oldest entries go while over cache.size_limit
+
+    def _checkpoint(self) -> None:
         if not self._checkpointers:
             for cache in (self._entries, self._meta):
                 connection = sqlite3.connect(cache.directory + "/cache.db",
@@ -280,9 +297,14 @@ class DiskStore:
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def checkpoint(self) -> None:
-        """Evict down to the size limit; fold the write-ahead logs into the databases,
-        without waiting for readers."""
-        await self._run(self._checkpoint)
+        """Evict down to the size limit; when due, fold the write-ahead logs into the
+        databases, without waiting for readers."""
+        await self._run(self._cull)
+        puts, now = self._puts, time.monotonic()
+        if checkpoint_due(puts, now - self._checkpointed):
+            await self._run(self._checkpoint)
+            self._puts -= puts
+            self._checkpointed = now
 
     async def size(self) -> tuple[int, int]:
         return await self._run(lambda: (len(self._entries), self._entries.volume()))
