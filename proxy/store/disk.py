@@ -283,10 +283,10 @@ class DiskStore:
     async def start(self) -> None:
         """Nothing to connect: the files were opened (and checked) in the constructor."""
 
-    def _cull(self) -> None:
+    def _checkpoint(self, fold: bool) -> None:
         self._entries.cull(retry=True)  # the oldest entries go while over cache.size_limit
-
-    def _checkpoint(self) -> None:
+        if not fold:
+            return
         if not self._checkpointers:
             for cache in (self._entries, self._meta):
                 connection = sqlite3.connect(cache.directory + "/cache.db",
@@ -299,10 +299,10 @@ class DiskStore:
     async def checkpoint(self) -> None:
         """Evict down to the size limit; when due, fold the write-ahead logs into the
         databases, without waiting for readers."""
-        await self._run(self._cull)
         puts, now = self._puts, time.monotonic()
-        if checkpoint_due(puts, now - self._checkpointed):
-            await self._run(self._checkpoint)
+        fold = checkpoint_due(puts, now - self._checkpointed)
+        await self._run(self._checkpoint, fold)  # one hop to the pool, as every second
+        if fold:
             self._puts -= puts
             self._checkpointed = now
 
