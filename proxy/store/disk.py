@@ -61,7 +61,7 @@ class DiskStore:
         self.directory = directory
         # Reads never write: 'least-recently-stored' keeps a hit a pure SELECT.
         # Checkpoints (copying the WAL into the database) would land on whichever write
-        # crosses the threshold; they run from checkpoint() instead, every second.
+        # crosses the threshold; they run from checkpoint() instead, when due.
         # Likewise eviction (three more queries in every write): checkpoint() culls.
         wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT,
                "cull_limit": 0,
@@ -294,7 +294,12 @@ class DiskStore:
                 connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
                 self._checkpointers.append(connection)
         for connection in self._checkpointers:
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _, frames, folded = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames and folded == frames:
+                # The first write after a complete checkpoint starts the log over, syncing
+                # its header and the directory: this one, not the loop's next put.
+                (n,) = connection.execute("PRAGMA user_version").fetchone()
+                connection.execute(f"PRAGMA user_version = {(n + 1) % 2**31}")
 
     async def checkpoint(self) -> None:
         """Evict down to the size limit; when due, fold the write-ahead logs into the
