@@ -125,8 +125,9 @@ async def _flusher(app: web.Application) -> None:
     that fails is logged and runs again next time; the flusher itself never stops."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
-        for step in (app[PIPELINE].flush_notes, functools.partial(_flush_counters, app),
-                     app[STORE].checkpoint):
+        pipeline = app[PIPELINE]
+        for step in (pipeline.flush_notes, functools.partial(_flush_counters, app),
+                     functools.partial(app[STORE].checkpoint, pipeline.quiet_moment)):
             try:
                 await step()
             except StoreError as exc:

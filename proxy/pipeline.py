@@ -201,6 +201,7 @@ class Pipeline:
         self._unnoted: list[Note] = []  # gathered for the next flush_notes()
         self._noting: list[Note] = []  # being written by it
         self._note_lock = asyncio.Lock()
+        self._sent: asyncio.Event | None = None  # set as a request goes upstream, if asked
         # Other processes use this store too: coalesce misses through it, not only here.
         self.shared = settings.cache.backend == "redis" or settings.server.workers > 1
 
@@ -506,6 +507,8 @@ class Pipeline:
     async def _go_live(self, call: Call, sink: Sink | None, record: Record | None) -> Live:
         """Call the upstream; ``record`` stores a complete 2xx answer before anyone has it."""
         url = self.upstream.url(call.endpoint.tail, call.raw_query)
+        if self._sent is not None:  # set once this task has sent the request and waits
+            asyncio.get_running_loop().call_soon(self._sent.set)
         async with self.upstream.request("POST", url, call.headers, call.upstream_body,
                                          decompress=True, label=call.endpoint.path) as response:
             headers = forward_response_headers(response.headers, decoded=True)
@@ -590,6 +593,18 @@ class Pipeline:
         if sink is not None:
             sink.put("end", final)
         return live
+
+    async def quiet_moment(self, wait: float = 1.0) -> None:
+        """Return as a request has just gone upstream, whose answer is a round trip away
+        (work started then overlaps no answer: at c=1, none), or after ``wait`` seconds."""
+        sent = self._sent = asyncio.Event()
+        try:
+            async with asyncio.timeout(wait):
+                await sent.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._sent = None
 
     # -- storing and comparing -------------------------------------------------------------
 

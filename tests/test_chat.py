@@ -321,6 +321,23 @@ async def test_a_client_that_hangs_up_mid_miss_stops_neither_the_store_nor_who_w
     assert proxy.counters["coalesced"] == 1
 
 
+async def test_a_quiet_moment_is_when_a_request_has_gone_upstream(proxy, upstream):
+    """The store's housekeeping that slows what runs meanwhile (a checkpoint's syncs)
+    starts as a request goes upstream, its answer a round trip away; or after a while."""
+    upstream.latency = 0.5
+    quiet = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        proxy.pipeline.quiet_moment(10), proxy.bg.loop))
+    await asyncio.sleep(0.1)
+    assert not quiet.done()  # nothing went upstream
+    async with async_sdk(proxy, max_retries=0) as client:
+        answer = asyncio.ensure_future(client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES))
+        await asyncio.wait_for(quiet, 5)
+        assert not answer.done()  # its answer is still to come
+        await answer
+    proxy.bg.run(proxy.pipeline.quiet_moment(0.05), timeout=5)  # no traffic: not for long
+
+
 def test_upstream_errors_pass_through_and_are_never_cached(client, upstream):
     from tests.upstream import Scripted
 

@@ -137,11 +137,18 @@ async def test_disk_folds_the_write_ahead_log_in_once_enough_was_written(store_c
         for i in range(5):
             await store.put(entry(f"k{i}", "fp", 1.0, b"x" * 1000))
         size = database.stat().st_size
-        await store.checkpoint()
+        moments = []
+
+        async def moment() -> None:  # a time when no answer is expected
+            moments.append(database.stat().st_size)
+
+        await store.checkpoint(moment)
         assert database.stat().st_size == size  # not due: the pages stay in the log
+        assert moments == []  # and nothing waited for
         for i in range(CHECKPOINT_PUTS):
             await store.put(entry(f"m{i}", "fp", 1.0, b"x" * 1000))
-        await store.checkpoint()
+        await store.checkpoint(moment)
+        assert moments == [size]  # waited for, then
         assert database.stat().st_size > size  # folded into the database
         # and the log already started over (and synced its header), so that the next put,
         # perhaps on the event loop, appends without syncing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -142,8 +142,9 @@ class Store(Protocol):
         """Connect and check; raise with a clear message when the store cannot be used."""
         ...
 
-    async def checkpoint(self) -> None:
-        """Periodic housekeeping, run every second off the request path."""
+    async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Periodic housekeeping, run every second off the request path; work that would
+        slow a request it overlaps first awaits ``moment()``, a time when none is expected."""
         ...
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -301,11 +301,14 @@ class DiskStore:
                 (n,) = connection.execute("PRAGMA user_version").fetchone()
                 connection.execute(f"PRAGMA user_version = {(n + 1) % 2**31}")
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
         """Evict down to the size limit; when due, fold the write-ahead logs into the
-        databases, without waiting for readers."""
+        databases, without waiting for readers, once ``moment()`` says no answer is expected
+        (its syncs slow whatever runs meanwhile)."""
+        fold = checkpoint_due(self._puts, time.monotonic() - self._checkpointed)
+        if fold and moment is not None:
+            await moment()
         puts, now = self._puts, time.monotonic()
-        fold = checkpoint_due(puts, now - self._checkpointed)
         await self._run(self._checkpoint, fold)  # one hop to the pool, as every second
         if fold:
             self._puts -= puts

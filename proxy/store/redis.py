@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -202,7 +202,7 @@ class RedisStore:
     async def locked(self, key: str) -> bool:
         return bool(await self.redis.exists(PREFIX + "lock:" + key))
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
         """Nothing to do: Redis persists on its own schedule."""
 
     async def close(self) -> None:
