@@ -121,8 +121,9 @@ async def _flush_counters(app: web.Application) -> None:
 
 
 async def _flusher(app: web.Application) -> None:
-    """Once a second: registry updates, counters, log lines and store housekeeping. A step
-    that fails is logged and runs again next time; the flusher itself never stops."""
+    """Once a second: registry updates, counters, log lines and store housekeeping (a due
+    checkpoint may first wait up to a second for a quiet moment). A step that fails is
+    logged and runs again next time; the flusher itself never stops."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         pipeline = app[PIPELINE]

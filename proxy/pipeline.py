@@ -595,8 +595,8 @@ class Pipeline:
         return live
 
     async def quiet_moment(self, wait: float = 1.0) -> None:
-        """Return as a request has just gone upstream, whose answer is a round trip away
-        (work started then overlaps no answer: at c=1, none), or after ``wait`` seconds."""
+        """Return once a request has just gone upstream, so that work started now can end
+        before its answer (at c=1, before any answer) comes; or after ``wait`` seconds."""
         sent = self._sent = asyncio.Event()
         try:
             async with asyncio.timeout(wait):
