@@ -1,13 +1,14 @@
 """seedproxy's benchmark: every figure beside its baselines from the same run, with targets.
 
-    python bench/run.py              # the full run (about 10 minutes, 1,000,000 entries)
+    python bench/run.py              # the full run (about 20 minutes, 1,000,000 entries)
     python bench/run.py --quick      # shorter runs, 100,000 entries
     python bench/run.py --smoke      # seconds; keeps the script working (the test suite runs it)
     python bench/run.py --litellm    # also LiteLLM's proxy, installed into bench/.venv-litellm
 
 It starts the fake upstream (tests/upstream.py) at 0 ms and 50 ms, a constant-body aiohttp
-server, seedproxy (one process and --workers 2) and, when installed, nginx as a POST-body-keyed
-proxy_cache in front of the same upstream. Load comes from wrk (Debian's, a Lua script posting
+server (bench/ceiling.py), a bare aiohttp caching proxy (bench/floor.py), seedproxy (one process
+and --workers 2) and, when installed, nginx as a POST-body-keyed proxy_cache in front of the same
+upstream. Load comes from wrk (Debian's, a Lua script posting
 a ~1 KB chat completion) in its own process on 127.0.0.1.
 """
 
@@ -340,10 +341,14 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
 
     # -- added latency on misses, 50 ms upstream
     proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
+    floor50 = free_port()  # what aiohttp and one diskcache write cost any proxy
+    servers.start([sys.executable, str(ROOT / "bench" / "floor.py"), str(floor50),
+                   f"http://127.0.0.1:{up50}/v1/chat/completions", str(servers.tmp / "floor")],
+                  floor50)
     ll50 = start_litellm(servers, up50) if litellm else None
     nginx50 = start_nginx(servers, up50)
     for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
-        turns = taking_turns({"direct": up50, "proxy": proxy50,
+        turns = taking_turns({"direct": up50, "proxy": proxy50, "bare aiohttp proxy": floor50,
                               **({"nginx": nginx50} if nginx50 else {})}, c, lt, unique=True)
         if ll50:  # apart, after the others: work it does after answering would run into theirs
             turns |= taking_turns({"LiteLLM": ll50[0]}, c, lt, unique=True)

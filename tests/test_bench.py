@@ -21,6 +21,8 @@ def test_benchmark_smoke_run_prints_its_table():
                    "hit latency with 300 entries, c=1", "RSS with 300 entries", "peak RSS"):
         assert metric in table, metric
     assert "req/s" in table and "ms" in table
+    misses = [line for line in table.splitlines() if "added latency on misses" in line]
+    assert len(misses) == 2 and all("bare aiohttp proxy +" in line for line in misses)
 
 
 def test_latency_percentiles_pool_runs_by_histogram():
