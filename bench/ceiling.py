@@ -7,6 +7,8 @@ import sys
 
 from aiohttp import web
 
+from proxy.observe import new_event_loop  # the proxy's loop: uvloop when installed
+
 BODY = (b'{"id":"chatcmpl-ceiling","object":"chat.completion","created":1,"model":"gpt-bench",'
         b'"system_fingerprint":"fp_bench","choices":[{"index":0,"message":{"role":"assistant",'
         b'"content":"' + b"word " * 170 + b'","refusal":null},"logprobs":null,'
@@ -20,14 +22,10 @@ async def answer(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
-                **({"loop": uvloop.new_event_loop()} if uvloop else {}))
+                loop=new_event_loop())
 
 
 if __name__ == "__main__":

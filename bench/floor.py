@@ -15,6 +15,8 @@ import aiohttp
 import diskcache
 from aiohttp import web
 
+from proxy.observe import new_event_loop  # the proxy's loop: uvloop when installed
+
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 CACHE = web.AppKey("cache", diskcache.Cache)
 UPSTREAM = web.AppKey("upstream", str)
@@ -42,10 +44,6 @@ async def chat(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
     port, upstream, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     app = web.Application()
     # its cheapest settings: no checkpoints and no eviction in the writes
@@ -54,7 +52,7 @@ def main() -> None:
     app.cleanup_ctx.append(_session)
     app.router.add_post("/v1/chat/completions", chat)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
-                **({"loop": uvloop.new_event_loop()} if uvloop else {}))
+                loop=new_event_loop())
 
 
 if __name__ == "__main__":

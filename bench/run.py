@@ -1,15 +1,15 @@
 """seedproxy's benchmark: every figure beside its baselines from the same run, with targets.
 
-    python bench/run.py              # the full run (about 20 minutes, 1,000,000 entries)
+    python bench/run.py              # the full run (10 to 20 minutes, 1,000,000 entries)
     python bench/run.py --quick      # shorter runs, 100,000 entries
     python bench/run.py --smoke      # seconds; keeps the script working (the test suite runs it)
     python bench/run.py --litellm    # also LiteLLM's proxy, installed into bench/.venv-litellm
 
 It starts the fake upstream (tests/upstream.py) at 0 ms and 50 ms, a constant-body aiohttp
-server (bench/ceiling.py), a bare aiohttp caching proxy (bench/floor.py), seedproxy (one process
-and --workers 2) and, when installed, nginx as a POST-body-keyed proxy_cache in front of the same
-upstream. Load comes from wrk (Debian's, a Lua script posting
-a ~1 KB chat completion) in its own process on 127.0.0.1.
+server (bench/ceiling.py), a bare aiohttp caching proxy (bench/floor.py), seedproxy (one
+process and --workers 2) and, when installed, nginx as a POST-body-keyed proxy_cache in front
+of the same upstream. Load comes from wrk (Debian's, a Lua script posting a ~1 KB chat
+completion) in its own process on 127.0.0.1.
 """
 
 from __future__ import annotations
