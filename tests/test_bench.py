@@ -1,6 +1,7 @@
 """The benchmark keeps working: a smoke run with tiny sizes. Nothing here asserts on timing."""
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def test_benchmark_smoke_run_prints_its_table():
     assert "req/s" in table and "ms" in table
     misses = [line for line in table.splitlines() if "added latency on misses" in line]
     assert len(misses) == 2 and all("bare aiohttp proxy +" in line for line in misses)
+    assert all(re.search(r"p50 [+-]\d+\.\d\d ms vs bare proxy", line) for line in misses)
 
 
 def test_latency_percentiles_pool_runs_by_histogram():
