@@ -35,8 +35,9 @@ async def chat(request: web.Request) -> web.Response:
     stored = cache.get(key)
     if stored is not None:
         return web.Response(body=stored, content_type="application/json")
-    async with request.app[SESSION].post(request.app[UPSTREAM], data=body,
-                                         headers={"Content-Type": "application/json"}) as answer:
+    async with request.app[SESSION].post(
+        request.app[UPSTREAM], data=body, headers={"Content-Type": "application/json"}
+    ) as answer:
         status, data = answer.status, await answer.read()
     if status == 200:
         cache.set(key, data)
@@ -51,8 +52,9 @@ def main() -> None:
     app[UPSTREAM] = upstream
     app.cleanup_ctx.append(_session)
     app.router.add_post("/v1/chat/completions", chat)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
-                loop=new_event_loop())
+    web.run_app(
+        app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_event_loop()
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,11 @@ class Mode:
     name: str
 
 
-MODES = {"full": Mode(10, 10, 1_000_000, "full"), "quick": Mode(5, 6, 100_000, "quick"),
-         "smoke": Mode(1, 1, 300, "smoke")}
+MODES = {
+    "full": Mode(10, 10, 1_000_000, "full"),
+    "quick": Mode(5, 6, 100_000, "quick"),
+    "smoke": Mode(1, 1, 300, "smoke"),
+}
 
 
 def free_port() -> int:
@@ -60,11 +63,21 @@ class Servers:
     procs: list[subprocess.Popen] = field(default_factory=list)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="seedproxy-bench-")))
 
-    def start(self, args: list[str], port: int, env: dict[str, str] | None = None,
-              health: str = "/healthz") -> subprocess.Popen:
+    def start(
+        self,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        health: str = "/healthz",
+    ) -> subprocess.Popen:
         base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
-        proc = subprocess.Popen(args, cwd=ROOT, env=base | {"PYTHONPATH": str(ROOT)} | (env or {}),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=base | {"PYTHONPATH": str(ROOT)} | (env or {}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.procs.append(proc)
         deadline = time.monotonic() + 60
         while True:
@@ -80,15 +93,41 @@ class Servers:
 
     def upstream(self, latency_ms: int, lines: int = LINES_1KB) -> int:
         port = free_port()
-        self.start([sys.executable, "-m", "tests.upstream", "--port", str(port), "--latency",
-                    str(latency_ms / 1000), "--content-lines", str(lines)], port)
+        self.start(
+            [
+                sys.executable,
+                "-m",
+                "tests.upstream",
+                "--port",
+                str(port),
+                "--latency",
+                str(latency_ms / 1000),
+                "--content-lines",
+                str(lines),
+            ],
+            port,
+        )
         return port
 
     def proxy(self, upstream: int, cache: Path, workers: int = 1) -> tuple[int, subprocess.Popen]:
         port = free_port()
-        proc = self.start([sys.executable, "-m", "proxy", "serve", "--port", str(port),
-                           "--upstream", f"http://127.0.0.1:{upstream}/v1", "--cache-dir",
-                           str(cache), "--workers", str(workers)], port)
+        proc = self.start(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "serve",
+                "--port",
+                str(port),
+                "--upstream",
+                f"http://127.0.0.1:{upstream}/v1",
+                "--cache-dir",
+                str(cache),
+                "--workers",
+                str(workers),
+            ],
+            port,
+        )
         return port, proc
 
     def stop(self) -> None:
@@ -102,15 +141,31 @@ class Servers:
                 proc.kill()
 
 
-def wrk(port: int, connections: int, seconds: float, unique: bool = False,
-        run: str = "0", keys: int = 0) -> dict[str, float]:
+def wrk(
+    port: int, connections: int, seconds: float, unique: bool = False, run: str = "0", keys: int = 0
+) -> dict[str, float]:
     """``unique``: every request a miss; ``keys``: hits spread over that many stored prompts
     (see :func:`fill`); else hits on the benchmark's one prompt."""
-    env = os.environ | {"CHAT_UNIQUE": "1" if unique else "0", "CHAT_RUN": run,
-                        "CHAT_KEYS": str(keys)}
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/chat/completions"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    env = os.environ | {
+        "CHAT_UNIQUE": "1" if unique else "0",
+        "CHAT_RUN": run,
+        "CHAT_KEYS": str(keys),
+    }
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            str(LUA),
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     # successful answers only: an error or a timeout is not a request served
     result["rps"] = (result["requests"] - result["errors"]) / (result["duration_us"] / 1e6)
@@ -129,8 +184,9 @@ def percentile(hist: list[list[int]], fraction: float) -> float:
     return ordered[-1][0] if ordered else 0.0
 
 
-def taking_turns(targets: dict[str, int], connections: int, seconds: float,
-                 unique: bool = False, turns: int = 5) -> dict[str, dict[str, float]]:
+def taking_turns(
+    targets: dict[str, int], connections: int, seconds: float, unique: bool = False, turns: int = 5
+) -> dict[str, dict[str, float]]:
     """Latency of each target in ``turns`` short runs that take turns (the order reversed
     every other round), so every figure sees the machine in the same state; percentiles
     from the pooled histograms."""
@@ -139,18 +195,29 @@ def taking_turns(targets: dict[str, int], connections: int, seconds: float,
     for turn in range(turns):
         names = list(targets) if turn % 2 == 0 else list(reversed(targets))
         for name in names:
-            result = wrk(targets[name], connections, seconds / turns, unique,
-                         run=f"{name}{connections}-{turn}")
+            result = wrk(
+                targets[name],
+                connections,
+                seconds / turns,
+                unique,
+                run=f"{name}{connections}-{turn}",
+            )
             hists[name] += result["hist"]
-    return {name: {"p50_us": percentile(h, 0.5), "p99_us": percentile(h, 0.99)}
-            for name, h in hists.items()}
+    return {
+        name: {"p50_us": percentile(h, 0.5), "p99_us": percentile(h, 0.99)}
+        for name, h in hists.items()
+    }
 
 
 def warm(port: int, prompt: str = PROMPT, stream: bool = False) -> None:
-    body = json.dumps({"model": "gpt-bench", "stream": stream,
-                       "messages": [{"role": "user", "content": prompt}]}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {"model": "gpt-bench", "stream": stream, "messages": [{"role": "user", "content": prompt}]}
+    ).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request, timeout=30).read()
 
 
@@ -163,10 +230,17 @@ def rss_kib(proc: subprocess.Popen, field_name: str = "VmRSS") -> int:
 
 async def first_chunk_ms(port: int, tag: str) -> float:
     """Time to the first streamed event of a miss (raw sockets: nothing in between)."""
-    body = json.dumps({"model": "gpt-bench", "stream": True, "messages": [
-        {"role": "user", "content": f"ttfc {tag} {time.time_ns()}"}]}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-            f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    body = json.dumps(
+        {
+            "model": "gpt-bench",
+            "stream": True,
+            "messages": [{"role": "user", "content": f"ttfc {tag} {time.time_ns()}"}],
+        }
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+        f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.perf_counter()
     writer.write(head.encode() + body)
@@ -205,12 +279,23 @@ def fill(cache: Path, entries: int, upstream: int) -> None:
     from proxy.store.record import encode
 
     cache.mkdir(parents=True, exist_ok=True)
-    store = diskcache.Cache(str(cache / "entries"), size_limit=64 * 1024**3,
-                            eviction_policy="least-recently-stored")
-    answer = urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{upstream}/v1/chat/completions", data=json.dumps({
-            "model": "gpt-bench", "seed": 12345, "stream": False,
-            "messages": [{"role": "user", "content": PROMPT}]}).encode()), timeout=30).read()
+    store = diskcache.Cache(
+        str(cache / "entries"), size_limit=64 * 1024**3, eviction_policy="least-recently-stored"
+    )
+    answer = urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://127.0.0.1:{upstream}/v1/chat/completions",
+            data=json.dumps(
+                {
+                    "model": "gpt-bench",
+                    "seed": 12345,
+                    "stream": False,
+                    "messages": [{"role": "user", "content": PROMPT}],
+                }
+            ).encode(),
+        ),
+        timeout=30,
+    ).read()
     ignore = ("stream", "stream_options", "user", "metadata", "store")
     base = f"http://127.0.0.1:{upstream}/v1"
     batch = 5000
@@ -218,13 +303,27 @@ def fill(cache: Path, entries: int, upstream: int) -> None:
         with store.transact():
             for i in range(start, min(entries, start + batch)):
                 prompt = PROMPT if i == entries - 1 else f"stored prompt {i}"
-                body = {"model": "gpt-bench", "stream": False, "seed": 12345,
-                        "messages": [{"role": "user", "content": prompt}]}
-                key = cache_key("/v1/chat/completions", "", "", base,
-                                canonical_body(body, ignore))
-                entry = Entry(key, "fp_one", time.time(), 200, "application/json",
-                              "/v1/chat/completions", "gpt-bench", 12345, 9, 72, answer,
-                              orjson.dumps(body))
+                body = {
+                    "model": "gpt-bench",
+                    "stream": False,
+                    "seed": 12345,
+                    "messages": [{"role": "user", "content": prompt}],
+                }
+                key = cache_key("/v1/chat/completions", "", "", base, canonical_body(body, ignore))
+                entry = Entry(
+                    key,
+                    "fp_one",
+                    time.time(),
+                    200,
+                    "application/json",
+                    "/v1/chat/completions",
+                    "gpt-bench",
+                    12345,
+                    9,
+                    72,
+                    answer,
+                    orjson.dumps(body),
+                )
                 store.set(key, encode([entry]))
     store.close()
 
@@ -248,13 +347,17 @@ def ms(us: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--entries", type=int, help="Size of the large store.")
-    parser.add_argument("--litellm", action="store_true",
-                        help="Also measure LiteLLM's proxy (installs it into a venv).")
+    parser.add_argument(
+        "--litellm",
+        action="store_true",
+        help="Also measure LiteLLM's proxy (installs it into a venv).",
+    )
     args = parser.parse_args()
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     entries = args.entries or mode.entries
@@ -268,10 +371,14 @@ def main() -> None:
         servers.stop()
         shutil.rmtree(servers.tmp, ignore_errors=True)
     header = Row("metric", "seedproxy", "baselines (same run)", "ratio", "target", "")
-    widths = [max(len(getattr(r, f)) for r in (header, *rows))
-              for f in ("metric", "ours", "baselines", "ratio", "target", "met")]
-    print(f"\nseedproxy benchmark ({mode.name}, {os.cpu_count()} cores, "
-          f"loop {loop_name()}, wrk -t1)\n")
+    widths = [
+        max(len(getattr(r, f)) for r in (header, *rows))
+        for f in ("metric", "ours", "baselines", "ratio", "target", "met")
+    ]
+    print(
+        f"\nseedproxy benchmark ({mode.name}, {os.cpu_count()} cores, "
+        f"loop {loop_name()}, wrk -t1)\n"
+    )
     for i, r in enumerate([header, *rows]):
         cells = [r.metric, r.ours, r.baselines, r.ratio, r.target, r.met]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
@@ -313,43 +420,94 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
     if ng:
         base.append(f"nginx {ng['rps']:,.0f}")
     base.append(f"LiteLLM {ll['rps']:,.0f}" if ll else "LiteLLM not measured (--litellm)")
-    rows.append(Row("hit throughput, 1 process, c=64", f"{hits['rps']:,.0f} req/s", "; ".join(base),
-                    f"{hits['rps'] / fake['rps']:.0%} of fake, {hits['rps'] / const['rps']:.0%} "
-                    "of constant", ">= 60% of fake upstream",
-                    verdict(hits["rps"] >= 0.6 * fake["rps"])))
-    rows.append(Row("  p50 / p99 at c=64", f"{ms(hits['p50_us'])} / {ms(hits['p99_us'])}",
-                    f"fake {ms(fake['p50_us'])} / {ms(fake['p99_us'])}"
-                    + (f"; nginx {ms(ng['p50_us'])} / {ms(ng['p99_us'])}" if ng else "")))
-    rows.append(Row("hit throughput, --workers 2, c=64", f"{hits2['rps']:,.0f} req/s",
-                    f"1 process {hits['rps']:,.0f}", f"{hits2['rps'] / hits['rps']:.2f}x",
-                    ">= 1.6x one process", verdict(hits2["rps"] >= 1.6 * hits["rps"])))
+    rows.append(
+        Row(
+            "hit throughput, 1 process, c=64",
+            f"{hits['rps']:,.0f} req/s",
+            "; ".join(base),
+            f"{hits['rps'] / fake['rps']:.0%} of fake, {hits['rps'] / const['rps']:.0%} "
+            "of constant",
+            ">= 60% of fake upstream",
+            verdict(hits["rps"] >= 0.6 * fake["rps"]),
+        )
+    )
+    rows.append(
+        Row(
+            "  p50 / p99 at c=64",
+            f"{ms(hits['p50_us'])} / {ms(hits['p99_us'])}",
+            f"fake {ms(fake['p50_us'])} / {ms(fake['p99_us'])}"
+            + (f"; nginx {ms(ng['p50_us'])} / {ms(ng['p99_us'])}" if ng else ""),
+        )
+    )
+    rows.append(
+        Row(
+            "hit throughput, --workers 2, c=64",
+            f"{hits2['rps']:,.0f} req/s",
+            f"1 process {hits['rps']:,.0f}",
+            f"{hits2['rps'] / hits['rps']:.2f}x",
+            ">= 1.6x one process",
+            verdict(hits2["rps"] >= 1.6 * hits["rps"]),
+        )
+    )
     if ng:
-        rows.append(Row("  vs nginx proxy_cache", f"{hits['rps']:,.0f} req/s",
-                        f"nginx {ng['rps']:,.0f}", f"{hits['rps'] / ng['rps']:.0%} (workers 2: "
-                        f"{hits2['rps'] / ng['rps']:.0%})"))
-    rows.append(Row("vs LiteLLM hit throughput", f"{hits['rps']:,.0f} req/s",
-                    f"LiteLLM {ll['rps']:,.0f}" if ll else "not measured",
-                    f"{hits['rps'] / ll['rps']:.0f}x" if ll else "", ">= 50x",
-                    verdict(hits["rps"] >= 50 * ll["rps"]) if ll else "-"))
+        rows.append(
+            Row(
+                "  vs nginx proxy_cache",
+                f"{hits['rps']:,.0f} req/s",
+                f"nginx {ng['rps']:,.0f}",
+                f"{hits['rps'] / ng['rps']:.0%} (workers 2: {hits2['rps'] / ng['rps']:.0%})",
+            )
+        )
+    rows.append(
+        Row(
+            "vs LiteLLM hit throughput",
+            f"{hits['rps']:,.0f} req/s",
+            f"LiteLLM {ll['rps']:,.0f}" if ll else "not measured",
+            f"{hits['rps'] / ll['rps']:.0f}x" if ll else "",
+            ">= 50x",
+            verdict(hits["rps"] >= 50 * ll["rps"]) if ll else "-",
+        )
+    )
 
     # -- hit latency at c=1 and c=16
     for c in (1, 16):
         turns = taking_turns({"proxy": proxy, **({"nginx": nginx} if nginx else {})}, c, lt)
         h, n = turns["proxy"], turns.get("nginx")
-        rows.append(Row(f"hit latency p50 / p99, c={c}", f"{ms(h['p50_us'])} / {ms(h['p99_us'])}",
-                        f"nginx {ms(n['p50_us'])} / {ms(n['p99_us'])}" if n else "nginx absent"))
+        rows.append(
+            Row(
+                f"hit latency p50 / p99, c={c}",
+                f"{ms(h['p50_us'])} / {ms(h['p99_us'])}",
+                f"nginx {ms(n['p50_us'])} / {ms(n['p99_us'])}" if n else "nginx absent",
+            )
+        )
 
     # -- added latency on misses, 50 ms upstream
     proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
     floor50 = free_port()  # what aiohttp and one diskcache write cost any proxy
-    servers.start([sys.executable, str(ROOT / "bench" / "floor.py"), str(floor50),
-                   f"http://127.0.0.1:{up50}/v1/chat/completions", str(servers.tmp / "floor")],
-                  floor50)
+    servers.start(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "floor.py"),
+            str(floor50),
+            f"http://127.0.0.1:{up50}/v1/chat/completions",
+            str(servers.tmp / "floor"),
+        ],
+        floor50,
+    )
     ll50 = start_litellm(servers, up50) if litellm else None
     nginx50 = start_nginx(servers, up50)
     for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
-        turns = taking_turns({"direct": up50, "proxy": proxy50, "bare aiohttp proxy": floor50,
-                              **({"nginx": nginx50} if nginx50 else {})}, c, lt, unique=True)
+        turns = taking_turns(
+            {
+                "direct": up50,
+                "proxy": proxy50,
+                "bare aiohttp proxy": floor50,
+                **({"nginx": nginx50} if nginx50 else {}),
+            },
+            c,
+            lt,
+            unique=True,
+        )
         if ll50:  # apart, after the others: work it does after answering would run into theirs
             turns |= taking_turns({"LiteLLM": ll50[0]}, c, lt, unique=True)
         direct, via = turns["direct"], turns["proxy"]
@@ -361,13 +519,22 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
         for name, other in turns.items():
             if name in ("direct", "proxy"):
                 continue
-            base.append(f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
-                        f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms")
+            base.append(
+                f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
+                f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms"
+            )
         # seedproxy's own part: what it adds beyond the bare proxy, which moves with the VM
         own = (via["p50_us"] - turns["bare aiohttp proxy"]["p50_us"]) / 1000
-        rows.append(Row(f"added latency on misses, c={c}", f"{add50:+.2f} ms / {add99:+.2f} ms",
-                        "; ".join(base), f"p50 {own:+.2f} ms vs bare proxy", target,
-                        verdict(ok)))
+        rows.append(
+            Row(
+                f"added latency on misses, c={c}",
+                f"{add50:+.2f} ms / {add99:+.2f} ms",
+                "; ".join(base),
+                f"p50 {own:+.2f} ms vs bare proxy",
+                target,
+                verdict(ok),
+            )
+        )
     if ll50:
         ll50[1].terminate()
         ll50[1].wait(30)
@@ -377,18 +544,30 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
     ttfc = asyncio.run(first_chunks_ms({"direct": up50, "proxy": proxy50}, n))
     direct_ttfc, proxy_ttfc = ttfc["direct"], ttfc["proxy"]
     added = proxy_ttfc - direct_ttfc
-    rows.append(Row("stream first-chunk added on misses", f"{added:+.2f} ms",
-                    f"direct {direct_ttfc:.2f} ms, via proxy {proxy_ttfc:.2f} ms", "",
-                    "<= 2 ms", verdict(added <= 2.0)))
+    rows.append(
+        Row(
+            "stream first-chunk added on misses",
+            f"{added:+.2f} ms",
+            f"direct {direct_ttfc:.2f} ms, via proxy {proxy_ttfc:.2f} ms",
+            "",
+            "<= 2 ms",
+            verdict(added <= 2.0),
+        )
+    )
 
     # -- a 30 KB hit
     proxy30k, _ = servers.proxy(up30k, servers.tmp / "c30k")
     warm(proxy30k)
     big = wrk(proxy30k, 1, lt)
     small = wrk(proxy, 1, lt)
-    rows.append(Row("hit latency, 30 KB answer, c=1", f"{ms(big['p50_us'])} / "
-                    f"{ms(big['p99_us'])}", f"1 KB {ms(small['p50_us'])} / "
-                    f"{ms(small['p99_us'])}", f"{big['p50_us'] / small['p50_us']:.2f}x"))
+    rows.append(
+        Row(
+            "hit latency, 30 KB answer, c=1",
+            f"{ms(big['p50_us'])} / {ms(big['p99_us'])}",
+            f"1 KB {ms(small['p50_us'])} / {ms(small['p99_us'])}",
+            f"{big['p50_us'] / small['p50_us']:.2f}x",
+        )
+    )
 
     # -- a large store; a tenth of it tells whether memory grows with the entries
     sizes = {"small": 1000, "tenth": max(1000, entries // 10), "large": entries}
@@ -405,39 +584,71 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
         # keys spread over the whole store: a large one's hits are read from SQLite, a small
         # one's fit the memory of hot records; then the one prompt, always from memory. The
         # tenth only gives its RSS, but takes the same runs, so its caches see the same load.
-        results[name] = (wrk(port, 1, lt, keys=n - 1), wrk(port, 64, t, keys=n - 1),
-                         wrk(port, 1, lt), rss_kib(proc))
+        results[name] = (
+            wrk(port, 1, lt, keys=n - 1),
+            wrk(port, 64, t, keys=n - 1),
+            wrk(port, 1, lt),
+            rss_kib(proc),
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     (s1, s64, s_hot, s_rss), (l1, l64, l_hot, l_rss) = results["small"], results["large"]
     t_rss = results["tenth"][3]
     ratio = l1["p50_us"] / s1["p50_us"]
-    rows.append(Row(f"hit latency with {entries:,} entries, c=1, random keys",
-                    f"{ms(l1['p50_us'])} / {ms(l1['p99_us'])}",
-                    f"1,000 entries {ms(s1['p50_us'])} / {ms(s1['p99_us'])} (filled in "
-                    f"{filled:.0f} s)", f"{ratio:.2f}x", "<= 1.5x", verdict(ratio <= 1.5)))
-    rows.append(Row(f"  throughput c=64 with {entries:,} entries, random keys",
-                    f"{l64['rps']:,.0f} req/s", f"1,000 entries {s64['rps']:,.0f}",
-                    f"{l64['rps'] / s64['rps']:.0%}"))
-    rows.append(Row(f"  one key, c=1, with {entries:,} entries", f"{ms(l_hot['p50_us'])} / "
-                    f"{ms(l_hot['p99_us'])}", f"1,000 entries {ms(s_hot['p50_us'])} / "
-                    f"{ms(s_hot['p99_us'])}", f"{l_hot['p50_us'] / s_hot['p50_us']:.2f}x"))
+    rows.append(
+        Row(
+            f"hit latency with {entries:,} entries, c=1, random keys",
+            f"{ms(l1['p50_us'])} / {ms(l1['p99_us'])}",
+            f"1,000 entries {ms(s1['p50_us'])} / {ms(s1['p99_us'])} (filled in {filled:.0f} s)",
+            f"{ratio:.2f}x",
+            "<= 1.5x",
+            verdict(ratio <= 1.5),
+        )
+    )
+    rows.append(
+        Row(
+            f"  throughput c=64 with {entries:,} entries, random keys",
+            f"{l64['rps']:,.0f} req/s",
+            f"1,000 entries {s64['rps']:,.0f}",
+            f"{l64['rps'] / s64['rps']:.0%}",
+        )
+    )
+    rows.append(
+        Row(
+            f"  one key, c=1, with {entries:,} entries",
+            f"{ms(l_hot['p50_us'])} / {ms(l_hot['p99_us'])}",
+            f"1,000 entries {ms(s_hot['p50_us'])} / {ms(s_hot['p99_us'])}",
+            f"{l_hot['p50_us'] / s_hot['p50_us']:.2f}x",
+        )
+    )
     # Bounded caches (hot records, SQLite's page cache and map per connection) fill with
     # any store larger than they are; what must not happen is growth beyond that.
     grown = entries - sizes["tenth"]
     per_entry = f"{(l_rss - t_rss) * 1024 / grown:+.2f} bytes/entry" if grown > 0 else ""
-    rows.append(Row(f"RSS with {entries:,} entries, random keys", f"{l_rss / 1024:.1f} MiB",
-                    f"{sizes['tenth']:,} entries {t_rss / 1024:.1f} MiB; 1,000 entries "
-                    f"{s_rss / 1024:.1f} MiB (fits the bounded caches)", per_entry,
-                    f"no growth from {sizes['tenth']:,} entries (bounded caches)",
-                    verdict(l_rss <= t_rss * 1.1)))
-    rows.append(Row("peak RSS (1 process, after all its runs)",
-                    f"{rss_kib(proxy_proc, 'VmHWM') / 1024:.1f} MiB", ""))
+    rows.append(
+        Row(
+            f"RSS with {entries:,} entries, random keys",
+            f"{l_rss / 1024:.1f} MiB",
+            f"{sizes['tenth']:,} entries {t_rss / 1024:.1f} MiB; 1,000 entries "
+            f"{s_rss / 1024:.1f} MiB (fits the bounded caches)",
+            per_entry,
+            f"no growth from {sizes['tenth']:,} entries (bounded caches)",
+            verdict(l_rss <= t_rss * 1.1),
+        )
+    )
+    rows.append(
+        Row(
+            "peak RSS (1 process, after all its runs)",
+            f"{rss_kib(proxy_proc, 'VmHWM') / 1024:.1f} MiB",
+            "",
+        )
+    )
 
 
 def start_nginx(servers: Servers, upstream: int) -> int | None:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                       else None)
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if binary is None:
         return None
     port = free_port()
@@ -488,8 +699,10 @@ def start_litellm(servers: Servers, upstream: int) -> tuple[int, subprocess.Pope
     litellm = venv / "bin" / "litellm"
     if not litellm.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]>=1.106",
-                        "diskcache"], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]>=1.106", "diskcache"],
+            check=True,
+        )
     port = free_port()
     config = servers.tmp / f"litellm-{upstream}.yaml"
     config.write_text(f"""
@@ -507,9 +720,12 @@ litellm_settings:
 general_settings:
   dangerously_permit_weak_or_unset_master_key: true
 """)
-    proc = servers.start([str(litellm), "--config", str(config), "--port", str(port), "--host",
-                          "127.0.0.1"], port, health="/health/liveliness",
-                         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"})
+    proc = servers.start(
+        [str(litellm), "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
+        port,
+        health="/health/liveliness",
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"},
+    )
     for _ in range(3):  # its first calls set things up
         warm(port)
     return port, proc

@@ -55,30 +55,47 @@ def _answering(handler: Handler, route: str) -> Handler:
         except ProxyError as exc:
             response = error_response(exc)
         except StoreError as exc:
-            log.error("cache store failed", extra={"data": {"path": request.path,
-                                                            "error": str(exc)}})
-            response = error_response(ProxyError(
-                503, f"seedproxy's cache store is unavailable: {exc}", code="store_unavailable"))
+            log.error(
+                "cache store failed", extra={"data": {"path": request.path, "error": str(exc)}}
+            )
+            response = error_response(
+                ProxyError(
+                    503, f"seedproxy's cache store is unavailable: {exc}", code="store_unavailable"
+                )
+            )
         except web.HTTPRequestEntityTooLarge:
             limit = request.app[SETTINGS].server.max_body
-            response = error_response(ProxyError(
-                413, f"The request body is larger than server.max_body ({limit} bytes).",
-                code="request_too_large"))
+            response = error_response(
+                ProxyError(
+                    413,
+                    f"The request body is larger than server.max_body ({limit} bytes).",
+                    code="request_too_large",
+                )
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            message = {404: f"Unknown path {request.path!r}: seedproxy serves /v1/... , "
-                            "/healthz and /_seedproxy/.",
-                       405: f"Method {request.method} is not allowed on {request.path}."}
-            response = error_response(ProxyError(
-                exc.status, message.get(exc.status, exc.reason),
-                headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}))
+            message = {
+                404: f"Unknown path {request.path!r}: seedproxy serves /v1/... , "
+                "/healthz and /_seedproxy/.",
+                405: f"Method {request.method} is not allowed on {request.path}.",
+            }
+            response = error_response(
+                ProxyError(
+                    exc.status,
+                    message.get(exc.status, exc.reason),
+                    headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+                )
+            )
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("unhandled error", extra={"data": {"path": request.path}})
-            response = error_response(ProxyError(
-                500, "seedproxy hit an internal error; see its log.", code="internal_error"))
+            response = error_response(
+                ProxyError(
+                    500, "seedproxy hit an internal error; see its log.", code="internal_error"
+                )
+            )
         request.app[METRICS].requests[route, response.headers.get("X-Cache", "NONE")] += 1
         return response
 
@@ -92,9 +109,12 @@ def _check_token(request: web.Request) -> None:
     for candidate in request.app[TOKENS]:  # no early exit: timing does not tell which matched
         ok |= hmac.compare_digest(token.strip().encode(), candidate.encode())
     if scheme.lower() != "bearer" or not ok:
-        raise ProxyError(401, "Missing or invalid proxy token: send "
-                              "'Authorization: Bearer <token>' with a token from auth.tokens.",
-                         code="invalid_proxy_token")
+        raise ProxyError(
+            401,
+            "Missing or invalid proxy token: send "
+            "'Authorization: Bearer <token>' with a token from auth.tokens.",
+            code="invalid_proxy_token",
+        )
 
 
 async def _unrouted(request: web.Request) -> web.StreamResponse:
@@ -127,8 +147,11 @@ async def _flusher(app: web.Application) -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         pipeline = app[PIPELINE]
-        for step in (pipeline.flush_notes, functools.partial(_flush_counters, app),
-                     functools.partial(app[STORE].checkpoint, pipeline.quiet_moment)):
+        for step in (
+            pipeline.flush_notes,
+            functools.partial(_flush_counters, app),
+            functools.partial(app[STORE].checkpoint, pipeline.quiet_moment),
+        ):
             try:
                 await step()
             except StoreError as exc:
@@ -165,16 +188,21 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def _cached(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await request.app[PIPELINE].handle(request, endpoint)
+
     return handler
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
     # rel_url, not raw_path: an absolute-form target (GET http://elsewhere/v1/x) names
     # another host, which is never contacted; only its path below /v1/ is used
-    raw_tail = request.rel_url.raw_path[len("/v1/"):]
-    return await forward(request, request.app[UPSTREAM], raw_tail,
-                         request.app[SETTINGS].server.max_body,
-                         request.app[PIPELINE].upstream_credential)
+    raw_tail = request.rel_url.raw_path[len("/v1/") :]
+    return await forward(
+        request,
+        request.app[UPSTREAM],
+        raw_tail,
+        request.app[SETTINGS].server.max_body,
+        request.app[PIPELINE].upstream_credential,
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -197,9 +225,12 @@ async def _drift(request: web.Request) -> web.Response:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
     await request.app[PIPELINE].flush_notes()
-    body = {"drift": await reports.drift(store, model, since, limit),
-            "fingerprint_changes": await reports.drift(store, model, since, limit,
-                                                       kind="fingerprint_change")}
+    body = {
+        "drift": await reports.drift(store, model, since, limit),
+        "fingerprint_changes": await reports.drift(
+            store, model, since, limit, kind="fingerprint_change"
+        ),
+    }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -210,8 +241,14 @@ async def _explain(request: web.Request) -> web.Response:
     _, body = await pipeline.read_json(request)
     seed, _ = seeded(endpoint, body, settings)
     query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
-    info = keys.explain(endpoint.path, query, pipeline.namespace(request),
-                        settings.upstream.base_url, body, settings.cache.ignore_fields)
+    info = keys.explain(
+        endpoint.path,
+        query,
+        pipeline.namespace(request),
+        settings.upstream.base_url,
+        body,
+        settings.cache.ignore_fields,
+    )
     info["seed"] = seed
     info["seed_mode"] = settings.seed.mode if endpoint.seeded else None
     return web.Response(body=orjson.dumps(info), content_type="application/json")
@@ -221,11 +258,12 @@ async def _dashboard(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
     await request.app[PIPELINE].flush_notes()
     await _flush_counters(request.app)
-    html = dashboard.render(await reports.stats(store, settings),
-                            await reports.fingerprints(store),
-                            await reports.drift(store, limit=DASHBOARD_EVENTS),
-                            await reports.drift(store, limit=DASHBOARD_EVENTS,
-                                                kind="fingerprint_change"))
+    html = dashboard.render(
+        await reports.stats(store, settings),
+        await reports.fingerprints(store),
+        await reports.drift(store, limit=DASHBOARD_EVENTS),
+        await reports.drift(store, limit=DASHBOARD_EVENTS, kind="fingerprint_change"),
+    )
     return web.Response(text=html, content_type="text/html")
 
 
@@ -234,8 +272,9 @@ async def _metrics(request: web.Request) -> web.Response:
     entries, volume = await request.app[STORE].size()
     metrics.entries.set(entries)
     metrics.bytes.set(volume)
-    return web.Response(body=generate_latest(metrics.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -20,10 +20,16 @@ class CassetteError(ValueError):
 
 def to_line(entry: Entry) -> bytes:
     record: dict[str, Any] = {
-        "key": entry.key, "endpoint": entry.endpoint, "model": entry.model,
-        "fingerprint": entry.fingerprint, "created": entry.created, "status": entry.status,
-        "content_type": entry.content_type, "seed": entry.seed,
-        "prompt_tokens": entry.prompt_tokens, "completion_tokens": entry.completion_tokens,
+        "key": entry.key,
+        "endpoint": entry.endpoint,
+        "model": entry.model,
+        "fingerprint": entry.fingerprint,
+        "created": entry.created,
+        "status": entry.status,
+        "content_type": entry.content_type,
+        "seed": entry.seed,
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
         "request": orjson.Fragment(entry.request) if entry.request else None,
         "response": orjson.Fragment(entry.body),
     }
@@ -36,9 +42,14 @@ def from_line(line: bytes, number: int = 0) -> Entry:
     try:
         r = orjson.loads(line)
         return Entry(
-            key=str(r["key"]), fingerprint=r["fingerprint"], created=float(r["created"]),
-            status=int(r["status"]), content_type=str(r["content_type"]),
-            endpoint=str(r["endpoint"]), model=str(r["model"]), seed=r.get("seed"),
+            key=str(r["key"]),
+            fingerprint=r["fingerprint"],
+            created=float(r["created"]),
+            status=int(r["status"]),
+            content_type=str(r["content_type"]),
+            endpoint=str(r["endpoint"]),
+            model=str(r["model"]),
+            seed=r.get("seed"),
             prompt_tokens=int(r.get("prompt_tokens") or 0),
             completion_tokens=int(r.get("completion_tokens") or 0),
             body=orjson.dumps(r["response"]),

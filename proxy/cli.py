@@ -61,12 +61,14 @@ def banner(settings: Settings) -> str:
     s = settings
     where = s.cache.dir if s.cache.backend == "disk" else redact(s.cache.redis_url)
     seed = s.seed.mode + (f" ({s.seed.default})" if s.seed.mode in ("force", "override") else "")
-    return (f"seedproxy {__version__} listening on http://{s.server.host}:{s.server.port}"
-            f" | loop {loop_name()}"
-            f" | upstream {s.upstream.base_url} | mode {s.cache.mode}"
-            f" | cache {s.cache.backend}:{where} | seed {seed}"
-            f" | fingerprint {s.cache.fingerprint}"
-            + (f" | workers {s.server.workers}" if s.server.workers > 1 else ""))
+    return (
+        f"seedproxy {__version__} listening on http://{s.server.host}:{s.server.port}"
+        f" | loop {loop_name()}"
+        f" | upstream {s.upstream.base_url} | mode {s.cache.mode}"
+        f" | cache {s.cache.backend}:{where} | seed {seed}"
+        f" | fingerprint {s.cache.fingerprint}"
+        + (f" | workers {s.server.workers}" if s.server.workers > 1 else "")
+    )
 
 
 @click.group()
@@ -85,20 +87,39 @@ def main() -> None:
 @click.option("--seed-mode", help="force | override | require | passthrough (default force).")
 @click.option("--workers", help="Processes serving the port (default 1).")
 @click.option("--log-format", help="json | text (default json).")
-def serve(config: str | None, host: str | None, port: str | None, upstream: str | None,
-          cache_dir: str | None, mode: str | None, seed_mode: str | None,
-          workers: str | None, log_format: str | None) -> None:
+def serve(
+    config: str | None,
+    host: str | None,
+    port: str | None,
+    upstream: str | None,
+    cache_dir: str | None,
+    mode: str | None,
+    seed_mode: str | None,
+    workers: str | None,
+    log_format: str | None,
+) -> None:
     """Run the proxy."""
-    settings = _settings(config, {
-        "server.host": host, "server.port": port, "upstream.base_url": upstream,
-        "cache.dir": cache_dir, "cache.mode": mode, "seed.mode": seed_mode,
-        "server.workers": workers, "log.format": log_format,
-    }, serving=True)
+    settings = _settings(
+        config,
+        {
+            "server.host": host,
+            "server.port": port,
+            "upstream.base_url": upstream,
+            "cache.dir": cache_dir,
+            "cache.mode": mode,
+            "seed.mode": seed_mode,
+            "server.workers": workers,
+            "log.format": log_format,
+        },
+        serving=True,
+    )
     setup_logging(settings.log.format, settings.log.level)
     if not _is_loopback(settings.server.host) and not settings.proxy_tokens():
-        log.warning("listening on a non-loopback address without auth.tokens: anyone who can "
-                    "reach it can spend the upstream key and read the cache",
-                    extra={"data": {"host": settings.server.host}})
+        log.warning(
+            "listening on a non-loopback address without auth.tokens: anyone who can "
+            "reach it can spend the upstream key and read the cache",
+            extra={"data": {"host": settings.server.host}},
+        )
     if settings.server.workers > 1:
         from .workers import supervise
 
@@ -107,14 +128,22 @@ def serve(config: str | None, host: str | None, port: str | None, upstream: str 
 
     try:
         app = create_app(settings)
-        web.run_app(app, host=settings.server.host, port=settings.server.port,
-                    print=lambda _: click.echo(banner(settings)), access_log=access_log,
-                    access_log_class=AccessLogger, loop=new_event_loop())
+        web.run_app(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            print=lambda _: click.echo(banner(settings)),
+            access_log=access_log,
+            access_log_class=AccessLogger,
+            loop=new_event_loop(),
+        )
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"server: cannot listen on {settings.server.host}:{settings.server.port}: "
-              f"{exc.strerror or exc}")
+        _fail(
+            f"server: cannot listen on {settings.server.host}:{settings.server.port}: "
+            f"{exc.strerror or exc}"
+        )
 
 
 # -- commands over the store ----------------------------------------------------------------
@@ -170,15 +199,22 @@ async def stats(store: Store, settings: Settings, as_json: bool) -> None:
         return
     money = data["money_saved_usd"]
     rows = [
-        ["requests", data["requests"]], ["hits", data["hits"]], ["misses", data["misses"]],
-        ["hit ratio", f"{data['hit_ratio']:.1%}"], ["stores", data["stores"]],
-        ["coalesced", data["coalesced"]], ["drift events", data["drift_events"]],
+        ["requests", data["requests"]],
+        ["hits", data["hits"]],
+        ["misses", data["misses"]],
+        ["hit ratio", f"{data['hit_ratio']:.1%}"],
+        ["stores", data["stores"]],
+        ["coalesced", data["coalesced"]],
+        ["drift events", data["drift_events"]],
         ["fingerprint changes", data["fingerprint_changes"]],
-        ["tokens served from cache",
-         f"{data['tokens_saved']} ({data['prompt_tokens_saved']} prompt + "
-         f"{data['completion_tokens_saved']} completion)"],
+        [
+            "tokens served from cache",
+            f"{data['tokens_saved']} ({data['prompt_tokens_saved']} prompt + "
+            f"{data['completion_tokens_saved']} completion)",
+        ],
         ["money saved", f"${money:.4f}" if money is not None else "(set [prices] to see it)"],
-        ["entries", data["entries"]], ["bytes", data["bytes"]],
+        ["entries", data["entries"]],
+        ["bytes", data["bytes"]],
     ]
     click.echo(reports.text_table(["stat", "value"], rows))
 
@@ -191,19 +227,39 @@ async def stats(store: Store, settings: Settings, as_json: bool) -> None:
 @click.option("--config", "config", metavar="FILE", help="TOML config file.")
 @click.option("--cache-dir", help="Disk cache directory (default ./.seedproxy).")
 @click.pass_context
-def drift(ctx: click.Context, model: str | None, since: str | None, limit: int, as_json: bool,
-          config: str | None, cache_dir: str | None) -> None:
+def drift(
+    ctx: click.Context,
+    model: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+    config: str | None,
+    cache_dir: str | None,
+) -> None:
     """Drift events, newest first; `seedproxy drift show ID` prints one with its diff."""
     ctx.obj = {"config": config, "cache_dir": cache_dir}
     if ctx.invoked_subcommand is not None:
         return
-    ctx.invoke(_drift_list, config=config, cache_dir=cache_dir, model=model,
-               since=since, limit=limit, as_json=as_json)
+    ctx.invoke(
+        _drift_list,
+        config=config,
+        cache_dir=cache_dir,
+        model=model,
+        since=since,
+        limit=limit,
+        as_json=as_json,
+    )
 
 
 @store_command
-async def _drift_list(store: Store, settings: Settings, model: str | None, since: str | None,
-                      limit: int, as_json: bool) -> None:
+async def _drift_list(
+    store: Store,
+    settings: Settings,
+    model: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     events = await reports.drift(store, model, _since(since), limit)
     if as_json:
         _emit_json(events)
@@ -211,11 +267,23 @@ async def _drift_list(store: Store, settings: Settings, model: str | None, since
     if not events:
         click.echo("no drift events")
         return
-    rows = [[e["id"], reports.iso(e["time"]), e["model"], e["reason"], e["seed"],
-             f"{e['cached_fingerprint']} -> {e['live_fingerprint']}",
-             f"{e['similarity']:.3f}"] for e in events]
-    click.echo(reports.text_table(
-        ["id", "time (UTC)", "model", "reason", "seed", "fingerprints", "similarity"], rows))
+    rows = [
+        [
+            e["id"],
+            reports.iso(e["time"]),
+            e["model"],
+            e["reason"],
+            e["seed"],
+            f"{e['cached_fingerprint']} -> {e['live_fingerprint']}",
+            f"{e['similarity']:.3f}",
+        ]
+        for e in events
+    ]
+    click.echo(
+        reports.text_table(
+            ["id", "time (UTC)", "model", "reason", "seed", "fingerprints", "similarity"], rows
+        )
+    )
 
 
 def colored_diff(diff: str) -> str:
@@ -255,8 +323,10 @@ async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: 
         return
     click.echo(f"drift {event['id']}  {reports.iso(event['time'])} UTC  reason {event['reason']}")
     click.echo(f"model {event['model']}  seed {event['seed']}  endpoint {event['endpoint']}")
-    click.echo(f"fingerprint {event['cached_fingerprint']} (cached) -> "
-               f"{event['live_fingerprint']} (live)  same: {event['same_fingerprint']}")
+    click.echo(
+        f"fingerprint {event['cached_fingerprint']} (cached) -> "
+        f"{event['live_fingerprint']} (live)  same: {event['same_fingerprint']}"
+    )
     click.echo(f"similarity {event['similarity']:.4f}  key {event['key']}\n")
     click.echo(colored_diff(event["diff"]))
 
@@ -265,18 +335,30 @@ async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: 
 @click.option("--model", help="Only this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_command
-async def fingerprints(store: Store, settings: Settings, model: str | None,
-                       as_json: bool) -> None:
+async def fingerprints(store: Store, settings: Settings, model: str | None, as_json: bool) -> None:
     """Per model, each system_fingerprint seen live: first seen, last seen, count."""
     table = await reports.fingerprints(store, model)
     if as_json:
         _emit_json(table)
         return
-    rows = [[name, s["fingerprint"], reports.iso(s["first_seen"]), reports.iso(s["last_seen"]),
-             s["count"]] for name, seen in table.items() for s in seen]
-    click.echo(reports.text_table(["model", "fingerprint", "first seen (UTC)",
-                                   "last seen (UTC)", "count"], rows) if rows
-               else "no fingerprints seen yet")
+    rows = [
+        [
+            name,
+            s["fingerprint"],
+            reports.iso(s["first_seen"]),
+            reports.iso(s["last_seen"]),
+            s["count"],
+        ]
+        for name, seen in table.items()
+        for s in seen
+    ]
+    click.echo(
+        reports.text_table(
+            ["model", "fingerprint", "first seen (UTC)", "last seen (UTC)", "count"], rows
+        )
+        if rows
+        else "no fingerprints seen yet"
+    )
 
 
 @main.command("export")
@@ -284,15 +366,17 @@ async def fingerprints(store: Store, settings: Settings, model: str | None,
 @click.option("--model", help="Only this model.")
 @click.option("--since", help="Only entries stored after this: a duration ago or a date.")
 @store_command
-async def export_cmd(store: Store, settings: Settings, file: BinaryIO, model: str | None,
-                     since: str | None) -> None:
+async def export_cmd(
+    store: Store, settings: Settings, file: BinaryIO, model: str | None, since: str | None
+) -> None:
     """Write entries as a JSON Lines cassette (no credentials) to FILE (- for stdout)."""
     after = _since(since)
     count = 0
     for key in await store.keys():
         for entry in await store.variants(key):
             if (model is None or entry.model == model) and (
-                    after is None or entry.created >= after):
+                after is None or entry.created >= after
+            ):
                 file.write(to_line(entry))
                 count += 1
     click.echo(f"exported {count} entries to {file.name}", err=True)
@@ -319,8 +403,15 @@ async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
 @click.option("--all", "everything", is_flag=True, help="Every entry.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_command
-async def purge(store: Store, settings: Settings, model: str | None, fingerprint: str | None,
-                older_than: str | None, everything: bool, as_json: bool) -> None:
+async def purge(
+    store: Store,
+    settings: Settings,
+    model: str | None,
+    fingerprint: str | None,
+    older_than: str | None,
+    everything: bool,
+    as_json: bool,
+) -> None:
     """Remove entries and print what was removed. Needs a filter or --all."""
     if not (everything or model or fingerprint or older_than):
         _fail("purge: give --model, --fingerprint, --older-than or --all")
@@ -331,34 +422,48 @@ async def purge(store: Store, settings: Settings, model: str | None, fingerprint
     wanted_fp = None if fingerprint is None else (None if fingerprint == "null" else fingerprint)
     removed = []
     for key in await store.keys():
-        victims = {e.fingerprint for e in await store.variants(key)
-                   if (model is None or e.model == model)
-                   and (fingerprint is None or e.fingerprint == wanted_fp)
-                   and (cutoff is None or e.created < cutoff)}
+        victims = {
+            e.fingerprint
+            for e in await store.variants(key)
+            if (model is None or e.model == model)
+            and (fingerprint is None or e.fingerprint == wanted_fp)
+            and (cutoff is None or e.created < cutoff)
+        }
         if victims:
             gone = [e for e in await store.variants(key) if e.fingerprint in victims]
             await store.delete(key, victims)
             removed += gone
     if as_json:
-        _emit_json([{"key": e.key, "model": e.model, "fingerprint": e.fingerprint,
-                     "created": e.created} for e in removed])
+        _emit_json(
+            [
+                {"key": e.key, "model": e.model, "fingerprint": e.fingerprint, "created": e.created}
+                for e in removed
+            ]
+        )
         return
     for e in removed:
-        click.echo(f"removed {e.key[:16]}  {e.model}  {e.fingerprint}  "
-                   f"{reports.iso(e.created)} UTC")
+        click.echo(
+            f"removed {e.key[:16]}  {e.model}  {e.fingerprint}  {reports.iso(e.created)} UTC"
+        )
     click.echo(f"{len(removed)} entries removed")
 
 
 @main.command()
 @click.argument("file", type=click.File("rb"))
-@click.option("--path", "path", default="/v1/chat/completions", show_default=True,
-              help="The endpoint the body is sent to.")
+@click.option(
+    "--path",
+    "path",
+    default="/v1/chat/completions",
+    show_default=True,
+    help="The endpoint the body is sent to.",
+)
 @click.option("--namespace", default="", help="X-Seedproxy-Namespace, if the client sets one.")
 @click.option("--query", default="", help="The query string, if any (api-version=...).")
 @click.option("--config", "config", metavar="FILE", help="TOML config file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def key(file: BinaryIO, path: str, namespace: str, query: str, config: str | None,
-        as_json: bool) -> None:
+def key(
+    file: BinaryIO, path: str, namespace: str, query: str, config: str | None, as_json: bool
+) -> None:
     """Explain the cache key of the request body in FILE (- for stdin), offline."""
     from urllib.parse import parse_qsl
 
@@ -376,18 +481,29 @@ def key(file: BinaryIO, path: str, namespace: str, query: str, config: str | Non
     except (ValueError, ProxyError) as exc:
         _fail(f"{file.name}: {getattr(exc, 'message', exc)}")
     if settings.cache.scope == "per-key":
-        click.echo("note: cache.scope is per-key; the proxy adds a hash of the client's "
-                   "credential to the namespace", err=True)
-    info = explain(endpoint.path, canonical_query(parse_qsl(query, keep_blank_values=True)),
-                   namespace, settings.upstream.base_url, body, settings.cache.ignore_fields)
+        click.echo(
+            "note: cache.scope is per-key; the proxy adds a hash of the client's "
+            "credential to the namespace",
+            err=True,
+        )
+    info = explain(
+        endpoint.path,
+        canonical_query(parse_qsl(query, keep_blank_values=True)),
+        namespace,
+        settings.upstream.base_url,
+        body,
+        settings.cache.ignore_fields,
+    )
     info["seed"] = seed
     if as_json:
         _emit_json(info)
         return
     for name in ("key", "path", "query", "namespace", "upstream", "seed"):
         click.echo(f"{name:10} {info[name]}")
-    click.echo(f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
-               f"  (configured: {', '.join(info['configured_ignore_fields'])})")
+    click.echo(
+        f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
+        f"  (configured: {', '.join(info['configured_ignore_fields'])})"
+    )
     click.echo(f"{'canonical':10} {info['canonical']}")
 
 
@@ -400,18 +516,42 @@ def key(file: BinaryIO, path: str, namespace: str, query: str, config: str | Non
 @click.option("--no-seed", is_flag=True, help="Send no seed, to compare with seeded runs.")
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-tokens", type=int, default=None)
-@click.option("--base-url", default=None,
-              help="API base URL (default: $OPENAI_BASE_URL, else OpenAI's).")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="Environment variable holding the API key.")
-@click.option("--html", "html_file", type=click.File("w", atomic=True),
-              help="Write an HTML report with red/green diff tables.")
+@click.option(
+    "--base-url", default=None, help="API base URL (default: $OPENAI_BASE_URL, else OpenAI's)."
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the API key.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.File("w", atomic=True),
+    help="Write an HTML report with red/green diff tables.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--expect-identical", is_flag=True,
-              help="Exit 1 unless every run's output equals the first (a CI gate).")
-def probe(model: str, prompt: str, system: str | None, runs: int, seed: int, no_seed: bool,
-          temperature: float | None, max_tokens: int | None, base_url: str | None,
-          api_key_env: str, html_file: Any, as_json: bool, expect_identical: bool) -> None:
+@click.option(
+    "--expect-identical",
+    is_flag=True,
+    help="Exit 1 unless every run's output equals the first (a CI gate).",
+)
+def probe(
+    model: str,
+    prompt: str,
+    system: str | None,
+    runs: int,
+    seed: int,
+    no_seed: bool,
+    temperature: float | None,
+    max_tokens: int | None,
+    base_url: str | None,
+    api_key_env: str,
+    html_file: Any,
+    as_json: bool,
+    expect_identical: bool,
+) -> None:
     """Send one prompt N times live and report how deterministic the answers are."""
     import openai
 
@@ -419,30 +559,56 @@ def probe(model: str, prompt: str, system: str | None, runs: int, seed: int, no_
     from .probe import probe as run_probe
 
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}]
-    client = openai.OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-                           api_key=os.environ.get(api_key_env) or "none")
+        {"role": "user", "content": prompt}
+    ]
+    client = openai.OpenAI(
+        base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+        api_key=os.environ.get(api_key_env) or "none",
+    )
     try:
-        results = run_probe(client, model, messages, runs, None if no_seed else seed,
-                            temperature, max_tokens)
+        results = run_probe(
+            client, model, messages, runs, None if no_seed else seed, temperature, max_tokens
+        )
     except openai.APIError as exc:
         _fail(f"probe: the API failed: {exc}")
-    data = report(results, {"model": model, "runs": runs, "seed": None if no_seed else seed,
-                            "temperature": temperature, "max_tokens": max_tokens})
+    data = report(
+        results,
+        {
+            "model": model,
+            "runs": runs,
+            "seed": None if no_seed else seed,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        },
+    )
     if html_file is not None:
         html_file.write(html_report(data))
     summary = data["summary"]
     if as_json:
         _emit_json(data)
     else:
-        click.echo(reports.text_table(
-            ["run", "fingerprint", "prompt", "completion", "same as #1", "similarity"],
-            [[r.number, r.fingerprint, r.prompt_tokens, r.completion_tokens,
-              "yes" if r.identical else "NO", f"{r.similarity:.3f}"] for r in results]))
-        click.echo(f"\nidentical-output rate {summary['identical_rate']:.0%}  "
-                   f"distinct outputs {summary['distinct_outputs']}  "
-                   f"fingerprints {', '.join(summary['distinct_fingerprints'])}  "
-                   f"mean similarity {summary['mean_similarity']:.3f}")
+        click.echo(
+            reports.text_table(
+                ["run", "fingerprint", "prompt", "completion", "same as #1", "similarity"],
+                [
+                    [
+                        r.number,
+                        r.fingerprint,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        "yes" if r.identical else "NO",
+                        f"{r.similarity:.3f}",
+                    ]
+                    for r in results
+                ],
+            )
+        )
+        click.echo(
+            f"\nidentical-output rate {summary['identical_rate']:.0%}  "
+            f"distinct outputs {summary['distinct_outputs']}  "
+            f"fingerprints {', '.join(summary['distinct_fingerprints'])}  "
+            f"mean similarity {summary['mean_similarity']:.3f}"
+        )
     if expect_identical and summary["distinct_outputs"] > 1:
         click.echo("probe: outputs differ (--expect-identical)", err=True)
         sys.exit(1)

@@ -19,8 +19,15 @@ class ConfigError(ValueError):
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZES = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2,
-          "gib": 1024**3}
+_SIZES = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 
 
 def parse_duration(value: Any) -> float:
@@ -108,8 +115,9 @@ class CacheSettings:
     complete_on_disconnect: bool = True
     embedding_tolerance: float = 0.0
     redis_entry_ttl: float = _duration(0.0)
-    redis_maxmemory: int = field(default=0, metadata={"parse": lambda v: parse_size(v)
-                                                      if v not in (0, "0") else 0})
+    redis_maxmemory: int = field(
+        default=0, metadata={"parse": lambda v: parse_size(v) if v not in (0, "0") else 0}
+    )
     lock_ttl: float = _duration(30.0)
 
     def __post_init__(self) -> None:
@@ -177,8 +185,9 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _coerce(name: str, hint: Any, parser: Callable[[Any], Any] | None, value: Any,
-            from_text: bool) -> Any:
+def _coerce(
+    name: str, hint: Any, parser: Callable[[Any], Any] | None, value: Any, from_text: bool
+) -> Any:
     """Check ``value`` against the field's type; text from env/flags is converted first."""
     if parser is not None:
         return parser(value)
@@ -250,7 +259,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
             continue
-        rest = var[len(ENV_PREFIX):].lower()
+        rest = var[len(ENV_PREFIX) :].lower()
         section, _, key = rest.partition("_")
         if section not in SECTIONS or not key:
             raise ConfigError(f"{var}: unknown setting (expected SEEDPROXY_<SECTION>_<KEY>)")
@@ -271,8 +280,7 @@ def _file_layer(path: Path) -> dict[str, dict[str, Any]]:
         if section == "prices":
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)}, "
-                              "prices)")
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)}, prices)")
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: must be a table like [{section}]")
     return data
@@ -281,18 +289,26 @@ def _file_layer(path: Path) -> dict[str, dict[str, Any]]:
 def _prices(raw: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     prices = {}
     for model, pair in raw.items():
-        if (not isinstance(pair, list) or len(pair) != 2
-                or not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0
-                           for x in pair)):
-            raise ConfigError(f"prices.{model}: expected [prompt, completion] USD per million "
-                              f"tokens, got {pair!r}")
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in pair
+            )
+        ):
+            raise ConfigError(
+                f"prices.{model}: expected [prompt, completion] USD per million "
+                f"tokens, got {pair!r}"
+            )
         prices[model] = (float(pair[0]), float(pair[1]))
     return prices
 
 
-def load_settings(config: str | os.PathLike[str] | None = None,
-                  env: Mapping[str, str] | None = None,
-                  flags: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
     """Merge defaults < TOML ``config`` < ``env`` < ``flags`` (``{"section.key": value}``)."""
     env = os.environ if env is None else env
     config = config or env.get(ENV_PREFIX + "CONFIG")
@@ -323,16 +339,19 @@ def load_settings(config: str | os.PathLike[str] | None = None,
     return Settings(**built, prices=prices)
 
 
-def upstream_credential(settings: Settings, env: Mapping[str, str],
-                        tokens: tuple[str, ...]) -> tuple[str, str] | None:
+def upstream_credential(
+    settings: Settings, env: Mapping[str, str], tokens: tuple[str, ...]
+) -> tuple[str, str] | None:
     """With proxy ``tokens``, the (header, value) the proxy sends upstream instead of the
     client's; None without tokens (the client's own credential is forwarded)."""
     if not tokens:
         return None
     key = env.get(settings.upstream.api_key_env, "")
     if not key:
-        raise ConfigError(f"upstream.api_key_env: ${settings.upstream.api_key_env} is not set; "
-                          "with auth.tokens the proxy sends its own key upstream")
+        raise ConfigError(
+            f"upstream.api_key_env: ${settings.upstream.api_key_env} is not set; "
+            "with auth.tokens the proxy sends its own key upstream"
+        )
     if settings.upstream.api_key_header == "api-key":
         return "api-key", key
     return "Authorization", f"Bearer {key}"
@@ -354,8 +373,7 @@ def check_cache_dir(settings: Settings) -> None:
 
 def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
     """A copy of ``settings`` with some section fields replaced (for tests and tools)."""
-    updated = {name: replace(getattr(settings, name), **values)
-               for name, values in sections.items()}
+    updated = {
+        name: replace(getattr(settings, name), **values) for name, values in sections.items()
+    }
     return replace(settings, **updated)
-
-

@@ -16,8 +16,10 @@ def outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
     """What a completion said, per choice; ids, timestamps and usage are left out."""
     result = []
     choices = response.get("choices")
-    for choice in sorted(choices if isinstance(choices, list) else [],
-                         key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0):
+    for choice in sorted(
+        choices if isinstance(choices, list) else [],
+        key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0,
+    ):
         if not isinstance(choice, dict):
             continue
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -25,13 +27,15 @@ def outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
         for call in message.get("tool_calls") or []:
             fn = (call.get("function") or {}) if isinstance(call, dict) else {}
             calls.append({"name": fn.get("name"), "arguments": fn.get("arguments")})
-        result.append({
-            "index": choice.get("index", 0),
-            "content": message.get("content", choice.get("text")),
-            "refusal": message.get("refusal"),
-            "tool_calls": calls,
-            "finish_reason": choice.get("finish_reason"),
-        })
+        result.append(
+            {
+                "index": choice.get("index", 0),
+                "content": message.get("content", choice.get("text")),
+                "refusal": message.get("refusal"),
+                "tool_calls": calls,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
     return result
 
 
@@ -61,8 +65,9 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | No
     la, lb = render(a), render(b)
     ratio = difflib.SequenceMatcher(None, "\n".join(la), "\n".join(lb)).ratio()
     # Full context: the diff holds both outputs whole, so both sides can be shown again.
-    diff = "\n".join(difflib.unified_diff(la, lb, "cached", "live", lineterm="",
-                                           n=max(len(la), len(lb))))
+    diff = "\n".join(
+        difflib.unified_diff(la, lb, "cached", "live", lineterm="", n=max(len(la), len(lb)))
+    )
     return Comparison(round(ratio, 4), diff)
 
 
@@ -91,19 +96,30 @@ def response_outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
         parts = [p for p in item.get("content") or [] if isinstance(p, dict)]
         texts = [p.get("text") or "" for p in parts if p.get("type") == "output_text"]
         refusals = [p.get("refusal") or "" for p in parts if p.get("type") == "refusal"]
-        calls = ([{"name": item.get("name"), "arguments": item.get("arguments")}]
-                 if item["type"] == "function_call" else [])
-        result.append({"index": index, "content": "".join(texts) if texts else None,
-                       "refusal": "".join(refusals) if refusals else None,
-                       "tool_calls": calls, "finish_reason": response.get("status")})
+        calls = (
+            [{"name": item.get("name"), "arguments": item.get("arguments")}]
+            if item["type"] == "function_call"
+            else []
+        )
+        result.append(
+            {
+                "index": index,
+                "content": "".join(texts) if texts else None,
+                "refusal": "".join(refusals) if refusals else None,
+                "tool_calls": calls,
+                "finish_reason": response.get("status"),
+            }
+        )
     return result
 
 
 def _vectors(response: dict[str, Any]) -> list[list[float]]:
     data = response.get("data")
     vectors = []
-    for item in sorted(data if isinstance(data, list) else [],
-                       key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0):
+    for item in sorted(
+        data if isinstance(data, list) else [],
+        key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0,
+    ):
         embedding = item.get("embedding") if isinstance(item, dict) else None
         if isinstance(embedding, str):  # encoding_format = "base64": little-endian float32
             floats = array.array("f")
@@ -116,8 +132,9 @@ def _vectors(response: dict[str, Any]) -> list[list[float]]:
     return vectors
 
 
-def compare_embeddings(cached: dict[str, Any], live: dict[str, Any],
-                       tolerance: float) -> Comparison | None:
+def compare_embeddings(
+    cached: dict[str, Any], live: dict[str, Any], tolerance: float
+) -> Comparison | None:
     """None when every component differs by at most ``tolerance``; else the mean cosine
     similarity and one line per vector that moved."""
     a, b = _vectors(cached), _vectors(live)
@@ -132,8 +149,10 @@ def compare_embeddings(cached: dict[str, Any], live: dict[str, Any],
         cosine = sum(x * y for x, y in zip(u, v, strict=True)) / norm if norm else 1.0
         cosines.append(cosine)
         if worst > tolerance:
-            lines.append(f"embedding {i}: max |delta| {worst:.3g} at dimension "
-                         f"{deltas.index(worst)}, cosine similarity {cosine:.6f}")
+            lines.append(
+                f"embedding {i}: max |delta| {worst:.3g} at dimension "
+                f"{deltas.index(worst)}, cosine similarity {cosine:.6f}"
+            )
     if not lines:
         return None
     mean = sum(cosines) / len(cosines) if cosines else 1.0

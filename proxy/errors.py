@@ -19,8 +19,14 @@ _TYPES = {
 class ProxyError(Exception):
     """An error the proxy answers itself, carried up to the handler that renders it."""
 
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 param: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -29,8 +35,9 @@ class ProxyError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_body(status: int, message: str, code: str | None = None,
-               param: str | None = None) -> bytes:
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> bytes:
     err_type = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return orjson.dumps(
         {"error": {"message": message, "type": err_type, "param": param, "code": code}}
@@ -39,6 +46,9 @@ def error_body(status: int, message: str, code: str | None = None,
 
 def error_response(exc: ProxyError, extra: Mapping[str, str] | None = None) -> web.Response:
     headers = {**exc.headers, **(extra or {})}
-    return web.Response(status=exc.status, body=error_body(exc.status, exc.message, exc.code,
-                                                           exc.param),
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        status=exc.status,
+        body=error_body(exc.status, exc.message, exc.code, exc.param),
+        content_type="application/json",
+        headers=headers,
+    )

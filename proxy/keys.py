@@ -34,8 +34,11 @@ def canonical_body(body: dict[str, Any], ignore: Iterable[str] = ()) -> bytes:
         kept = {k: _normalize(v) for k, v in body.items() if k not in skip}
         return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, RecursionError):
-        raise ProxyError(400, f"The request body is nested more than {MAX_DEPTH} levels deep.",
-                         code="invalid_json") from None
+        raise ProxyError(
+            400,
+            f"The request body is nested more than {MAX_DEPTH} levels deep.",
+            code="invalid_json",
+        ) from None
 
 
 def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
@@ -77,12 +80,21 @@ def field_diff(a: Any, b: Any, path: str = "", limit: int = 10) -> list[str]:
 _ABSENT = object()
 
 
-def explain(path: str, query: str, namespace: str, upstream: str, body: dict[str, Any],
-            ignore: Iterable[str]) -> dict[str, Any]:
+def explain(
+    path: str,
+    query: str,
+    namespace: str,
+    upstream: str,
+    body: dict[str, Any],
+    ignore: Iterable[str],
+) -> dict[str, Any]:
     """Everything that goes into a request's key, and the key."""
     canonical = canonical_body(body, ignore)
     return {
-        "path": path, "query": query, "namespace": namespace, "upstream": upstream.rstrip("/"),
+        "path": path,
+        "query": query,
+        "namespace": namespace,
+        "upstream": upstream.rstrip("/"),
         "ignored_fields": sorted(f for f in ignore if f in body),
         "configured_ignore_fields": list(ignore),
         "canonical": canonical.decode(),
@@ -90,8 +102,9 @@ def explain(path: str, query: str, namespace: str, upstream: str, body: dict[str
     }
 
 
-def nearest(body: dict[str, Any], recorded: Iterable[tuple[str, dict[str, Any]]],
-            ignore: Iterable[str]) -> tuple[str, list[str]] | None:
+def nearest(
+    body: dict[str, Any], recorded: Iterable[tuple[str, dict[str, Any]]], ignore: Iterable[str]
+) -> tuple[str, list[str]] | None:
     """The recorded (key, body) whose canonical body differs from ``body`` in the fewest
     fields, with those fields; None if nothing was recorded."""
     skip = frozenset(ignore)

@@ -97,7 +97,8 @@ class ResponseFold:
 
     def final_event(self, name: str | None, payload: bytes | None) -> bool:
         return name == "response.completed" or (
-            name is None and payload is not None and b'"response.completed"' in payload[:64])
+            name is None and payload is not None and b'"response.completed"' in payload[:64]
+        )
 
     @property
     def complete(self) -> bool:
@@ -137,8 +138,9 @@ class Kind:
         prompt, completion = self.usage_fields
         return _int(usage.get(prompt)), _int(usage.get(completion)) if completion else 0
 
-    def compare(self, cached: dict[str, Any], live: dict[str, Any],
-                settings: CacheSettings) -> drift.Comparison | None:
+    def compare(
+        self, cached: dict[str, Any], live: dict[str, Any], settings: CacheSettings
+    ) -> drift.Comparison | None:
         return drift.compare(self.outputs(cached), self.outputs(live))
 
 
@@ -155,8 +157,9 @@ class EmbeddingKind(Kind):
     streams = False
     usage_fields = ("prompt_tokens", None)
 
-    def compare(self, cached: dict[str, Any], live: dict[str, Any],
-                settings: CacheSettings) -> drift.Comparison | None:
+    def compare(
+        self, cached: dict[str, Any], live: dict[str, Any], settings: CacheSettings
+    ) -> drift.Comparison | None:
         return drift.compare_embeddings(cached, live, settings.embedding_tolerance)
 
 
@@ -168,8 +171,11 @@ class ResponseKind(Kind):
     outputs = staticmethod(drift.response_outputs)
 
     def stateful(self, body: dict[str, Any]) -> bool:
-        return (body.get("previous_response_id") is not None
-                or body.get("conversation") is not None or body.get("background") is True)
+        return (
+            body.get("previous_response_id") is not None
+            or body.get("conversation") is not None
+            or body.get("background") is True
+        )
 
     def fold(self) -> StreamFold:
         return ResponseFold()
@@ -182,8 +188,9 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Kind(), CompletionKind(), EmbeddingKind(),
-                                               ResponseKind())}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Kind(), CompletionKind(), EmbeddingKind(), ResponseKind())
+}
 
 
 def response_events(response: dict[str, Any]) -> Iterator[bytes]:
@@ -202,36 +209,56 @@ def response_events(response: dict[str, Any]) -> Iterator[bytes]:
     for oi, item in enumerate(response.get("output") or []):
         item_id = item.get("id")
         if item.get("type") == "message":
-            yield event("response.output_item.added", output_index=oi,
-                        item={**item, "status": "in_progress", "content": []})
+            yield event(
+                "response.output_item.added",
+                output_index=oi,
+                item={**item, "status": "in_progress", "content": []},
+            )
             for ci, part in enumerate(item.get("content") or []):
                 where = {"item_id": item_id, "output_index": oi, "content_index": ci}
                 ptype = part.get("type")
                 text_key = "text" if ptype == "output_text" else "refusal"
                 empty = {**part, text_key: ""}
                 yield event("response.content_part.added", **where, part=empty)
-                delta_kind = ("response.output_text" if ptype == "output_text"
-                              else "response.refusal")
+                delta_kind = (
+                    "response.output_text" if ptype == "output_text" else "response.refusal"
+                )
                 if ptype in ("output_text", "refusal"):
                     for piece in pieces(part.get(text_key) or ""):
                         if piece:
                             extra = {"logprobs": []} if ptype == "output_text" else {}
                             yield event(f"{delta_kind}.delta", **where, delta=piece, **extra)
-                    extra = {"logprobs": part.get("logprobs") or []} \
-                        if ptype == "output_text" else {}
-                    yield event(f"{delta_kind}.done", **where,
-                                **{text_key: part.get(text_key) or ""}, **extra)
+                    extra = (
+                        {"logprobs": part.get("logprobs") or []} if ptype == "output_text" else {}
+                    )
+                    yield event(
+                        f"{delta_kind}.done",
+                        **where,
+                        **{text_key: part.get(text_key) or ""},
+                        **extra,
+                    )
                 yield event("response.content_part.done", **where, part=part)
         elif item.get("type") == "function_call":
-            yield event("response.output_item.added", output_index=oi,
-                        item={**item, "status": "in_progress", "arguments": ""})
+            yield event(
+                "response.output_item.added",
+                output_index=oi,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             arguments = item.get("arguments") or ""
             for piece in pieces(arguments):
                 if piece:
-                    yield event("response.function_call_arguments.delta", item_id=item_id,
-                                output_index=oi, delta=piece)
-            yield event("response.function_call_arguments.done", item_id=item_id,
-                        output_index=oi, arguments=arguments)
+                    yield event(
+                        "response.function_call_arguments.delta",
+                        item_id=item_id,
+                        output_index=oi,
+                        delta=piece,
+                    )
+            yield event(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=oi,
+                arguments=arguments,
+            )
         else:
             yield event("response.output_item.added", output_index=oi, item=item)
         yield event("response.output_item.done", output_index=oi, item=item)

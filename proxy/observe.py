@@ -21,10 +21,23 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("seedproxy")
 access_log = logging.getLogger("seedproxy.access")
 
-COUNTERS = ("requests", "hits", "misses", "refreshes", "bypasses", "replay_misses", "stores",
-            "coalesced", "drift_events", "fingerprint_changes", "upstream_errors",
-            "verifications", "verify_skipped",
-            "prompt_tokens_saved", "completion_tokens_saved")
+COUNTERS = (
+    "requests",
+    "hits",
+    "misses",
+    "refreshes",
+    "bypasses",
+    "replay_misses",
+    "stores",
+    "coalesced",
+    "drift_events",
+    "fingerprint_changes",
+    "upstream_errors",
+    "verifications",
+    "verify_skipped",
+    "prompt_tokens_saved",
+    "completion_tokens_saved",
+)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -37,10 +50,12 @@ class LineFormatter(logging.Formatter):
     that has the parts (the access log) needs no LogRecord."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = self.line(record.created, record.levelname, record.name, record.getMessage(),
-                         _fields(record))
-        return self.with_exc(text, self.formatException(record.exc_info)) if record.exc_info \
-            else text
+        text = self.line(
+            record.created, record.levelname, record.name, record.getMessage(), _fields(record)
+        )
+        return (
+            self.with_exc(text, self.formatException(record.exc_info)) if record.exc_info else text
+        )
 
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
@@ -56,8 +71,17 @@ class JsonFormatter(LineFormatter):
 
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
-        return orjson.dumps({"time": round(created, 3), "level": level.lower(), "logger": name,
-                             "pid": os.getpid(), "msg": msg, **data}, default=str).decode()
+        return orjson.dumps(
+            {
+                "time": round(created, 3),
+                "level": level.lower(),
+                "logger": name,
+                "pid": os.getpid(),
+                "msg": msg,
+                **data,
+            },
+            default=str,
+        ).decode()
 
     @staticmethod
     def with_exc(text: str, exc: str) -> str:
@@ -151,15 +175,22 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path (never the query or headers), status, cache result."""
 
     def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:
-        data = {"method": request.method, "path": request.path, "status": response.status,
-                "cache": response.headers.get("X-Cache"), "ms": round(duration * 1000, 2)}
+        data = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "cache": response.headers.get("X-Cache"),
+            "ms": round(duration * 1000, 2),
+        }
         handlers = log.handlers
-        if len(handlers) == 1 and isinstance(handlers[0], BufferedHandler) and isinstance(
-                formatter := handlers[0].formatter, LineFormatter):
+        if (
+            len(handlers) == 1
+            and isinstance(handlers[0], BufferedHandler)
+            and isinstance(formatter := handlers[0].formatter, LineFormatter)
+        ):
             # the same line, without a LogRecord and the logging calls around it: a sixth
             # of a cache hit's time went there
-            handlers[0].add(formatter.line(time.time(), "INFO", self.logger.name, "request",
-                                           data))
+            handlers[0].add(formatter.line(time.time(), "INFO", self.logger.name, "request", data))
         else:
             self.logger.info("request", extra={"data": data})
 
@@ -203,12 +234,16 @@ class Metrics:
         # (route, X-Cache) -> count; a dict increment per request, not a labelled child
         self.requests: Counter[tuple[str, str]] = Counter()
         self.upstream_latency = Histogram(
-            "seedproxy_upstream_latency_seconds", "Time to the upstream's response headers.",
-            ["endpoint"], registry=self.registry,
-            buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120))
+            "seedproxy_upstream_latency_seconds",
+            "Time to the upstream's response headers.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
         self.entries = Gauge("seedproxy_entries", "Stored keys.", registry=self.registry)
-        self.bytes = Gauge("seedproxy_cache_bytes", "Bytes the cache occupies.",
-                           registry=self.registry)
+        self.bytes = Gauge(
+            "seedproxy_cache_bytes", "Bytes the cache occupies.", registry=self.registry
+        )
         self.registry.register(_CountersCollector(counters, self.requests))
 
 
@@ -218,13 +253,17 @@ class _CountersCollector(Collector):
         self.requests = requests
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("seedproxy_requests", "Requests by endpoint and cache "
-                                     "result.", labels=["endpoint", "cache"])
+        family = CounterMetricFamily(
+            "seedproxy_requests",
+            "Requests by endpoint and cache result.",
+            labels=["endpoint", "cache"],
+        )
         for (endpoint, cache), value in sorted(self.requests.items()):
             family.add_metric([endpoint, cache], value)
         yield family
         total = self.counters.total
         for name in COUNTERS:
             if name != "requests":  # seedproxy_requests has labels, above
-                yield CounterMetricFamily(f"seedproxy_{name}", name.replace("_", " "),
-                                          value=total[name])
+                yield CounterMetricFamily(
+                    f"seedproxy_{name}", name.replace("_", " "), value=total[name]
+                )

@@ -17,8 +17,11 @@ CHUNK = 64 * 1024
 
 
 def _too_large(limit: int) -> ProxyError:
-    return ProxyError(413, f"The request body is larger than server.max_body ({limit} bytes).",
-                      code="request_too_large")
+    return ProxyError(
+        413,
+        f"The request body is larger than server.max_body ({limit} bytes).",
+        code="request_too_large",
+    )
 
 
 class _LimitedBody:
@@ -37,8 +40,13 @@ class _LimitedBody:
             yield chunk
 
 
-async def forward(request: web.Request, upstream: Upstream, raw_tail: str, max_body: int,
-                  credential: tuple[str, str] | None) -> web.StreamResponse:
+async def forward(
+    request: web.Request,
+    upstream: Upstream,
+    raw_tail: str,
+    max_body: int,
+    credential: tuple[str, str] | None,
+) -> web.StreamResponse:
     """Send the request on as it is and stream the answer back as it arrives."""
     if request.content_length is not None and request.content_length > max_body:
         raise _too_large(max_body)
@@ -53,12 +61,21 @@ async def forward(request: web.Request, upstream: Upstream, raw_tail: str, max_b
         raise
 
 
-async def relay(request: web.Request, upstream: Upstream, url: URL, headers: Mapping[str, str],
-                data: object, extra: Mapping[str, str] | None = None) -> web.StreamResponse:
+async def relay(
+    request: web.Request,
+    upstream: Upstream,
+    url: URL,
+    headers: Mapping[str, str],
+    data: object,
+    extra: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
     """Send ``request.method`` to ``url`` and stream the answer to the client as it arrives."""
     async with upstream.request(request.method, url, headers, data) as response:
-        out = web.StreamResponse(status=response.status, reason=response.reason,
-                                 headers=forward_response_headers(response.headers, decoded=False))
+        out = web.StreamResponse(
+            status=response.status,
+            reason=response.reason,
+            headers=forward_response_headers(response.headers, decoded=False),
+        )
         out.headers.update(extra or {})
         if response.content_length is not None:
             out.content_length = response.content_length
@@ -68,8 +85,10 @@ async def relay(request: web.Request, upstream: Upstream, url: URL, headers: Map
                 await out.write(chunk)
         except (aiohttp.ClientError, ConnectionResetError, TimeoutError) as exc:
             # Headers are sent: the only honest signal left is to cut the connection.
-            log.warning("passthrough stream ended early", extra={"data": {
-                "path": request.path, "error": type(exc).__name__}})
+            log.warning(
+                "passthrough stream ended early",
+                extra={"data": {"path": request.path, "error": type(exc).__name__}},
+            )
             if request.transport is not None:
                 request.transport.close()
             return out

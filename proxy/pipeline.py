@@ -164,8 +164,7 @@ class Sink:
         return items
 
 
-def seeded(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[int | None,
-                                                                                 bool]:
+def seeded(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[int | None, bool]:
     """Apply the seed policy to ``body`` if ``endpoint`` takes one: (seed, body changed)."""
     if not endpoint.seeded:
         return None, False
@@ -178,8 +177,11 @@ def endpoint_for(path: str) -> Endpoint:
     for endpoint in ENDPOINTS:
         if endpoint.path == path:
             return endpoint
-    raise ProxyError(400, f"{path!r} is not a cached endpoint; one of "
-                          f"{', '.join(e.path for e in ENDPOINTS)}.", param="path")
+    raise ProxyError(
+        400,
+        f"{path!r} is not a cached endpoint; one of {', '.join(e.path for e in ENDPOINTS)}.",
+        param="path",
+    )
 
 
 Record = Callable[[Live], Awaitable[None]]
@@ -188,8 +190,9 @@ Record = Callable[[Live], Awaitable[None]]
 class Pipeline:
     """Serves the cached endpoints from the store, or from the upstream and then stores."""
 
-    def __init__(self, settings: Settings, store: Store, upstream: Upstream,
-                 counters: Counters) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, upstream: Upstream, counters: Counters
+    ) -> None:
         self.settings = settings
         self.store = store
         self.upstream = upstream
@@ -212,11 +215,11 @@ class Pipeline:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise ProxyError(400, f"The request body is not valid JSON: {exc}.",
-                             code="invalid_json") from None
+            raise ProxyError(
+                400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
+            ) from None
         if not isinstance(body, dict):
-            raise ProxyError(400, "The request body must be a JSON object.",
-                             code="invalid_json")
+            raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
         return raw, body
 
     def namespace(self, request: web.Request) -> str:
@@ -224,8 +227,11 @@ class Pipeline:
         when ``cache.scope = "per-key"``."""
         name = request.headers.get("X-Seedproxy-Namespace", "")
         if name and not _NAMESPACE.fullmatch(name):
-            raise ProxyError(400, "Invalid X-Seedproxy-Namespace: use 1-64 of A-Z a-z 0-9 . _ -",
-                             code="invalid_namespace")
+            raise ProxyError(
+                400,
+                "Invalid X-Seedproxy-Namespace: use 1-64 of A-Z a-z 0-9 . _ -",
+                code="invalid_namespace",
+            )
         if self.settings.cache.scope == "per-key":
             credential = request.headers.get("Authorization") or request.headers.get("api-key", "")
             name += "|key:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
@@ -238,16 +244,30 @@ class Pipeline:
         seed_edit = ("replaced" if had_seed else "added") if changed else ""
         cache = self.settings.cache
         query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
-        key = cache_key(endpoint.path, query,
-                        self.namespace(request), self.settings.upstream.base_url,
-                        canonical_body(body, cache.ignore_fields))
+        key = cache_key(
+            endpoint.path,
+            query,
+            self.namespace(request),
+            self.settings.upstream.base_url,
+            canonical_body(body, cache.ignore_fields),
+        )
         model = body.get("model")
         plan = plan_request(cache.mode, request.headers.get("Cache-Control"))
         if endpoint.kind.stateful(body):
             plan = Plan(Action.BYPASS)
-        return Call(endpoint, body, raw, seed_edit, request.headers, self.upstream_credential,
-                    key, model if isinstance(model, str) else "", seed, plan,
-                    request.rel_url.raw_query_string)
+        return Call(
+            endpoint,
+            body,
+            raw,
+            seed_edit,
+            request.headers,
+            self.upstream_credential,
+            key,
+            model if isinstance(model, str) else "",
+            seed,
+            plan,
+            request.rel_url.raw_query_string,
+        )
 
     # -- the flow --------------------------------------------------------------------------
 
@@ -258,16 +278,23 @@ class Pipeline:
             self.counters.add("bypasses")
             if call.stream:
                 url = self.upstream.url(endpoint.tail, call.raw_query)
-                return await relay(request, self.upstream, url, call.headers, call.upstream_body,
-                                   self._our_headers(call, None, "BYPASS"))
+                return await relay(
+                    request,
+                    self.upstream,
+                    url,
+                    call.headers,
+                    call.upstream_body,
+                    self._our_headers(call, None, "BYPASS"),
+                )
             return self._respond(call, await self._go_live(call, None, None), "BYPASS")
         variants = await self.store.variants(call.key)
         now = time.time()
         if call.plan.action in (Action.RECORD, Action.REPLAY):
             replay = call.plan.action is Action.REPLAY
             chosen = await self._select(call, variants, now, replay)
-            if chosen is not None and is_fresh(chosen.created, now, self.settings.cache.ttl,
-                                               call.plan.max_age):
+            if chosen is not None and is_fresh(
+                chosen.created, now, self.settings.cache.ttl, call.plan.max_age
+            ):
                 return self._hit(call, chosen, now)
             if replay:
                 self.counters.add("replay_misses")
@@ -281,16 +308,19 @@ class Pipeline:
             label = "REFRESH"
         return await self._miss(request, call, variants, reason, label)
 
-    async def _select(self, call: Call, variants: list[Entry], now: float,
-                      replay: bool) -> Entry | None:
+    async def _select(
+        self, call: Call, variants: list[Entry], now: float, replay: bool
+    ) -> Entry | None:
         cache = self.settings.cache
         if not variants:
             return None
-        needs_registry = (not replay and cache.fingerprint != "any"
-                          and call.endpoint.kind.fingerprinted)
+        needs_registry = (
+            not replay and cache.fingerprint != "any" and call.endpoint.kind.fingerprinted
+        )
         sightings = await self.sightings(call.model, now) if needs_registry else {}
-        return select_variant(variants, cache.fingerprint, sightings, cache.fingerprint_window,
-                              now, replay)
+        return select_variant(
+            variants, cache.fingerprint, sightings, cache.fingerprint_window, now, replay
+        )
 
     async def sightings(self, model: str, now: float) -> dict[str | None, Sighting]:
         memo = self._sightings.get(model)
@@ -316,8 +346,9 @@ class Pipeline:
         headers["Age"] = str(max(0, int(now - entry.created)))
         if call.stream:
             headers.update(_SSE_HEADERS)
-            body = call.endpoint.kind.replay(orjson.loads(entry.body), entry.stream,
-                                             call.include_usage)
+            body = call.endpoint.kind.replay(
+                orjson.loads(entry.body), entry.stream, call.include_usage
+            )
             return web.Response(status=entry.status, body=body, headers=headers)
         headers["Content-Type"] = entry.content_type
         return web.Response(status=entry.status, body=entry.body, headers=headers)
@@ -338,16 +369,18 @@ class Pipeline:
             f"{await self._nearest(call)} To record it, send the request once through the "
             "proxy in record mode (seedproxy serve --mode record) with a valid API key.",
             code="cache_miss",
-            headers={"x-should-retry": "false", "X-Cache": "MISS",
-                     "X-Seedproxy-Key": call.key},
+            headers={"x-should-retry": "false", "X-Cache": "MISS", "X-Seedproxy-Key": call.key},
         )
 
     async def _nearest(self, call: Call) -> str:
         """Which recorded request for the same endpoint and model is closest, and how it
         differs (the way vcrpy explains a cassette miss)."""
         recorded = []
-        unwritten = [note.key for note in reversed(self._unwritten())
-                     if note.endpoint == call.endpoint.path and note.model == call.model]
+        unwritten = [
+            note.key
+            for note in reversed(self._unwritten())
+            if note.endpoint == call.endpoint.path and note.model == call.model
+        ]
         recent = dict.fromkeys(unwritten + await self.store.recent(call.endpoint.path, call.model))
         for key in list(recent)[:NEAREST_SCAN]:
             for entry in (await self.store.variants(key))[:1]:
@@ -355,18 +388,27 @@ class Pipeline:
                     recorded.append((key, orjson.loads(entry.request)))
         found = nearest(call.body, recorded, self.settings.cache.ignore_fields)
         if found is None:
-            return (f"Nothing is recorded for model {call.model!r} on {call.endpoint.path}.")
+            return f"Nothing is recorded for model {call.model!r} on {call.endpoint.path}."
         key, fields = found
         if not fields:
-            return (f"A request with the same body is recorded (key {key}) under another "
-                    "namespace, query or upstream (the key covers those too; upstream here: "
-                    f"{self.settings.upstream.base_url}).")
+            return (
+                f"A request with the same body is recorded (key {key}) under another "
+                "namespace, query or upstream (the key covers those too; upstream here: "
+                f"{self.settings.upstream.base_url})."
+            )
         shown = ", ".join(fields[:8]) + (f" and {len(fields) - 8} more" if len(fields) > 8 else "")
-        return (f"The nearest recorded request for model {call.model!r} (key {key}) differs "
-                f"in: {shown}.")
+        return (
+            f"The nearest recorded request for model {call.model!r} (key {key}) differs "
+            f"in: {shown}."
+        )
 
-    def _our_headers(self, call: Call, fingerprint: str | None, label: str,
-                     headers: CIMultiDict[str] | None = None) -> CIMultiDict[str]:
+    def _our_headers(
+        self,
+        call: Call,
+        fingerprint: str | None,
+        label: str,
+        headers: CIMultiDict[str] | None = None,
+    ) -> CIMultiDict[str]:
         """``headers`` (or new ones) with X-Cache and the X-Seedproxy- headers set."""
         if headers is None:
             headers = CIMultiDict()
@@ -380,8 +422,9 @@ class Pipeline:
 
     # -- misses ----------------------------------------------------------------------------
 
-    async def _miss(self, request: web.Request, call: Call, stored: list[Entry], reason: str,
-                    label: str) -> web.StreamResponse:
+    async def _miss(
+        self, request: web.Request, call: Call, stored: list[Entry], reason: str, label: str
+    ) -> web.StreamResponse:
         """One upstream call per key at a time; identical requests meanwhile wait for its
         answer. A client that leaves cancels neither what the others wait for nor the
         store: aiohttp lets the handler of a client that left run to its end
@@ -413,7 +456,8 @@ class Pipeline:
         self._inflight[call.key] = future
         try:
             live = await self._go_live_any(
-                call, None, lambda live: self._record(call, live, stored, reason))
+                call, None, lambda live: self._record(call, live, stored, reason)
+            )
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: only those who wait re-raise it
@@ -428,8 +472,11 @@ class Pipeline:
 
     def _go_live_any(self, call: Call, sink: Sink | None, record: Record) -> Awaitable[Live]:
         """Go live: on a store shared with other processes, one of them per key."""
-        return self._go_live_once(call, sink, record) if self.shared else \
-            self._go_live(call, sink, record)
+        return (
+            self._go_live_once(call, sink, record)
+            if self.shared
+            else self._go_live(call, sink, record)
+        )
 
     async def _go_live_once(self, call: Call, sink: Sink | None, record: Record) -> Live:
         """Across processes sharing the store, one goes upstream per key: it holds the
@@ -450,16 +497,20 @@ class Pipeline:
             entry = await self._await_other(call.key, before)
             if entry is not None:
                 self.counters.add("coalesced")
-                return Live(entry.status, CIMultiDict({"Content-Type": entry.content_type}),
-                            entry.body, orjson.loads(entry.body), entry.stream)
+                return Live(
+                    entry.status,
+                    CIMultiDict({"Content-Type": entry.content_type}),
+                    entry.body,
+                    orjson.loads(entry.body),
+                    entry.stream,
+                )
 
     async def _keep_lock(self, key: str, token: str, ttl: float) -> None:
         while True:
             await asyncio.sleep(ttl / 3)
             await self.store.extend(key, token, ttl)
 
-    async def _await_other(self, key: str,
-                           before: set[tuple[str | None, float]]) -> Entry | None:
+    async def _await_other(self, key: str, before: set[tuple[str | None, float]]) -> Entry | None:
         """The entry another process stores for ``key`` (one not in ``before``), or None
         once its marker is gone without one."""
         while True:
@@ -471,9 +522,15 @@ class Pipeline:
                 return None
             await asyncio.sleep(LOCK_POLL)
 
-    async def _stream_to_client(self, request: web.Request, call: Call, task: asyncio.Task[Live],
-                                sink: Sink, gone: asyncio.Event,
-                                label: str) -> web.StreamResponse:
+    async def _stream_to_client(
+        self,
+        request: web.Request,
+        call: Call,
+        task: asyncio.Task[Live],
+        sink: Sink,
+        gone: asyncio.Event,
+        label: str,
+    ) -> web.StreamResponse:
         """Forward the upstream events to the client as soon as the fetch task has them."""
         response = None
         try:
@@ -498,8 +555,15 @@ class Pipeline:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             gone.set()
             keep = self.settings.cache.complete_on_disconnect
-            log.info("client left mid-stream", extra={"data": {
-                "key": call.key, "upstream": "read to the end" if keep else "cancelled"}})
+            log.info(
+                "client left mid-stream",
+                extra={
+                    "data": {
+                        "key": call.key,
+                        "upstream": "read to the end" if keep else "cancelled",
+                    }
+                },
+            )
             if not keep:
                 task.cancel()
         return response or web.Response(status=499)  # nginx's "client closed request"
@@ -509,11 +573,15 @@ class Pipeline:
         url = self.upstream.url(call.endpoint.tail, call.raw_query)
         if self._sent is not None:  # set once this task has sent the request and waits
             asyncio.get_running_loop().call_soon(self._sent.set)
-        async with self.upstream.request("POST", url, call.headers, call.upstream_body,
-                                         decompress=True, label=call.endpoint.path) as response:
+        async with self.upstream.request(
+            "POST", url, call.headers, call.upstream_body, decompress=True, label=call.endpoint.path
+        ) as response:
             headers = forward_response_headers(response.headers, decoded=True)
-            if (200 <= response.status < 300 and call.endpoint.kind.streams
-                    and response.content_type == "text/event-stream"):
+            if (
+                200 <= response.status < 300
+                and call.endpoint.kind.streams
+                and response.content_type == "text/event-stream"
+            ):
                 return await self._consume_stream(call, response, headers, sink, record)
             body = await response.read()
         if not 200 <= response.status < 300:
@@ -525,16 +593,24 @@ class Pipeline:
             parsed = None
         if not isinstance(parsed, dict):
             self.counters.add("upstream_errors")
-            raise ProxyError(502, "The upstream answered with a body that is not a JSON "
-                                  "object; nothing was cached.", code="upstream_invalid")
+            raise ProxyError(
+                502,
+                "The upstream answered with a body that is not a JSON object; nothing was cached.",
+                code="upstream_invalid",
+            )
         live = Live(response.status, headers, body, parsed)
         if record is not None:
             await record(live)
         return live
 
-    async def _consume_stream(self, call: Call, response: aiohttp.ClientResponse,
-                              headers: CIMultiDict[str], sink: Sink | None,
-                              record: Record | None) -> Live:
+    async def _consume_stream(
+        self,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        sink: Sink | None,
+        record: Record | None,
+    ) -> Live:
         """Read an SSE answer event by event, pass each on, fold them into one answer, and
         store it before the final event is passed on. An incomplete stream is not stored."""
         acc = call.endpoint.kind.fold()
@@ -576,12 +652,17 @@ class Pipeline:
             problem = "the upstream stream ended before its final event"
         if problem is not None:
             self.counters.add("upstream_errors")
-            log.warning("incomplete upstream stream; not cached", extra={"data": {
-                "key": call.key, "endpoint": call.endpoint.path, "problem": problem}})
+            log.warning(
+                "incomplete upstream stream; not cached",
+                extra={
+                    "data": {"key": call.key, "endpoint": call.endpoint.path, "problem": problem}
+                },
+            )
             message = f"seedproxy: {problem}; nothing was cached."
             if sink is not None:
-                sink.put("end", b"data: " + error_body(502, message, "upstream_incomplete")
-                         + b"\n\n")
+                sink.put(
+                    "end", b"data: " + error_body(502, message, "upstream_incomplete") + b"\n\n"
+                )
             raise ProxyError(502, message, code="upstream_incomplete")
         answer = acc.result()
         json_headers = headers.copy()
@@ -626,11 +707,14 @@ class Pipeline:
             if live.parsed is None:
                 return
             self.counters.add("verifications")
-            await self._record(call, live, [entry], "verify",
-                               store=self.settings.cache.verify_replace)
+            await self._record(
+                call, live, [entry], "verify", store=self.settings.cache.verify_replace
+            )
         except ProxyError as exc:
-            log.warning("verify request failed", extra={"data": {
-                "key": call.key, "status": exc.status, "error": exc.message}})
+            log.warning(
+                "verify request failed",
+                extra={"data": {"key": call.key, "status": exc.status, "error": exc.message}},
+            )
 
     async def close(self) -> None:
         """Stop background verification (in-flight misses finish on their own) and write
@@ -640,16 +724,28 @@ class Pipeline:
         await asyncio.gather(*self._verifying, return_exceptions=True)
         await self.flush_notes()
 
-    async def _record(self, call: Call, live: Live, stored: list[Entry], reason: str,
-                      store: bool = True) -> None:
+    async def _record(
+        self, call: Call, live: Live, stored: list[Entry], reason: str, store: bool = True
+    ) -> None:
         """Store a complete answer, update the registry, report changes against ``stored``."""
         assert live.parsed is not None
         now = time.time()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
-        entry = Entry(call.key, live.fingerprint, now, live.status,
-                      live.headers.get("Content-Type", "application/json"), call.endpoint.path,
-                      call.model, call.seed, prompt_tokens, completion_tokens, live.body,
-                      call.upstream_body, live.events)
+        entry = Entry(
+            call.key,
+            live.fingerprint,
+            now,
+            live.status,
+            live.headers.get("Content-Type", "application/json"),
+            call.endpoint.path,
+            call.model,
+            call.seed,
+            prompt_tokens,
+            completion_tokens,
+            live.body,
+            call.upstream_body,
+            live.events,
+        )
         # Durably stored before anyone is answered. The recent-keys index and the registry
         # are written with the next flush; this process's copy of the registry learns at once.
         if store:
@@ -657,10 +753,13 @@ class Pipeline:
         fingerprinted = call.endpoint.kind.fingerprinted
         memo = self._sightings.get(call.model)
         if fingerprinted and memo is not None:
-            self._sightings[call.model] = (memo[0], observe_sighting(memo[1], entry.fingerprint,
-                                                                     now)[0])
-        self._unnoted.append(Note(entry.key, entry.endpoint, entry.model, entry.fingerprint,
-                                  now, fingerprinted))
+            self._sightings[call.model] = (
+                memo[0],
+                observe_sighting(memo[1], entry.fingerprint, now)[0],
+            )
+        self._unnoted.append(
+            Note(entry.key, entry.endpoint, entry.model, entry.fingerprint, now, fingerprinted)
+        )
         if store:
             self.counters.add("stores")
         if stored:
@@ -682,8 +781,10 @@ class Pipeline:
             try:
                 results = await self.store.note(notes)
             except StoreError as exc:
-                log.warning("could not update the registry", extra={"data": {
-                    "notes": len(notes), "error": str(exc)}})
+                log.warning(
+                    "could not update the registry",
+                    extra={"data": {"notes": len(notes), "error": str(exc)}},
+                )
                 return
             finally:
                 self._noting = []
@@ -693,22 +794,27 @@ class Pipeline:
                 continue
             latest[note.model] = seen
             if seen.is_new:
-                await self._fingerprint_changed(note.model, seen.previous, note.fingerprint,
-                                                note.now)
+                await self._fingerprint_changed(
+                    note.model, seen.previous, note.fingerprint, note.now
+                )
         for model, seen in latest.items():
             memo = self._sightings.get(model)  # may already know of later sightings
-            self._sightings[model] = (time.time(), merge_sightings(
-                seen.sightings, memo[1]) if memo is not None else seen.sightings)
+            self._sightings[model] = (
+                time.time(),
+                merge_sightings(seen.sightings, memo[1]) if memo is not None else seen.sightings,
+            )
 
-    async def _fingerprint_changed(self, model: str, previous: str | None,
-                                   fingerprint: str | None, now: float) -> None:
+    async def _fingerprint_changed(
+        self, model: str, previous: str | None, fingerprint: str | None, now: float
+    ) -> None:
         event = drift.FingerprintChange(drift.new_id(), now, model, previous, fingerprint)
         self.counters.add("fingerprint_changes")
         drift_log.warning("fingerprint change", extra={"data": event.to_dict()})
         await self.store.add_event(event.to_dict())
 
-    async def _compare(self, call: Call, stored: list[Entry], parsed: dict[str, Any],
-                       live: Entry, reason: str) -> None:
+    async def _compare(
+        self, call: Call, stored: list[Entry], parsed: dict[str, Any], live: Entry, reason: str
+    ) -> None:
         """Compare the live answer with the stored one of the same fingerprint, else the newest."""
         same = [e for e in stored if e.fingerprint == live.fingerprint]
         previous = same[0] if same else stored[0]
@@ -720,9 +826,19 @@ class Pipeline:
         if result is None:
             return
         event = drift.DriftEvent(
-            drift.new_id(), live.created, reason, call.key, call.endpoint.path, call.model,
-            call.seed, previous.fingerprint, live.fingerprint,
-            previous.fingerprint == live.fingerprint, result.similarity, result.diff)
+            drift.new_id(),
+            live.created,
+            reason,
+            call.key,
+            call.endpoint.path,
+            call.model,
+            call.seed,
+            previous.fingerprint,
+            live.fingerprint,
+            previous.fingerprint == live.fingerprint,
+            result.similarity,
+            result.diff,
+        )
         self.counters.add("drift_events")
         drift_log.warning("drift", extra={"data": event.to_dict()})
         await self.store.add_event(event.to_dict())

@@ -18,16 +18,28 @@ def apply_seed(body: dict[str, Any], mode: str, default: int) -> int | None:
     if "seed" in body:
         seed = body["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ProxyError(400, f"Invalid 'seed': expected an integer, got {seed!r}.",
-                             code="invalid_seed", param="seed")
+            raise ProxyError(
+                400,
+                f"Invalid 'seed': expected an integer, got {seed!r}.",
+                code="invalid_seed",
+                param="seed",
+            )
         if not INT64_MIN <= seed <= INT64_MAX:
-            raise ProxyError(400, "Invalid 'seed': must fit in a signed 64-bit integer.",
-                             code="invalid_seed", param="seed")
+            raise ProxyError(
+                400,
+                "Invalid 'seed': must fit in a signed 64-bit integer.",
+                code="invalid_seed",
+                param="seed",
+            )
     if mode == "override" or (mode == "force" and "seed" not in body):
         body["seed"] = default
     elif mode == "require" and "seed" not in body:
-        raise ProxyError(400, "Missing required parameter 'seed' (this proxy runs with "
-                              "seed.mode = \"require\").", code="missing_seed", param="seed")
+        raise ProxyError(
+            400,
+            "Missing required parameter 'seed' (this proxy runs with seed.mode = \"require\").",
+            code="missing_seed",
+            param="seed",
+        )
     return body.get("seed")
 
 
@@ -36,9 +48,14 @@ def add_seed(raw: bytes, seed: int) -> bytes:
     brace; every other byte stays as the client sent it (no re-encoding, so no number is
     rounded and no key reordered)."""
     brace = raw.index(b"{")
-    empty = raw[brace + 1:].lstrip().startswith(b"}")
-    return raw[:brace + 1] + b'"seed":' + str(seed).encode() + (b"" if empty else b",") + \
-        raw[brace + 1:]
+    empty = raw[brace + 1 :].lstrip().startswith(b"}")
+    return (
+        raw[: brace + 1]
+        + b'"seed":'
+        + str(seed).encode()
+        + (b"" if empty else b",")
+        + raw[brace + 1 :]
+    )
 
 
 class Action(enum.Enum):
@@ -102,9 +119,14 @@ class Variant(Protocol):
 V = TypeVar("V", bound=Variant)
 
 
-def select_variant(variants: Sequence[V], policy: str,
-                               sightings: Mapping[str | None, Sighting], window: float,
-                               now: float, replay: bool) -> V | None:
+def select_variant(
+    variants: Sequence[V],
+    policy: str,
+    sightings: Mapping[str | None, Sighting],
+    window: float,
+    now: float,
+    replay: bool,
+) -> V | None:
     """The stored variant (newest first) the fingerprint policy allows, or None."""
     if not variants:
         return None
@@ -129,22 +151,27 @@ def is_fresh(created: float, now: float, ttl: float, max_age: float | None) -> b
     return max_age is None or age <= max_age
 
 
-def observe_sighting(sightings: Mapping[str | None, Sighting], fingerprint: str | None,
-                     now: float) -> tuple[dict[str | None, Sighting], str | None, bool]:
+def observe_sighting(
+    sightings: Mapping[str | None, Sighting], fingerprint: str | None, now: float
+) -> tuple[dict[str | None, Sighting], str | None, bool]:
     """Record a live fingerprint; return the new table, the previous latest and whether it's new."""
     table = dict(sightings)
     previous = max(table.values(), key=lambda s: s.last_seen).fingerprint if table else None
     old = table.get(fingerprint)
     is_new = old is None and bool(table)
     # another process may record a later sighting first: times never move backwards
-    table[fingerprint] = Sighting(fingerprint, min(old.first_seen, now) if old else now,
-                                  max(old.last_seen, now) if old else now,
-                                  (old.count if old else 0) + 1)
+    table[fingerprint] = Sighting(
+        fingerprint,
+        min(old.first_seen, now) if old else now,
+        max(old.last_seen, now) if old else now,
+        (old.count if old else 0) + 1,
+    )
     return table, previous, is_new
 
 
-def merge_sightings(a: Mapping[str | None, Sighting],
-                    b: Mapping[str | None, Sighting]) -> dict[str | None, Sighting]:
+def merge_sightings(
+    a: Mapping[str | None, Sighting], b: Mapping[str | None, Sighting]
+) -> dict[str | None, Sighting]:
     """Two views of a registry as one: per fingerprint, the later sighting wins."""
     merged = dict(a)
     for fingerprint, seen in b.items():

@@ -30,9 +30,15 @@ def make_run(number: int, completion: dict[str, Any], first: Run | None) -> Run:
     text = "\n".join(drift.render(drift.outputs(completion)))
     usage = completion.get("usage") or {}
     base = first.text if first else text
-    return Run(number, completion.get("system_fingerprint"), usage.get("prompt_tokens") or 0,
-               usage.get("completion_tokens") or 0, text, text == base,
-               round(difflib.SequenceMatcher(None, base, text).ratio(), 4))
+    return Run(
+        number,
+        completion.get("system_fingerprint"),
+        usage.get("prompt_tokens") or 0,
+        usage.get("completion_tokens") or 0,
+        text,
+        text == base,
+        round(difflib.SequenceMatcher(None, base, text).ratio(), 4),
+    )
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:
@@ -44,12 +50,20 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "distinct_outputs": len({r.text for r in runs}),
         "distinct_fingerprints": sorted({str(r.fingerprint) for r in runs}),
         "mean_similarity": round(sum(r.similarity for r in later) / len(later), 4)
-        if later else 1.0,
+        if later
+        else 1.0,
     }
 
 
-def probe(client: Any, model: str, messages: list[dict[str, str]], runs: int,
-          seed: int | None, temperature: float | None, max_tokens: int | None) -> list[Run]:
+def probe(
+    client: Any,
+    model: str,
+    messages: list[dict[str, str]],
+    runs: int,
+    seed: int | None,
+    temperature: float | None,
+    max_tokens: int | None,
+) -> list[Run]:
     """Send the same request ``runs`` times, live (``Cache-Control: no-store`` tells a
     seedproxy in the way not to answer from or write to its cache)."""
     args: dict[str, Any] = {"model": model, "messages": messages}
@@ -62,14 +76,14 @@ def probe(client: Any, model: str, messages: list[dict[str, str]], runs: int,
     results: list[Run] = []
     for number in range(1, runs + 1):
         completion = client.chat.completions.create(
-            **args, extra_headers={"Cache-Control": "no-store"})
+            **args, extra_headers={"Cache-Control": "no-store"}
+        )
         results.append(make_run(number, completion.to_dict(), results[0] if results else None))
     return results
 
 
 def report(runs: list[Run], settings: dict[str, Any]) -> dict[str, Any]:
-    return {"settings": settings, "summary": summarize(runs),
-            "runs": [asdict(r) for r in runs]}
+    return {"settings": settings, "summary": summarize(runs), "runs": [asdict(r) for r in runs]}
 
 
 def html_report(data: dict[str, Any]) -> str:
@@ -78,18 +92,49 @@ def html_report(data: dict[str, Any]) -> str:
     first = runs[0]["text"].splitlines() if runs else []
     parts = [
         f"<p class=meta>{escape(', '.join(f'{k}={v}' for k, v in settings.items()))}</p>",
-        table(["identical-output rate", "distinct outputs", "distinct fingerprints",
-               "mean similarity"],
-              [[f"{summary['identical_rate']:.0%}", summary["distinct_outputs"],
-                ", ".join(summary["distinct_fingerprints"]), summary["mean_similarity"]]]),
-        table(["run", "fingerprint", "prompt tokens", "completion tokens", "same as run 1",
-               "similarity"],
-              [[r["number"], r["fingerprint"], r["prompt_tokens"], r["completion_tokens"],
-                "yes" if r["identical"] else "no", r["similarity"]] for r in runs]),
+        table(
+            [
+                "identical-output rate",
+                "distinct outputs",
+                "distinct fingerprints",
+                "mean similarity",
+            ],
+            [
+                [
+                    f"{summary['identical_rate']:.0%}",
+                    summary["distinct_outputs"],
+                    ", ".join(summary["distinct_fingerprints"]),
+                    summary["mean_similarity"],
+                ]
+            ],
+        ),
+        table(
+            [
+                "run",
+                "fingerprint",
+                "prompt tokens",
+                "completion tokens",
+                "same as run 1",
+                "similarity",
+            ],
+            [
+                [
+                    r["number"],
+                    r["fingerprint"],
+                    r["prompt_tokens"],
+                    r["completion_tokens"],
+                    "yes" if r["identical"] else "no",
+                    r["similarity"],
+                ]
+                for r in runs
+            ],
+        ),
     ]
     for r in runs[1:]:
         if not r["identical"]:
-            parts.append(f"<div class=event><h2>Run {r['number']} vs run 1</h2>"
-                         + diff_table(first, r["text"].splitlines(), "run 1",
-                                      f"run {r['number']}") + "</div>")
+            parts.append(
+                f"<div class=event><h2>Run {r['number']} vs run 1</h2>"
+                + diff_table(first, r["text"].splitlines(), "run 1", f"run {r['number']}")
+                + "</div>"
+            )
     return page("seedproxy probe", "".join(parts))

@@ -22,8 +22,9 @@ def parse_since(value: str, now: float | None = None) -> float:
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"expected a duration such as '2h' or a date such as 2026-01-31, "
-                         f"got {value!r}") from None
+        raise ValueError(
+            f"expected a duration such as '2h' or a date such as 2026-01-31, got {value!r}"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
@@ -35,8 +36,9 @@ def iso(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def stats(store: Store, settings: Settings,
-                pending: Mapping[str, int] | None = None) -> dict[str, Any]:
+async def stats(
+    store: Store, settings: Settings, pending: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """Counters summed over every process that shares ``store``, plus size and savings."""
     counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
     for name, value in (await store.counters()).items():
@@ -47,21 +49,30 @@ async def stats(store: Store, settings: Settings,
     looked_up = counts["hits"] + counts["misses"] + counts["replay_misses"]
     saved = 0.0
     for model, (prompt_price, completion_price) in settings.prices.items():
-        saved += (counts.get(f"saved_prompt:{model}", 0) * prompt_price
-                  + counts.get(f"saved_completion:{model}", 0) * completion_price) / 1e6
+        saved += (
+            counts.get(f"saved_prompt:{model}", 0) * prompt_price
+            + counts.get(f"saved_completion:{model}", 0) * completion_price
+        ) / 1e6
     result = {name: counts[name] for name in COUNTERS}
-    result.update({
-        "hit_ratio": round(counts["hits"] / looked_up, 4) if looked_up else 0.0,
-        "tokens_saved": counts["prompt_tokens_saved"] + counts["completion_tokens_saved"],
-        "money_saved_usd": round(saved, 6) if settings.prices else None,
-        "entries": entries,
-        "bytes": volume,
-    })
+    result.update(
+        {
+            "hit_ratio": round(counts["hits"] / looked_up, 4) if looked_up else 0.0,
+            "tokens_saved": counts["prompt_tokens_saved"] + counts["completion_tokens_saved"],
+            "money_saved_usd": round(saved, 6) if settings.prices else None,
+            "entries": entries,
+            "bytes": volume,
+        }
+    )
     return result
 
 
-async def drift(store: Store, model: str | None = None, since: float | None = None,
-                limit: int = 100, kind: str = "drift") -> list[dict[str, Any]]:
+async def drift(
+    store: Store,
+    model: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+    kind: str = "drift",
+) -> list[dict[str, Any]]:
     """Events of ``kind``, newest first, filtered by model and time."""
     out = []
     for event in await store.events(kind, 10_000):
@@ -83,9 +94,14 @@ async def fingerprints(store: Store, model: str | None = None) -> dict[str, list
         sightings = await store.sightings(name)
         if sightings:
             table[name] = [
-                {"fingerprint": s.fingerprint, "first_seen": s.first_seen,
-                 "last_seen": s.last_seen, "count": s.count}
-                for s in sorted(sightings.values(), key=lambda s: s.last_seen, reverse=True)]
+                {
+                    "fingerprint": s.fingerprint,
+                    "first_seen": s.first_seen,
+                    "last_seen": s.last_seen,
+                    "count": s.count,
+                }
+                for s in sorted(sightings.values(), key=lambda s: s.last_seen, reverse=True)
+            ]
     return table
 
 
@@ -93,7 +109,6 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> str:
     """Columns aligned for a terminal."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -33,7 +33,7 @@ class EventSplitter:
                     cut, sep = i, candidate
             if cut == -1:
                 break
-            events.append(buf[start:cut + len(sep)])
+            events.append(buf[start : cut + len(sep)])
             start = cut + len(sep)
         self._buf = buf[start:]
         return events
@@ -127,7 +127,8 @@ class CompletionAccumulator:
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
             slot = self.choices.setdefault(
-                index, {"index": index, "message": {}} if self.chat else {"index": index})
+                index, {"index": index, "message": {}} if self.chat else {"index": index}
+            )
             for key, value in choice.items():
                 if key == "index":
                     continue
@@ -146,8 +147,11 @@ class CompletionAccumulator:
     @property
     def complete(self) -> bool:
         """``[DONE]`` was seen and every choice finished."""
-        return self.done and bool(self.choices) and all(
-            c.get("finish_reason") is not None for c in self.choices.values())
+        return (
+            self.done
+            and bool(self.choices)
+            and all(c.get("finish_reason") is not None for c in self.choices.values())
+        )
 
     def result(self) -> dict[str, Any]:
         out = dict(self.top)
@@ -161,11 +165,21 @@ class CompletionAccumulator:
                 for call in message.get("tool_calls") or ():
                     if isinstance(call, dict):
                         call.pop("index", None)  # a stream's bookkeeping, not in a completion
-                choice = {"index": index, "message": message, "logprobs": None,
-                          "finish_reason": None, **choice}
+                choice = {
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": None,
+                    **choice,
+                }
             else:
-                choice = {"index": index, "text": "", "logprobs": None, "finish_reason": None,
-                          **choice}
+                choice = {
+                    "index": index,
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": None,
+                    **choice,
+                }
             choices.append(choice)
         out["choices"] = choices
         return out
@@ -205,8 +219,9 @@ def _message_deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield {"tool_calls": [{**opening, "function": {**function, "arguments": ""}}]}
         if isinstance(arguments, str) and arguments:
             for piece in pieces(arguments):
-                yield {"tool_calls": [{"index": opening["index"],
-                                       "function": {"arguments": piece}}]}
+                yield {
+                    "tool_calls": [{"index": opening["index"], "function": {"arguments": piece}}]
+                }
     for key, value in message.items():
         if key not in ("role", "tool_calls", *_STREAMED_TEXT) and value is not None:
             yield {key: value}
@@ -231,30 +246,59 @@ def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
             message = choice.get("message") or {}
             # Text fields open empty and grow piece by piece; null fields are stated once.
             delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": None}
-            delta.update((k, "" if isinstance(v, str) and k in _STREAMED_TEXT else None)
-                         for k, v in message.items()
-                         if k in _STREAMED_TEXT and (v is None or isinstance(v, str)))
+            delta.update(
+                (k, "" if isinstance(v, str) and k in _STREAMED_TEXT else None)
+                for k, v in message.items()
+                if k in _STREAMED_TEXT and (v is None or isinstance(v, str))
+            )
             delta.update((k, None) for k, v in message.items() if v is None)
-            opening.append({"index": choice.get("index", 0), "delta": delta, "logprobs": None,
-                            "finish_reason": None})
+            opening.append(
+                {
+                    "index": choice.get("index", 0),
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            )
         chunk(opening)
     for choice in choices:
         index = choice.get("index", 0)
-        extra = {k: v for k, v in choice.items()
-                 if k not in ("index", "message", "text", "logprobs", "finish_reason", "delta")}
+        extra = {
+            k: v
+            for k, v in choice.items()
+            if k not in ("index", "message", "text", "logprobs", "finish_reason", "delta")
+        }
         if chat:
             for delta in _message_deltas(choice.get("message") or {}):
-                chunk([{"index": index, "delta": delta, "logprobs": None,
-                        "finish_reason": None}])
-            chunk([{"index": index, "delta": {}, "logprobs": choice.get("logprobs"),
-                    "finish_reason": choice.get("finish_reason"), **extra}])
+                chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+            chunk(
+                [
+                    {
+                        "index": index,
+                        "delta": {},
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice.get("finish_reason"),
+                        **extra,
+                    }
+                ]
+            )
         else:
             for piece in pieces(choice.get("text") or ""):
                 if piece:
-                    chunk([{"index": index, "text": piece, "logprobs": None,
-                            "finish_reason": None}])
-            chunk([{"index": index, "text": "", "logprobs": choice.get("logprobs"),
-                    "finish_reason": choice.get("finish_reason"), **extra}])
+                    chunk(
+                        [{"index": index, "text": piece, "logprobs": None, "finish_reason": None}]
+                    )
+            chunk(
+                [
+                    {
+                        "index": index,
+                        "text": "",
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice.get("finish_reason"),
+                        **extra,
+                    }
+                ]
+            )
     if include_usage:
         events.append(encode_event({**base, "choices": [], "usage": completion.get("usage")}))
     events.append(DONE)

@@ -18,10 +18,21 @@ from .config import UpstreamSettings
 from .errors import ProxyError
 
 # RFC 9110 7.6.1 hop-by-hop headers, plus those aiohttp recomputes for each leg.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 # Request headers meant for this proxy, not for the upstream.
 PROXY_ONLY = frozenset({"cache-control", "x-seedproxy-namespace"})
 _REQUEST_DROPS = HOP_BY_HOP | PROXY_ONLY
@@ -33,16 +44,20 @@ def _kept(headers: CIMultiDictProxy[str], always: frozenset[str]) -> CIMultiDict
     (a copy and a few deletions in C: a quarter of the time of filtering item by item)."""
     out = headers.copy()
     connection = headers.get("Connection")
-    names = always if not connection else always | {
-        h.strip().lower() for h in connection.split(",") if h.strip()}
+    names = (
+        always
+        if not connection
+        else always | {h.strip().lower() for h in connection.split(",") if h.strip()}
+    )
     for name in names:
         if name in out:
             del out[name]  # every value of it
     return out
 
 
-def forward_request_headers(headers: CIMultiDictProxy[str],
-                            credential: tuple[str, str] | None = None) -> CIMultiDict[str]:
+def forward_request_headers(
+    headers: CIMultiDictProxy[str], credential: tuple[str, str] | None = None
+) -> CIMultiDict[str]:
     """Client headers fit for the upstream; ``credential`` (header, value) replaces the
     client's own credentials."""
     out = _kept(headers, _REQUEST_DROPS)
@@ -53,8 +68,7 @@ def forward_request_headers(headers: CIMultiDictProxy[str],
     return out
 
 
-def forward_response_headers(headers: CIMultiDictProxy[str],
-                             decoded: bool) -> CIMultiDict[str]:
+def forward_response_headers(headers: CIMultiDictProxy[str], decoded: bool) -> CIMultiDict[str]:
     """Upstream headers fit for the client; ``decoded`` bodies lose their encoding header."""
     return _kept(headers, _DECODED_DROPS if decoded else HOP_BY_HOP)
 
@@ -71,15 +85,19 @@ class Upstream:
         self._timers: dict[str, Any] = {}  # latency's child per label
 
     async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.connect_timeout,
-                                        sock_read=self.settings.timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.settings.connect_timeout, sock_read=self.settings.timeout
+        )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         # No cookie jar: a Set-Cookie belongs to the client that got it, not to every
         # request after it (and a jar's filtering would cost each call).
-        self.session = aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                             cookie_jar=aiohttp.DummyCookieJar(),
-                                             auto_decompress=False,
-                                             skip_auto_headers=("User-Agent",))
+        self.session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
 
     async def close(self) -> None:
         if self.session is not None:
@@ -91,13 +109,21 @@ class Upstream:
         Dot segments (also percent-encoded) are refused so a path cannot climb above the base.
         """
         if any(unquote(seg) in (".", "..") for seg in raw_tail.split("/")):
-            raise ProxyError(400, "Invalid path: '.' and '..' segments are not allowed.",
-                             code="invalid_path")
+            raise ProxyError(
+                400, "Invalid path: '.' and '..' segments are not allowed.", code="invalid_path"
+            )
         tail = raw_tail + ("?" + raw_query if raw_query else "")
         return URL(f"{self._prefix}/{tail}", encoded=True)
 
-    def request(self, method: str, url: URL, headers: Mapping[str, str], data: object = None,
-                decompress: bool = False, label: str = "passthrough") -> Exchange:
+    def request(
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        data: object = None,
+        decompress: bool = False,
+        label: str = "passthrough",
+    ) -> Exchange:
         """``async with upstream.request(...) as response``: one request; connection failures
         become 502 and timeouts 504 ProxyErrors. The time to the response headers is
         observed under ``label``."""
@@ -107,8 +133,14 @@ class Upstream:
             timer = self._timers.get(label)
             if timer is None:
                 timer = self._timers[label] = self.latency.labels(label)
-        pending = self.session.request(method, url, headers=headers, data=data,
-                                       allow_redirects=False, auto_decompress=decompress)
+        pending = self.session.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            auto_decompress=decompress,
+        )
         return Exchange(self.base, pending, timer)
 
 
@@ -118,13 +150,16 @@ _FAILURES = (TimeoutError, aiohttp.ClientError)
 def _failure(base: URL, exc: BaseException) -> ProxyError:
     """What a client-side failure of a call to ``base`` is for the proxy's client."""
     if isinstance(exc, TimeoutError):
-        return ProxyError(504, f"The upstream {base} did not answer in time.",
-                          code="upstream_timeout")
+        return ProxyError(
+            504, f"The upstream {base} did not answer in time.", code="upstream_timeout"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ProxyError(502, f"The upstream {base} is unreachable: {exc.os_error}.",
-                          code="upstream_unreachable")
-    return ProxyError(502, f"The upstream {base} failed: {type(exc).__name__}.",
-                      code="upstream_error")
+        return ProxyError(
+            502, f"The upstream {base} is unreachable: {exc.os_error}.", code="upstream_unreachable"
+        )
+    return ProxyError(
+        502, f"The upstream {base} failed: {type(exc).__name__}.", code="upstream_error"
+    )
 
 
 class Exchange:
@@ -143,12 +178,14 @@ class Exchange:
         except _FAILURES as exc:
             raise _failure(self._base, exc) from None
         if self._timer is not None:  # observed after this turn of the loop has answered
-            asyncio.get_running_loop().call_soon(self._timer.observe,
-                                                 time.perf_counter() - self._started)
+            asyncio.get_running_loop().call_soon(
+                self._timer.observe, time.perf_counter() - self._started
+            )
         return response
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._pending.__aexit__(kind, exc, tb)
         if isinstance(exc, _FAILURES):
             raise _failure(self._base, exc) from None

@@ -29,9 +29,16 @@ def run_worker(settings: Settings) -> None:
     from .app import create_app
 
     setup_logging(settings.log.format, settings.log.level)
-    web.run_app(create_app(settings), host=settings.server.host, port=settings.server.port,
-                reuse_port=True, print=None, access_log=access_log,
-                access_log_class=AccessLogger, loop=new_event_loop())
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        reuse_port=True,
+        print=None,
+        access_log=access_log,
+        access_log_class=AccessLogger,
+        loop=new_event_loop(),
+    )
 
 
 def _probe_host(host: str) -> str:
@@ -76,8 +83,10 @@ def supervise(settings: Settings, announce: Callable[[], None]) -> int:
             if proc.is_alive():
                 continue
             rapid_exits = rapid_exits + 1 if time.monotonic() - started < RAPID_EXIT else 0
-            log.warning("worker exited; restarting it", extra={"data": {
-                "pid": proc.pid, "exitcode": proc.exitcode}})
+            log.warning(
+                "worker exited; restarting it",
+                extra={"data": {"pid": proc.pid, "exitcode": proc.exitcode}},
+            )
             if rapid_exits >= MAX_RAPID_EXITS:
                 log.error("workers keep failing at start; stopping")
                 stopping, status = True, 1

@@ -56,9 +56,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if binary is None:
         pytest.fail("redis-server is missing: the test command installs Debian's redis-server")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 20
@@ -101,9 +115,13 @@ def store_env(store_config: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_proxy(bg: BackgroundLoop, upstream: FakeUpstream, cache_dir: Path,
-               store_config: dict[str, Any],
-               logs: LogCapture) -> Iterator[Callable[..., ProxyServer]]:
+def make_proxy(
+    bg: BackgroundLoop,
+    upstream: FakeUpstream,
+    cache_dir: Path,
+    store_config: dict[str, Any],
+    logs: LogCapture,
+) -> Iterator[Callable[..., ProxyServer]]:
     started: list[ProxyServer] = []
 
     def make(**sections: dict[str, Any]) -> ProxyServer:

@@ -74,8 +74,12 @@ class ProxyServer:
         return self.app[COUNTS].total
 
     async def _start(self) -> None:
-        self.runner = web.AppRunner(create_app(self.settings), access_log=access_log,
-                                    access_log_class=AccessLogger, shutdown_timeout=2.0)
+        self.runner = web.AppRunner(
+            create_app(self.settings),
+            access_log=access_log,
+            access_log_class=AccessLogger,
+            shutdown_timeout=2.0,
+        )
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
@@ -99,10 +103,14 @@ class ProxyServer:
 
 
 def proxy_settings(cache_dir: Path, upstream_url: str, **sections: dict[str, Any]) -> Settings:
-    base = load_settings(env={}, flags={
-        "server.port": free_port(), "upstream.base_url": f"{upstream_url}/v1",
-        "cache.dir": str(cache_dir),
-    })
+    base = load_settings(
+        env={},
+        flags={
+            "server.port": free_port(),
+            "upstream.base_url": f"{upstream_url}/v1",
+            "cache.dir": str(cache_dir),
+        },
+    )
     return with_overrides(base, **sections) if sections else base
 
 
@@ -122,8 +130,14 @@ class LogCapture:
         logging.getLogger("seedproxy").handlers.clear()
 
 
-def http(server_url: str, method: str, path: str, body: Any = None,
-         headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any, bytes]:
+def http(
+    server_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any, bytes]:
     """A raw HTTP request (no SDK), for what the SDK cannot send; returns status, headers, body."""
     import http.client
     from urllib.parse import urlsplit
@@ -148,7 +162,11 @@ def stored_bytes(store_config: dict[str, Any]) -> list[bytes]:
     with redis.Redis.from_url(store_config["redis_url"]) as client:
         for key in client.scan_iter("*"):
             kind = client.type(key)
-            value: Any = {b"string": client.get, b"hash": client.hgetall, b"list":
-                          lambda k: client.lrange(k, 0, -1), b"set": client.smembers}[kind](key)
+            value: Any = {
+                b"string": client.get,
+                b"hash": client.hgetall,
+                b"list": lambda k: client.lrange(k, 0, -1),
+                b"set": client.smembers,
+            }[kind](key)
             out.append(key + repr(value).encode())
     return out

@@ -36,9 +36,11 @@ def test_second_identical_call_is_a_hit_without_upstream_call(client, upstream):
 async def test_async_sdk_hit(proxy, upstream):
     async with async_sdk(proxy) as client:
         first = await client.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
         second = await client.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
     assert first.parse().choices[0].message.content == second.parse().choices[0].message.content
     assert len(upstream.chat_calls) == 1
@@ -132,8 +134,7 @@ def test_cache_control_directives(client, upstream, proxy):
     create(client)
     raw = client.chat.completions.with_raw_response
     # no-cache: go live, compare and store
-    r = raw.create(model="gpt-test", messages=MESSAGES,
-                   extra_headers={"Cache-Control": "no-cache"})
+    r = raw.create(model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"})
     assert r.headers["x-cache"] == "REFRESH" and len(upstream.chat_calls) == 2
     # no-store: go live, store nothing
     other = [{"role": "user", "content": "not to be stored"}]
@@ -143,20 +144,24 @@ def test_cache_control_directives(client, upstream, proxy):
     # only-if-cached: replay for this request
     unseen = [{"role": "user", "content": "unseen"}]
     with pytest.raises(openai.APIStatusError) as err:
-        raw.create(model="gpt-test", messages=unseen,
-                   extra_headers={"Cache-Control": "only-if-cached"})
+        raw.create(
+            model="gpt-test", messages=unseen, extra_headers={"Cache-Control": "only-if-cached"}
+        )
     assert err.value.code == "cache_miss"
-    r = raw.create(model="gpt-test", messages=MESSAGES,
-                   extra_headers={"Cache-Control": "only-if-cached"})
+    r = raw.create(
+        model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "only-if-cached"}
+    )
     assert r.headers["x-cache"] == "HIT"
     # max-age: an entry older than that is not accepted
     calls = len(upstream.chat_calls)
     time.sleep(1.1)
-    r = raw.create(model="gpt-test", messages=MESSAGES,
-                   extra_headers={"Cache-Control": "max-age=0"})
+    r = raw.create(
+        model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "max-age=0"}
+    )
     assert r.headers["x-cache"] == "MISS" and len(upstream.chat_calls) == calls + 1
-    r = raw.create(model="gpt-test", messages=MESSAGES,
-                   extra_headers={"Cache-Control": "max-age=3600"})
+    r = raw.create(
+        model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "max-age=3600"}
+    )
     assert r.headers["x-cache"] == "HIT"
 
 
@@ -216,7 +221,8 @@ def test_latest_policy_follows_a_fingerprint_change(make_proxy, upstream, logs):
     assert sorted(v.fingerprint for v in variants) == ["fp_one", "fp_two"]
     changes = orjson.loads(_get(proxy, "/_seedproxy/drift"))["fingerprint_changes"]
     assert [(c["model"], c["previous"], c["fingerprint"]) for c in changes] == [
-        ("gpt-test", "fp_one", "fp_two")]
+        ("gpt-test", "fp_one", "fp_two")
+    ]
     assert '"msg":"fingerprint change"' in logs.text
     # the old entry was compared with the new answer: a drift event across fingerprints
     drift = orjson.loads(_get(proxy, "/_seedproxy/drift"))["drift"]
@@ -241,12 +247,15 @@ def test_registry_updates_not_yet_written_still_count(make_proxy, upstream, monk
         headers, _ = create(client)  # latest is fp_two: the fp_one answer is not served
         assert (headers["x-cache"], headers["x-seedproxy-fingerprint"]) == ("MISS", "fp_two")
         with pytest.raises(openai.APIStatusError) as err:
-            create(client, messages=other, temperature=0.3,
-                   extra_headers={"Cache-Control": "only-if-cached"})
+            create(
+                client,
+                messages=other,
+                temperature=0.3,
+                extra_headers={"Cache-Control": "only-if-cached"},
+            )
         assert f"(key {key}) differs in: temperature" in err.value.message
     _get(proxy, "/_seedproxy/stats")
-    assert proxy.bg.run(proxy.pipeline.store.sightings("gpt-test")).keys() == {"fp_one",
-                                                                               "fp_two"}
+    assert proxy.bg.run(proxy.pipeline.store.sightings("gpt-test")).keys() == {"fp_one", "fp_two"}
 
 
 def test_current_policy_drops_a_fingerprint_after_the_window(make_proxy, upstream):
@@ -291,9 +300,12 @@ def test_restart_keeps_entries_and_the_registry(make_proxy, upstream):
 async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, upstream):
     upstream.latency = 0.3
     async with async_sdk(proxy, max_retries=0) as client:
-        results = await asyncio.gather(*[
-            client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-            for _ in range(50)])
+        results = await asyncio.gather(
+            *[
+                client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+                for _ in range(50)
+            ]
+        )
     assert len(upstream.chat_calls) == 1
     assert len({r.id for r in results}) == 1
     assert len({r.choices[0].message.content for r in results}) == 1
@@ -301,20 +313,26 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, u
 
 
 async def test_a_client_that_hangs_up_mid_miss_stops_neither_the_store_nor_who_waits(
-        proxy, upstream):
+    proxy, upstream
+):
     upstream.latency = 0.5
-    async with async_sdk(proxy, max_retries=0, timeout=0.2) as leaving, \
-            async_sdk(proxy, max_retries=0) as waiting:
-        first = asyncio.ensure_future(leaving.chat.completions.create(
-            model="gpt-test", messages=MESSAGES))
+    async with (
+        async_sdk(proxy, max_retries=0, timeout=0.2) as leaving,
+        async_sdk(proxy, max_retries=0) as waiting,
+    ):
+        first = asyncio.ensure_future(
+            leaving.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        )
         await asyncio.sleep(0.1)
         second = await waiting.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
         with pytest.raises(openai.APITimeoutError):
             await first  # it hung up after 0.2 s, while the upstream call was under way
         assert second.headers["x-cache"] == "MISS"
         third = await waiting.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
     assert third.headers["x-cache"] == "HIT"
     assert third.parse().id == second.parse().id
     assert len(upstream.chat_calls) == 1
@@ -325,13 +343,15 @@ async def test_a_quiet_moment_is_when_a_request_has_gone_upstream(proxy, upstrea
     """The store's housekeeping that slows what runs meanwhile (a checkpoint's syncs)
     starts as a request goes upstream, its answer a round trip away; or after a while."""
     upstream.latency = 0.5
-    quiet = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-        proxy.pipeline.quiet_moment(10), proxy.bg.loop))
+    quiet = asyncio.wrap_future(
+        asyncio.run_coroutine_threadsafe(proxy.pipeline.quiet_moment(10), proxy.bg.loop)
+    )
     await asyncio.sleep(0.1)
     assert not quiet.done()  # nothing went upstream
     async with async_sdk(proxy, max_retries=0) as client:
-        answer = asyncio.ensure_future(client.chat.completions.create(
-            model="gpt-test", messages=MESSAGES))
+        answer = asyncio.ensure_future(
+            client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        )
         await asyncio.wait_for(quiet, 5)
         assert not answer.done()  # its answer is still to come
         await answer
@@ -344,14 +364,17 @@ def test_upstream_errors_pass_through_and_are_never_cached(client, upstream):
     upstream.script(Scripted(429, headers={"Retry-After": "7"}))
     with pytest.raises(openai.RateLimitError) as err:
         client.with_options(max_retries=0).chat.completions.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
     assert err.value.response.headers["retry-after"] == "7"
-    assert err.value.response.json() == {"error": {
-        "message": "scripted 429", "type": "server_error", "param": None, "code": None}}
+    assert err.value.response.json() == {
+        "error": {"message": "scripted 429", "type": "server_error", "param": None, "code": None}
+    }
     upstream.script(Scripted(500))
     with pytest.raises(openai.InternalServerError):
         client.with_options(max_retries=0).chat.completions.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
     assert create(client)[0]["x-cache"] == "MISS"
     assert len(upstream.chat_calls) == 3
 
@@ -362,7 +385,8 @@ def test_malformed_upstream_json_is_502_and_not_cached(client, upstream):
     upstream.script(Scripted(200, body=b'{"choices": [tru'))
     with pytest.raises(openai.InternalServerError) as err:
         client.with_options(max_retries=0).chat.completions.create(
-            model="gpt-test", messages=MESSAGES)
+            model="gpt-test", messages=MESSAGES
+        )
     assert err.value.status_code == 502
     assert create(client)[0]["x-cache"] == "MISS"
 

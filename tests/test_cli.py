@@ -28,9 +28,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 class Served:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", *args], cwd=cwd,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()))
         reader.start()
@@ -55,13 +60,28 @@ class _Handle:
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_serve_end_to_end(tmp_path, upstream, log_format):
     port = free_port()
-    served = Served(["--port", str(port), "--upstream", f"{upstream.url}/v1",
-                     "--cache-dir", str(tmp_path / "c"), "--log-format", log_format], _env(),
-                    tmp_path)
+    served = Served(
+        [
+            "--port",
+            str(port),
+            "--upstream",
+            f"{upstream.url}/v1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--log-format",
+            log_format,
+        ],
+        _env(),
+        tmp_path,
+    )
     try:
         assert f"http://127.0.0.1:{port}" in served.banner
-        for part in (f"upstream {upstream.url}/v1", "mode record", str(tmp_path / "c"),
-                     "seed force (12345)"):
+        for part in (
+            f"upstream {upstream.url}/v1",
+            "mode record",
+            str(tmp_path / "c"),
+            "seed force (12345)",
+        ):
             assert part in served.banner, part
         with sdk(_Handle(port)) as client:
             args = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -76,22 +96,35 @@ def test_serve_end_to_end(tmp_path, upstream, log_format):
     for line, cache in zip(access, ("MISS", "HIT"), strict=True):
         if log_format == "json":
             fields = json.loads(line)
-            assert fields.items() >= {"level": "info", "logger": "seedproxy.access",
-                                      "msg": "request", "method": "POST", "status": 200,
-                                      "path": "/v1/chat/completions", "cache": cache}.items()
+            assert (
+                fields.items()
+                >= {
+                    "level": "info",
+                    "logger": "seedproxy.access",
+                    "msg": "request",
+                    "method": "POST",
+                    "status": 200,
+                    "path": "/v1/chat/completions",
+                    "cache": cache,
+                }.items()
+            )
             assert fields["pid"] == served.proc.pid and fields["ms"] >= 0 and fields["time"] > 0
         else:
             assert re.fullmatch(r"\d\d:\d\d:\d\d INFO    seedproxy\.access: request \{.*\}", line)
-            fields = json.loads(line[line.index("{"):])
+            fields = json.loads(line[line.index("{") :])
             assert (fields["path"], fields["status"], fields["cache"]) == (
-                "/v1/chat/completions", 200, cache)
+                "/v1/chat/completions",
+                200,
+                cache,
+            )
     assert FAKE_KEY not in err
     assert len(upstream.chat_calls) == 1
 
 
 def test_default_cache_dir_is_dot_seedproxy(tmp_path, upstream):
-    served = Served(["--port", str(free_port()), "--upstream", f"{upstream.url}/v1"], _env(),
-                    tmp_path)
+    served = Served(
+        ["--port", str(free_port()), "--upstream", f"{upstream.url}/v1"], _env(), tmp_path
+    )
     try:
         assert "cache disk:./.seedproxy" in served.banner
         assert (tmp_path / ".seedproxy").is_dir()
@@ -101,11 +134,15 @@ def test_default_cache_dir_is_dot_seedproxy(tmp_path, upstream):
 
 def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
     config = tmp_path / "seedproxy.toml"
-    config.write_text(f'[server]\nport = {free_port()}\n[cache]\nmode = "replay"\n'
-                      f'dir = "{tmp_path / "c"}"\n[upstream]\nbase_url = "{upstream.url}/v1"\n')
-    served = Served(["--config", str(config), "--seed-mode", "require"],
-                    _env(SEEDPROXY_CACHE_MODE="refresh", SEEDPROXY_SEED_MODE="override"),
-                    tmp_path)
+    config.write_text(
+        f'[server]\nport = {free_port()}\n[cache]\nmode = "replay"\n'
+        f'dir = "{tmp_path / "c"}"\n[upstream]\nbase_url = "{upstream.url}/v1"\n'
+    )
+    served = Served(
+        ["--config", str(config), "--seed-mode", "require"],
+        _env(SEEDPROXY_CACHE_MODE="refresh", SEEDPROXY_SEED_MODE="override"),
+        tmp_path,
+    )
     try:
         assert "mode refresh" in served.banner
         assert "seed require" in served.banner
@@ -113,28 +150,43 @@ def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
         served.stop()
 
 
-@pytest.mark.parametrize(("args", "env", "toml", "expected"), [
-    (["--mode", "sometimes"], {}, None, "cache.mode: must be one of record, replay"),
-    (["--port", "eighty"], {}, None, "server.port: expected an integer"),
-    ([], {"SEEDPROXY_CACHE_TTL": "soon"}, None, "cache.ttl: expected a duration"),
-    ([], {"SEEDPROXY_NOPE_X": "1"}, None, "SEEDPROXY_NOPE_X: unknown setting"),
-    ([], {}, "[cache]\nbogus = 1\n", "cache.bogus: unknown key"),
-    ([], {}, "[cache]\nverify_rate = \"x\"\n", "cache.verify_rate: expected a number"),
-    ([], {}, "[cache\n", "is not valid TOML"),
-    (["--cache-dir", "/etc/passwd/cache"], {}, None, "cache.dir: cannot use '/etc/passwd/cache'"),
-    (["--seed-mode", "always"], {}, None, "seed.mode: must be one of force"),
-    (["--upstream", "ftp://x"], {}, None, "upstream.base_url: must be an http(s) URL"),
-    ([], {"SEEDPROXY_CACHE_BACKEND": "redis",
-          "SEEDPROXY_CACHE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}, None,
-     "cache.redis_url: cannot reach redis://:***@127.0.0.1:1/0"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "toml", "expected"),
+    [
+        (["--mode", "sometimes"], {}, None, "cache.mode: must be one of record, replay"),
+        (["--port", "eighty"], {}, None, "server.port: expected an integer"),
+        ([], {"SEEDPROXY_CACHE_TTL": "soon"}, None, "cache.ttl: expected a duration"),
+        ([], {"SEEDPROXY_NOPE_X": "1"}, None, "SEEDPROXY_NOPE_X: unknown setting"),
+        ([], {}, "[cache]\nbogus = 1\n", "cache.bogus: unknown key"),
+        ([], {}, '[cache]\nverify_rate = "x"\n', "cache.verify_rate: expected a number"),
+        ([], {}, "[cache\n", "is not valid TOML"),
+        (
+            ["--cache-dir", "/etc/passwd/cache"],
+            {},
+            None,
+            "cache.dir: cannot use '/etc/passwd/cache'",
+        ),
+        (["--seed-mode", "always"], {}, None, "seed.mode: must be one of force"),
+        (["--upstream", "ftp://x"], {}, None, "upstream.base_url: must be an http(s) URL"),
+        (
+            [],
+            {
+                "SEEDPROXY_CACHE_BACKEND": "redis",
+                "SEEDPROXY_CACHE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",
+            },
+            None,
+            "cache.redis_url: cannot reach redis://:***@127.0.0.1:1/0",
+        ),
+    ],
+)
 def test_bad_values_exit_with_one_line(tmp_path, args, env, toml, expected):
     cmd = [sys.executable, "-m", "proxy", "serve", "--cache-dir", str(tmp_path / "c"), *args]
     if toml is not None:
         (tmp_path / "bad.toml").write_text(toml)
         cmd += ["--config", str(tmp_path / "bad.toml")]
-    result = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=30,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        cmd, env=_env(**env), capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -143,9 +195,11 @@ def test_bad_values_exit_with_one_line(tmp_path, args, env, toml, expected):
 
 
 def test_precedence_unit():
-    settings = load_settings(None, {"SEEDPROXY_CACHE_MODE": "replay",
-                                      "SEEDPROXY_SERVER_PORT": "9001"},
-                               {"cache.mode": "refresh"})
+    settings = load_settings(
+        None,
+        {"SEEDPROXY_CACHE_MODE": "replay", "SEEDPROXY_SERVER_PORT": "9001"},
+        {"cache.mode": "refresh"},
+    )
     assert (settings.cache.mode, settings.server.port) == ("refresh", 9001)
     with pytest.raises(ConfigError, match=r"seed\.default: must fit"):
         load_settings(None, {"SEEDPROXY_SEED_DEFAULT": str(2**63)})
@@ -162,9 +216,22 @@ def test_example_config_documents_every_key_with_its_default():
 
 
 def test_python_dash_m_and_help():
-    result = subprocess.run([sys.executable, "-m", "proxy", "serve", "--help"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0
-    for flag in ("--config", "--host", "--port", "--upstream", "--cache-dir", "--mode",
-                 "--seed-mode", "--workers", "--log-format"):
+    for flag in (
+        "--config",
+        "--host",
+        "--port",
+        "--upstream",
+        "--cache-dir",
+        "--mode",
+        "--seed-mode",
+        "--workers",
+        "--log-format",
+    ):
         assert flag in result.stdout

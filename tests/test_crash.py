@@ -20,10 +20,25 @@ CHAT = "/v1/chat/completions"
 
 def serve(port: int, cache_dir, upstream_url: str, mode: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
-                             "--cache-dir", str(cache_dir), "--upstream", upstream_url,
-                             "--mode", mode], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(cache_dir),
+            "--upstream",
+            upstream_url,
+            "--mode",
+            mode,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -41,11 +56,19 @@ def body(i: int) -> bytes:
     return orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": f"q{i}"}]})
 
 
-async def _post(session: aiohttp.ClientSession, port: int, i: int, answered: dict[int, bytes],
-                ten_answered: asyncio.Event) -> None:
+async def _post(
+    session: aiohttp.ClientSession,
+    port: int,
+    i: int,
+    answered: dict[int, bytes],
+    ten_answered: asyncio.Event,
+) -> None:
     try:
-        async with session.post(f"http://127.0.0.1:{port}{CHAT}", data=body(i),
-                                headers={"Content-Type": "application/json"}) as r:
+        async with session.post(
+            f"http://127.0.0.1:{port}{CHAT}",
+            data=body(i),
+            headers={"Content-Type": "application/json"},
+        ) as r:
             data = await r.read()
             if r.status == 200:
                 answered[i] = data
@@ -61,9 +84,13 @@ KILLS = 20
 def stats(cache_dir) -> dict:
     """`seedproxy stats` as a user runs it after a crash."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
-    result = subprocess.run([sys.executable, "-m", "proxy", "stats", "--json", "--cache-dir",
-                             str(cache_dir)], capture_output=True, text=True, timeout=60,
-                            env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "stats", "--json", "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     return orjson.loads(result.stdout)
 
@@ -76,8 +103,10 @@ async def test_answered_requests_survive_sigkill(tmp_path, upstream):
         answered: dict[int, bytes] = {}
         ten_answered = asyncio.Event()
         async with aiohttp.ClientSession() as session:
-            tasks = [asyncio.create_task(_post(session, port, round_ * 100 + i, answered,
-                                               ten_answered)) for i in range(60)]
+            tasks = [
+                asyncio.create_task(_post(session, port, round_ * 100 + i, answered, ten_answered))
+                for i in range(60)
+            ]
             await ten_answered.wait()
             proc.send_signal(signal.SIGKILL)
             await asyncio.gather(*tasks)
@@ -91,8 +120,11 @@ async def test_answered_requests_survive_sigkill(tmp_path, upstream):
         try:
             async with aiohttp.ClientSession() as session:
                 for i in range(round_ * 100, round_ * 100 + 60):
-                    async with session.post(f"http://127.0.0.1:{port}{CHAT}", data=body(i),
-                                            headers={"Content-Type": "application/json"}) as r:
+                    async with session.post(
+                        f"http://127.0.0.1:{port}{CHAT}",
+                        data=body(i),
+                        headers={"Content-Type": "application/json"},
+                    ) as r:
                         data = await r.read()
                         if i in answered:
                             assert r.status == 200 and r.headers["X-Cache"] == "HIT"
@@ -118,9 +150,14 @@ def test_a_damaged_cache_file_is_a_clear_error_not_a_traceback(tmp_path, upstrea
     import urllib.request
 
     for i in range(5):
-        urllib.request.urlopen(urllib.request.Request(
-            f"http://127.0.0.1:{port}{CHAT}", data=body(i),
-            headers={"Content-Type": "application/json"}), timeout=10).read()
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://127.0.0.1:{port}{CHAT}",
+                data=body(i),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=10,
+        ).read()
     proc.send_signal(signal.SIGTERM)
     proc.wait(20)
     damaged = cache_dir / "entries" / "cache.db"
@@ -129,9 +166,13 @@ def test_a_damaged_cache_file_is_a_clear_error_not_a_traceback(tmp_path, upstrea
         wal.unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
     for args in (["serve", "--port", str(port)], ["stats"], ["export", "-"]):
-        result = subprocess.run([sys.executable, "-m", "proxy", *args, "--cache-dir",
-                                 str(cache_dir)], capture_output=True, text=True, env=env,
-                                timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", *args, "--cache-dir", str(cache_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         lines = result.stderr.strip().splitlines()

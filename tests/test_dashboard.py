@@ -12,9 +12,16 @@ from tests.harness import FAKE_KEY, http
 
 MESSAGES = [{"role": "user", "content": "Describe the sea"}]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -24,13 +31,14 @@ def drifted(make_proxy, upstream):
         client.chat.completions.create(model="gpt-dash", messages=MESSAGES)
         client.chat.completions.create(model="gpt-dash", messages=MESSAGES)
         upstream.nondeterministic = True
-        client.chat.completions.create(model="gpt-dash", messages=MESSAGES,
-                                       extra_headers={"Cache-Control": "no-cache"})
+        client.chat.completions.create(
+            model="gpt-dash", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"}
+        )
     return proxy
 
 
 def rgb(color: str) -> tuple[int, int, int]:
-    r, g, b = (int(x) for x in color[color.index("(") + 1:color.index(")")].split(",")[:3])
+    r, g, b = (int(x) for x in color[color.index("(") + 1 : color.index(")")].split(",")[:3])
     return r, g, b
 
 
@@ -59,8 +67,9 @@ def test_dashboard_shows_a_drift_event_with_coloured_diff_rows(drifted):
             green = rgb(added.first.evaluate("e => getComputedStyle(e).backgroundColor"))
             assert red[0] > red[1] and red[0] > red[2], red
             assert green[1] > green[0] and green[1] > green[2], green
-            page.screenshot(path=str(drifted.settings.cache_dir.parent / "dashboard.png"),
-                            full_page=True)
+            page.screenshot(
+                path=str(drifted.settings.cache_dir.parent / "dashboard.png"), full_page=True
+            )
             assert FAKE_KEY not in page.content()
             # no external assets: every request went to the proxy itself
             assert requests and all(u.startswith(drifted.url) for u in requests)

@@ -9,11 +9,19 @@ def compare(a, b):
 def completion(content=None, tool_args=None, finish="stop", **extra):
     message = {"role": "assistant", "content": content}
     if tool_args is not None:
-        message["tool_calls"] = [{"id": "call_x", "type": "function",
-                                  "function": {"name": "weather", "arguments": tool_args}}]
-    return {"id": extra.get("id", "a"), "created": extra.get("created", 1),
-            "usage": extra.get("usage", {"total_tokens": 1}),
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        message["tool_calls"] = [
+            {
+                "id": "call_x",
+                "type": "function",
+                "function": {"name": "weather", "arguments": tool_args},
+            }
+        ]
+    return {
+        "id": extra.get("id", "a"),
+        "created": extra.get("created", 1),
+        "usage": extra.get("usage", {"total_tokens": 1}),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
 
 
 def test_ids_timestamps_and_usage_are_ignored():
@@ -30,16 +38,26 @@ def test_content_difference_gives_ratio_and_diff():
 
 
 def test_tool_call_arguments_and_finish_reason_count():
-    assert compare(completion(tool_args='{"city":"Paris"}'),
-                   completion(tool_args='{"city":"Rome"}')) is not None
+    assert (
+        compare(completion(tool_args='{"city":"Paris"}'), completion(tool_args='{"city":"Rome"}'))
+        is not None
+    )
     assert compare(completion("x", finish="stop"), completion("x", finish="length")) is not None
 
 
 def test_choices_are_compared_by_index():
-    a = {"choices": [{"index": 1, "message": {"content": "b"}}, {"index": 0, "message":
-                                                                  {"content": "a"}}]}
-    b = {"choices": [{"index": 0, "message": {"content": "a"}}, {"index": 1, "message":
-                                                                  {"content": "b"}}]}
+    a = {
+        "choices": [
+            {"index": 1, "message": {"content": "b"}},
+            {"index": 0, "message": {"content": "a"}},
+        ]
+    }
+    b = {
+        "choices": [
+            {"index": 0, "message": {"content": "a"}},
+            {"index": 1, "message": {"content": "b"}},
+        ]
+    }
     assert compare(a, b) is None
     assert [o["content"] for o in outputs(a)] == ["a", "b"]
 

@@ -21,6 +21,7 @@ def drift_events(proxy) -> list[dict]:
 
 # -- /v1/completions ------------------------------------------------------------------------
 
+
 def test_legacy_completions_seeded_cached_and_streamed(client, upstream):
     raw = client.completions.with_raw_response.create(model="gpt-test", prompt="Once upon")
     assert raw.headers["x-cache"] == "MISS" and raw.headers["x-seedproxy-seed"] == "12345"
@@ -28,8 +29,14 @@ def test_legacy_completions_seeded_cached_and_streamed(client, upstream):
     text = raw.parse().choices[0].text
     hit = client.completions.with_raw_response.create(model="gpt-test", prompt="Once upon")
     assert hit.headers["x-cache"] == "HIT" and hit.parse().choices[0].text == text
-    chunks = list(client.completions.create(model="gpt-test", prompt="Once upon", stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="gpt-test",
+            prompt="Once upon",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == text
     assert chunks[-1].usage.completion_tokens == 18
     assert len(calls_to(upstream, "completions")) == 1
@@ -49,8 +56,9 @@ def test_legacy_completions_drift(make_proxy, upstream):
     with sdk(proxy) as client:
         client.completions.create(model="gpt-test", prompt="p")
         upstream.nondeterministic = True
-        client.completions.create(model="gpt-test", prompt="p",
-                                  extra_headers={"Cache-Control": "no-cache"})
+        client.completions.create(
+            model="gpt-test", prompt="p", extra_headers={"Cache-Control": "no-cache"}
+        )
     [event] = drift_events(proxy)
     assert event["endpoint"] == "/v1/completions" and event["diff"]
 
@@ -64,6 +72,7 @@ def test_legacy_seed_validation(client, upstream):
 
 
 # -- /v1/embeddings -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("encoding", ["float", "base64", None])
 def test_embeddings_are_cached_in_each_encoding(client, upstream, encoding):
@@ -109,9 +118,15 @@ def test_embedding_drift_respects_the_tolerance(make_proxy, upstream, encoding):
 
 # -- /v1/responses --------------------------------------------------------------------------
 
+
 def post_raw(proxy, body: dict, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    return http(proxy.url, "POST", "/v1/responses", body=orjson.dumps(body),
-                headers={"Content-Type": "application/json", **(headers or {})})
+    return http(
+        proxy.url,
+        "POST",
+        "/v1/responses",
+        body=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
 
 
 def test_responses_cached_without_seed(client, upstream):
@@ -145,22 +160,29 @@ def test_response_recorded_without_streaming_streams_to_the_sdk(client, upstream
     extra = {"tools": [{"type": "function", **t["function"]} for t in tools]} if tools else {}
     recorded = client.responses.create(model="gpt-test", input="JSON first", **extra)
     with client.responses.stream(model="gpt-test", input="JSON first", **extra) as stream:
-        deltas = [e for e in stream if e.type in ("response.output_text.delta",
-                                                  "response.function_call_arguments.delta")]
+        deltas = [
+            e
+            for e in stream
+            if e.type in ("response.output_text.delta", "response.function_call_arguments.delta")
+        ]
         final = stream.get_final_response()
     assert len(calls_to(upstream, "responses")) == 1
     assert deltas
     assert final.output_text == recorded.output_text
     assert without_parsed([o.to_dict() for o in final.output]) == [
-        o.to_dict() for o in recorded.output]
+        o.to_dict() for o in recorded.output
+    ]
 
 
 def without_parsed(value):
     """The SDK's stream helper adds ``parsed`` / ``parsed_arguments`` (None) to text parts and
     function calls; everything else must match."""
     if isinstance(value, dict):
-        return {k: without_parsed(v) for k, v in value.items()
-                if k not in ("parsed", "parsed_arguments")}
+        return {
+            k: without_parsed(v)
+            for k, v in value.items()
+            if k not in ("parsed", "parsed_arguments")
+        }
     if isinstance(value, list):
         return [without_parsed(v) for v in value]
     return value
@@ -176,8 +198,10 @@ async def test_async_responses_stream_hit(proxy, upstream):
     assert len(calls_to(upstream, "responses")) == 1
 
 
-@pytest.mark.parametrize("stateful", [
-    {"previous_response_id": "resp_123"}, {"conversation": "conv_1"}, {"background": True}])
+@pytest.mark.parametrize(
+    "stateful",
+    [{"previous_response_id": "resp_123"}, {"conversation": "conv_1"}, {"background": True}],
+)
 def test_responses_that_depend_on_server_state_pass_through(proxy, upstream, stateful):
     body = {"model": "gpt-test", "input": "continue"} | stateful
     for _ in range(2):

@@ -18,10 +18,14 @@ MESSAGES = [{"role": "user", "content": "Faulty"}]
 
 def proxy_tasks(proxy) -> int:
     """Tasks running the proxy's own code on its loop (the fake upstream shares the loop)."""
+
     async def count() -> int:
-        return sum(1 for t in asyncio.all_tasks()
-                   if "/proxy/" in getattr(getattr(t.get_coro(), "cr_code", None),
-                                           "co_filename", ""))
+        return sum(
+            1
+            for t in asyncio.all_tasks()
+            if "/proxy/" in getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "")
+        )
+
     return proxy.bg.run(count())
 
 
@@ -90,8 +94,9 @@ def test_upstream_fault(make_proxy, upstream, bg, fault):
     with sdk(proxy, max_retries=0) as client:
         with pytest.raises(openai.APIError) as err:
             if fault in STREAMED:
-                for _ in client.chat.completions.create(model="gpt-test", messages=MESSAGES,
-                                                        stream=True):
+                for _ in client.chat.completions.create(
+                    model="gpt-test", messages=MESSAGES, stream=True
+                ):
                     pass
             else:
                 client.chat.completions.create(model="gpt-test", messages=MESSAGES)
@@ -114,8 +119,7 @@ def test_upstream_fault(make_proxy, upstream, bg, fault):
         upstream.stream_fault = None
         if fault == "connect_refused":
             bg.run(upstream.start(port))
-        raw = client.chat.completions.with_raw_response.create(model="gpt-test",
-                                                               messages=MESSAGES)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
         assert raw.status_code == 200 and raw.headers["x-cache"] == "MISS"
     assert proxy.counters["stores"] == 1
 
@@ -125,8 +129,11 @@ def test_many_faults_in_a_row_leak_nothing(make_proxy, upstream):
     baseline = proxy_tasks(proxy)
     with sdk(proxy, max_retries=0) as client:
         for i in range(30):
-            upstream.script(Scripted(drop=True) if i % 2 else Scripted(
-                200, body={"pad": "y" * 2000}, midway="drop"))
+            upstream.script(
+                Scripted(drop=True)
+                if i % 2
+                else Scripted(200, body={"pad": "y" * 2000}, midway="drop")
+            )
             with pytest.raises(openai.APIError):
                 client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     assert settled(proxy, baseline)
@@ -167,6 +174,7 @@ def test_periodic_store_work_survives_failures(make_proxy, upstream, logs, monke
                 failures[name] -= 1
                 raise exc
             return await original(*args)
+
         return run
 
     monkeypatch.setattr(store, "note", failing("note", RuntimeError("boom")))
@@ -176,12 +184,15 @@ def test_periodic_store_work_survives_failures(make_proxy, upstream, logs, monke
         deadline = time.monotonic() + 10
         while failures != {"note": 0, "checkpoint": 0} and time.monotonic() < deadline:
             time.sleep(0.05)
-        client.chat.completions.create(model="gpt-test", messages=[
-            {"role": "user", "content": "after the failures"}])
+        client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "after the failures"}]
+        )
     assert failures == {"note": 0, "checkpoint": 0}
     deadline = time.monotonic() + 10  # the flusher still runs: the second key is indexed
-    while not proxy.bg.run(store.recent("/v1/chat/completions", "gpt-test")) and \
-            time.monotonic() < deadline:
+    while (
+        not proxy.bg.run(store.recent("/v1/chat/completions", "gpt-test"))
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     recent = proxy.bg.run(store.recent("/v1/chat/completions", "gpt-test"))
     assert len(recent) == 1  # the first key's note was lost with the failed write

@@ -16,19 +16,42 @@ from tests.harness import http
 from tests.upstream import FakeUpstream
 
 pytestmark = pytest.mark.parametrize("backend", ["disk"], indirect=True)
-SETTINGS = settings(max_examples=120, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 CACHED = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
-FIELDS = ["model", "messages", "seed", "stream", "stream_options", "n", "tools", "temperature",
-          "input", "prompt", "encoding_format", "previous_response_id", "background",
-          "max_tokens", "logprobs", "metadata", "user", "tool_choice"]
+FIELDS = [
+    "model",
+    "messages",
+    "seed",
+    "stream",
+    "stream_options",
+    "n",
+    "tools",
+    "temperature",
+    "input",
+    "prompt",
+    "encoding_format",
+    "previous_response_id",
+    "background",
+    "max_tokens",
+    "logprobs",
+    "metadata",
+    "user",
+    "tool_choice",
+]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @pytest.fixture
@@ -58,29 +81,51 @@ def alive(proxy, upstream, evil) -> None:
 
 
 @SETTINGS
-@given(path=st.sampled_from(CACHED),
-       body=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6))
+@given(
+    path=st.sampled_from(CACHED),
+    body=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),
+)
 def test_wrong_types_for_known_fields(target, upstream, evil, path, body):
-    status, _, raw = http(target.url, "POST", path, body=json.dumps(body).encode(),
-                          headers={"Content-Type": "application/json"})
+    status, _, raw = http(
+        target.url,
+        "POST",
+        path,
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     check(target, status, raw)
     alive(target, upstream, evil)
 
 
 @SETTINGS
-@given(raw=st.one_of(
-    st.binary(max_size=300),
-    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
-    st.integers(1, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
-    st.sampled_from([b'{"model": "\xff\xfe"}', b'{"seed": 1e400}', b'{"n": -1e999}',
-                     b'{"model": "m", "messages": [], "seed": 18446744073709551616}',
-                     b'{"model": "\\ud800"}', b"\xef\xbb\xbf{}", b'{"a":1,"a":2}',
-                     b"null", b"[]", b"1", b'""', b"{" * 100_000]),
-))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+        st.integers(1, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+        st.sampled_from(
+            [
+                b'{"model": "\xff\xfe"}',
+                b'{"seed": 1e400}',
+                b'{"n": -1e999}',
+                b'{"model": "m", "messages": [], "seed": 18446744073709551616}',
+                b'{"model": "\\ud800"}',
+                b"\xef\xbb\xbf{}",
+                b'{"a":1,"a":2}',
+                b"null",
+                b"[]",
+                b"1",
+                b'""',
+                b"{" * 100_000,
+            ]
+        ),
+    )
+)
 def test_malformed_bodies(target, upstream, evil, raw):
     for path in CACHED:
-        status, _, body = http(target.url, "POST", path, body=raw,
-                               headers={"Content-Type": "application/json"})
+        status, _, body = http(
+            target.url, "POST", path, body=raw, headers={"Content-Type": "application/json"}
+        )
         check(target, status, body)
     alive(target, upstream, evil)
 
@@ -95,50 +140,96 @@ def test_oversized_bodies_and_huge_numbers_forwarded_exactly(target, upstream, e
     alive(target, upstream, evil)
 
 
-header_text = st.text(alphabet=string.ascii_letters + string.digits + " -_.,;=/:*\"'()",
-                      max_size=200)
+header_text = st.text(
+    alphabet=string.ascii_letters + string.digits + " -_.,;=/:*\"'()", max_size=200
+)
 
 
 @SETTINGS
-@given(headers=st.dictionaries(
-    st.sampled_from(["Cache-Control", "X-Seedproxy-Namespace", "Content-Type", "Accept",
-                     "Connection", "Authorization", "Accept-Encoding", "X-Odd", "Expect",
-                     "Transfer-Encoding", "Upgrade", "Te", "Forwarded", "X-Forwarded-Host"]),
-    header_text, max_size=5))
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(
+            [
+                "Cache-Control",
+                "X-Seedproxy-Namespace",
+                "Content-Type",
+                "Accept",
+                "Connection",
+                "Authorization",
+                "Accept-Encoding",
+                "X-Odd",
+                "Expect",
+                "Transfer-Encoding",
+                "Upgrade",
+                "Te",
+                "Forwarded",
+                "X-Forwarded-Host",
+            ]
+        ),
+        header_text,
+        max_size=5,
+    )
+)
 def test_odd_headers(target, upstream, evil, headers):
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "h"}]})
     try:
-        status, _, raw = http(target.url, "POST", "/v1/chat/completions", body=body,
-                              headers=headers)
+        status, _, raw = http(
+            target.url, "POST", "/v1/chat/completions", body=body, headers=headers
+        )
     except (ConnectionError, OSError):
         status, raw = 0, b""  # the server may refuse a malformed message outright
     check(target, status, raw)
     alive(target, upstream, evil)
 
 
-segments = st.sampled_from(["..", "%2e%2e", "%2E%2e", ".", "%2F", "%2f..", "a%00b", "models",
-                            "files", "x", "", "%", "%zz", "..%2F..", "%252e%252e", "@evil",
-                            "evil.example:80"])
+segments = st.sampled_from(
+    [
+        "..",
+        "%2e%2e",
+        "%2E%2e",
+        ".",
+        "%2F",
+        "%2f..",
+        "a%00b",
+        "models",
+        "files",
+        "x",
+        "",
+        "%",
+        "%zz",
+        "..%2F..",
+        "%252e%252e",
+        "@evil",
+        "evil.example:80",
+    ]
+)
 
 
 @SETTINGS
-@given(parts=st.lists(segments, min_size=1, max_size=5), method=st.sampled_from(
-    ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]))
+@given(
+    parts=st.lists(segments, min_size=1, max_size=5),
+    method=st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]),
+)
 def test_path_tricks_stay_on_the_upstream(target, upstream, evil, parts, method):
     path = "/v1/" + "/".join(parts)
-    status, _, raw = raw_request(target, f"{method} {path} HTTP/1.1\r\nHost: "
-                                         f"127.0.0.1:{evil.port}\r\nContent-Length: 0\r\n\r\n")
+    status, _, raw = raw_request(
+        target,
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{evil.port}\r\nContent-Length: 0\r\n\r\n",
+    )
     check(target, status, raw)
     alive(target, upstream, evil)
 
 
 @SETTINGS
-@given(tail=st.sampled_from(["models", "files/x", "chat/completions", "../admin", ""]),
-       host=st.sampled_from(["evil", "127.0.0.1"]))
+@given(
+    tail=st.sampled_from(["models", "files/x", "chat/completions", "../admin", ""]),
+    host=st.sampled_from(["evil", "127.0.0.1"]),
+)
 def test_absolute_targets_and_foreign_hosts(target, upstream, evil, tail, host):
     where = f"http://{host}:{evil.port}/v1/{tail}"
     status, _, raw = raw_request(
-        target, f"GET {where} HTTP/1.1\r\nHost: {host}:{evil.port}\r\nContent-Length: 0\r\n\r\n")
+        target, f"GET {where} HTTP/1.1\r\nHost: {host}:{evil.port}\r\nContent-Length: 0\r\n\r\n"
+    )
     check(target, status, raw)
     alive(target, upstream, evil)
 
@@ -153,19 +244,33 @@ def raw_request(proxy, head: str) -> tuple[int, bytes, bytes]:
             data += chunk
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
     split = data.find(b"\r\n\r\n")
-    return status, data[:split], data[split + 4:]
+    return status, data[:split], data[split + 4 :]
 
 
 # -- the admin endpoints ---------------------------------------------------------------------
 
+
 @SETTINGS
-@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
-       path=st.sampled_from(["/_seedproxy/stats", "/_seedproxy/drift", "/_seedproxy/",
-                             "/_seedproxy/explain", "/metrics", "/healthz", "/_seedproxy/x"]),
-       query=st.dictionaries(st.sampled_from(["limit", "since", "model", "path", "query"]),
-                             st.text(alphabet=string.printable.strip(), max_size=30),
-                             max_size=3),
-       body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+    path=st.sampled_from(
+        [
+            "/_seedproxy/stats",
+            "/_seedproxy/drift",
+            "/_seedproxy/",
+            "/_seedproxy/explain",
+            "/metrics",
+            "/healthz",
+            "/_seedproxy/x",
+        ]
+    ),
+    query=st.dictionaries(
+        st.sampled_from(["limit", "since", "model", "path", "query"]),
+        st.text(alphabet=string.printable.strip(), max_size=30),
+        max_size=3,
+    ),
+    body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+)
 def test_admin_endpoints(target, upstream, evil, method, path, query, body):
     from urllib.parse import urlencode
 

@@ -4,10 +4,19 @@ IGNORE = ("stream", "stream_options", "user", "metadata", "store")
 
 
 def key(body, **kw):
-    args = {"path": "/v1/chat/completions", "query": "", "namespace": "",
-            "upstream": "https://api.openai.com/v1"} | kw
-    return cache_key(args["path"], args["query"], args["namespace"], args["upstream"],
-                     canonical_body(body, IGNORE))
+    args = {
+        "path": "/v1/chat/completions",
+        "query": "",
+        "namespace": "",
+        "upstream": "https://api.openai.com/v1",
+    } | kw
+    return cache_key(
+        args["path"],
+        args["query"],
+        args["namespace"],
+        args["upstream"],
+        canonical_body(body, IGNORE),
+    )
 
 
 def test_key_order_and_numbers_do_not_matter():
@@ -23,8 +32,16 @@ def test_canonical_form_is_compact_and_sorted():
 
 def test_ignored_fields_share_an_entry_and_others_do_not():
     base = {"model": "m", "messages": []}
-    assert key(base) == key(base | {"stream": True, "user": "u1", "metadata": {"a": "b"},
-                                    "store": True, "stream_options": {"include_usage": True}})
+    assert key(base) == key(
+        base
+        | {
+            "stream": True,
+            "user": "u1",
+            "metadata": {"a": "b"},
+            "store": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
     assert key(base) != key(base | {"temperature": 0.5})
     assert key(base) != key(base | {"seed": 1})
 

@@ -14,10 +14,14 @@ def test_usage_comes_from_each_kinds_own_fields():
 
 def test_response_drift_compares_messages_and_function_calls():
     def answer(text: str, args: str) -> dict:
-        return {"status": "completed", "output": [
-            {"type": "reasoning", "id": "rs_1", "encrypted_content": "x"},
-            {"type": "message", "id": "m1", "content": [{"type": "output_text", "text": text}]},
-            {"type": "function_call", "id": "f1", "name": "f", "arguments": args}]}
+        return {
+            "status": "completed",
+            "output": [
+                {"type": "reasoning", "id": "rs_1", "encrypted_content": "x"},
+                {"type": "message", "id": "m1", "content": [{"type": "output_text", "text": text}]},
+                {"type": "function_call", "id": "f1", "name": "f", "arguments": args},
+            ],
+        }
 
     kind = KINDS["response"]
     assert kind.compare(answer("a", "{}"), answer("a", "{}"), None) is None

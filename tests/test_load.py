@@ -37,8 +37,9 @@ def rss_kib(pid: int) -> int:
 
 
 def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -54,11 +55,25 @@ def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
 def test_load_and_soak(tmp_path, store_env):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
     up_port, port = free_port(), free_port()
-    upstream = start(["tests.upstream", "--port", str(up_port), "--latency", "0.005",
-                      "--fail-rate", "0.01"], env, up_port)
-    proxy = start(["proxy", "serve", "--port", str(port), "--upstream",
-                   f"http://127.0.0.1:{up_port}/v1", "--log-format", "text"],
-                  env | store_env | {"SEEDPROXY_LOG_LEVEL": "warning"}, port)
+    upstream = start(
+        ["tests.upstream", "--port", str(up_port), "--latency", "0.005", "--fail-rate", "0.01"],
+        env,
+        up_port,
+    )
+    proxy = start(
+        [
+            "proxy",
+            "serve",
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://127.0.0.1:{up_port}/v1",
+            "--log-format",
+            "text",
+        ],
+        env | store_env | {"SEEDPROXY_LOG_LEVEL": "warning"},
+        port,
+    )
     try:
         sent, outcomes, samples = asyncio.run(drive(port, proxy.pid))
         time.sleep(1.5)  # the proxy flushes its counters every second
@@ -68,8 +83,10 @@ def test_load_and_soak(tmp_path, store_env):
         for proc in (proxy, upstream):
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
-    print(f"\nload: {sent} requests in {SECONDS:.0f}s from {CLIENTS} clients: "
-          f"{dict(outcomes)}; RSS {samples[0]} -> {samples[-1]} KiB; stats {stats}")
+    print(
+        f"\nload: {sent} requests in {SECONDS:.0f}s from {CLIENTS} clients: "
+        f"{dict(outcomes)}; RSS {samples[0]} -> {samples[-1]} KiB; stats {stats}"
+    )
     proxy_errors = {k: v for k, v in outcomes.items() if k not in ("ok", "upstream_failure")}
     assert proxy_errors == {}
     assert outcomes["ok"] > 0 and outcomes["upstream_failure"] > 0
@@ -93,12 +110,18 @@ async def drive(port: int, pid: int) -> tuple[int, Counter[str], list[int]]:
         roll = rng.random()
         prompt = rng.choice(popular) if roll < 0.6 else f"unique {rng.getrandbits(64)}"
         stream = rng.random() < 0.15
-        body = orjson.dumps({"model": "gpt-load", "stream": stream,
-                             "messages": [{"role": "user", "content": prompt}]})
+        body = orjson.dumps(
+            {
+                "model": "gpt-load",
+                "stream": stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+        )
         sent += 1
         try:
-            async with session.post(f"{base}/chat/completions", data=body,
-                                    headers={"Content-Type": "application/json"}) as r:
+            async with session.post(
+                f"{base}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            ) as r:
                 data = await r.read()
                 outcomes[classify(r.status, data, stream)] += 1
         except aiohttp.ClientError as exc:

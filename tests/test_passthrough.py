@@ -26,12 +26,20 @@ def test_models_list_through_the_sdk(client, upstream):
 
 def test_request_is_forwarded_untouched(proxy, upstream):
     payload = bytes(range(256)) * 4096  # 1 MiB, not JSON
-    status, headers, _ = http(proxy.url, "PUT", "/v1/files/abc?purpose=x&b=%2F&a=1",
-                                 body=payload, headers={
-                                     "X-Custom": "kept", "Authorization": "Bearer t",
-                                     "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "1",
-                                     "Proxy-Authorization": "Basic secret",
-                                     "Content-Type": "application/octet-stream"})
+    status, headers, _ = http(
+        proxy.url,
+        "PUT",
+        "/v1/files/abc?purpose=x&b=%2F&a=1",
+        body=payload,
+        headers={
+            "X-Custom": "kept",
+            "Authorization": "Bearer t",
+            "Connection": "keep-alive, X-Drop-Me",
+            "X-Drop-Me": "1",
+            "Proxy-Authorization": "Basic secret",
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert status == 200
     seen = upstream.calls[-1]
     assert (seen.method, seen.path, seen.query) == ("PUT", "/v1/files/abc", "purpose=x&b=%2F&a=1")
@@ -57,16 +65,22 @@ def test_upstream_cookies_are_not_kept_for_other_clients(make_proxy, upstream):
 
 
 def test_upstream_errors_on_other_paths_pass_through(proxy, upstream):
-    upstream.script(Scripted(404, body={"error": {"message": "no such file", "type": "x",
-                                                  "param": None, "code": "nf"}}))
+    upstream.script(
+        Scripted(
+            404,
+            body={"error": {"message": "no such file", "type": "x", "param": None, "code": "nf"}},
+        )
+    )
     status, _, body = http(proxy.url, "GET", "/v1/files/missing")
     assert status == 404 and orjson.loads(body)["error"]["message"] == "no such file"
 
 
 def test_upstream_unreachable_is_502(bg, proxy, upstream):
     bg.run(upstream.stop())
-    for method, path, body in (("POST", CHAT, b'{"model":"m","messages":[]}'),
-                               ("GET", "/v1/models", None)):
+    for method, path, body in (
+        ("POST", CHAT, b'{"model":"m","messages":[]}'),
+        ("GET", "/v1/models", None),
+    ):
         status, _, raw = http(proxy.url, method, path, body=body)
         assert status == 502, path
         assert error_of(raw)["code"] == "upstream_unreachable"
@@ -116,13 +130,20 @@ def test_body_over_the_limit_is_413(make_proxy, upstream):
     assert http(proxy.url, "GET", "/healthz")[0] == 200
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    (b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b'"str"', "invalid_json"),
-    (b"", "invalid_json"), (b"\xff\xfe", "invalid_json"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"str"', "invalid_json"),
+        (b"", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
+)
 def test_bad_json_is_400(proxy, upstream, body, code):
-    status, _, raw = http(proxy.url, "POST", CHAT, body=body,
-                          headers={"Content-Type": "application/json"})
+    status, _, raw = http(
+        proxy.url, "POST", CHAT, body=body, headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and error_of(raw)["code"] == code
     assert upstream.calls == []
 

@@ -15,12 +15,18 @@ from proxy.policy import (
 )
 
 
-@pytest.mark.parametrize(("mode", "body", "expected"), [
-    ("force", {}, 42), ("force", {"seed": 7}, 7),
-    ("override", {}, 42), ("override", {"seed": 7}, 42),
-    ("require", {"seed": 7}, 7),
-    ("passthrough", {}, None), ("passthrough", {"seed": 7}, 7),
-])
+@pytest.mark.parametrize(
+    ("mode", "body", "expected"),
+    [
+        ("force", {}, 42),
+        ("force", {"seed": 7}, 7),
+        ("override", {}, 42),
+        ("override", {"seed": 7}, 42),
+        ("require", {"seed": 7}, 7),
+        ("passthrough", {}, None),
+        ("passthrough", {"seed": 7}, 7),
+    ],
+)
 def test_seed_modes(mode, body, expected):
     assert apply_seed(body, mode, 42) == expected
     assert body.get("seed") == expected
@@ -47,23 +53,29 @@ def test_seed_range_edges_accepted(seed):
 
 def test_cache_control_parsing():
     assert parse_cache_control('No-Cache, max-age="30", foo') == {
-        "no-cache": None, "max-age": "30", "foo": None}
+        "no-cache": None,
+        "max-age": "30",
+        "foo": None,
+    }
     assert parse_cache_control(None) == {}
 
 
-@pytest.mark.parametrize(("mode", "header", "action", "max_age"), [
-    ("record", None, Action.RECORD, None),
-    ("replay", None, Action.REPLAY, None),
-    ("refresh", None, Action.REFRESH, None),
-    ("passthrough", None, Action.BYPASS, None),
-    ("record", "no-cache", Action.REFRESH, None),
-    ("record", "no-store", Action.BYPASS, None),
-    ("record", "no-cache, no-store", Action.BYPASS, None),
-    ("record", "only-if-cached", Action.REPLAY, None),
-    ("refresh", "only-if-cached", Action.REPLAY, None),
-    ("record", "max-age=60", Action.RECORD, 60.0),
-    ("record", "max-age=soon", Action.RECORD, None),
-])
+@pytest.mark.parametrize(
+    ("mode", "header", "action", "max_age"),
+    [
+        ("record", None, Action.RECORD, None),
+        ("replay", None, Action.REPLAY, None),
+        ("refresh", None, Action.REFRESH, None),
+        ("passthrough", None, Action.BYPASS, None),
+        ("record", "no-cache", Action.REFRESH, None),
+        ("record", "no-store", Action.BYPASS, None),
+        ("record", "no-cache, no-store", Action.BYPASS, None),
+        ("record", "only-if-cached", Action.REPLAY, None),
+        ("refresh", "only-if-cached", Action.REPLAY, None),
+        ("record", "max-age=60", Action.RECORD, 60.0),
+        ("record", "max-age=soon", Action.RECORD, None),
+    ],
+)
 def test_plan(mode, header, action, max_age):
     plan = plan_request(mode, header)
     assert (plan.action, plan.max_age) == (action, max_age)
@@ -89,10 +101,13 @@ def test_any_and_replay_take_the_newest():
 
 
 def test_latest_serves_only_the_most_recent_live_fingerprint():
-    assert select_variant([OLD, NEW], "latest", sightings(fp_a=90, fp_b=50), 60, 100,
-                          replay=False) is OLD
-    assert select_variant([OLD], "latest", sightings(fp_a=50, fp_b=90), 60, 100,
-                          replay=False) is None
+    assert (
+        select_variant([OLD, NEW], "latest", sightings(fp_a=90, fp_b=50), 60, 100, replay=False)
+        is OLD
+    )
+    assert (
+        select_variant([OLD], "latest", sightings(fp_a=50, fp_b=90), 60, 100, replay=False) is None
+    )
 
 
 def test_current_keeps_every_fingerprint_live_within_the_window():
@@ -100,8 +115,9 @@ def test_current_keeps_every_fingerprint_live_within_the_window():
     assert select_variant([OLD], "current", reg, 60, 100, replay=False) is OLD
     assert select_variant([OLD, NEW], "current", reg, 60, 100, replay=False) is NEW
     # fp_a not seen for longer than the window while fp_b is live: fp_a is dropped
-    assert select_variant([OLD], "current", sightings(fp_a=10, fp_b=90), 60, 100,
-                          replay=False) is None
+    assert (
+        select_variant([OLD], "current", sightings(fp_a=10, fp_b=90), 60, 100, replay=False) is None
+    )
 
 
 def test_current_serves_when_nothing_contradicts():
@@ -111,8 +127,17 @@ def test_current_serves_when_nothing_contradicts():
 
 def test_null_fingerprint_is_a_value():
     none_variant = V(None, 5.0)
-    assert select_variant([none_variant, OLD], "latest", sightings(fp_a=1) | {
-        None: Sighting(None, 0, 50, 1)}, 60, 100, replay=False) is none_variant
+    assert (
+        select_variant(
+            [none_variant, OLD],
+            "latest",
+            sightings(fp_a=1) | {None: Sighting(None, 0, 50, 1)},
+            60,
+            100,
+            replay=False,
+        )
+        is none_variant
+    )
 
 
 def test_freshness():
@@ -132,9 +157,16 @@ def test_observe_sighting_reports_new_fingerprints_after_the_first():
     assert table["fp_a"] == Sighting("fp_a", 1.0, 3.0, 2)
 
 
-@pytest.mark.parametrize("raw", [
-    b"{}", b" { } ", b'{"model":"m"}', b'\n{\n  "big": 123456789012345678901234567890\n}',
-    b'{"x": {"y": [1, 2.50, "{"]}}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{}",
+        b" { } ",
+        b'{"model":"m"}',
+        b'\n{\n  "big": 123456789012345678901234567890\n}',
+        b'{"x": {"y": [1, 2.50, "{"]}}',
+    ],
+)
 def test_add_seed_keeps_every_other_byte(raw):
     import orjson
 

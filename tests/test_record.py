@@ -6,8 +6,20 @@ from proxy.store.record import RecordError, decode, encode
 
 
 def entry(fp, body=b'{"a":1}'):
-    return Entry("k", fp, 1.5, 200, "application/json", "/v1/chat/completions", "m", 7, 3, 4,
-                 body, b'{"model":"m"}')
+    return Entry(
+        "k",
+        fp,
+        1.5,
+        200,
+        "application/json",
+        "/v1/chat/completions",
+        "m",
+        7,
+        3,
+        4,
+        body,
+        b'{"model":"m"}',
+    )
 
 
 def test_round_trip_keeps_bytes_exactly():
@@ -32,7 +44,7 @@ def test_headers_of_the_wrong_shape_are_refused(header):
     raw = encode([entry("fp_a")])
     hlen = int.from_bytes(raw[4:8], "big")
     with pytest.raises(RecordError):
-        decode("k", raw[:4] + len(header).to_bytes(4, "big") + header + raw[8 + hlen:])
+        decode("k", raw[:4] + len(header).to_bytes(4, "big") + header + raw[8 + hlen :])
 
 
 def test_hot_records_are_forgotten_when_the_version_changes():
@@ -63,7 +75,8 @@ def test_hot_records_keep_to_their_byte_limit_dropping_the_oldest():
     for i in range(20):
         hot.put(f"k{i}", [entry("fp_a")], 100)
     assert [k for k in (f"k{i}" for i in range(20)) if hot.get(k, 1)] == [
-        f"k{i}" for i in range(4, 20)]
+        f"k{i}" for i in range(4, 20)
+    ]
     hot.put("k19", [entry("fp_b")], 100)  # stored again: counted once
     hot.put("big", [entry("fp_a")], 101)  # over a sixteenth of the limit: not kept
     assert hot.get("big", 1) is None and hot.get("k4", 1) is not None

@@ -26,38 +26,52 @@ def exercise(proxy, upstream, api_key: str) -> list[bytes]:
     with openai.OpenAI(base_url=proxy.base_url, api_key=api_key, max_retries=0) as client:
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)  # hit
-        with client.chat.completions.stream(model="gpt-test", messages=MESSAGES,
-                                            tools=[{"type": "function", "function": {
-                                                "name": "f", "parameters": {}}}]) as s:
+        with client.chat.completions.stream(
+            model="gpt-test",
+            messages=MESSAGES,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        ) as s:
             s.get_final_completion()
         client.embeddings.create(model="emb", input="x")
         client.responses.create(model="gpt-test", input="y")
         upstream.nondeterministic = True
-        client.chat.completions.create(model="gpt-test", messages=MESSAGES,
-                                       extra_headers={"Cache-Control": "no-cache"})  # drift
+        client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"}
+        )  # drift
         upstream.fingerprint = "fp_new"
-        client.chat.completions.create(model="gpt-test", messages=[{"role": "user",
-                                                                    "content": "z"}])
+        client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "z"}]
+        )
         client.models.list()
-        for scripted in (Scripted(401), Scripted(429, headers={"Retry-After": "1"}),
-                         Scripted(200, body=b"{broken"), Scripted(drop=True)):
+        for scripted in (
+            Scripted(401),
+            Scripted(429, headers={"Retry-After": "1"}),
+            Scripted(200, body=b"{broken"),
+            Scripted(drop=True),
+        ):
             upstream.script(scripted)
             with pytest.raises(openai.APIError) as err:
-                client.chat.completions.create(model="gpt-test", messages=[
-                    {"role": "user", "content": "fail"}])
+                client.chat.completions.create(
+                    model="gpt-test", messages=[{"role": "user", "content": "fail"}]
+                )
             errors.append(err.value.response.content)
         for bad in ({"seed": "7"}, {"seed": True}):
             with pytest.raises(openai.BadRequestError) as err:
                 client.chat.completions.create(model="gpt-test", messages=MESSAGES, **bad)
             errors.append(err.value.response.content)
     headers = {"Authorization": f"Bearer {api_key}"}
-    for method, path, body in (("POST", "/v1/chat/completions", b"{nope"),
-                               ("POST", "/v1/chat/completions", b"[]"),
-                               ("GET", "/nowhere", None),
-                               ("POST", "/_seedproxy/explain?path=/v1/x", b"{}")):
+    for method, path, body in (
+        ("POST", "/v1/chat/completions", b"{nope"),
+        ("POST", "/v1/chat/completions", b"[]"),
+        ("GET", "/nowhere", None),
+        ("POST", "/_seedproxy/explain?path=/v1/x", b"{}"),
+    ):
         errors.append(http(proxy.url, method, path, body=body, headers=headers)[2])
-    errors.append(http(proxy.url, "GET", "/v1/models",
-                       headers={"Authorization": f"Bearer wrong-{api_key}"})[2])
+    errors.append(
+        http(proxy.url, "GET", "/v1/models", headers={"Authorization": f"Bearer wrong-{api_key}"})[
+            2
+        ]
+    )
     return errors
 
 
@@ -65,8 +79,12 @@ def surfaces(proxy, store_env, api_key: str, tmp_path) -> dict[str, bytes]:
     auth = {"Authorization": f"Bearer {api_key}"}
     export = tmp_path / "export.jsonl"
     base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
-    result = subprocess.run([sys.executable, "-m", "proxy", "export", str(export)],
-                            env=base | store_env, capture_output=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "export", str(export)],
+        env=base | store_env,
+        capture_output=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return {
         "export": export.read_bytes(),
@@ -83,8 +101,9 @@ def assert_absent(secrets: list[str], blobs: dict[str, bytes]) -> None:
             assert secret.encode() not in blob, f"{secret} found in {name}"
 
 
-def test_client_key_never_stored_or_shown(make_proxy, upstream, logs, store_config, store_env,
-                                          tmp_path):
+def test_client_key_never_stored_or_shown(
+    make_proxy, upstream, logs, store_config, store_env, tmp_path
+):
     proxy = make_proxy(log={"level": "debug"}, cache={"verify_rate": 1.0})
     errors = exercise(proxy, upstream, FAKE_KEY)
     assert upstream.chat_calls[0].headers["Authorization"] == f"Bearer {FAKE_KEY}"
@@ -98,12 +117,15 @@ def test_client_key_never_stored_or_shown(make_proxy, upstream, logs, store_conf
     assert_absent([FAKE_KEY], blobs)
 
 
-def test_proxy_token_and_upstream_key_never_stored_or_shown(make_proxy, upstream, logs,
-                                                            store_config, store_env, tmp_path,
-                                                            monkeypatch):
+def test_proxy_token_and_upstream_key_never_stored_or_shown(
+    make_proxy, upstream, logs, store_config, store_env, tmp_path, monkeypatch
+):
     monkeypatch.setenv("PLANTED_UPSTREAM_KEY", UPSTREAM_KEY)
-    proxy = make_proxy(log={"level": "debug"}, auth={"tokens": (TOKEN,)},
-                       upstream={"api_key_env": "PLANTED_UPSTREAM_KEY"})
+    proxy = make_proxy(
+        log={"level": "debug"},
+        auth={"tokens": (TOKEN,)},
+        upstream={"api_key_env": "PLANTED_UPSTREAM_KEY"},
+    )
     errors = exercise(proxy, upstream, TOKEN)
     assert {c.headers["Authorization"] for c in upstream.calls} == {f"Bearer {UPSTREAM_KEY}"}
     blobs = surfaces(proxy, store_env | {"SEEDPROXY_AUTH_TOKENS": TOKEN}, TOKEN, tmp_path)
@@ -120,20 +142,41 @@ def test_serve_process_output_has_no_secrets(tmp_path, upstream):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")} | {
-        "OPENAI_API_KEY": UPSTREAM_KEY, "SEEDPROXY_AUTH_TOKENS": TOKEN,
-        "SEEDPROXY_LOG_LEVEL": "debug"}
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
-                             "--upstream", f"{upstream.url}/v1", "--cache-dir",
-                             str(tmp_path / "c"), "--host", "0.0.0.0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "SEEDPROXY_AUTH_TOKENS": TOKEN,
+        "SEEDPROXY_LOG_LEVEL": "debug",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--port",
+            str(port),
+            "--upstream",
+            f"{upstream.url}/v1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--host",
+            "0.0.0.0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     ready = threading.Event()
     threading.Thread(target=lambda: (proc.stdout.readline(), ready.set()), daemon=True).start()
     assert ready.wait(30)
     try:
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN) as client:
             client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong",
-                           max_retries=0) as client, pytest.raises(openai.AuthenticationError):
+        with (
+            openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0
+            ) as client,
+            pytest.raises(openai.AuthenticationError),
+        ):
             client.models.list()
     finally:
         proc.terminate()
@@ -147,9 +190,23 @@ def test_non_loopback_without_tokens_warns(tmp_path, upstream):
     from tests.harness import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(free_port()),
-                             "--host", "0.0.0.0", "--cache-dir", str(tmp_path / "c")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--host",
+            "0.0.0.0",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     ready = threading.Event()
     threading.Thread(target=lambda: (proc.stdout.readline(), ready.set()), daemon=True).start()
     assert ready.wait(30)

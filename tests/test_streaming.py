@@ -17,10 +17,19 @@ from tests.conftest import async_sdk, sdk
 from tests.harness import http
 
 MESSAGES = [{"role": "user", "content": "Tell me something"}]
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
-                                                    "days": {"type": "integer"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            },
+        },
+    }
+]
 CASES = {
     "text": {},
     "tool_call": {"tools": TOOLS},
@@ -31,9 +40,16 @@ CASES = {
 
 def summary(completion) -> list[tuple]:
     """What a client reads from a completion, per choice."""
-    return [(c.index, c.message.content, c.message.refusal, c.finish_reason,
-             [(t.id, t.function.name, t.function.arguments) for t in c.message.tool_calls or []])
-            for c in sorted(completion.choices, key=lambda c: c.index)]
+    return [
+        (
+            c.index,
+            c.message.content,
+            c.message.refusal,
+            c.finish_reason,
+            [(t.id, t.function.name, t.function.arguments) for t in c.message.tool_calls or []],
+        )
+        for c in sorted(completion.choices, key=lambda c: c.index)
+    ]
 
 
 def sse_payloads(body: bytes) -> list[bytes]:
@@ -82,7 +98,8 @@ def test_stream_iteration_from_a_hit_recorded_without_streaming(client, upstream
             refusals[choice.index] = refusals.get(choice.index, "") + (choice.delta.refusal or "")
             for call in choice.delta.tool_calls or []:
                 arguments[call.index] = arguments.get(call.index, "") + (
-                    call.function.arguments or "")
+                    call.function.arguments or ""
+                )
             if choice.finish_reason:
                 finish[choice.index] = choice.finish_reason
     for choice in recorded.choices:
@@ -103,21 +120,29 @@ async def test_async_streaming_miss_then_hit(proxy, upstream):
         stream = await client.chat.completions.create(**args, stream=True)
         chunks = [chunk async for chunk in stream]
     assert len(upstream.chat_calls) == 1
-    arguments = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
-                        for c in chunks if c.choices and c.choices[0].delta.tool_calls)
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
     assert arguments == miss.choices[0].message.tool_calls[0].function.arguments
 
 
 def test_usage_chunk_exactly_when_asked(client, upstream, proxy):
     args = {"model": "gpt-test", "messages": MESSAGES, "stream": True}
-    with_usage = list(client.chat.completions.create(
-        **args, stream_options={"include_usage": True}))
+    with_usage = list(
+        client.chat.completions.create(**args, stream_options={"include_usage": True})
+    )
     assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 18
     # hit, asked: the same usage chunk; not asked: none at all
     hit = list(client.chat.completions.create(**args, stream_options={"include_usage": True}))
     assert hit[-1].choices == [] and hit[-1].usage == with_usage[-1].usage
-    _status, headers, body = http(proxy.url, "POST", "/v1/chat/completions", body=orjson.dumps(
-        {"model": "gpt-test", "messages": MESSAGES, "stream": True}))
+    _status, headers, body = http(
+        proxy.url,
+        "POST",
+        "/v1/chat/completions",
+        body=orjson.dumps({"model": "gpt-test", "messages": MESSAGES, "stream": True}),
+    )
     assert headers["X-Cache"] == "HIT"
     payloads = [p for p in sse_payloads(body) if p != b"[DONE]"]
     assert all(orjson.loads(p)["choices"] for p in payloads)
@@ -127,12 +152,21 @@ def test_usage_chunk_exactly_when_asked(client, upstream, proxy):
 
 
 def test_lossless_cross_serving_of_unknown_fields(client, upstream):
-    upstream.extra_fields = {"reasoning_content": "First I think, then I answer.",
-                             "annotations": [{"type": "url_citation", "url_citation": {
-                                 "url": "https://example.com", "title": "Ex",
-                                 "start_index": 0, "end_index": 3}}],
-                             "audio": {"id": "audio_1", "data": "AAAA", "transcript": "hi",
-                                       "expires_at": 1700000000}}
+    upstream.extra_fields = {
+        "reasoning_content": "First I think, then I answer.",
+        "annotations": [
+            {
+                "type": "url_citation",
+                "url_citation": {
+                    "url": "https://example.com",
+                    "title": "Ex",
+                    "start_index": 0,
+                    "end_index": 3,
+                },
+            }
+        ],
+        "audio": {"id": "audio_1", "data": "AAAA", "transcript": "hi", "expires_at": 1700000000},
+    }
     base = {"model": "gpt-test", "messages": MESSAGES, "logprobs": True}
     direct = upstream.completion(base | {"seed": 12345})
 
@@ -159,13 +193,17 @@ def test_lossless_cross_serving_of_unknown_fields(client, upstream):
     assert len(upstream.chat_calls) == 2
 
 
-async def test_first_event_reaches_the_client_before_the_upstream_sends_the_second(
-        proxy, upstream):
+async def test_first_event_reaches_the_client_before_the_upstream_sends_the_second(proxy, upstream):
     upstream.gate = threading.Event()
     body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES, "stream": True})
-    async with aiohttp.ClientSession() as session, session.post(
-            f"{proxy.base_url}/chat/completions", data=body,
-            headers={"Content-Type": "application/json"}) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{proxy.base_url}/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as response,
+    ):
         assert response.headers["X-Cache"] == "MISS"
         # the upstream holds its second event until the gate opens: what arrives now
         # can only have been passed on without waiting for the rest
@@ -177,8 +215,9 @@ async def test_first_event_reaches_the_client_before_the_upstream_sends_the_seco
         key = response.headers["X-Seedproxy-Key"]
     assert sse_payloads(rest)[-1] == b"[DONE]"
     # stored before [DONE] was passed on: the entry exists the moment the client has it all
-    stored = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-        proxy.pipeline.store.variants(key), proxy.bg.loop))
+    stored = await asyncio.wrap_future(
+        asyncio.run_coroutine_threadsafe(proxy.pipeline.store.variants(key), proxy.bg.loop)
+    )
     assert len(stored) == 1
 
 
@@ -189,8 +228,11 @@ def _leave_after_first_event(proxy, upstream, logs) -> None:
     async def go() -> None:
         body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES, "stream": True})
         async with aiohttp.ClientSession() as session:
-            response = await session.post(f"{proxy.base_url}/chat/completions", data=body,
-                                          headers={"Content-Type": "application/json"})
+            response = await session.post(
+                f"{proxy.base_url}/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
             await asyncio.wait_for(response.content.readuntil(b"\n\n"), 20)
             response.close()  # the client goes away mid-stream
 
@@ -219,13 +261,11 @@ def test_client_leaving_mid_stream_still_stores_the_answer(client, proxy, upstre
     assert http(proxy.url, "GET", "/healthz")[0] == 200
 
 
-def test_client_leaving_without_complete_on_disconnect_stores_nothing(make_proxy, upstream,
-                                                                     logs):
+def test_client_leaving_without_complete_on_disconnect_stores_nothing(make_proxy, upstream, logs):
     proxy = make_proxy(cache={"complete_on_disconnect": False})
     _leave_after_first_event(proxy, upstream, logs)
     with sdk(proxy) as client:
-        raw = client.chat.completions.with_raw_response.create(model="gpt-test",
-                                                               messages=MESSAGES)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
     assert raw.headers["x-cache"] == "MISS"
     assert proxy.counters["stores"] == 1
 
@@ -236,12 +276,12 @@ def test_incomplete_streams_are_never_stored(make_proxy, upstream, logs, fault):
     upstream.stream_fault = fault
     with sdk(proxy, max_retries=0) as client:
         with pytest.raises(openai.APIError):
-            for _ in client.chat.completions.create(model="gpt-test", messages=MESSAGES,
-                                                    stream=True):
+            for _ in client.chat.completions.create(
+                model="gpt-test", messages=MESSAGES, stream=True
+            ):
                 pass
         upstream.stream_fault = None
-        raw = client.chat.completions.with_raw_response.create(model="gpt-test",
-                                                               messages=MESSAGES)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
     assert raw.headers["x-cache"] == "MISS"
     assert proxy.counters["stores"] == 1
     assert "incomplete upstream stream; not cached" in logs.text
@@ -270,8 +310,9 @@ def test_concurrent_streamed_misses_share_one_upstream_call(proxy, upstream):
     contents = set()
     for i, body in enumerate(bodies):
         if i % 2 == 0:
-            deltas = [orjson.loads(p)["choices"][0]["delta"] for p in sse_payloads(body)
-                      if p != b"[DONE]"]
+            deltas = [
+                orjson.loads(p)["choices"][0]["delta"] for p in sse_payloads(body) if p != b"[DONE]"
+            ]
             contents.add("".join(d.get("content") or "" for d in deltas))
         else:
             contents.add(orjson.loads(body)["choices"][0]["message"]["content"])

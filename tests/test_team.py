@@ -33,11 +33,24 @@ TOKEN = "team-token-1"
 
 
 def entry(key: str, fp: str | None, created: float, body: bytes = b"{}") -> Entry:
-    return Entry(key, fp, created, 200, "application/json", "/v1/chat/completions", "m", 1,
-                 2, 3, body, b'{"model":"m"}')
+    return Entry(
+        key,
+        fp,
+        created,
+        200,
+        "application/json",
+        "/v1/chat/completions",
+        "m",
+        1,
+        2,
+        3,
+        body,
+        b'{"model":"m"}',
+    )
 
 
 # -- the store contract, on both backends -------------------------------------------------
+
 
 async def test_store_contract(store_config, cache_dir, upstream):
     store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config))
@@ -49,7 +62,10 @@ async def test_store_contract(store_config, cache_dir, upstream):
         await store.put(entry("k1", None, 4.0), busy=False)
         variants = await store.variants("k1")
         assert [(v.fingerprint, v.created) for v in variants] == [
-            (None, 4.0), ("fp_a", 3.0), ("fp_b", 2.0)]
+            (None, 4.0),
+            ("fp_a", 3.0),
+            ("fp_b", 2.0),
+        ]
         assert variants[1].body == b'{"a":2}' and variants[1].request == b'{"model":"m"}'
         for i in range(12):  # at most eight fingerprints per key, the oldest go
             await store.put(entry("k2", f"fp{i}", float(i)), busy=i % 2 == 0)
@@ -59,16 +75,27 @@ async def test_store_contract(store_config, cache_dir, upstream):
         def note(key: str, fp: str | None, now: float, see: bool = True) -> Note:
             return Note(key, "/v1/chat/completions", "m", fp, now, see)
 
-        assert await store.note([note("k1", "fp_a", 3.0, False), note("k2", "fp_a", 3.0, False),
-                                 note("k3", "fp_a", 3.0, False), note("k1", "fp_a", 3.0, False)]
-                                ) == [None] * 4
+        assert (
+            await store.note(
+                [
+                    note("k1", "fp_a", 3.0, False),
+                    note("k2", "fp_a", 3.0, False),
+                    note("k3", "fp_a", 3.0, False),
+                    note("k1", "fp_a", 3.0, False),
+                ]
+            )
+            == [None] * 4
+        )
         assert (await store.recent("/v1/chat/completions", "m"))[:3] == ["k1", "k3", "k2"]
 
         # applied in order, in one call or several
         first = await store.note([note("k9", "fp_a", 10.0), note("k9", None, 11.0)])
         second = await store.note([note("k9", "fp_a", 12.0)])
         assert [(s.previous, s.is_new) for s in (*first, *second)] == [
-            (None, False), ("fp_a", True), (None, False)]
+            (None, False),
+            ("fp_a", True),
+            (None, False),
+        ]
         assert second[0].sightings == await store.sightings("m")
         assert (await store.sightings("m"))["fp_a"] == Sighting("fp_a", 10.0, 12.0, 2)
         assert await store.note([note("k9", "fp_z", 13.0, see=False)]) == [None]
@@ -129,8 +156,9 @@ def test_checkpoints_follow_the_writes_or_the_clock():
 
 
 @pytest.mark.parametrize("backend", ["disk"], indirect=True)
-async def test_disk_folds_the_write_ahead_log_in_once_enough_was_written(store_config, cache_dir,
-                                                                        upstream):
+async def test_disk_folds_the_write_ahead_log_in_once_enough_was_written(
+    store_config, cache_dir, upstream
+):
     store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config))
     database = cache_dir / "entries" / "cache.db"
     try:
@@ -181,13 +209,16 @@ async def test_disk_reads_from_memory_never_outlive_a_commit(store_config, cache
         assert await body() == b'{"a":3}'
         await mine.put(entry("k", "fp", 4.0, b'{"a":4}'))
         assert await body() == b'{"a":4}'
-        script = ("import asyncio, sys\nfrom pathlib import Path\n"
-                  "from proxy.store.disk import DiskStore\nfrom tests.test_team import entry\n"
-                  "async def main():\n    store = DiskStore(Path(sys.argv[1]))\n"
-                  "    await store.put(entry('k', 'fp', 5.0, b'{\"a\":5}'))\n"
-                  "    await store.close()\nasyncio.run(main())\n")
+        script = (
+            "import asyncio, sys\nfrom pathlib import Path\n"
+            "from proxy.store.disk import DiskStore\nfrom tests.test_team import entry\n"
+            "async def main():\n    store = DiskStore(Path(sys.argv[1]))\n"
+            "    await store.put(entry('k', 'fp', 5.0, b'{\"a\":5}'))\n"
+            "    await store.close()\nasyncio.run(main())\n"
+        )
         other_process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, str(cache_dir), cwd=Path(__file__).parent.parent)
+            sys.executable, "-c", script, str(cache_dir), cwd=Path(__file__).parent.parent
+        )
         assert await other_process.wait() == 0
         assert await body() == b'{"a":5}'
         await other.delete("k")
@@ -220,18 +251,30 @@ async def test_redis_entry_ttl_and_memory_bound(store_config, cache_dir, upstrea
 
 # -- several processes ---------------------------------------------------------------------
 
+
 class Serve:
     """`seedproxy serve` in its own process."""
 
-    def __init__(self, port: int, upstream: FakeUpstream, env: dict[str, str],
-                 *args: str) -> None:
+    def __init__(self, port: int, upstream: FakeUpstream, env: dict[str, str], *args: str) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
         self.port = port
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedproxy-{port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream",
-             f"{upstream.url}/v1", *args],
-            env=base | env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "serve",
+                "--port",
+                str(port),
+                "--upstream",
+                f"{upstream.url}/v1",
+                *args,
+            ],
+            env=base | env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
         deadline = time.monotonic() + 30
         while http_ok(port) is False:
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -259,12 +302,17 @@ def http_ok(port: int) -> bool:
 def post_many(ports: list[int], n: int, body: bytes) -> list[tuple[int, str, bytes]]:
     async def go() -> list[tuple[int, str, bytes]]:
         async with aiohttp.ClientSession() as session:
+
             async def one(i: int) -> tuple[int, str, bytes]:
                 async with session.post(
-                        f"http://127.0.0.1:{ports[i % len(ports)]}/v1/chat/completions",
-                        data=body, headers={"Content-Type": "application/json"}) as r:
+                    f"http://127.0.0.1:{ports[i % len(ports)]}/v1/chat/completions",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as r:
                     return r.status, r.headers.get("X-Cache", ""), await r.read()
+
             return await asyncio.gather(*(one(i) for i in range(n)))
+
     return asyncio.run(go())
 
 
@@ -291,6 +339,7 @@ def test_a_waiter_goes_upstream_itself_after_a_crashed_holder(upstream, store_en
     holder, waiter = Serve(free_port(), upstream, env), Serve(free_port(), upstream, env)
     body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
     try:
+
         def doomed() -> None:
             with contextlib.suppress(aiohttp.ClientError):  # its proxy is killed below
                 post_many([holder.port], 1, body)
@@ -320,20 +369,26 @@ def test_a_waiter_goes_upstream_itself_after_a_crashed_holder(upstream, store_en
 def test_workers_share_the_port_the_cache_and_the_counters(upstream, store_env):
     upstream.latency = 0.2
     port = free_port()
-    served = Serve(port, upstream, store_env | {"SEEDPROXY_LOG_LEVEL": "info"},
-                   "--workers", "2")
+    served = Serve(port, upstream, store_env | {"SEEDPROXY_LOG_LEVEL": "info"}, "--workers", "2")
     try:
         same = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
         results = post_many([port], 20, same)
         assert len(upstream.chat_calls) == 1  # coalesced within and across the workers
         assert len({r[2] for r in results}) == 1
-        distinct = [post_many([port], 1, orjson.dumps({"model": "gpt-test", "messages": [
-            {"role": "user", "content": f"q{i}"}]})) for i in range(10)]
+        distinct = [
+            post_many(
+                [port],
+                1,
+                orjson.dumps(
+                    {"model": "gpt-test", "messages": [{"role": "user", "content": f"q{i}"}]}
+                ),
+            )
+            for i in range(10)
+        ]
         assert all(d[0][0] == 200 for d in distinct)
         deadline = time.monotonic() + 10
         while True:  # each worker flushes its counters every second
-            stats = orjson.loads(http(f"http://127.0.0.1:{port}", "GET",
-                                      "/_seedproxy/stats")[2])
+            stats = orjson.loads(http(f"http://127.0.0.1:{port}", "GET", "/_seedproxy/stats")[2])
             if (stats["requests"], stats["stores"]) == (30, 11) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -342,31 +397,45 @@ def test_workers_share_the_port_the_cache_and_the_counters(upstream, store_env):
         assert stats["stores"] == 11
     finally:
         served.stop()
-    pids = {orjson.loads(line)["pid"] for line in served.log.read_text().splitlines()
-            if line.startswith("{") and '"path":"/v1/chat/completions"' in line}
+    pids = {
+        orjson.loads(line)["pid"]
+        for line in served.log.read_text().splitlines()
+        if line.startswith("{") and '"path":"/v1/chat/completions"' in line
+    }
     assert len(pids) == 2  # both workers served requests
     assert served.proc.returncode == 0
 
 
 # -- proxy tokens --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def guarded(make_proxy, monkeypatch, tmp_path):
     monkeypatch.setenv("TEAM_UPSTREAM_KEY", UPSTREAM_KEY)
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("# team tokens\nfile-token-2\n")
-    return make_proxy(auth={"tokens": (TOKEN,), "tokens_file": str(tokens_file)},
-                      upstream={"api_key_env": "TEAM_UPSTREAM_KEY"})
+    return make_proxy(
+        auth={"tokens": (TOKEN,), "tokens_file": str(tokens_file)},
+        upstream={"api_key_env": "TEAM_UPSTREAM_KEY"},
+    )
 
 
 def test_tokens_guard_everything_but_healthz(guarded, upstream):
     for bad in (FAKE_KEY, "", "team-token-"):
-        with openai.OpenAI(base_url=guarded.base_url, api_key=bad or "x", max_retries=0) as c, \
-                pytest.raises(openai.AuthenticationError) as err:
+        with (
+            openai.OpenAI(base_url=guarded.base_url, api_key=bad or "x", max_retries=0) as c,
+            pytest.raises(openai.AuthenticationError) as err,
+        ):
             c.chat.completions.create(model="gpt-test", messages=MESSAGES)
         assert err.value.code == "invalid_proxy_token"
-    for path in ("/_seedproxy/stats", "/_seedproxy/drift", "/_seedproxy/", "/metrics",
-                 "/v1/models", "/nope"):
+    for path in (
+        "/_seedproxy/stats",
+        "/_seedproxy/drift",
+        "/_seedproxy/",
+        "/metrics",
+        "/v1/models",
+        "/nope",
+    ):
         status, _, body = http(guarded.url, "GET", path)
         assert status == 401, path
         assert orjson.loads(body)["error"]["type"] == "authentication_error"
@@ -380,10 +449,13 @@ def test_valid_tokens_get_the_proxys_own_upstream_key(guarded, upstream, logs):
         with openai.OpenAI(base_url=guarded.base_url, api_key=token) as client:
             client.chat.completions.create(model="gpt-test", messages=MESSAGES)
             client.models.list()
-    assert [c.headers["Authorization"] for c in upstream.calls] == [
-        f"Bearer {UPSTREAM_KEY}"] * 3
-    assert http(guarded.url, "GET", "/_seedproxy/stats",
-                headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert [c.headers["Authorization"] for c in upstream.calls] == [f"Bearer {UPSTREAM_KEY}"] * 3
+    assert (
+        http(guarded.url, "GET", "/_seedproxy/stats", headers={"Authorization": f"Bearer {TOKEN}"})[
+            0
+        ]
+        == 200
+    )
     assert UPSTREAM_KEY not in logs.text and TOKEN not in logs.text
 
 
@@ -391,18 +463,32 @@ def test_tokens_without_an_upstream_key_refuse_to_start(tmp_path, upstream):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
     env.pop("OPENAI_API_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "serve", "--port", str(free_port()), "--cache-dir",
-         str(tmp_path / "c")], env=env | {"SEEDPROXY_AUTH_TOKENS": "a,b"},
-        capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        env=env | {"SEEDPROXY_AUTH_TOKENS": "a,b"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "upstream.api_key_env: $OPENAI_API_KEY is not set" in result.stderr
 
 
 # -- namespaces ----------------------------------------------------------------------------
 
+
 def create(client, **extra):
     return client.chat.completions.with_raw_response.create(
-        model="gpt-test", messages=MESSAGES, **extra).headers["x-cache"]
+        model="gpt-test", messages=MESSAGES, **extra
+    ).headers["x-cache"]
 
 
 def test_namespaces_never_serve_each_others_entries(proxy, upstream):
@@ -419,17 +505,26 @@ def test_namespaces_never_serve_each_others_entries(proxy, upstream):
 
 def test_per_key_scope_isolates_credentials(make_proxy, upstream):
     proxy = make_proxy(cache={"scope": "per-key"})
-    with openai.OpenAI(base_url=proxy.base_url, api_key="sk-alice-0") as alice, \
-            openai.OpenAI(base_url=proxy.base_url, api_key="sk-bob-0") as bob:
+    with (
+        openai.OpenAI(base_url=proxy.base_url, api_key="sk-alice-0") as alice,
+        openai.OpenAI(base_url=proxy.base_url, api_key="sk-bob-0") as bob,
+    ):
         assert [create(alice), create(bob), create(alice), create(bob)] == [
-            "MISS", "MISS", "HIT", "HIT"]
+            "MISS",
+            "MISS",
+            "HIT",
+            "HIT",
+        ]
     shared = make_proxy()
-    with openai.OpenAI(base_url=shared.base_url, api_key="sk-carol-0") as carol, \
-            openai.OpenAI(base_url=shared.base_url, api_key="sk-dave-0") as dave:
+    with (
+        openai.OpenAI(base_url=shared.base_url, api_key="sk-carol-0") as carol,
+        openai.OpenAI(base_url=shared.base_url, api_key="sk-dave-0") as dave,
+    ):
         assert [create(carol), create(dave)] == ["MISS", "HIT"]
 
 
 # -- upstream identity ---------------------------------------------------------------------
+
 
 def test_different_upstreams_never_share_entries(make_proxy, upstream, bg):
     other = FakeUpstream()
@@ -450,9 +545,12 @@ def test_azure_deployment_with_api_key_and_api_version(make_proxy, upstream):
     azure_key = "azure-client-key-1"
 
     def client(version: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=proxy.base_url, api_key="unused",
-                             default_headers={"api-key": azure_key},
-                             default_query={"api-version": version})
+        return openai.OpenAI(
+            base_url=proxy.base_url,
+            api_key="unused",
+            default_headers={"api-key": azure_key},
+            default_query={"api-version": version},
+        )
 
     with client("2024-06-01") as june, client("2024-10-21") as october:
         assert [create(june), create(june), create(october)] == ["MISS", "HIT", "MISS"]
@@ -464,12 +562,17 @@ def test_azure_deployment_with_api_key_and_api_version(make_proxy, upstream):
 
 def test_azure_with_proxy_tokens_sends_the_api_key_header(make_proxy, upstream, monkeypatch):
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", UPSTREAM_KEY)
-    proxy = make_proxy(upstream={"base_url": f"{upstream.url}/openai/deployments/gpt-4o",
-                                 "api_key_env": "AZURE_OPENAI_API_KEY",
-                                 "api_key_header": "api-key"},
-                       auth={"tokens": (TOKEN,)})
-    with openai.OpenAI(base_url=proxy.base_url, api_key=TOKEN,
-                       default_query={"api-version": "2024-06-01"}) as client:
+    proxy = make_proxy(
+        upstream={
+            "base_url": f"{upstream.url}/openai/deployments/gpt-4o",
+            "api_key_env": "AZURE_OPENAI_API_KEY",
+            "api_key_header": "api-key",
+        },
+        auth={"tokens": (TOKEN,)},
+    )
+    with openai.OpenAI(
+        base_url=proxy.base_url, api_key=TOKEN, default_query={"api-version": "2024-06-01"}
+    ) as client:
         assert create(client) == "MISS"
     seen = upstream.chat_calls[0]
     assert seen.headers["api-key"] == UPSTREAM_KEY

@@ -22,15 +22,22 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `seedproxy` command in its own process, as a user runs it next to a proxy."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True,
-                          text=True, timeout=60, env=base | (env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base | (env or {}),
+    )
 
 
 @pytest.fixture
 def run(store_env):
     """`seedproxy ...` on this test's store (disk or Redis, selected by environment)."""
+
     def go(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return cli(*args, env={**store_env, **(env or {})})
+
     return go
 
 
@@ -40,6 +47,7 @@ def run_json(run):
         result = run(*args, "--json", env=env)
         assert result.returncode == 0, result.stderr
         return orjson.loads(result.stdout)
+
     return go
 
 
@@ -52,12 +60,12 @@ def busy(make_proxy, upstream):
             client.chat.completions.create(model=model, messages=MESSAGES)
             client.chat.completions.create(model=model, messages=MESSAGES)
         upstream.nondeterministic = True
-        client.chat.completions.create(model="gpt-a", messages=MESSAGES,
-                                       extra_headers={"Cache-Control": "no-cache"})
+        client.chat.completions.create(
+            model="gpt-a", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"}
+        )
         upstream.nondeterministic = False
         upstream.fingerprint = "fp_two"
-        client.chat.completions.create(model="gpt-b", messages=[{"role": "user",
-                                                                 "content": "new"}])
+        client.chat.completions.create(model="gpt-b", messages=[{"role": "user", "content": "new"}])
     http(proxy.url, "GET", "/_seedproxy/stats")  # flushes the counters to the store
     return proxy
 
@@ -67,8 +75,9 @@ def test_stats_while_the_proxy_runs(busy, run, run_json):
     assert (stats["hits"], stats["misses"], stats["refreshes"]) == (2, 3, 1)
     assert stats["stores"] == 4 and stats["entries"] == 3
     assert stats["drift_events"] == 1 and stats["fingerprint_changes"] == 1
-    assert stats["tokens_saved"] == stats["prompt_tokens_saved"] + stats[
-        "completion_tokens_saved"] > 0
+    assert (
+        stats["tokens_saved"] == stats["prompt_tokens_saved"] + stats["completion_tokens_saved"] > 0
+    )
     assert stats["money_saved_usd"] is None
     human = run("stats")
     assert "hit ratio" in human.stdout and "40.0%" in human.stdout
@@ -94,8 +103,9 @@ def test_drift_listing_filters_and_show(busy, run, run_json):
     shown = run("drift", "show", events[0]["id"])
     assert shown.returncode == 0
     assert "--- cached" in shown.stdout and "+++ live" in shown.stdout
-    assert any(line.startswith("-") and not line.startswith("---")
-               for line in shown.stdout.splitlines())
+    assert any(
+        line.startswith("-") and not line.startswith("---") for line in shown.stdout.splitlines()
+    )
     missing = run("drift", "show", "nope")
     assert missing.returncode == 2 and "no drift event" in missing.stderr
 
@@ -153,15 +163,13 @@ def test_purge_filters(busy, run, run_json):
     out = run("purge", "--fingerprint", "fp_two", "--json")
     removed = orjson.loads(out.stdout)
     assert [(r["model"], r["fingerprint"]) for r in removed] == [("gpt-b", "fp_two")]
-    assert run("purge", "--older-than", "1h").stdout.endswith(
-        "0 entries removed\n")
+    assert run("purge", "--older-than", "1h").stdout.endswith("0 entries removed\n")
     text = run("purge", "--model", "gpt-a").stdout
     assert "gpt-a" in text and text.endswith("1 entries removed\n")
     assert run_json("stats")["entries"] == 1
     with sdk(busy) as client:  # read twice: the second time from the proxy's memory
         for _ in range(2):
-            raw = client.chat.completions.with_raw_response.create(model="gpt-b",
-                                                                   messages=MESSAGES)
+            raw = client.chat.completions.with_raw_response.create(model="gpt-b", messages=MESSAGES)
             assert raw.headers["x-cache"] == "HIT"
     run("purge", "--all")
     assert run_json("stats")["entries"] == 0
@@ -172,9 +180,15 @@ def test_purge_filters(busy, run, run_json):
 
 # -- explain -------------------------------------------------------------------------------
 
+
 def test_explain_endpoint_and_key_command_agree_with_the_proxy(client, proxy, tmp_path):
-    body = {"model": "gpt-test", "messages": MESSAGES, "temperature": 1.0, "user": "u",
-            "stream": False}
+    body = {
+        "model": "gpt-test",
+        "messages": MESSAGES,
+        "temperature": 1.0,
+        "user": "u",
+        "stream": False,
+    }
     raw = client.chat.completions.with_raw_response.create(**body)
     status, _, answer = http(proxy.url, "POST", "/_seedproxy/explain", body=orjson.dumps(body))
     info = orjson.loads(answer)
@@ -182,36 +196,54 @@ def test_explain_endpoint_and_key_command_agree_with_the_proxy(client, proxy, tm
     assert info["key"] == raw.headers["x-seedproxy-key"]
     assert info["ignored_fields"] == ["stream", "user"]
     assert info["seed"] == 12345 and info["namespace"] == ""
-    assert orjson.loads(info["canonical"]) == {"messages": MESSAGES, "model": "gpt-test",
-                                               "seed": 12345, "temperature": 1}
-    _, _, spaced = http(proxy.url, "POST", "/_seedproxy/explain", body=orjson.dumps(body),
-                        headers={"X-Seedproxy-Namespace": "team-a"})
+    assert orjson.loads(info["canonical"]) == {
+        "messages": MESSAGES,
+        "model": "gpt-test",
+        "seed": 12345,
+        "temperature": 1,
+    }
+    _, _, spaced = http(
+        proxy.url,
+        "POST",
+        "/_seedproxy/explain",
+        body=orjson.dumps(body),
+        headers={"X-Seedproxy-Namespace": "team-a"},
+    )
     assert orjson.loads(spaced)["key"] != info["key"]
     status, _, err = http(proxy.url, "POST", "/_seedproxy/explain?path=/v1/nope", body=b"{}")
     assert status == 400 and "not a cached endpoint" in orjson.loads(err)["error"]["message"]
 
     request_file = tmp_path / "request.json"
     request_file.write_bytes(orjson.dumps(body))
-    offline = cli("key", str(request_file), "--json",
-                  env={"SEEDPROXY_UPSTREAM_BASE_URL": proxy.settings.upstream.base_url})
+    offline = cli(
+        "key",
+        str(request_file),
+        "--json",
+        env={"SEEDPROXY_UPSTREAM_BASE_URL": proxy.settings.upstream.base_url},
+    )
     assert orjson.loads(offline.stdout)["key"] == info["key"]
 
 
-def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make_proxy,
-                                                                            upstream):
+def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make_proxy, upstream):
     recorder = make_proxy()
     with sdk(recorder) as client:
         client.chat.completions.create(model="gpt-test", messages=MESSAGES, temperature=0.5)
-        client.chat.completions.create(model="gpt-test", messages=[
-            {"role": "user", "content": "something else entirely"}], max_tokens=9)
+        client.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": "something else entirely"}],
+            max_tokens=9,
+        )
     recorder.stop()
     replay = make_proxy(cache={"mode": "replay"})
     import openai
 
     with sdk(replay) as client:
         with pytest.raises(openai.APIStatusError) as err:
-            client.chat.completions.create(model="gpt-test", temperature=0.7, messages=[
-                {"role": "user", "content": "Say hello!"}])
+            client.chat.completions.create(
+                model="gpt-test",
+                temperature=0.7,
+                messages=[{"role": "user", "content": "Say hello!"}],
+            )
         assert "differs in: messages[0].content, temperature" in err.value.message
         with pytest.raises(openai.APIStatusError) as err:
             client.chat.completions.create(model="other-model", messages=MESSAGES)
@@ -219,6 +251,7 @@ def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make
 
 
 # -- verify sampling ----------------------------------------------------------------------
+
 
 def wait_for(predicate, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
@@ -234,8 +267,7 @@ def test_verify_sampling_compares_in_the_background(make_proxy, upstream, replac
         stored = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
         upstream.nondeterministic = True
         upstream.gate = threading.Event()  # the verify request hangs until released
-        raw = client.chat.completions.with_raw_response.create(model="gpt-test",
-                                                               messages=MESSAGES)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
         # the hit was answered while its live re-request was still held at the upstream
         assert raw.headers["x-cache"] == "HIT" and not upstream.gate.is_set()
         assert raw.parse().choices[0].message.content == stored.choices[0].message.content
@@ -265,10 +297,13 @@ def test_verify_concurrency_is_bounded(make_proxy, upstream):
 
 # -- probe --------------------------------------------------------------------------------
 
+
 def probe(upstream, *args: str):
-    return CliRunner().invoke(main, ["probe", "--model", "gpt-test", "--base-url",
-                                     f"{upstream.url}/v1", *args],
-                              env={"OPENAI_API_KEY": "none"})
+    return CliRunner().invoke(
+        main,
+        ["probe", "--model", "gpt-test", "--base-url", f"{upstream.url}/v1", *args],
+        env={"OPENAI_API_KEY": "none"},
+    )
 
 
 def test_probe_identical_outputs_pass_the_gate(upstream):
@@ -282,9 +317,20 @@ def test_probe_identical_outputs_pass_the_gate(upstream):
 def test_probe_reports_differences_and_fails_the_gate(upstream, tmp_path):
     upstream.nondeterministic = True
     report = tmp_path / "probe.html"
-    result = probe(upstream, "--runs", "3", "--no-seed", "--temperature", "1.2",
-                   "--system", "Be brief.", "--json", "--html", str(report),
-                   "--expect-identical")
+    result = probe(
+        upstream,
+        "--runs",
+        "3",
+        "--no-seed",
+        "--temperature",
+        "1.2",
+        "--system",
+        "Be brief.",
+        "--json",
+        "--html",
+        str(report),
+        "--expect-identical",
+    )
     assert result.exit_code == 1
     data = orjson.loads(result.stdout)
     assert data["summary"]["identical_rate"] == 0.0 and data["summary"]["distinct_outputs"] == 3
@@ -295,6 +341,6 @@ def test_probe_reports_differences_and_fails_the_gate(upstream, tmp_path):
     assert "seed" not in sent and sent["temperature"] == 1.2
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
     html = report.read_text()
-    assert html.count("<table class=\"diff\"") == 2
+    assert html.count('<table class="diff"') == 2
     assert "diff_sub" in html or "diff_chg" in html
     assert "<script" not in html and "http" not in html.split("<style>")[1].split("</style>")[0]

@@ -25,9 +25,32 @@ import orjson
 from aiohttp import web
 
 WORDS = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
-    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
-    "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
 ]
 
 
@@ -100,10 +123,15 @@ class FakeUpstream:
 
     def completion(self, req: dict[str, Any]) -> dict[str, Any]:
         """A chat completion that depends only on the request's output-relevant fields."""
-        basis = orjson.dumps([req.get("messages"), req.get("seed"), req.get("temperature"),
-                              self.fingerprint], option=orjson.OPT_SORT_KEYS)
-        rng = (random.Random() if self.nondeterministic
-               else random.Random(hashlib.sha256(basis).digest()))
+        basis = orjson.dumps(
+            [req.get("messages"), req.get("seed"), req.get("temperature"), self.fingerprint],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        rng = (
+            random.Random()
+            if self.nondeterministic
+            else random.Random(hashlib.sha256(basis).digest())
+        )
         messages = req.get("messages") or []
         last = str(messages[-1].get("content", "")) if messages else ""
         tools = req.get("tools") or []
@@ -117,24 +145,39 @@ class FakeUpstream:
             elif tools and req.get("tool_choice") != "none":
                 name = tools[0].get("function", tools[0])["name"]  # chat or Responses shape
                 args = orjson.dumps({"city": rng.choice(WORDS), "days": rng.randint(1, 9)})
-                message["tool_calls"] = [{"id": f"call_{rng.randrange(16**8):08x}",
-                                          "type": "function",
-                                          "function": {"name": name, "arguments": args.decode()}}]
+                message["tool_calls"] = [
+                    {
+                        "id": f"call_{rng.randrange(16**8):08x}",
+                        "type": "function",
+                        "function": {"name": name, "arguments": args.decode()},
+                    }
+                ]
                 finish = "tool_calls"
             else:
-                lines = [" ".join(rng.choice(WORDS) for _ in range(6))
-                         for _ in range(self.content_lines)]
+                lines = [
+                    " ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(self.content_lines)
+                ]
                 message["content"] = "\n".join(lines)
                 finish = "stop"
             message.update(self.extra_fields)
             completion_tokens += 18
             logprobs = None
             if req.get("logprobs") and message["content"]:
-                logprobs = {"content": [
-                    {"token": t, "logprob": -rng.random(), "bytes": list(t.encode()),
-                     "top_logprobs": []} for t in tokens(message["content"])], "refusal": None}
-            choices.append({"index": index, "message": message, "logprobs": logprobs,
-                            "finish_reason": finish})
+                logprobs = {
+                    "content": [
+                        {
+                            "token": t,
+                            "logprob": -rng.random(),
+                            "bytes": list(t.encode()),
+                            "top_logprobs": [],
+                        }
+                        for t in tokens(message["content"])
+                    ],
+                    "refusal": None,
+                }
+            choices.append(
+                {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+            )
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -144,23 +187,27 @@ class FakeUpstream:
             "service_tier": "default",
             "system_fingerprint": self.fingerprint,
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     def chunks(self, completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
         """The completion as OpenAI streams it: choices interleaved, text a token at a time,
         tool calls opened with id and name, then their arguments in parts."""
-        base = {k: completion[k] for k in ("id", "created", "model", "service_tier",
-                                           "system_fingerprint")}
+        base = {
+            k: completion[k]
+            for k in ("id", "created", "model", "service_tier", "system_fingerprint")
+        }
         base["object"] = "chat.completion.chunk"
         if include_usage:
             base["usage"] = None
         per_choice: list[list[dict[str, Any]]] = []
         for choice in completion["choices"]:
             msg = choice["message"]
-            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "",
-                                             "refusal": None}]
+            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "", "refusal": None}]
             lp = (choice["logprobs"] or {}).get("content") or []
             for key, value in self.extra_fields.items():
                 if isinstance(value, str):
@@ -173,21 +220,43 @@ class FakeUpstream:
                 deltas += [{"refusal": t} for t in tokens(msg["refusal"])]
             for j, call in enumerate(msg.get("tool_calls") or []):
                 fn = call["function"]
-                deltas.append({"tool_calls": [{"index": j, "id": call["id"], "type": "function",
-                                               "function": {"name": fn["name"],
-                                                            "arguments": ""}}]})
+                deltas.append(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": j,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": fn["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
                 args = fn["arguments"]
                 third = max(1, len(args) // 3)
-                deltas += [{"tool_calls": [{"index": j, "function": {
-                    "arguments": args[k:k + third]}}]} for k in range(0, len(args), third)]
+                deltas += [
+                    {"tool_calls": [{"index": j, "function": {"arguments": args[k : k + third]}}]}
+                    for k in range(0, len(args), third)
+                ]
             events = []
             for delta in deltas:
                 token_lp = delta.pop("_logprobs", None)
-                events.append({"index": choice["index"], "delta": delta,
-                               "logprobs": {"content": [token_lp], "refusal": None}
-                               if token_lp else None, "finish_reason": None})
-            events.append({"index": choice["index"], "delta": {}, "logprobs": None,
-                           "finish_reason": choice["finish_reason"]})
+                events.append(
+                    {
+                        "index": choice["index"],
+                        "delta": delta,
+                        "logprobs": {"content": [token_lp], "refusal": None} if token_lp else None,
+                        "finish_reason": None,
+                    }
+                )
+            events.append(
+                {
+                    "index": choice["index"],
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
+            )
             per_choice.append(events)
         out = []
         for step in range(max(len(e) for e in per_choice)):
@@ -199,12 +268,16 @@ class FakeUpstream:
         return out
 
     async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "x-request-id": uuid.uuid4().hex})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-request-id": uuid.uuid4().hex}
+        )
         await response.prepare(request)
         if self.stream_fault == "no_done":  # the final event never comes
-            events = [e for e in events
-                      if e != b"data: [DONE]\n\n" and b"event: response.completed" not in e]
+            events = [
+                e
+                for e in events
+                if e != b"data: [DONE]\n\n" and b"event: response.completed" not in e
+            ]
         for n, event in enumerate(events):
             if n == self.fault_after and self.stream_fault == "drop":
                 assert request.transport is not None
@@ -213,8 +286,9 @@ class FakeUpstream:
             if n == self.fault_after and self.stream_fault == "stall":
                 await asyncio.sleep(3600)
             if n == self.fault_after and self.stream_fault == "error_event":
-                await response.write(b'data: {"error": {"message": "overloaded", '
-                                     b'"type": "server_error"}}\n\n')
+                await response.write(
+                    b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+                )
                 await response.write_eof()
                 return response
             await response.write(event)
@@ -227,8 +301,13 @@ class FakeUpstream:
         return response
 
     async def _record(self, request: web.Request) -> Received:
-        received = Received(request.method, request.path, request.rel_url.raw_query_string,
-                            dict(request.headers), await request.read())
+        received = Received(
+            request.method,
+            request.path,
+            request.rel_url.raw_query_string,
+            dict(request.headers),
+            await request.read(),
+        )
         self.call_count += 1
         if self.keep_calls:
             self.calls.append(received)
@@ -244,22 +323,32 @@ class FakeUpstream:
         if isinstance(item.body, bytes):
             body = item.body
         else:
-            body = orjson.dumps(item.body if item.body is not None else {"error": {
-                "message": f"scripted {item.status}", "type": "server_error", "param": None,
-                "code": None}})
+            body = orjson.dumps(
+                item.body
+                if item.body is not None
+                else {
+                    "error": {
+                        "message": f"scripted {item.status}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
         if item.midway:
             response = web.StreamResponse(status=item.status, headers=item.headers)
             response.content_type = "application/json"
             response.content_length = len(body)
             await response.prepare(request)
-            await response.write(body[:len(body) // 2])
+            await response.write(body[: len(body) // 2])
             if item.midway == "stall":
                 await asyncio.sleep(3600)
             assert request.transport is not None
             request.transport.abort()
             return response
-        return web.Response(status=item.status, body=body, headers=item.headers,
-                            content_type="application/json")
+        return web.Response(
+            status=item.status, body=body, headers=item.headers, content_type="application/json"
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
@@ -273,20 +362,24 @@ class FakeUpstream:
             await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
         if req.get("stream"):
             usage = (req.get("stream_options") or {}).get("include_usage") is True
-            events = [b"data: " + orjson.dumps(c) + b"\n\n"
-                      for c in self.chunks(completion, usage)]
+            events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in self.chunks(completion, usage)]
             return await self._stream(request, [*events, b"data: [DONE]\n\n"])
-        return web.Response(body=orjson.dumps(completion), content_type="application/json",
-                            headers={"x-request-id": uuid.uuid4().hex})
+        return web.Response(
+            body=orjson.dumps(completion),
+            content_type="application/json",
+            headers={"x-request-id": uuid.uuid4().hex},
+        )
 
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
         """Azure OpenAI's deployment path: it wants ``api-version`` and an ``api-key``."""
         if "api-version" not in request.query:
-            return web.json_response({"error": {"code": "404", "message": "Resource not found"}},
-                                     status=404)
+            return web.json_response(
+                {"error": {"code": "404", "message": "Resource not found"}}, status=404
+            )
         if "api-key" not in request.headers:
-            return web.json_response({"error": {"code": "401", "message": "Access denied"}},
-                                     status=401)
+            return web.json_response(
+                {"error": {"code": "401", "message": "Access denied"}}, status=401
+            )
         return await self.chat(request)
 
     async def legacy(self, request: web.Request) -> web.StreamResponse:
@@ -295,24 +388,51 @@ class FakeUpstream:
         if self.scripts:
             return await self._scripted(request, self.scripts.popleft())
         req = received.json()
-        chat = self.completion({**req, "messages": [{"role": "user",
-                                                     "content": str(req.get("prompt"))}]})
-        choices = [{"index": c["index"], "text": c["message"]["content"] or "",
-                    "logprobs": None, "finish_reason": c["finish_reason"]}
-                   for c in chat["choices"]]
+        chat = self.completion(
+            {**req, "messages": [{"role": "user", "content": str(req.get("prompt"))}]}
+        )
+        choices = [
+            {
+                "index": c["index"],
+                "text": c["message"]["content"] or "",
+                "logprobs": None,
+                "finish_reason": c["finish_reason"],
+            }
+            for c in chat["choices"]
+        ]
         answer = {**chat, "object": "text_completion", "choices": choices}
         if not req.get("stream"):
             return web.json_response(answer)
-        base = {k: answer[k] for k in ("id", "object", "created", "model",
-                                       "system_fingerprint")}
+        base = {k: answer[k] for k in ("id", "object", "created", "model", "system_fingerprint")}
         events = []
         for c in choices:
             for token in tokens(c["text"]):
-                events.append({**base, "choices": [{"index": c["index"], "text": token,
-                                                    "logprobs": None, "finish_reason": None}]})
-            events.append({**base, "choices": [{"index": c["index"], "text": "",
-                                                "logprobs": None,
-                                                "finish_reason": c["finish_reason"]}]})
+                events.append(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": c["index"],
+                                "text": token,
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            events.append(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": c["index"],
+                            "text": "",
+                            "logprobs": None,
+                            "finish_reason": c["finish_reason"],
+                        }
+                    ],
+                }
+            )
         if (req.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": answer["usage"]})
         raw = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events]
@@ -335,36 +455,71 @@ class FakeUpstream:
             else:
                 embedding = vector
             data.append({"object": "embedding", "index": i, "embedding": embedding})
-        return web.json_response({"object": "list", "data": data, "model": req["model"],
-                                  "usage": {"prompt_tokens": len(inputs) * 3,
-                                            "total_tokens": len(inputs) * 3}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": req["model"],
+                "usage": {"prompt_tokens": len(inputs) * 3, "total_tokens": len(inputs) * 3},
+            }
+        )
 
     def response(self, req: dict[str, Any]) -> dict[str, Any]:
         """A Responses API answer built from the chat answer to the same input."""
         text_input = req.get("input")
-        messages = ([{"role": "user", "content": text_input}] if isinstance(text_input, str)
-                    else text_input)
+        messages = (
+            [{"role": "user", "content": text_input}] if isinstance(text_input, str) else text_input
+        )
         chat = self.completion({**req, "messages": messages, "n": 1})
         message = chat["choices"][0]["message"]
         rid = f"resp_{uuid.uuid4().hex[:16]}"
         if message.get("tool_calls"):
             call = message["tool_calls"][0]
-            output = [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:8]}",
-                       "call_id": call["id"], "name": call["function"]["name"],
-                       "arguments": call["function"]["arguments"], "status": "completed"}]
+            output = [
+                {
+                    "type": "function_call",
+                    "id": f"fc_{uuid.uuid4().hex[:8]}",
+                    "call_id": call["id"],
+                    "name": call["function"]["name"],
+                    "arguments": call["function"]["arguments"],
+                    "status": "completed",
+                }
+            ]
         else:
-            output = [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}",
-                       "status": "completed", "role": "assistant",
-                       "content": [{"type": "output_text", "text": message["content"] or "",
-                                    "annotations": [], "logprobs": []}]}]
-        return {"id": rid, "object": "response", "created_at": chat["created"],
-                "status": "completed", "model": chat["model"], "output": output,
-                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-                "usage": {"input_tokens": chat["usage"]["prompt_tokens"],
-                          "output_tokens": chat["usage"]["completion_tokens"],
-                          "total_tokens": chat["usage"]["total_tokens"],
-                          "input_tokens_details": {"cached_tokens": 0},
-                          "output_tokens_details": {"reasoning_tokens": 0}}}
+            output = [
+                {
+                    "type": "message",
+                    "id": f"msg_{uuid.uuid4().hex[:8]}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "output_text",
+                            "text": message["content"] or "",
+                            "annotations": [],
+                            "logprobs": [],
+                        }
+                    ],
+                }
+            ]
+        return {
+            "id": rid,
+            "object": "response",
+            "created_at": chat["created"],
+            "status": "completed",
+            "model": chat["model"],
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": chat["usage"]["prompt_tokens"],
+                "output_tokens": chat["usage"]["completion_tokens"],
+                "total_tokens": chat["usage"]["total_tokens"],
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
@@ -381,30 +536,51 @@ class FakeUpstream:
             return f"event: {kind}\n".encode() + b"data: " + orjson.dumps(payload) + b"\n\n"
 
         opening = {**answer, "status": "in_progress", "output": []}
-        events = [event("response.created", response=opening),
-                  event("response.in_progress", response=opening)]
+        events = [
+            event("response.created", response=opening),
+            event("response.in_progress", response=opening),
+        ]
         for oi, item in enumerate(answer["output"]):
             if item["type"] == "message":
                 text = item["content"][0]["text"]
                 where = {"item_id": item["id"], "output_index": oi, "content_index": 0}
                 events += [
-                    event("response.output_item.added", output_index=oi,
-                          item={**item, "status": "in_progress", "content": []}),
-                    event("response.content_part.added", **where,
-                          part={"type": "output_text", "text": "", "annotations": []}),
-                    *[event("response.output_text.delta", **where, delta=t, logprobs=[])
-                      for t in tokens(text)],
+                    event(
+                        "response.output_item.added",
+                        output_index=oi,
+                        item={**item, "status": "in_progress", "content": []},
+                    ),
+                    event(
+                        "response.content_part.added",
+                        **where,
+                        part={"type": "output_text", "text": "", "annotations": []},
+                    ),
+                    *[
+                        event("response.output_text.delta", **where, delta=t, logprobs=[])
+                        for t in tokens(text)
+                    ],
                     event("response.output_text.done", **where, text=text, logprobs=[]),
                     event("response.content_part.done", **where, part=item["content"][0]),
                 ]
             else:
                 events += [
-                    event("response.output_item.added", output_index=oi,
-                          item={**item, "arguments": "", "status": "in_progress"}),
-                    event("response.function_call_arguments.delta", item_id=item["id"],
-                          output_index=oi, delta=item["arguments"]),
-                    event("response.function_call_arguments.done", item_id=item["id"],
-                          output_index=oi, arguments=item["arguments"]),
+                    event(
+                        "response.output_item.added",
+                        output_index=oi,
+                        item={**item, "arguments": "", "status": "in_progress"},
+                    ),
+                    event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=oi,
+                        delta=item["arguments"],
+                    ),
+                    event(
+                        "response.function_call_arguments.done",
+                        item_id=item["id"],
+                        output_index=oi,
+                        arguments=item["arguments"],
+                    ),
                 ]
             events.append(event("response.output_item.done", output_index=oi, item=item))
         events.append(event("response.completed", response=answer))
@@ -416,12 +592,24 @@ class FakeUpstream:
         if self.scripts:
             return await self._scripted(request, self.scripts.popleft())
         if request.path.endswith("/models"):
-            return web.json_response({"object": "list", "data": [
-                {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}]})
-        return web.json_response({
-            "method": received.method, "path": received.path, "query": received.query,
-            "headers": received.headers, "body": received.body.decode("latin-1"),
-        }, headers={"X-Upstream": "fake", "Set-Cookie": "a=b"})
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}
+                    ],
+                }
+            )
+        return web.json_response(
+            {
+                "method": received.method,
+                "path": received.path,
+                "query": received.query,
+                "headers": received.headers,
+                "body": received.body.decode("latin-1"),
+            },
+            headers={"X-Upstream": "fake", "Set-Cookie": "a=b"},
+        )
 
     @web.middleware
     async def _robust(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -430,16 +618,38 @@ class FakeUpstream:
         if self.fail_rate and random.random() < self.fail_rate:
             await request.read()
             self.failures += 1
-            return web.json_response({"error": {"message": "random failure", "type":
-                                                "server_error", "param": None, "code": None}},
-                                     status=500)
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "random failure",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=500,
+            )
         try:
             return await handler(request)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError,
-                orjson.JSONDecodeError) as exc:
-            return web.json_response({"error": {"message": f"invalid request: {exc!r}",
-                                                "type": "invalid_request_error", "param": None,
-                                                "code": None}}, status=400)
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            IndexError,
+            orjson.JSONDecodeError,
+        ) as exc:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"invalid request: {exc!r}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3, middlewares=[self._robust])
@@ -483,8 +693,14 @@ def main() -> None:
     fake.keep_calls = False
     from proxy.observe import new_event_loop  # the same loop as the proxy's, for benchmarks
 
-    web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None, print=None,
-                loop=new_event_loop())
+    web.run_app(
+        fake.app(),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -29,20 +29,22 @@ table.diff td:nth-child(6) .diff_chg { background: #abf2bc; }
 
 
 def page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-            f"<body><h1>{escape(title)}</h1>{body}</body></html>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
 
 
-def diff_table(before: list[str], after: list[str], before_name: str,
-               after_name: str) -> str:
+def diff_table(before: list[str], after: list[str], before_name: str, after_name: str) -> str:
     """A side-by-side table: removed text red, added text green (difflib.HtmlDiff)."""
     return difflib.HtmlDiff(wrapcolumn=90).make_table(before, after, before_name, after_name)
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

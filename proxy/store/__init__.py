@@ -100,8 +100,7 @@ class Store(Protocol):
         """Add to the shared counters."""
         ...
 
-    async def counters(self) -> dict[str, int]:
-        ...
+    async def counters(self) -> dict[str, int]: ...
 
     async def keys(self) -> list[str]:
         """Every stored key (for reports, export and purge; not for the hot path)."""
@@ -135,8 +134,7 @@ class Store(Protocol):
         """Drop the marker if it is still ours."""
         ...
 
-    async def locked(self, key: str) -> bool:
-        ...
+    async def locked(self, key: str) -> bool: ...
 
     async def start(self) -> None:
         """Connect and check; raise with a clear message when the store cannot be used."""
@@ -147,8 +145,7 @@ class Store(Protocol):
         slow a request it overlaps first awaits ``moment()``, a time when none is expected."""
         ...
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...
 
 
 def open_store(settings: Settings) -> Store:
@@ -156,8 +153,9 @@ def open_store(settings: Settings) -> Store:
     if settings.cache.backend == "redis":
         from .redis import RedisStore
 
-        return RedisStore(settings.cache.redis_url, settings.cache.redis_entry_ttl,
-                          settings.cache.redis_maxmemory)
+        return RedisStore(
+            settings.cache.redis_url, settings.cache.redis_entry_ttl, settings.cache.redis_maxmemory
+        )
     from .disk import DiskStore
 
     return DiskStore(settings.cache_dir, size_limit=settings.cache.size_limit)

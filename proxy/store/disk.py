@@ -40,9 +40,11 @@ def checkpoint_due(puts: int, elapsed: float) -> bool:
 
 
 def _corrupt(path: Path, exc: Exception) -> str:
-    return (f"cache file {path / 'cache.db'} (or one beside it) is unreadable ({exc}); stop "
-            f"the proxy and move the directory {path} aside (or delete it) to start with an "
-            "empty cache; recordings exported with `seedproxy export` can be imported again")
+    return (
+        f"cache file {path / 'cache.db'} (or one beside it) is unreadable ({exc}); stop "
+        f"the proxy and move the directory {path} aside (or delete it) to start with an "
+        "empty cache; recordings exported with `seedproxy export` can be imported again"
+    )
 
 
 def _open(path: Path, **settings: Any) -> diskcache.Cache:
@@ -63,26 +65,41 @@ class DiskStore:
         # Checkpoints (copying the WAL into the database) would land on whichever write
         # crosses the threshold; they run from checkpoint() instead, when due.
         # Likewise eviction (three more queries in every write): checkpoint() culls.
-        wal = {"sqlite_wal_autocheckpoint": 0, "sqlite_journal_size_limit": WAL_LIMIT,
-               "cull_limit": 0,
-               # bounded memory per connection: 4 MiB of page cache, 8 MiB mapped
-               "sqlite_cache_size": 1024, "sqlite_mmap_size": 8 * 1024**2}
-        self._entries = _open(directory / "entries", size_limit=size_limit,
-                              eviction_policy="least-recently-stored", **wal)
+        wal = {
+            "sqlite_wal_autocheckpoint": 0,
+            "sqlite_journal_size_limit": WAL_LIMIT,
+            "cull_limit": 0,
+            # bounded memory per connection: 4 MiB of page cache, 8 MiB mapped
+            "sqlite_cache_size": 1024,
+            "sqlite_mmap_size": 8 * 1024**2,
+        }
+        self._entries = _open(
+            directory / "entries",
+            size_limit=size_limit,
+            eviction_policy="least-recently-stored",
+            **wal,
+        )
         # The event loop's own connection to the entries, which never waits for a lock: a
         # read costs less than a hop to the pool and back; if it must wait, the pool reads.
-        self._now = _open(directory / "entries", timeout=0, size_limit=size_limit,
-                          eviction_policy="least-recently-stored", **wal)
+        self._now = _open(
+            directory / "entries",
+            timeout=0,
+            size_limit=size_limit,
+            eviction_policy="least-recently-stored",
+            **wal,
+        )
         # Hot keys are served from memory while no connection (this process's others, or
         # another process's) has committed to the entries: SQLite's data_version, asked of
         # a connection that never writes, changes with every such commit.
-        self._watch = sqlite3.connect(directory / "entries" / "cache.db", isolation_level=None,
-                                      check_same_thread=False)
+        self._watch = sqlite3.connect(
+            directory / "entries" / "cache.db", isolation_level=None, check_same_thread=False
+        )
         self._hot = HotRecords(HOT_BYTES)
         self._meta = _open(directory / "meta", eviction_policy="none", **wal)
         self._events = {
-            kind: diskcache.Deque.fromcache(_open(directory / "events" / kind,
-                                                  eviction_policy="none"), maxlen=MAX_EVENTS)
+            kind: diskcache.Deque.fromcache(
+                _open(directory / "events" / kind, eviction_policy="none"), maxlen=MAX_EVENTS
+            )
             for kind in ("drift", "fingerprint_change")
         }
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
@@ -172,8 +189,11 @@ class DiskStore:
     def _delete(self, key: str, fingerprints: set[str | None] | None) -> int:
         with self._entries.transact():
             variants = self._read(key)
-            kept = [] if fingerprints is None else [
-                e for e in variants if e.fingerprint not in fingerprints]
+            kept = (
+                []
+                if fingerprints is None
+                else [e for e in variants if e.fingerprint not in fingerprints]
+            )
             if kept:
                 self._entries.set(key, encode(kept))
             else:
@@ -184,8 +204,11 @@ class DiskStore:
         return await self._run(self._delete, key, fingerprints)
 
     async def models(self) -> list[str]:
-        return await self._run(lambda: sorted(
-            k[3:] for k in self._meta.iterkeys() if isinstance(k, str) and k[:3] == "fp:"))
+        return await self._run(
+            lambda: sorted(
+                k[3:] for k in self._meta.iterkeys() if isinstance(k, str) and k[:3] == "fp:"
+            )
+        )
 
     def _sightings(self, model: str) -> dict[str | None, Sighting]:
         raw = self._meta.get(f"fp:{model}")
@@ -218,8 +241,7 @@ class DiskStore:
             for name, keys in recent.items():
                 self._meta.set(name, orjson.dumps(keys))
             for model, table in tables.items():
-                rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count]
-                        for s in table.values()]
+                rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
                 self._meta.set(f"fp:{model}", orjson.dumps(rows))
         return seen
 
@@ -249,8 +271,11 @@ class DiskStore:
         await self._run(self._add_counters, deltas)
 
     def _counters(self) -> dict[str, int]:
-        return {k[2:]: self._meta.get(k) for k in self._meta.iterkeys()
-                if isinstance(k, str) and k[:2] == "c:"}
+        return {
+            k[2:]: self._meta.get(k)
+            for k in self._meta.iterkeys()
+            if isinstance(k, str) and k[:2] == "c:"
+        }
 
     async def counters(self) -> dict[str, int]:
         return await self._run(self._counters)
@@ -264,7 +289,8 @@ class DiskStore:
     def _extend(self, key: str, token: str, ttl: float) -> bool:
         with self._meta.transact():
             return self._meta.get(f"lock:{key}") == token and self._meta.touch(
-                f"lock:{key}", expire=ttl)
+                f"lock:{key}", expire=ttl
+            )
 
     async def extend(self, key: str, token: str, ttl: float) -> bool:
         return await self._run(self._extend, key, token, ttl)
@@ -289,8 +315,7 @@ class DiskStore:
             return
         if not self._checkpointers:
             for cache in (self._entries, self._meta):
-                connection = sqlite3.connect(cache.directory + "/cache.db",
-                                             check_same_thread=False)
+                connection = sqlite3.connect(cache.directory + "/cache.db", check_same_thread=False)
                 connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
                 self._checkpointers.append(connection)
         for connection in self._checkpointers:

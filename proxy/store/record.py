@@ -24,10 +24,12 @@ class RecordError(ValueError):
 
 def encode(entries: Sequence[Entry]) -> bytes:
     """Pack entries of one key; bodies stay raw bytes so a hit needs no JSON re-encoding."""
-    header = orjson.dumps([
-        [*(getattr(e, name) for name in _META), *(len(getattr(e, b)) for b in _BLOBS)]
-        for e in entries
-    ])
+    header = orjson.dumps(
+        [
+            [*(getattr(e, name) for name in _META), *(len(getattr(e, b)) for b in _BLOBS)]
+            for e in entries
+        ]
+    )
     parts = [MAGIC, _LEN.pack(len(header)), header]
     for e in entries:
         parts += (getattr(e, b) for b in _BLOBS)
@@ -52,12 +54,12 @@ def decode(key: str, raw: bytes) -> list[Entry]:
         if not isinstance(row, list) or len(row) != len(_META) + len(_BLOBS):
             raise RecordError("bad header row")
         blobs = []
-        for length in row[len(_META):]:
+        for length in row[len(_META) :]:
             if pos + length > end:
                 raise RecordError("truncated")
-            blobs.append(raw[pos:pos + length])
+            blobs.append(raw[pos : pos + length])
             pos += length
-        entries.append(Entry(key, *row[:len(_META)], *blobs))
+        entries.append(Entry(key, *row[: len(_META)], *blobs))
     if pos != len(raw):
         raise RecordError("trailing bytes")
     return entries

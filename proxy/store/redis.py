@@ -30,8 +30,10 @@ PREFIX = "seedproxy:"
 SIZE_MEMO = 10.0  # seconds a counted size is reused (counting scans every key)
 # Delete the lock only if it is still ours.
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
-_EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-           "return redis.call('pexpire', KEYS[1], ARGV[2]) end")
+_EXTEND = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end"
+)
 
 
 def _fp(fingerprint: str | None) -> bytes:
@@ -63,8 +65,10 @@ class RedisStore:
                 # only keys with a TTL (entries) are evicted; registry and events are kept
                 await self.redis.config_set("maxmemory-policy", "volatile-lru")
             except ResponseError as exc:  # managed Redis often forbids CONFIG
-                raise StoreError(f"cache.redis_maxmemory: cannot set it on {where}: {exc}; "
-                                 "set it on the server and leave this 0") from None
+                raise StoreError(
+                    f"cache.redis_maxmemory: cannot set it on {where}: {exc}; "
+                    "set it on the server and leave this 0"
+                ) from None
 
     async def variants(self, key: str) -> list[Entry]:
         rows = await self.redis.hgetall(PREFIX + "e:" + key)
@@ -124,14 +128,18 @@ class RedisStore:
                     table = self._table(await pipe.hgetall(name))
                     seen = []
                     for note in notes:
-                        table, previous, is_new = observe_sighting(table, note.fingerprint,
-                                                                   note.now)
+                        table, previous, is_new = observe_sighting(
+                            table, note.fingerprint, note.now
+                        )
                         seen.append(Seen(table, previous, is_new))
                     pipe.multi()
                     for fingerprint in {note.fingerprint for note in notes}:
                         s = table[fingerprint]
-                        pipe.hset(name, _fp(fingerprint),
-                                  orjson.dumps([s.first_seen, s.last_seen, s.count]))
+                        pipe.hset(
+                            name,
+                            _fp(fingerprint),
+                            orjson.dumps([s.first_seen, s.last_seen, s.count]),
+                        )
                     pipe.sadd(PREFIX + "models", model)
                     await pipe.execute()
                     return seen
@@ -146,8 +154,10 @@ class RedisStore:
             await pipe.execute()
 
     async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        return [orjson.loads(raw)
-                for raw in await self.redis.lrange(PREFIX + "events:" + kind, 0, limit - 1)]
+        return [
+            orjson.loads(raw)
+            for raw in await self.redis.lrange(PREFIX + "events:" + kind, 0, limit - 1)
+        ]
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -189,12 +199,14 @@ class RedisStore:
         return self._size[1]
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
-        return bool(await self.redis.set(PREFIX + "lock:" + key, token, nx=True,
-                                         px=int(ttl * 1000)))
+        return bool(
+            await self.redis.set(PREFIX + "lock:" + key, token, nx=True, px=int(ttl * 1000))
+        )
 
     async def extend(self, key: str, token: str, ttl: float) -> bool:
-        return bool(await self._extend(keys=[PREFIX + "lock:" + key],
-                                       args=[token, int(ttl * 1000)]))
+        return bool(
+            await self._extend(keys=[PREFIX + "lock:" + key], args=[token, int(ttl * 1000)])
+        )
 
     async def unlock(self, key: str, token: str) -> None:
         await self._unlock(keys=[PREFIX + "lock:" + key], args=[token])
@@ -211,16 +223,34 @@ class RedisStore:
 
 def _guarded(fn: Any) -> Any:
     """Redis failing mid-request becomes a StoreError (answered 503), with the URL redacted."""
+
     @functools.wraps(fn)
     async def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(self, *args, **kwargs)
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis at {redact(self.url)} failed: {exc}") from None
+
     return wrapper
 
 
-for _name in ("variants", "put", "note", "sightings", "add_event", "events",
-              "add_counters", "counters", "keys", "delete", "models", "recent", "size", "lock",
-              "extend", "unlock", "locked"):
+for _name in (
+    "variants",
+    "put",
+    "note",
+    "sightings",
+    "add_event",
+    "events",
+    "add_counters",
+    "counters",
+    "keys",
+    "delete",
+    "models",
+    "recent",
+    "size",
+    "lock",
+    "extend",
+    "unlock",
+    "locked",
+):
     setattr(RedisStore, _name, _guarded(getattr(RedisStore, _name)))
