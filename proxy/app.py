@@ -16,13 +16,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import dashboard, keys, reports
+from .call import ENDPOINTS, Endpoint, endpoint_for, namespace, read_json, seeded
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
 from .keys import canonical_query
 from .observe import Counters, Metrics, flush_logs
 from .passthrough import forward
-from .pipeline import ENDPOINTS, Endpoint, Pipeline, endpoint_for, seeded
+from .pipeline import Pipeline
 from .store import Store, StoreError, open_store
+from .traffic import Traffic
 from .upstream import Upstream
 
 log = logging.getLogger("seedproxy")
@@ -141,16 +143,15 @@ async def _flush_counters(app: web.Application) -> None:
 
 
 async def _flusher(app: web.Application) -> None:
-    """Once a second: registry updates, counters, log lines and store housekeeping (a due
-    checkpoint may first wait up to a second for a quiet moment). A step that fails is
-    logged and runs again next time; the flusher itself never stops."""
+    """Once a second: registry updates, counters, log lines and store housekeeping. A step
+    that fails is logged and runs again next time; the flusher itself never stops."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         pipeline = app[PIPELINE]
         for step in (
-            pipeline.flush_notes,
+            pipeline.flush,
             functools.partial(_flush_counters, app),
-            functools.partial(app[STORE].checkpoint, pipeline.quiet_moment),
+            app[STORE].checkpoint,
         ):
             try:
                 await step()
@@ -163,13 +164,13 @@ async def _flusher(app: web.Application) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = open_store(settings)
+    traffic = Traffic()
+    store = open_store(settings, traffic)
     await store.start()
-    upstream = Upstream(settings.upstream)
-    upstream.latency = app[METRICS].upstream_latency
+    upstream = Upstream(settings.upstream, app[METRICS].upstream_latency)
     await upstream.start()
-    pipeline = Pipeline(settings, store, upstream, app[COUNTS])
-    pipeline.upstream_credential = upstream_credential(settings, os.environ, app[TOKENS])
+    credential = upstream_credential(settings, os.environ, app[TOKENS])
+    pipeline = Pipeline(settings, store, upstream, app[COUNTS], traffic, credential)
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
     flusher = asyncio.create_task(_flusher(app))
     try:
@@ -201,7 +202,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
         request.app[UPSTREAM],
         raw_tail,
         request.app[SETTINGS].server.max_body,
-        request.app[PIPELINE].upstream_credential,
+        request.app[PIPELINE].credential,
     )
 
 
@@ -210,7 +211,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    await request.app[PIPELINE].flush_notes()
+    await request.app[PIPELINE].flush()
     await _flush_counters(request.app)
     data = await reports.stats(request.app[STORE], request.app[SETTINGS])
     return web.Response(body=orjson.dumps(data), content_type="application/json")
@@ -224,7 +225,7 @@ async def _drift(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
-    await request.app[PIPELINE].flush_notes()
+    await request.app[PIPELINE].flush()
     body = {
         "drift": await reports.drift(store, model, since, limit),
         "fingerprint_changes": await reports.drift(
@@ -236,15 +237,15 @@ async def _drift(request: web.Request) -> web.Response:
 
 async def _explain(request: web.Request) -> web.Response:
     """POST a request body: its canonical form, ignored fields, namespace and key."""
-    settings, pipeline = request.app[SETTINGS], request.app[PIPELINE]
+    settings = request.app[SETTINGS]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
-    _, body = await pipeline.read_json(request)
-    seed, _ = seeded(endpoint, body, settings)
+    _, body = await read_json(request)
+    seed, _ = seeded(endpoint, body, settings.seed)
     query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
     info = keys.explain(
         endpoint.path,
         query,
-        pipeline.namespace(request),
+        namespace(request.headers, settings.cache.scope),
         settings.upstream.base_url,
         body,
         settings.cache.ignore_fields,
@@ -256,7 +257,7 @@ async def _explain(request: web.Request) -> web.Response:
 
 async def _dashboard(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
-    await request.app[PIPELINE].flush_notes()
+    await request.app[PIPELINE].flush()
     await _flush_counters(request.app)
     html = dashboard.render(
         await reports.stats(store, settings),

@@ -467,9 +467,9 @@ def key(
     """Explain the cache key of the request body in FILE (- for stdin), offline."""
     from urllib.parse import parse_qsl
 
+    from .call import endpoint_for, seeded
     from .errors import ProxyError
     from .keys import canonical_query, explain
-    from .pipeline import endpoint_for, seeded
 
     settings = _settings(config, {})
     try:
@@ -477,7 +477,7 @@ def key(
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         endpoint = endpoint_for(path)
-        seed, _ = seeded(endpoint, body, settings)
+        seed, _ = seeded(endpoint, body, settings.seed)
     except (ValueError, ProxyError) as exc:
         _fail(f"{file.name}: {getattr(exc, 'message', exc)}")
     if settings.cache.scope == "per-key":

@@ -6,9 +6,12 @@ import enum
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .errors import ProxyError
+
+if TYPE_CHECKING:
+    from .config import CacheSettings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -71,6 +74,8 @@ class Action(enum.Enum):
 class Plan:
     action: Action
     max_age: float | None = None  # accept only entries younger than this (seconds)
+    asked: str = ""  # the directive that chose the action ("" when cache.mode did)
+    refused: str = ""  # what the request needs from the network, refused in replay mode
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:
@@ -84,21 +89,29 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
 
 
 @functools.lru_cache(maxsize=256)  # nearly every request asks the same question
-def plan_request(mode: str, cache_control: str | None) -> Plan:
-    """Combine ``cache.mode`` with the request's directives, as an HTTP cache would."""
+def plan_request(mode: str, cache_control: str | None, stateful: bool = False) -> Plan:
+    """Combine ``cache.mode`` with the request's directives, as an HTTP cache would.
+    ``stateful``: the answer depends on state kept by the server, so it is never cached.
+    Replay mode is offline whatever the request asks: what needs the network is refused."""
     d = parse_cache_control(cache_control)
-    action = Action(mode if mode != "passthrough" else "bypass")
-    if "only-if-cached" in d:
-        action = Action.REPLAY
-    elif "no-store" in d:
-        action = Action.BYPASS
-    elif "no-cache" in d:
-        action = Action.REFRESH
-    max_age = None
     raw = d.get("max-age")
-    if raw is not None and raw.isdigit():
-        max_age = float(raw)
-    return Plan(action, max_age)
+    max_age = float(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
+    live = (
+        "server-side state"
+        if stateful
+        else next((f"Cache-Control: {name}" for name in ("no-store", "no-cache") if name in d), "")
+    )
+    if mode == "replay":
+        return Plan(Action.REPLAY, max_age, refused=live)
+    if stateful:
+        return Plan(Action.BYPASS)
+    if "only-if-cached" in d:
+        return Plan(Action.REPLAY, max_age, asked="only-if-cached")
+    if "no-store" in d:
+        return Plan(Action.BYPASS, max_age, asked="no-store")
+    if "no-cache" in d:
+        return Plan(Action.REFRESH, max_age, asked="no-cache")
+    return Plan(Action(mode if mode != "passthrough" else "bypass"), max_age)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +192,74 @@ def merge_sightings(
         if mine is None or seen.last_seen > mine.last_seen:
             merged[fingerprint] = seen
     return merged
+
+
+@dataclass(frozen=True, slots=True)
+class Hit(Generic[V]):
+    """Serve this stored variant."""
+
+    entry: V
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Go live and store; ``reason`` (absent, expired, fingerprint, refresh) names what a
+    comparison with the stored variants is about."""
+
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return "REFRESH" if self.reason == "refresh" else "MISS"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMiss:
+    """Answer ``cache_miss``: nothing servable is stored (absent, expired) or the request
+    needs the network in replay mode (refused)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    """Go live, store nothing."""
+
+
+Decision = Hit[V] | Miss | ReplayMiss | Bypass
+
+
+def looks_up(plan: Plan) -> bool:
+    """Whether :func:`decide` needs the stored variants for ``plan`` (a refresh compares
+    with them)."""
+    return plan.action is not Action.BYPASS and not plan.refused
+
+
+def wants_sightings(plan: Plan, policy: str, fingerprinted: bool) -> bool:
+    """Whether :func:`decide` needs the model's fingerprint registry for ``plan``."""
+    return plan.action is Action.RECORD and policy != "any" and fingerprinted
+
+
+def decide(
+    plan: Plan,
+    variants: Sequence[V],
+    sightings: Mapping[str | None, Sighting],
+    now: float,
+    cache: CacheSettings,
+) -> Decision[V]:
+    """What to do with one request, given what is stored for its key (newest first), the
+    model's fingerprint sightings, the time and ``cache`` (fingerprint policy, window, ttl)."""
+    if plan.action is Action.BYPASS:
+        return Bypass()
+    if plan.action is Action.REFRESH:
+        return Miss("refresh")
+    replay = plan.action is Action.REPLAY
+    if replay and plan.refused:
+        return ReplayMiss("refused")
+    chosen = select_variant(
+        variants, cache.fingerprint, sightings, cache.fingerprint_window, now, replay
+    )
+    if chosen is not None and is_fresh(chosen.created, now, cache.ttl, plan.max_age):
+        return Hit(chosen)
+    reason = "absent" if not variants else "expired" if chosen is not None else "fingerprint"
+    return ReplayMiss(reason) if replay else Miss(reason)

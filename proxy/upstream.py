@@ -76,12 +76,12 @@ def forward_response_headers(headers: CIMultiDictProxy[str], decoded: bool) -> C
 class Upstream:
     """Maps ``/v1/<tail>`` onto ``upstream.base_url`` and owns the client session."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, latency: Histogram | None = None) -> None:
         self.base = URL(settings.base_url.rstrip("/"))
         self._prefix = str(self.base)
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
-        self.latency: Histogram | None = None
+        self.latency = latency  # observed per label: the time to the response headers
         self._timers: dict[str, Any] = {}  # latency's child per label
 
     async def start(self) -> None:

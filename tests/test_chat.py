@@ -233,7 +233,7 @@ def test_registry_updates_not_yet_written_still_count(make_proxy, upstream, monk
     """Sightings and recent keys are written once a second; until then this process's
     lookups and replay-miss explanations use what it gathered."""
     monkeypatch.setattr("proxy.app.FLUSH_INTERVAL", 3600)
-    monkeypatch.setattr("proxy.pipeline._SIGHTINGS_TTL", 0)  # every lookup reads the store
+    monkeypatch.setattr("proxy.registry.SIGHTINGS_TTL", 0)  # every lookup reads the store
     proxy = make_proxy(cache={"fingerprint": "latest"})
     other = [{"role": "user", "content": "another prompt"}]
     with sdk(proxy) as client:
@@ -344,7 +344,9 @@ async def test_a_quiet_moment_is_when_a_request_has_gone_upstream(proxy, upstrea
     starts as a request goes upstream, its answer a round trip away; or after a while."""
     upstream.latency = 0.5
     quiet = asyncio.wrap_future(
-        asyncio.run_coroutine_threadsafe(proxy.pipeline.quiet_moment(10), proxy.bg.loop)
+        asyncio.run_coroutine_threadsafe(
+            proxy.pipeline.fetcher.traffic.quiet_moment(10), proxy.bg.loop
+        )
     )
     await asyncio.sleep(0.1)
     assert not quiet.done()  # nothing went upstream
@@ -355,7 +357,9 @@ async def test_a_quiet_moment_is_when_a_request_has_gone_upstream(proxy, upstrea
         await asyncio.wait_for(quiet, 5)
         assert not answer.done()  # its answer is still to come
         await answer
-    proxy.bg.run(proxy.pipeline.quiet_moment(0.05), timeout=5)  # no traffic: not for long
+    proxy.bg.run(
+        proxy.pipeline.fetcher.traffic.quiet_moment(0.05), timeout=5
+    )  # no traffic: not for long
 
 
 def test_upstream_errors_pass_through_and_are_never_cached(client, upstream):

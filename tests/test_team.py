@@ -23,6 +23,7 @@ import redis
 from proxy.policy import Sighting
 from proxy.store import Entry, Note, open_store
 from proxy.store.disk import CHECKPOINT_EVERY, CHECKPOINT_PUTS, checkpoint_due
+from proxy.traffic import Traffic
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port, http, proxy_settings
 from tests.upstream import FakeUpstream
@@ -53,13 +54,14 @@ def entry(key: str, fp: str | None, created: float, body: bytes = b"{}") -> Entr
 
 
 async def test_store_contract(store_config, cache_dir, upstream):
-    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config))
+    traffic = Traffic()  # busy or not: the disk store writes from a thread or the loop
+    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config), traffic)
     await store.start()
     try:
         await store.put(entry("k1", "fp_a", 1.0, b'{"a":1}'))
-        await store.put(entry("k1", "fp_b", 2.0), busy=False)
+        await store.put(entry("k1", "fp_b", 2.0))
         await store.put(entry("k1", "fp_a", 3.0, b'{"a":2}'))  # replaces fp_a
-        await store.put(entry("k1", None, 4.0), busy=False)
+        await store.put(entry("k1", None, 4.0))
         variants = await store.variants("k1")
         assert [(v.fingerprint, v.created) for v in variants] == [
             (None, 4.0),
@@ -68,7 +70,8 @@ async def test_store_contract(store_config, cache_dir, upstream):
         ]
         assert variants[1].body == b'{"a":2}' and variants[1].request == b'{"model":"m"}'
         for i in range(12):  # at most eight fingerprints per key, the oldest go
-            await store.put(entry("k2", f"fp{i}", float(i)), busy=i % 2 == 0)
+            traffic.live = 2 if i % 2 == 0 else 0
+            await store.put(entry("k2", f"fp{i}", float(i)))
         assert len(await store.variants("k2")) == 8
         assert sorted(await store.keys()) == ["k1", "k2"]
 
@@ -159,23 +162,24 @@ def test_checkpoints_follow_the_writes_or_the_clock():
 async def test_disk_folds_the_write_ahead_log_in_once_enough_was_written(
     store_config, cache_dir, upstream
 ):
-    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config))
     database = cache_dir / "entries" / "cache.db"
+    moments = []
+
+    class Watched(Traffic):
+        async def quiet_moment(self, wait: float = 1.0) -> None:  # when no answer is expected
+            moments.append(database.stat().st_size)
+
+    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config), Watched())
     try:
         for i in range(5):
             await store.put(entry(f"k{i}", "fp", 1.0, b"x" * 1000))
         size = database.stat().st_size
-        moments = []
-
-        async def moment() -> None:  # a time when no answer is expected
-            moments.append(database.stat().st_size)
-
-        await store.checkpoint(moment)
+        await store.checkpoint()
         assert database.stat().st_size == size  # not due: the pages stay in the log
         assert moments == []  # and nothing waited for
         for i in range(CHECKPOINT_PUTS):
             await store.put(entry(f"m{i}", "fp", 1.0, b"x" * 1000))
-        await store.checkpoint(moment)
+        await store.checkpoint()
         assert moments == [size]  # waited for, then
         assert database.stat().st_size > size  # folded into the database
         # and the log already started over (and synced its header), so that the next put,
@@ -203,9 +207,9 @@ async def test_disk_reads_from_memory_never_outlive_a_commit(store_config, cache
         first = await mine.variants("k")  # read once: not kept yet
         assert await mine.variants("k") is not first
         assert await mine.variants("k") is await mine.variants("k")  # from memory
-        await other.put(entry("k", "fp", 2.0, b'{"a":2}'), busy=False)
+        await other.put(entry("k", "fp", 2.0, b'{"a":2}'))
         assert await body() == b'{"a":2}'
-        await mine.put(entry("k", "fp", 3.0, b'{"a":3}'), busy=False)
+        await mine.put(entry("k", "fp", 3.0, b'{"a":3}'))
         assert await body() == b'{"a":3}'
         await mine.put(entry("k", "fp", 4.0, b'{"a":4}'))
         assert await body() == b'{"a":4}'

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from ..config import Settings
 from ..policy import Sighting
+from ..traffic import Traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,8 @@ class Store(Protocol):
         """All entries stored for ``key``, newest first."""
         ...
 
-    async def put(self, entry: Entry, busy: bool = True) -> None:
-        """Durably store ``entry``, replacing the one with the same key and fingerprint.
-        ``busy``: other requests are in progress, so keep the event loop free for them."""
+    async def put(self, entry: Entry) -> None:
+        """Durably store ``entry``, replacing the one with the same key and fingerprint."""
         ...
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
@@ -140,16 +140,16 @@ class Store(Protocol):
         """Connect and check; raise with a clear message when the store cannot be used."""
         ...
 
-    async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Periodic housekeeping, run every second off the request path; work that would
-        slow a request it overlaps first awaits ``moment()``, a time when none is expected."""
+    async def checkpoint(self) -> None:
+        """Periodic housekeeping, run every second off the request path."""
         ...
 
     async def close(self) -> None: ...
 
 
-def open_store(settings: Settings) -> Store:
-    """The store ``cache.backend`` names, opened on ``settings``."""
+def open_store(settings: Settings, traffic: Traffic | None = None) -> Store:
+    """The store ``cache.backend`` names, opened on ``settings``; ``traffic`` is what the
+    flow says of its requests, for a store that tunes its own work to it (disk)."""
     if settings.cache.backend == "redis":
         from .redis import RedisStore
 
@@ -158,4 +158,4 @@ def open_store(settings: Settings) -> Store:
         )
     from .disk import DiskStore
 
-    return DiskStore(settings.cache_dir, size_limit=settings.cache.size_limit)
+    return DiskStore(settings.cache_dir, settings.cache.size_limit, traffic or Traffic())

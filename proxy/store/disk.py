@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ import diskcache
 import orjson
 
 from ..policy import Sighting, observe_sighting
+from ..traffic import Traffic
 from . import CorruptStoreError, Entry, Note, Seen, StoreError
 from .hot import HotRecords
 from .record import RecordError, decode, encode
@@ -59,8 +60,13 @@ def _open(path: Path, **settings: Any) -> diskcache.Cache:
 class DiskStore:
     """Entries, registry, events and counters under one directory, safe across processes."""
 
-    def __init__(self, directory: Path, size_limit: int = 4 * 1024**3) -> None:
+    def __init__(
+        self, directory: Path, size_limit: int = 4 * 1024**3, traffic: Traffic | None = None
+    ) -> None:
         self.directory = directory
+        # What the flow carries: a put while others wait goes to a thread, and folding the
+        # write-ahead logs waits for the moment a request has just gone upstream.
+        self._traffic = traffic or Traffic()
         # Reads never write: 'least-recently-stored' keeps a hit a pure SELECT.
         # Checkpoints (copying the WAL into the database) would land on whichever write
         # crosses the threshold; they run from checkpoint() instead, when due.
@@ -172,9 +178,9 @@ class DiskStore:
             kept = [e for e in self._read(entry.key, cache) if e.fingerprint != entry.fingerprint]
             cache.set(entry.key, encode([entry, *kept][:MAX_VARIANTS]))
 
-    async def put(self, entry: Entry, busy: bool = True) -> None:
+    async def put(self, entry: Entry) -> None:
         self._puts += 1
-        if busy:  # the loop has other requests to serve: a thread writes
+        if self._traffic.busy:  # the loop has other requests to serve: a thread writes
             return await self._run(self._put, entry)
         # nothing else to do: no hop to a thread and back (a third of a miss's overhead)
         await self._on_loop(self._put, entry)
@@ -326,13 +332,13 @@ class DiskStore:
                 (n,) = connection.execute("PRAGMA user_version").fetchone()
                 connection.execute(f"PRAGMA user_version = {(n + 1) % 2**31}")
 
-    async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def checkpoint(self) -> None:
         """Evict down to the size limit; when due, fold the write-ahead logs into the
-        databases, without waiting for readers, once ``moment()`` says no answer is expected
-        (its syncs slow whatever runs meanwhile)."""
+        databases, without waiting for readers, once a request has just gone upstream, so
+        that no answer is expected meanwhile (its syncs slow whatever runs meanwhile)."""
         fold = checkpoint_due(self._puts, time.monotonic() - self._checkpointed)
-        if fold and moment is not None:
-            await moment()
+        if fold:
+            await self._traffic.quiet_moment()
         puts, now = self._puts, time.monotonic()
         await self._run(self._checkpoint, fold)  # one hop to the pool, as every second
         if fold:

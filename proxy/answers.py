@@ -1,0 +1,174 @@
+"""What a client of a cached endpoint gets: a stored or live answer with seedproxy's
+headers, as JSON or as SSE, a stream forwarded as it arrives, or a replay miss's error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .call import Call
+from .config import Settings
+from .errors import ProxyError
+from .fetch import Live, Tee
+from .keys import nearest
+from .registry import Registry
+from .store import Entry, Store
+
+log = logging.getLogger("seedproxy.pipeline")
+
+NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+def our_headers(
+    call: Call, fingerprint: str | None, label: str, headers: CIMultiDict[str] | None = None
+) -> CIMultiDict[str]:
+    """``headers`` (or new ones) with X-Cache and the X-Seedproxy- headers set."""
+    if headers is None:
+        headers = CIMultiDict()
+    headers["X-Cache"] = label
+    headers["X-Seedproxy-Key"] = call.key
+    if call.endpoint.kind.fingerprinted:
+        headers["X-Seedproxy-Fingerprint"] = fingerprint if fingerprint is not None else "null"
+    if call.seed is not None:
+        headers["X-Seedproxy-Seed"] = str(call.seed)
+    return headers
+
+
+def stored(call: Call, entry: Entry, now: float) -> web.Response:
+    """A hit: the entry as stored, or as SSE synthesized from it for a streamed request."""
+    headers = our_headers(call, entry.fingerprint, "HIT")
+    headers["Age"] = str(max(0, int(now - entry.created)))
+    if call.stream:
+        headers.update(_SSE_HEADERS)
+        body = call.endpoint.kind.replay(orjson.loads(entry.body), entry.stream, call.include_usage)
+        return web.Response(status=entry.status, body=body, headers=headers)
+    headers["Content-Type"] = entry.content_type
+    return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+
+def live(call: Call, answer: Live, label: str) -> web.Response:
+    """A live answer read in full, replayed as SSE if the client asked for a stream."""
+    headers = our_headers(call, answer.fingerprint, label, answer.headers.copy())
+    if call.stream and answer.parsed is not None:
+        headers.update(_SSE_HEADERS)
+        body = call.endpoint.kind.replay(answer.parsed, answer.events, call.include_usage)
+        return web.Response(status=answer.status, body=body, headers=headers)
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+async def streamed(
+    request: web.Request,
+    call: Call,
+    task: asyncio.Task[Live],
+    tee: Tee,
+    label: str,
+    complete_on_disconnect: bool,
+) -> web.StreamResponse:
+    """Forward the upstream events to the client as soon as the fetch task has them."""
+    response = None
+    try:
+        await tee.wait(request)
+        if tee.head is None:  # the upstream did not stream: an error, or plain JSON
+            return live(call, await asyncio.shield(task), label)
+        head = tee.head
+        our_headers(call, head.fingerprint, label, head.headers)
+        response = web.StreamResponse(status=head.status, headers=head.headers)
+        await response.prepare(request)
+        while True:
+            chunk = tee.take()
+            if chunk:
+                await response.write(chunk)
+            if tee.ended:
+                await response.write_eof()
+                return response
+            if tee.closed:
+                return response
+            await tee.wait(request)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        tee.gone = True
+        log.info(
+            "client left mid-stream",
+            extra={
+                "data": {
+                    "key": call.key,
+                    "upstream": "read to the end" if complete_on_disconnect else "cancelled",
+                }
+            },
+        )
+        if not complete_on_disconnect:
+            task.cancel()
+    return response or web.Response(status=499)  # nginx's "client closed request"
+
+
+_WHY = {
+    "": "runs in replay mode, so it will not call the upstream",
+    "only-if-cached": "the request asked for a stored answer only (Cache-Control: "
+    "only-if-cached), so the upstream was not called",
+}
+_HOW = {
+    "": "To record it, send the request once through the proxy in record mode "
+    "(seedproxy serve --mode record) with a valid API key.",
+    "only-if-cached": "To record it, send it once without only-if-cached.",
+}
+
+
+async def replay_miss(
+    call: Call, reason: str, store: Store, registry: Registry, settings: Settings
+) -> ProxyError:
+    """The 504 ``cache_miss`` for a request that may not go live: why, and what is nearest."""
+    if reason == "refused":
+        message = (
+            f"seedproxy runs in replay mode and never calls the upstream, but this "
+            f"{call.endpoint.path} request (key {call.key}) needs a live answer "
+            f"({call.plan.refused}). Send it without that in replay mode, or record it in "
+            "record mode."
+        )
+    else:
+        fresh = " young enough for max-age and cache.ttl" if reason == "expired" else ""
+        message = (
+            f"seedproxy has no recorded response{fresh} for this {call.endpoint.path} request "
+            f"(key {call.key}) and {_WHY[call.plan.asked]}. "
+            f"{await _nearest(call, store, registry, settings)} {_HOW[call.plan.asked]}"
+        )
+    return ProxyError(
+        504,
+        message,
+        code="cache_miss",
+        headers={"x-should-retry": "false", "X-Cache": "MISS", "X-Seedproxy-Key": call.key},
+    )
+
+
+async def _nearest(call: Call, store: Store, registry: Registry, settings: Settings) -> str:
+    """Which recorded request for the same endpoint and model is closest, and how it
+    differs (the way vcrpy explains a cassette miss)."""
+    path, model = call.endpoint.path, call.model
+    unwritten = [
+        note.key
+        for note in reversed(registry.unwritten())
+        if note.endpoint == path and note.model == model
+    ]
+    recent = dict.fromkeys(unwritten + await store.recent(path, model))
+    recorded = []
+    for key in list(recent)[:NEAREST_SCAN]:
+        for entry in (await store.variants(key))[:1]:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                recorded.append((key, orjson.loads(entry.request)))
+    found = nearest(call.body, recorded, settings.cache.ignore_fields)
+    if found is None:
+        return f"Nothing is recorded for model {model!r} on {path}."
+    key, fields = found
+    if not fields:
+        return (
+            f"A request with the same body is recorded (key {key}) under another "
+            f"namespace, query or upstream (the key covers those too; upstream here: "
+            f"{settings.upstream.base_url})."
+        )
+    shown = ", ".join(fields[:8]) + (f" and {len(fields) - 8} more" if len(fields) > 8 else "")
+    return f"The nearest recorded request for model {model!r} (key {key}) differs in: {shown}."

@@ -1,0 +1,174 @@
+"""The cached endpoints, and one client request to them parsed into a :class:`Call`."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .config import SeedSettings, Settings
+from .errors import ProxyError
+from .keys import cache_key, canonical_body, canonical_query
+from .kinds import KINDS, Kind
+from .policy import Plan, add_seed, apply_seed, plan_request
+from .upstream import forward_request_headers
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A cached endpoint: its path below ``/v1/``, whether the seed policy applies, and the
+    kind of answer it gives (how it streams, how its outputs are compared)."""
+
+    tail: str
+    seeded: bool
+    kind: Kind
+
+    @property
+    def path(self) -> str:
+        return f"/v1/{self.tail}"
+
+
+ENDPOINTS = (
+    Endpoint("chat/completions", seeded=True, kind=KINDS["chat"]),
+    Endpoint("completions", seeded=True, kind=KINDS["completion"]),
+    Endpoint("embeddings", seeded=False, kind=KINDS["embedding"]),
+    Endpoint("responses", seeded=False, kind=KINDS["response"]),
+)
+
+
+def endpoint_for(path: str) -> Endpoint:
+    """The cached endpoint at ``path``; 400 naming the others when there is none."""
+    for endpoint in ENDPOINTS:
+        if endpoint.path == path:
+            return endpoint
+    raise ProxyError(
+        400,
+        f"{path!r} is not a cached endpoint; one of {', '.join(e.path for e in ENDPOINTS)}.",
+        param="path",
+    )
+
+
+@dataclass(frozen=True)
+class Call:
+    """One parsed client request, with everything the flow decides about it up front.
+    What only a live request needs (its upstream body and headers) is made on first use,
+    so a hit never pays for it."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    raw: bytes  # the client's body
+    seed_edit: str  # "" (the client's bytes go upstream), "added", "replaced"
+    client_headers: CIMultiDictProxy[str]
+    credential: tuple[str, str] | None  # the proxy's own upstream credential, if any
+    key: str
+    model: str
+    seed: int | None
+    plan: Plan
+    raw_query: str
+
+    @functools.cached_property
+    def upstream_body(self) -> bytes:
+        if self.seed_edit == "added":  # splice: every other byte stays the client's
+            return add_seed(self.raw, self.body["seed"])
+        return orjson.dumps(self.body) if self.seed_edit else self.raw
+
+    @functools.cached_property
+    def headers(self) -> CIMultiDict[str]:
+        headers = forward_request_headers(self.client_headers, self.credential)
+        headers["Accept-Encoding"] = "gzip, deflate"
+        return headers
+
+    @property
+    def stream(self) -> bool:
+        return self.body.get("stream") is True
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+
+async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    """The request's raw body and its JSON object; 400 ``invalid_json`` otherwise."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(
+            400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
+    return raw, body
+
+
+def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
+    """The cache namespace: the ``X-Seedproxy-Namespace`` header, plus a credential hash
+    when ``cache.scope = "per-key"``."""
+    name = headers.get("X-Seedproxy-Namespace", "")
+    if name and not _NAMESPACE.fullmatch(name):
+        raise ProxyError(
+            400,
+            "Invalid X-Seedproxy-Namespace: use 1-64 of A-Z a-z 0-9 . _ -",
+            code="invalid_namespace",
+        )
+    if scope == "per-key":
+        credential = headers.get("Authorization") or headers.get("api-key", "")
+        name += "|key:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
+    return name
+
+
+def seeded(endpoint: Endpoint, body: dict[str, Any], seed: SeedSettings) -> tuple[int | None, bool]:
+    """Apply the seed policy to ``body`` if ``endpoint`` takes one: (seed, body changed)."""
+    if not endpoint.seeded:
+        return None, False
+    before = body.get("seed", _MISSING)
+    used = apply_seed(body, seed.mode, seed.default)
+    return used, body.get("seed", _MISSING) is not before
+
+
+async def parse(
+    request: web.Request,
+    endpoint: Endpoint,
+    settings: Settings,
+    mode: str,
+    credential: tuple[str, str] | None,
+) -> Call:
+    """The client's request as a Call: seed policy applied, key computed, cache plan made
+    from ``mode`` (``cache.mode``, or a session's) and the request's directives."""
+    raw, body = await read_json(request)
+    had_seed = "seed" in body
+    seed, changed = seeded(endpoint, body, settings.seed)
+    cache = settings.cache
+    query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
+    key = cache_key(
+        endpoint.path,
+        query,
+        namespace(request.headers, cache.scope),
+        settings.upstream.base_url,
+        canonical_body(body, cache.ignore_fields),
+    )
+    model = body.get("model")
+    plan = plan_request(mode, request.headers.get("Cache-Control"), endpoint.kind.stateful(body))
+    return Call(
+        endpoint,
+        body,
+        raw,
+        ("replaced" if had_seed else "added") if changed else "",
+        request.headers,
+        credential,
+        key,
+        model if isinstance(model, str) else "",
+        seed,
+        plan,
+        request.rel_url.raw_query_string,
+    )

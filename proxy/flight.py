@@ -1,0 +1,111 @@
+"""Coalescing identical misses: one upstream call per key at a time, in this process
+(a future the others await) and across the processes sharing a store (its lock)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+from .fetch import Live
+from .observe import Counters
+from .store import Entry, Store
+from .traffic import Traffic
+
+LOCK_POLL = 0.02  # seconds between looks for an entry another process is fetching
+Go = Callable[[], Awaitable[Live]]
+
+
+class Flights:
+    """The upstream calls in progress, by key. ``shared``: other processes use the store
+    too, so a call also holds the key's marker in it."""
+
+    def __init__(
+        self, store: Store, counters: Counters, traffic: Traffic, lock_ttl: float, shared: bool
+    ) -> None:
+        self.store = store
+        self.counters = counters
+        self.traffic = traffic
+        self.lock_ttl = lock_ttl
+        self.shared = shared
+        self._inflight: dict[str, asyncio.Future[Live]] = {}
+
+    def joined(self, key: str) -> asyncio.Future[Live] | None:
+        """The call in progress for ``key``, if any (counted as a coalesced request)."""
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            self.counters.add("coalesced")
+        return waiting
+
+    async def fly(self, key: str, go: Go) -> Live:
+        """``go()`` in this task, with a future that identical requests await meanwhile."""
+        future: asyncio.Future[Live] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        self.traffic.live += 1
+        try:
+            live = await self._once(key, go)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: only those who wait re-raise it
+            raise
+        except BaseException:  # cancelled: the server is shutting down
+            future.cancel()
+            raise
+        finally:
+            del self._inflight[key]
+            self.traffic.live -= 1
+        future.set_result(live)
+        return live
+
+    def launch(self, key: str, go: Go) -> asyncio.Task[Live]:
+        """``go()`` in a task of its own, which a client that leaves does not cancel (a
+        stream); identical requests await the task."""
+        task = asyncio.ensure_future(self._once(key, go))
+        self._inflight[key] = task
+        self.traffic.live += 1
+        task.add_done_callback(lambda t: self._landed(key))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        return task
+
+    def _landed(self, key: str) -> None:
+        self._inflight.pop(key, None)
+        self.traffic.live -= 1
+
+    async def _once(self, key: str, go: Go) -> Live:
+        """On a shared store, one process per key goes upstream: it holds the key's marker
+        (renewed while it works); the others wait for its entry, and go themselves if the
+        marker vanishes without one (an error, or a crashed holder)."""
+        if not self.shared:
+            return await go()
+        token = uuid.uuid4().hex
+        # what was stored before; hosts' clocks differ, so no timestamps are compared
+        before = {(e.fingerprint, e.created) for e in await self.store.variants(key)}
+        while True:
+            if await self.store.lock(key, token, self.lock_ttl):
+                keeper = asyncio.ensure_future(self._keep(key, token))
+                try:
+                    return await go()
+                finally:
+                    keeper.cancel()
+                    await self.store.unlock(key, token)
+            entry = await self._other(key, before)
+            if entry is not None:
+                self.counters.add("coalesced")
+                return Live.of(entry)
+
+    async def _keep(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ttl / 3)
+            await self.store.extend(key, token, self.lock_ttl)
+
+    async def _other(self, key: str, before: set[tuple[str | None, float]]) -> Entry | None:
+        """The entry another process stores for ``key`` (one not in ``before``), or None
+        once its marker is gone without one."""
+        while True:
+            held = await self.store.locked(key)  # looked at first: a holder stores, then lets go
+            for entry in await self.store.variants(key):
+                if (entry.fingerprint, entry.created) not in before:
+                    return entry
+            if not held:
+                return None
+            await asyncio.sleep(LOCK_POLL)

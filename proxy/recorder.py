@@ -1,0 +1,154 @@
+"""Keeping live answers: storing a complete one, noting it for the registry, comparing it
+with what was stored before (drift), and re-requesting a sample of hits (verify)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from . import drift
+from .call import Call
+from .config import CacheSettings
+from .errors import ProxyError
+from .fetch import Fetcher, Live
+from .observe import Counters
+from .registry import Registry
+from .store import Entry, Note, Store
+
+log = logging.getLogger("seedproxy.pipeline")
+drift_log = logging.getLogger("seedproxy.drift")
+
+
+class Recorder:
+    """Stores complete 2xx answers and reports how they differ from the stored ones."""
+
+    def __init__(
+        self, cache: CacheSettings, store: Store, counters: Counters, registry: Registry
+    ) -> None:
+        self.cache = cache
+        self.store = store
+        self.counters = counters
+        self.registry = registry
+
+    async def record(
+        self, call: Call, live: Live, stored: Sequence[Entry], reason: str, keep: bool = True
+    ) -> None:
+        """Store (if ``keep``) a complete answer, note it for the registry, and compare it
+        with ``stored``, the variants there were before."""
+        assert live.parsed is not None
+        now = time.time()
+        prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
+        entry = Entry(
+            call.key,
+            live.fingerprint,
+            now,
+            live.status,
+            live.headers.get("Content-Type", "application/json"),
+            call.endpoint.path,
+            call.model,
+            call.seed,
+            prompt_tokens,
+            completion_tokens,
+            live.body,
+            call.upstream_body,
+            live.events,
+        )
+        # Durably stored before anyone is answered. The recent-keys index and the registry
+        # are written with the next flush; this process's copy of the registry learns at once.
+        if keep:
+            await self.store.put(entry)
+            self.counters.add("stores")
+        fingerprinted = call.endpoint.kind.fingerprinted
+        self.registry.note(
+            Note(entry.key, entry.endpoint, entry.model, entry.fingerprint, now, fingerprinted)
+        )
+        if stored:
+            await self._compare(call, stored, live.parsed, entry, reason)
+
+    async def _compare(
+        self,
+        call: Call,
+        stored: Sequence[Entry],
+        parsed: dict[str, Any],
+        live: Entry,
+        reason: str,
+    ) -> None:
+        """Compare the live answer with the stored one of the same fingerprint, else the newest."""
+        same = [e for e in stored if e.fingerprint == live.fingerprint]
+        previous = same[0] if same else stored[0]
+        try:
+            cached = orjson.loads(previous.body)
+        except orjson.JSONDecodeError:
+            return
+        result = call.endpoint.kind.compare(cached, parsed, self.cache)
+        if result is None:
+            return
+        event = drift.DriftEvent(
+            drift.new_id(),
+            live.created,
+            reason,
+            call.key,
+            call.endpoint.path,
+            call.model,
+            call.seed,
+            previous.fingerprint,
+            live.fingerprint,
+            previous.fingerprint == live.fingerprint,
+            result.similarity,
+            result.diff,
+        )
+        self.counters.add("drift_events")
+        drift_log.warning("drift", extra={"data": event.to_dict()})
+        await self.store.add_event(event.to_dict())
+
+
+class Verifier:
+    """Re-requests ``rate`` of hits live in the background, at most ``concurrency`` at
+    once, and records drift; the live answer replaces the stored one only if ``replace``."""
+
+    def __init__(
+        self, cache: CacheSettings, counters: Counters, fetcher: Fetcher, recorder: Recorder
+    ) -> None:
+        self.rate = cache.verify_rate
+        self.concurrency = cache.verify_concurrency
+        self.replace = cache.verify_replace
+        self.counters = counters
+        self.fetcher = fetcher
+        self.recorder = recorder
+        self._running: set[asyncio.Future[None]] = set()
+
+    def sample(self, call: Call, entry: Entry) -> None:
+        """Maybe verify this hit, never delaying it."""
+        if not self.rate or random.random() >= self.rate:
+            return
+        if len(self._running) >= self.concurrency:
+            self.counters.add("verify_skipped")
+            return
+        task = asyncio.ensure_future(self._verify(call, entry))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _verify(self, call: Call, entry: Entry) -> None:
+        try:
+            live = await self.fetcher.fetch(call)
+            if live.parsed is None:
+                return
+            self.counters.add("verifications")
+            await self.recorder.record(call, live, [entry], "verify", keep=self.replace)
+        except ProxyError as exc:
+            log.warning(
+                "verify request failed",
+                extra={"data": {"key": call.key, "status": exc.status, "error": exc.message}},
+            )
+
+    async def close(self) -> None:
+        """Stop the verifications under way."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
