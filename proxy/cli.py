@@ -37,9 +37,22 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+# The flags that set a setting, so a bad value is reported under the name the user typed.
+FLAG_NAMES = {
+    "server.host": "--host",
+    "server.port": "--port",
+    "server.workers": "--workers",
+    "upstream.base_url": "--upstream",
+    "cache.dir": "--cache-dir",
+    "cache.mode": "--mode",
+    "seed.mode": "--seed-mode",
+    "log.format": "--log-format",
+}
+
+
 def _settings(config: str | None, flags: dict[str, Any], serving: bool = False) -> Settings:
     try:
-        settings = load_settings(config, os.environ, flags)
+        settings = load_settings(config, os.environ, flags, FLAG_NAMES)
         check_cache_dir(settings)
         if serving:
             upstream_credential(settings, os.environ, settings.proxy_tokens())

@@ -153,11 +153,25 @@ def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
 @pytest.mark.parametrize(
     ("args", "env", "toml", "expected"),
     [
-        (["--mode", "sometimes"], {}, None, "cache.mode: must be one of record, replay"),
-        (["--port", "eighty"], {}, None, "server.port: expected an integer"),
-        ([], {"SEEDPROXY_CACHE_TTL": "soon"}, None, "cache.ttl: expected a duration"),
-        ([], {"SEEDPROXY_NOPE_X": "1"}, None, "SEEDPROXY_NOPE_X: unknown setting"),
-        ([], {}, "[cache]\nbogus = 1\n", "cache.bogus: unknown key"),
+        (["--mode", "sometimes"], {}, None, "--mode: must be one of record, replay"),
+        (
+            ["--mode", "replya"],
+            {},
+            None,
+            "refresh, passthrough, got 'replya'; did you mean replay?",
+        ),
+        (["--port", "eighty"], {}, None, "--port: expected an integer"),
+        ([], {"SEEDPROXY_CACHE_TTL": "soon"}, None, "SEEDPROXY_CACHE_TTL: expected a duration"),
+        (
+            [],
+            {"SEEDPROXY_CACHE_MOD": "replay"},
+            None,
+            "SEEDPROXY_CACHE_MOD: unknown key; did you mean SEEDPROXY_CACHE_MODE?",
+        ),
+        ([], {"SEEDPROXY_SERVER_PORT": "70000"}, None, "SEEDPROXY_SERVER_PORT: must be between"),
+        ([], {}, "[cache]\nbogus = 1\n", "cache.bogus: unknown key (the [cache] keys: backend"),
+        ([], {}, '[cache]\nmod = "replay"\n', "cache.mod: unknown key; did you mean cache.mode?"),
+        ([], {}, "[cahce]\n", "cahce: unknown section; did you mean cache?"),
         ([], {}, '[cache]\nverify_rate = "x"\n', "cache.verify_rate: expected a number"),
         ([], {}, "[cache\n", "is not valid TOML"),
         (
@@ -166,8 +180,8 @@ def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
             None,
             "cache.dir: cannot use '/etc/passwd/cache'",
         ),
-        (["--seed-mode", "always"], {}, None, "seed.mode: must be one of force"),
-        (["--upstream", "ftp://x"], {}, None, "upstream.base_url: must be an http(s) URL"),
+        (["--seed-mode", "always"], {}, None, "--seed-mode: must be one of force"),
+        (["--upstream", "ftp://x"], {}, None, "--upstream: must be an http(s) URL"),
         (
             [],
             {
@@ -201,7 +215,7 @@ def test_precedence_unit():
         {"cache.mode": "refresh"},
     )
     assert (settings.cache.mode, settings.server.port) == ("refresh", 9001)
-    with pytest.raises(ConfigError, match=r"seed\.default: must fit"):
+    with pytest.raises(ConfigError, match=r"^SEEDPROXY_SEED_DEFAULT: must fit"):
         load_settings(None, {"SEEDPROXY_SEED_DEFAULT": str(2**63)})
 
 
@@ -235,3 +249,30 @@ def test_python_dash_m_and_help():
         "--log-format",
     ):
         assert flag in result.stdout
+
+
+def test_serve_ignores_seedproxy_variables_that_are_not_settings(tmp_path, upstream):
+    """Kubernetes injects service links for a Service named seedproxy, and wrapper scripts
+    export their own SEEDPROXY_* variables: the proxy starts with its own settings."""
+    port = free_port()
+    others = {
+        "SEEDPROXY_PORT": "tcp://10.96.0.12:8080",
+        "SEEDPROXY_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+        "SEEDPROXY_PORT_8080_TCP_ADDR": "10.96.0.12",
+        "SEEDPROXY_PORT_8080_TCP_PORT": "8080",
+        "SEEDPROXY_PORT_8080_TCP_PROTO": "tcp",
+        "SEEDPROXY_SERVICE_HOST": "10.96.0.12",
+        "SEEDPROXY_SERVICE_PORT": "8080",
+        "SEEDPROXY_SERVICE_PORT_HTTP": "8080",
+        "SEEDPROXY_CMD": "python app.py",
+    }
+    served = Served(
+        ["--upstream", f"{upstream.url}/v1", "--cache-dir", str(tmp_path / "c")],
+        _env(SEEDPROXY_SERVER_PORT=str(port), **others),
+        tmp_path,
+    )
+    try:
+        assert f"listening on http://127.0.0.1:{port}" in served.banner
+    finally:
+        code, err = served.stop()
+    assert code == 0, err
