@@ -21,6 +21,7 @@ from .cassette import CassetteError, from_line, to_line
 from .config import (
     ConfigError,
     Settings,
+    cannot_listen,
     check_cache_dir,
     load_settings,
     parse_duration,
@@ -133,16 +134,18 @@ def serve(
             "reach it can spend the upstream key and read the cache",
             extra={"data": {"host": settings.server.host}},
         )
-    if settings.server.workers > 1:
-        from .workers import supervise
-
-        sys.exit(supervise(settings, lambda: click.echo(banner(settings))))
-    from .app import create_app
-
     try:
-        app = create_app(settings)
+        if settings.server.workers > 1:
+            from .workers import StartError, supervise
+
+            try:
+                sys.exit(supervise(settings, lambda: click.echo(banner(settings))))
+            except StartError as exc:
+                _fail(str(exc))
+        from .app import create_app
+
         web.run_app(
-            app,
+            create_app(settings),
             host=settings.server.host,
             port=settings.server.port,
             print=lambda _: click.echo(banner(settings)),
@@ -153,10 +156,7 @@ def serve(
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(
-            f"server: cannot listen on {settings.server.host}:{settings.server.port}: "
-            f"{exc.strerror or exc}"
-        )
+        _fail(str(cannot_listen(settings.server, exc)))
 
 
 # -- commands over the store ----------------------------------------------------------------

@@ -435,6 +435,16 @@ def upstream_credential(
     return "Authorization", f"Bearer {key}"
 
 
+def cannot_listen(server: ServerSettings, exc: OSError) -> ConfigError:
+    """The one line for an address the proxy cannot listen on, the same whichever process
+    found out (the supervisor's check, a worker, a single process)."""
+    errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
+    reason = os.strerror(errno) if errno else exc.strerror or str(exc)
+    return ConfigError(
+        f"server: cannot listen on {server.host}:{server.port}: {reason[:1].lower()}{reason[1:]}"
+    )
+
+
 def check_cache_dir(settings: Settings) -> None:
     """Create the disk cache directory and prove it is writable, or raise ConfigError."""
     if settings.cache.backend != "disk":

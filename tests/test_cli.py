@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import SECTIONS, ConfigError, load_settings
+from proxy.workers import CANNOT_START
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port
 
@@ -276,3 +278,74 @@ def test_serve_ignores_seedproxy_variables_that_are_not_settings(tmp_path, upstr
     finally:
         code, err = served.stop()
     assert code == 0, err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "reuseport"])
+def test_a_port_in_use_stops_serve_with_one_line(tmp_path, workers, shared):
+    """Also when the port's holder set SO_REUSEPORT (another seedproxy's workers), which
+    the workers' own sockets would otherwise share silently."""
+    with socket.socket() as taken:
+        if shared:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--workers", workers],
+            env=_env(SEEDPROXY_CACHE_DIR=str(tmp_path / "c")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"seedproxy: server: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    )
+    assert result.stdout == ""
+
+
+def test_workers_that_cannot_start_stop_serve_with_one_line(tmp_path):
+    env = _env(
+        SEEDPROXY_CACHE_BACKEND="redis",
+        SEEDPROXY_CACHE_REDIS_URL="redis://:hunter2@127.0.0.1:1/0",
+    )
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(free_port()), "--workers", "2"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "seedproxy: cache.redis_url: cannot reach redis://:***@127.0.0.1:1/0"
+    )
+
+
+def test_a_worker_that_cannot_listen_reports_one_line_and_the_status_not_to_restart(tmp_path):
+    """The supervisor's check can lose a race for the port; the worker then says why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        script = (
+            "import queue, sys\n"
+            "from proxy.config import load_settings\n"
+            "from proxy.workers import run_worker\n"
+            f"settings = load_settings(None, {{}}, {{'server.port': {port}}})\n"
+            "failures = queue.SimpleQueue()\n"
+            "try:\n"
+            "    run_worker(settings, failures)\n"
+            "except SystemExit as exc:\n"
+            "    print(exc.code, failures.get_nowait())\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            env=_env(SEEDPROXY_CACHE_DIR=str(tmp_path / "c")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.stdout == (
+        f"{CANNOT_START} server: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    ), result.stderr
