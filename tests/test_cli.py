@@ -83,6 +83,8 @@ def test_serve_end_to_end(tmp_path, upstream, log_format):
             "mode record",
             str(tmp_path / "c"),
             "seed force (12345)",
+            "scope shared",
+            "auth off",
         ):
             assert part in served.banner, part
         with sdk(_Handle(port)) as client:
@@ -349,3 +351,42 @@ def test_a_worker_that_cannot_listen_reports_one_line_and_the_status_not_to_rest
     assert result.stdout == (
         f"{CANNOT_START} server: cannot listen on 127.0.0.1:{port}: address already in use\n"
     ), result.stderr
+
+
+def test_the_start_up_line_says_what_the_proxy_will_do_without_credentials(tmp_path, upstream):
+    port = free_port()
+    served = Served(
+        [
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://team:s3cret-pw@127.0.0.1:{upstream.port}/v1",
+            "--mode",
+            "replay",
+            "--seed-mode",
+            "override",
+        ],
+        _env(
+            SEEDPROXY_CACHE_DIR=str(tmp_path / "c"),
+            SEEDPROXY_CACHE_SCOPE="per-key",
+            SEEDPROXY_SEED_DEFAULT="7",
+            SEEDPROXY_AUTH_TOKENS="proxy-token-1",
+            OPENAI_API_KEY=FAKE_KEY,
+        ),
+        tmp_path,
+    )
+    try:
+        parts = served.banner.split(" | ")
+        for part in (
+            f"upstream http://team:***@127.0.0.1:{upstream.port}/v1",
+            "mode replay",
+            "seed override (7)",
+            "fingerprint current",
+            f"cache disk:{tmp_path / 'c'}",
+            "scope per-key",
+            "auth on",
+        ):
+            assert part in parts, served.banner
+    finally:
+        _, err = served.stop()
+    assert "s3cret-pw" not in served.banner + err and "proxy-token-1" not in served.banner + err
