@@ -218,7 +218,7 @@ class Exchange:
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         try:
-            response = await self._pending.__aenter__()
+            response: aiohttp.ClientResponse = await self._pending.__aenter__()
         except _FAILURES as exc:
             raise self._upstream.failed(exc) from None
         if self._upstream.streak.failing:  # one attribute read when all is well

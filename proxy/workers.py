@@ -81,7 +81,8 @@ def _healthy(settings: Settings) -> bool:
     url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.server.port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            status: int = response.status
+            return status == 200
     except OSError:
         return False
 
