@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import dashboard, keys, reports
+from . import dashboard, human, keys, reports
 from .call import ENDPOINTS, Endpoint, endpoint_for, namespace, read_json, seeded
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
@@ -251,6 +251,7 @@ async def _explain(request: web.Request) -> web.Response:
         settings.cache.ignore_fields,
     )
     info["seed"] = seed
+    info["upstream"] = human.masked_url(info["upstream"])
     info["seed_mode"] = settings.seed.mode if endpoint.seeded else None
     return web.Response(body=orjson.dumps(info), content_type="application/json")
 
@@ -264,6 +265,8 @@ async def _dashboard(request: web.Request) -> web.Response:
         await reports.fingerprints(store),
         await reports.drift(store, limit=DASHBOARD_EVENTS),
         await reports.drift(store, limit=DASHBOARD_EVENTS, kind="fingerprint_change"),
+        human.proxy_facts(settings, auth=bool(request.app[TOKENS])),
+        dashboard.refresh_seconds(request.query.get("refresh")),
     )
     return web.Response(text=html, content_type="text/html")
 

@@ -16,18 +16,19 @@ import click
 import orjson
 from aiohttp import web
 
-from . import __version__, reports
+from . import __version__, human, reports
 from .cassette import CassetteError, from_line, to_line
 from .config import (
     ConfigError,
     Settings,
+    cannot_listen,
     check_cache_dir,
     load_settings,
     parse_duration,
     upstream_credential,
 )
 from .observe import AccessLogger, access_log, loop_name, new_event_loop, setup_logging
-from .store import Store, StoreError, open_store, redact
+from .store import Store, StoreError, open_store
 
 log = logging.getLogger("seedproxy")
 
@@ -37,9 +38,22 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+# The flags that set a setting, so a bad value is reported under the name the user typed.
+FLAG_NAMES = {
+    "server.host": "--host",
+    "server.port": "--port",
+    "server.workers": "--workers",
+    "upstream.base_url": "--upstream",
+    "cache.dir": "--cache-dir",
+    "cache.mode": "--mode",
+    "seed.mode": "--seed-mode",
+    "log.format": "--log-format",
+}
+
+
 def _settings(config: str | None, flags: dict[str, Any], serving: bool = False) -> Settings:
     try:
-        settings = load_settings(config, os.environ, flags)
+        settings = load_settings(config, os.environ, flags, FLAG_NAMES)
         check_cache_dir(settings)
         if serving:
             upstream_credential(settings, os.environ, settings.proxy_tokens())
@@ -58,15 +72,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def banner(settings: Settings) -> str:
+    """The start-up line: where the proxy listens and what it will do there."""
     s = settings
-    where = s.cache.dir if s.cache.backend == "disk" else redact(s.cache.redis_url)
-    seed = s.seed.mode + (f" ({s.seed.default})" if s.seed.mode in ("force", "override") else "")
+    facts = human.proxy_facts(s, auth=bool(s.proxy_tokens()))
     return (
         f"seedproxy {__version__} listening on http://{s.server.host}:{s.server.port}"
-        f" | loop {loop_name()}"
-        f" | upstream {s.upstream.base_url} | mode {s.cache.mode}"
-        f" | cache {s.cache.backend}:{where} | seed {seed}"
-        f" | fingerprint {s.cache.fingerprint}"
+        f" | loop {loop_name()} | "
+        + " | ".join(f"{name} {value}" for name, value in facts)
         + (f" | workers {s.server.workers}" if s.server.workers > 1 else "")
     )
 
@@ -120,16 +132,18 @@ def serve(
             "reach it can spend the upstream key and read the cache",
             extra={"data": {"host": settings.server.host}},
         )
-    if settings.server.workers > 1:
-        from .workers import supervise
-
-        sys.exit(supervise(settings, lambda: click.echo(banner(settings))))
-    from .app import create_app
-
     try:
-        app = create_app(settings)
+        if settings.server.workers > 1:
+            from .workers import StartError, supervise
+
+            try:
+                sys.exit(supervise(settings, lambda: click.echo(banner(settings))))
+            except StartError as exc:
+                _fail(str(exc))
+        from .app import create_app
+
         web.run_app(
-            app,
+            create_app(settings),
             host=settings.server.host,
             port=settings.server.port,
             print=lambda _: click.echo(banner(settings)),
@@ -140,10 +154,7 @@ def serve(
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(
-            f"server: cannot listen on {settings.server.host}:{settings.server.port}: "
-            f"{exc.strerror or exc}"
-        )
+        _fail(str(cannot_listen(settings.server, exc)))
 
 
 # -- commands over the store ----------------------------------------------------------------
@@ -197,25 +208,7 @@ async def stats(store: Store, settings: Settings, as_json: bool) -> None:
     if as_json:
         _emit_json(data)
         return
-    money = data["money_saved_usd"]
-    rows = [
-        ["requests", data["requests"]],
-        ["hits", data["hits"]],
-        ["misses", data["misses"]],
-        ["hit ratio", f"{data['hit_ratio']:.1%}"],
-        ["stores", data["stores"]],
-        ["coalesced", data["coalesced"]],
-        ["drift events", data["drift_events"]],
-        ["fingerprint changes", data["fingerprint_changes"]],
-        [
-            "tokens served from cache",
-            f"{data['tokens_saved']} ({data['prompt_tokens_saved']} prompt + "
-            f"{data['completion_tokens_saved']} completion)",
-        ],
-        ["money saved", f"${money:.4f}" if money is not None else "(set [prices] to see it)"],
-        ["entries", data["entries"]],
-        ["bytes", data["bytes"]],
-    ]
+    rows = [list(row) for row in human.stat_rows(data)]
     click.echo(reports.text_table(["stat", "value"], rows))
 
 
@@ -273,8 +266,9 @@ async def _drift_list(
             reports.iso(e["time"]),
             e["model"],
             e["reason"],
-            e["seed"],
-            f"{e['cached_fingerprint']} -> {e['live_fingerprint']}",
+            human.shown(e["seed"], "none"),
+            f"{human.fingerprint(e['cached_fingerprint'])} -> "
+            f"{human.fingerprint(e['live_fingerprint'])}",
             f"{e['similarity']:.3f}",
         ]
         for e in events
@@ -322,10 +316,11 @@ async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: 
         _emit_json(event)
         return
     click.echo(f"drift {event['id']}  {reports.iso(event['time'])} UTC  reason {event['reason']}")
-    click.echo(f"model {event['model']}  seed {event['seed']}  endpoint {event['endpoint']}")
+    click.echo(f"model {event['model']}  {human.seed(event['seed'])}  endpoint {event['endpoint']}")
     click.echo(
-        f"fingerprint {event['cached_fingerprint']} (cached) -> "
-        f"{event['live_fingerprint']} (live)  same: {event['same_fingerprint']}"
+        f"fingerprint {human.fingerprint(event['cached_fingerprint'])} (cached) -> "
+        f"{human.fingerprint(event['live_fingerprint'])} (live)  "
+        f"same: {human.yes_no(event['same_fingerprint'])}"
     )
     click.echo(f"similarity {event['similarity']:.4f}  key {event['key']}\n")
     click.echo(colored_diff(event["diff"]))
@@ -344,7 +339,7 @@ async def fingerprints(store: Store, settings: Settings, model: str | None, as_j
     rows = [
         [
             name,
-            s["fingerprint"],
+            human.fingerprint(s["fingerprint"]),
             reports.iso(s["first_seen"]),
             reports.iso(s["last_seen"]),
             s["count"],
@@ -379,7 +374,7 @@ async def export_cmd(
             ):
                 file.write(to_line(entry))
                 count += 1
-    click.echo(f"exported {count} entries to {file.name}", err=True)
+    click.echo(f"exported {human.plural(count, 'entry', 'entries')} to {file.name}", err=True)
 
 
 @main.command("import")
@@ -391,9 +386,18 @@ async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
         entries = [from_line(line, n) for n, line in enumerate(file, 1) if line.strip()]
     except CassetteError as exc:
         _fail(f"{file.name}: {exc}")
+    added = replaced = 0
     for entry in entries:
+        stored = [e for e in await store.variants(entry.key) if e.fingerprint == entry.fingerprint]
+        if stored == [entry]:
+            continue
         await store.put(entry)
-    click.echo(f"imported {len(entries)} entries from {file.name}")
+        added, replaced = (added, replaced + 1) if stored else (added + 1, replaced)
+    there = len(entries) - added - replaced
+    click.echo(
+        f"imported {human.plural(len(entries), 'entry', 'entries')} from {file.name}: "
+        f"{added} added, {there} already there" + (f", {replaced} replaced" if replaced else "")
+    )
 
 
 @main.command()
@@ -443,9 +447,10 @@ async def purge(
         return
     for e in removed:
         click.echo(
-            f"removed {e.key[:16]}  {e.model}  {e.fingerprint}  {reports.iso(e.created)} UTC"
+            f"removed {e.key[:16]}  {e.model}  {human.fingerprint(e.fingerprint)}  "
+            f"{reports.iso(e.created)} UTC"
         )
-    click.echo(f"{len(removed)} entries removed")
+    click.echo(f"{human.plural(len(removed), 'entry', 'entries')} removed")
 
 
 @main.command()
@@ -495,11 +500,12 @@ def key(
         settings.cache.ignore_fields,
     )
     info["seed"] = seed
+    info["upstream"] = human.masked_url(info["upstream"])
     if as_json:
         _emit_json(info)
         return
     for name in ("key", "path", "query", "namespace", "upstream", "seed"):
-        click.echo(f"{name:10} {info[name]}")
+        click.echo(f"{name:10} {human.shown(info[name], 'none')}")
     click.echo(
         f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
         f"  (configured: {', '.join(info['configured_ignore_fields'])})"
@@ -593,7 +599,7 @@ def probe(
                 [
                     [
                         r.number,
-                        r.fingerprint,
+                        human.fingerprint(r.fingerprint),
                         r.prompt_tokens,
                         r.completion_tokens,
                         "yes" if r.identical else "NO",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,22 @@ ENV_PREFIX = "SEEDPROXY_"
 
 class ConfigError(ValueError):
     """A bad setting; the message names the key and the problem on one line."""
+
+
+class FieldError(ValueError):
+    """A section's own check of one field failed; :func:`load_settings` turns it into a
+    ConfigError naming where the user set that field (variable, flag or file key)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def did_you_mean(word: str, choices: Iterable[str], shown: Callable[[str], str] = str) -> str:
+    """``"; did you mean X?"`` when ``word`` is a close misspelling of one of ``choices``
+    (X as ``shown``: the name the user would type), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {shown(close[0])}?" if close else ""
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,9 +96,9 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError("port: must be between 0 and 65535")
+            raise FieldError("port", "must be between 0 and 65535")
         if self.workers < 1:
-            raise ValueError("workers: must be at least 1")
+            raise FieldError("workers", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,7 @@ class UpstreamSettings:
 
     def __post_init__(self) -> None:
         if not re.match(r"https?://[^/\s]+", self.base_url):
-            raise ValueError(f"base_url: must be an http(s) URL, got {self.base_url!r}")
+            raise FieldError("base_url", f"must be an http(s) URL, got {self.base_url!r}")
 
 
 @dataclass(frozen=True)
@@ -122,11 +139,11 @@ class CacheSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_rate <= 1.0:
-            raise ValueError("verify_rate: must be between 0 and 1")
+            raise FieldError("verify_rate", "must be between 0 and 1")
         if self.verify_concurrency < 1:
-            raise ValueError("verify_concurrency: must be at least 1")
+            raise FieldError("verify_concurrency", "must be at least 1")
         if self.embedding_tolerance < 0:
-            raise ValueError("embedding_tolerance: must not be negative")
+            raise FieldError("embedding_tolerance", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,7 @@ class SeedSettings:
 
     def __post_init__(self) -> None:
         if not -(2**63) <= self.default < 2**63:
-            raise ValueError("default: must fit in a signed 64-bit integer")
+            raise FieldError("default", "must fit in a signed 64-bit integer")
 
 
 @dataclass(frozen=True)
@@ -185,9 +202,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _coerce(
-    name: str, hint: Any, parser: Callable[[Any], Any] | None, value: Any, from_text: bool
-) -> Any:
+def _coerce(hint: Any, parser: Callable[[Any], Any] | None, value: Any, from_text: bool) -> Any:
     """Check ``value`` against the field's type; text from env/flags is converted first."""
     if parser is not None:
         return parser(value)
@@ -195,7 +210,8 @@ def _coerce(
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+            hint_text = did_you_mean(str(value), choices)
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}{hint_text}")
         return value
     if origin is tuple:
         if from_text and isinstance(value, str):
@@ -238,52 +254,108 @@ def _coerce(
     raise TypeError(f"unsupported setting type {hint!r}")  # pragma: no cover
 
 
-def _section_values(section: str, raw: Mapping[str, Any], from_text: bool) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Given:
+    """One value as the user gave it, with the name they gave it under (an environment
+    variable, a flag or a file's ``section.key``), so an error can name that."""
+
+    value: Any
+    source: str
+    from_text: bool  # text from the environment or a flag, converted before checking
+
+
+_Layer = dict[str, dict[str, _Given]]
+
+
+def _checked(section: str, given: Mapping[str, _Given]) -> dict[str, Any]:
+    """The section's values converted and checked against its field types."""
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = f"{section}.{key}"
-        if key not in known:
-            raise ConfigError(f"{name}: unknown key (known: {', '.join(known)})")
+    for key, g in given.items():
+        parser = known[key].metadata.get("parse")
         try:
-            out[key] = _coerce(name, hints[key], known[key].metadata.get("parse"), value, from_text)
+            out[key] = _coerce(hints[key], parser, g.value, g.from_text)
         except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+            raise ConfigError(f"{g.source}: {exc}") from None
     return out
 
 
-def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    layer: dict[str, dict[str, Any]] = {}
+def _keys(section: str) -> list[str]:
+    return [f.name for f in fields(SECTIONS[section])]
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def _unknown_key(source: str, section: str, key: str, in_env: bool) -> ConfigError:
+    """``source`` names a key ``section`` does not have: the close one (spelled as the user
+    would set it), or all of them."""
+    return ConfigError(
+        f"{source}: unknown key"
+        + (
+            did_you_mean(
+                key,
+                _keys(section),
+                lambda k: _env_name(section, k) if in_env else f"{section}.{k}",
+            )
+            or f" (the [{section}] keys: {', '.join(_keys(section))})"
+        )
+    )
+
+
+def _env_layer(env: Mapping[str, str]) -> _Layer:
+    """``SEEDPROXY_<SECTION>_<KEY>`` variables of a known section. Any other ``SEEDPROXY_*``
+    variable is someone else's (Kubernetes service links such as ``SEEDPROXY_PORT`` and
+    ``SEEDPROXY_SERVICE_HOST`` for a Service named seedproxy, a wrapper's own) and ignored;
+    a key a known section does not have is a typo, and stops the proxy."""
+    layer: _Layer = {}
     for var, value in env.items():
-        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+        if not var.startswith(ENV_PREFIX):
             continue
-        rest = var[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        if section not in SECTIONS or not key:
-            raise ConfigError(f"{var}: unknown setting (expected SEEDPROXY_<SECTION>_<KEY>)")
-        layer.setdefault(section, {})[key] = value
+        section, underscore, key = var[len(ENV_PREFIX) :].lower().partition("_")
+        if not underscore or (section not in SECTIONS and section != "prices"):
+            continue
+        if section == "prices":
+            raise ConfigError(f"{var}: [prices] can only be set in the config file")
+        if key not in _keys(section):
+            raise _unknown_key(var, section, key, in_env=True)
+        layer.setdefault(section, {})[key] = _Given(value, var, True)
     return layer
 
 
-def _file_layer(path: Path) -> dict[str, dict[str, Any]]:
+def _file_layer(path: Path, source: str) -> tuple[_Layer, dict[str, Any]]:
+    """The TOML file's sections, and its raw ``[prices]`` table."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--config: file not found: {path}") from None
+        raise ConfigError(f"{source}: file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc}") from None
+        raise ConfigError(f"{source}: cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{source}: {path} is not valid TOML: {exc}") from None
+    layer: _Layer = {}
     for section, values in data.items():
         if section == "prices":
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)}, prices)")
+            raise ConfigError(
+                f"{section}: unknown section"
+                + (
+                    did_you_mean(section, [*SECTIONS, "prices"])
+                    or f" (known: {', '.join(SECTIONS)}, prices)"
+                )
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: must be a table like [{section}]")
-    return data
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if key not in _keys(section):
+                raise _unknown_key(name, section, key, in_env=False)
+            layer.setdefault(section, {})[key] = _Given(value, name, False)
+    return layer, data.get("prices", {})
 
 
 def _prices(raw: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
@@ -308,34 +380,40 @@ def load_settings(
     config: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Merge defaults < TOML ``config`` < ``env`` < ``flags`` (``{"section.key": value}``)."""
+    """Merge defaults < TOML ``config`` < ``env`` < ``flags`` (``{"section.key": value}``).
+    ``flag_names`` (``{"cache.mode": "--mode"}``) lets an error name the flag the user typed."""
     env = os.environ if env is None else env
+    config_source = "--config" if config else ENV_PREFIX + "CONFIG"
     config = config or env.get(ENV_PREFIX + "CONFIG")
-    merged: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    layers: list[tuple[dict[str, dict[str, Any]], bool]] = []
+    layers: list[_Layer] = []
+    prices: dict[str, tuple[float, float]] = {}
     if config:
-        layers.append((_file_layer(Path(config)), False))
-    layers.append((_env_layer(env), True))
-    flag_layer: dict[str, dict[str, Any]] = {}
+        file_layer, raw_prices = _file_layer(Path(config), config_source)
+        layers.append(file_layer)
+        prices = _prices(raw_prices)
+    layers.append(_env_layer(env))
+    flag_layer: _Layer = {}
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, _, key = dotted.partition(".")
-            flag_layer.setdefault(section, {})[key] = value
-    layers.append((flag_layer, True))
-    prices: dict[str, tuple[float, float]] = {}
-    for layer, from_text in layers:
-        for section, raw in layer.items():
-            if section == "prices" and not from_text:
-                prices = _prices(raw)
-                continue
-            merged[section].update(_section_values(section, raw, from_text))
+            source = (flag_names or {}).get(dotted, dotted)
+            flag_layer.setdefault(section, {})[key] = _Given(value, source, True)
+    layers.append(flag_layer)
+    given: _Layer = {s: {} for s in SECTIONS}
+    for layer in layers:
+        for section, values in layer.items():
+            given[section].update(values)
     built = {}
     for section, cls in SECTIONS.items():
         try:
-            built[section] = cls(**merged[section])
-        except ValueError as exc:
-            raise ConfigError(f"{section}.{exc}") from None
+            built[section] = cls(**_checked(section, given[section]))
+        except FieldError as exc:
+            g = given[section].get(exc.key)
+            raise ConfigError(
+                f"{g.source if g else section + '.' + exc.key}: {exc.problem}"
+            ) from None
     return Settings(**built, prices=prices)
 
 
@@ -355,6 +433,16 @@ def upstream_credential(
     if settings.upstream.api_key_header == "api-key":
         return "api-key", key
     return "Authorization", f"Bearer {key}"
+
+
+def cannot_listen(server: ServerSettings, exc: OSError) -> ConfigError:
+    """The one line for an address the proxy cannot listen on, the same whichever process
+    found out (the supervisor's check, a worker, a single process)."""
+    errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
+    reason = os.strerror(errno) if errno else exc.strerror or str(exc)
+    return ConfigError(
+        f"server: cannot listen on {server.host}:{server.port}: {reason[:1].lower()}{reason[1:]}"
+    )
 
 
 def check_cache_dir(settings: Settings) -> None:

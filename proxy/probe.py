@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any
 
-from . import drift
+from . import drift, human
 from .dashboard.html import diff_table, page, table
 
 
@@ -48,7 +48,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "runs": len(runs),
         "identical_rate": round(sum(r.identical for r in later) / len(later), 4) if later else 1.0,
         "distinct_outputs": len({r.text for r in runs}),
-        "distinct_fingerprints": sorted({str(r.fingerprint) for r in runs}),
+        "distinct_fingerprints": sorted({human.fingerprint(r.fingerprint) for r in runs}),
         "mean_similarity": round(sum(r.similarity for r in later) / len(later), 4)
         if later
         else 1.0,
@@ -90,8 +90,11 @@ def html_report(data: dict[str, Any]) -> str:
     """The report as one self-contained HTML page, a diff table per run that differs."""
     summary, settings, runs = data["summary"], data["settings"], data["runs"]
     first = runs[0]["text"].splitlines() if runs else []
+    described = [
+        human.seed(v) if k == "seed" else f"{k}={human.shown(v)}" for k, v in settings.items()
+    ]
     parts = [
-        f"<p class=meta>{escape(', '.join(f'{k}={v}' for k, v in settings.items()))}</p>",
+        f"<p class=meta>{escape(', '.join(described))}</p>",
         table(
             [
                 "identical-output rate",
@@ -120,7 +123,7 @@ def html_report(data: dict[str, Any]) -> str:
             [
                 [
                     r["number"],
-                    r["fingerprint"],
+                    human.fingerprint(r["fingerprint"]),
                     r["prompt_tokens"],
                     r["completion_tokens"],
                     "yes" if r["identical"] else "no",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -16,6 +17,9 @@ from yarl import URL
 
 from .config import UpstreamSettings
 from .errors import ProxyError
+from .human import masked_url
+
+log = logging.getLogger("seedproxy.upstream")
 
 # RFC 9110 7.6.1 hop-by-hop headers, plus those aiohttp recomputes for each leg.
 HOP_BY_HOP = frozenset(
@@ -73,11 +77,34 @@ def forward_response_headers(headers: CIMultiDictProxy[str], decoded: bool) -> C
     return _kept(headers, _DECODED_DROPS if decoded else HOP_BY_HOP)
 
 
+class Streak:
+    """Whether calls to the upstream are failing (unreachable, timed out), so that a streak
+    of failures is logged once, when it starts, and its end once: an hour's outage at 100
+    requests a second is two lines, not 360,000."""
+
+    __slots__ = ("failing",)
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def failed(self) -> bool:
+        """Note a failure; True when it starts a streak."""
+        started, self.failing = not self.failing, True
+        return started
+
+    def answered(self) -> bool:
+        """Note an answer; True when it ends a streak."""
+        ended, self.failing = self.failing, False
+        return ended
+
+
 class Upstream:
     """Maps ``/v1/<tail>`` onto ``upstream.base_url`` and owns the client session."""
 
     def __init__(self, settings: UpstreamSettings, latency: Histogram | None = None) -> None:
         self.base = URL(settings.base_url.rstrip("/"))
+        self.shown = masked_url(str(self.base))  # for messages and logs: no password
+        self.streak = Streak()
         self._prefix = str(self.base)
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
@@ -141,13 +168,30 @@ class Upstream:
             allow_redirects=False,
             auto_decompress=decompress,
         )
-        return Exchange(self.base, pending, timer)
+        return Exchange(self, pending, timer)
+
+    def failed(self, exc: BaseException) -> ProxyError:
+        """What a failed call is for the proxy's client; the first of a streak is logged."""
+        error = _failure(self.shown, exc)
+        if self.streak.failed():
+            log.warning(
+                "upstream failing; logged again only after it answers",
+                extra={
+                    "data": {"upstream": self.shown, "code": error.code, "error": error.message}
+                },
+            )
+        return error
+
+    def answered(self) -> None:
+        """A call got an answer: the end of a streak of failures is logged."""
+        if self.streak.answered():
+            log.info("upstream answers again", extra={"data": {"upstream": self.shown}})
 
 
 _FAILURES = (TimeoutError, aiohttp.ClientError)
 
 
-def _failure(base: URL, exc: BaseException) -> ProxyError:
+def _failure(base: str, exc: BaseException) -> ProxyError:
     """What a client-side failure of a call to ``base`` is for the proxy's client."""
     if isinstance(exc, TimeoutError):
         return ProxyError(
@@ -166,17 +210,19 @@ class Exchange:
     """One upstream call as an async context manager (a class, not a generator: this is on
     every miss's path)."""
 
-    __slots__ = ("_base", "_pending", "_started", "_timer")
+    __slots__ = ("_pending", "_started", "_timer", "_upstream")
 
-    def __init__(self, base: URL, pending: Any, timer: Any) -> None:
-        self._base, self._pending, self._timer = base, pending, timer
+    def __init__(self, upstream: Upstream, pending: Any, timer: Any) -> None:
+        self._upstream, self._pending, self._timer = upstream, pending, timer
         self._started = time.perf_counter()
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         try:
-            response = await self._pending.__aenter__()
+            response: aiohttp.ClientResponse = await self._pending.__aenter__()
         except _FAILURES as exc:
-            raise _failure(self._base, exc) from None
+            raise self._upstream.failed(exc) from None
+        if self._upstream.streak.failing:  # one attribute read when all is well
+            self._upstream.answered()
         if self._timer is not None:  # observed after this turn of the loop has answered
             asyncio.get_running_loop().call_soon(
                 self._timer.observe, time.perf_counter() - self._started
@@ -187,5 +233,7 @@ class Exchange:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._pending.__aexit__(kind, exc, tb)
-        if isinstance(exc, _FAILURES):
-            raise _failure(self._base, exc) from None
+        if isinstance(exc, TimeoutError):  # the upstream stalled in its answer
+            raise self._upstream.failed(exc) from None
+        if isinstance(exc, _FAILURES):  # not logged: the client may have gone, not the upstream
+            raise _failure(self._upstream.shown, exc) from None

@@ -8,37 +8,68 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import socket
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from multiprocessing.queues import SimpleQueue
 from typing import Any
 
 from aiohttp import web
 
-from .config import Settings
+from .config import ServerSettings, Settings, cannot_listen
 from .observe import AccessLogger, access_log, new_event_loop, setup_logging
+from .store import StoreError
 
 log = logging.getLogger("seedproxy.workers")
 RAPID_EXIT = 5.0  # a worker that dies sooner than this after starting counts as failing
 MAX_RAPID_EXITS = 3
+CANNOT_START = 3  # a worker's exit status when restarting it cannot help; it said why first
 
 
-def run_worker(settings: Settings) -> None:
-    """One worker process: the app on the shared port."""
+class StartError(RuntimeError):
+    """A worker could not start (the store, the address): the one line it reported."""
+
+
+def run_worker(settings: Settings, failures: SimpleQueue[str]) -> None:
+    """One worker process: the app on the shared port. A failure no restart can mend goes
+    to the supervisor as one line, not as a traceback per worker."""
     from .app import create_app
 
     setup_logging(settings.log.format, settings.log.level)
-    web.run_app(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        reuse_port=True,
-        print=None,
-        access_log=access_log,
-        access_log_class=AccessLogger,
-        loop=new_event_loop(),
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.server.host,
+            port=settings.server.port,
+            reuse_port=True,
+            print=None,
+            access_log=access_log,
+            access_log_class=AccessLogger,
+            loop=new_event_loop(),
+        )
+    except StoreError as exc:
+        failures.put(str(exc))
+        sys.exit(CANNOT_START)
+    except OSError as exc:
+        failures.put(str(cannot_listen(settings.server, exc)))
+        sys.exit(CANNOT_START)
+
+
+def check_address(server: ServerSettings) -> None:
+    """Bind the address once as the workers will, but without SO_REUSEPORT, and let go: a
+    port in use by anything, another seedproxy's workers included (they would share it
+    silently), raises OSError here, before any worker starts."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        server.host, server.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
 
 
 def _probe_host(host: str) -> str:
@@ -50,20 +81,35 @@ def _healthy(settings: Settings) -> bool:
     url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.server.port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            status: int = response.status
+            return status == 200
     except OSError:
         return False
 
 
+def _stop_all(workers: list[tuple[BaseProcess, float]]) -> None:
+    for proc, _ in workers:
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM: aiohttp shuts down gracefully
+    deadline = time.monotonic() + 15
+    for proc, _ in workers:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+
+
 def supervise(settings: Settings, announce: Callable[[], None]) -> int:
     """Start the workers, announce once they answer, restart any that dies, stop them all
-    on SIGINT/SIGTERM. Returns the exit status."""
+    on SIGINT/SIGTERM. Returns the exit status; raises OSError for an address that cannot
+    be listened on and StartError for a worker that cannot start."""
+    check_address(settings.server)
     ctx = multiprocessing.get_context("spawn")
+    failures: SimpleQueue[str] = ctx.SimpleQueue()
     count = settings.server.workers
     stopping = False
 
     def start() -> tuple[BaseProcess, float]:
-        proc = ctx.Process(target=run_worker, args=(settings,), name="seedproxy-worker")
+        proc = ctx.Process(target=run_worker, args=(settings, failures), name="seedproxy-worker")
         proc.start()
         return proc, time.monotonic()
 
@@ -74,7 +120,7 @@ def supervise(settings: Settings, announce: Callable[[], None]) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     workers = [start() for _ in range(count)]
-    announced, rapid_exits, status = False, 0, 0
+    announced, rapid_exits, status, failure = False, 0, 0, None
     while not stopping:
         if not announced and _healthy(settings):
             announce()
@@ -82,6 +128,9 @@ def supervise(settings: Settings, announce: Callable[[], None]) -> int:
         for i, (proc, started) in enumerate(workers):
             if proc.is_alive():
                 continue
+            if proc.exitcode == CANNOT_START:
+                failure, stopping = failures.get(), True  # put before the worker exited
+                break
             rapid_exits = rapid_exits + 1 if time.monotonic() - started < RAPID_EXIT else 0
             log.warning(
                 "worker exited; restarting it",
@@ -93,12 +142,7 @@ def supervise(settings: Settings, announce: Callable[[], None]) -> int:
                 break
             workers[i] = start()
         time.sleep(0.2)
-    for proc, _ in workers:
-        if proc.is_alive():
-            proc.terminate()  # SIGTERM: aiohttp shuts down gracefully
-    deadline = time.monotonic() + 15
-    for proc, _ in workers:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
+    _stop_all(workers)
+    if failure is not None:
+        raise StartError(failure)
     return status

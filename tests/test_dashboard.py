@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -58,6 +59,17 @@ def test_dashboard_shows_a_drift_event_with_coloured_diff_rows(drifted):
             body = page.inner_text("body")
             assert "gpt-dash" in body and "refresh" in body and "fp_one" in body
             assert "Recent drift" in body and "Fingerprints per model" in body
+            events = orjson.loads(http(drifted.url, "GET", "/_seedproxy/drift")[2])["drift"]
+            event_id = events[0]["id"]
+            command = page.locator(".event code.cmd")
+            assert command.inner_text() == f"seedproxy drift show {event_id}"
+            proxy_facts = page.inner_text("table >> nth=0")
+            for fact in ("mode\trecord", f"upstream\t{drifted.settings.upstream.base_url}"):
+                assert fact in proxy_facts, proxy_facts
+            assert "scope\tshared" in proxy_facts and "auth\toff" in proxy_facts
+            stats = page.inner_text("table >> nth=1")
+            assert "refreshes\t1" in stats and "replay misses\t0" in stats
+            assert page.locator("meta[http-equiv=refresh]").count() == 0
             event = page.locator(".event")
             assert event.count() == 1
             removed = event.locator("td:nth-child(3) .diff_sub, td:nth-child(3) .diff_chg")
@@ -67,6 +79,13 @@ def test_dashboard_shows_a_drift_event_with_coloured_diff_rows(drifted):
             green = rgb(added.first.evaluate("e => getComputedStyle(e).backgroundColor"))
             assert red[0] > red[1] and red[0] > red[2], red
             assert green[1] > green[0] and green[1] > green[2], green
+            # the page's own option turns refreshing on: it reloads itself every 10 s
+            with page.expect_navigation():
+                page.select_option("select[name=refresh]", "10")
+            assert page.url.endswith("/_seedproxy/?refresh=10")
+            meta = page.locator("meta[http-equiv=refresh]")
+            assert meta.get_attribute("content") == "10"
+            assert page.locator("select[name=refresh]").input_value() == "10"
             page.screenshot(
                 path=str(drifted.settings.cache_dir.parent / "dashboard.png"), full_page=True
             )
@@ -81,6 +100,27 @@ def test_dashboard_without_events(proxy):
     status, headers, body = http(proxy.url, "GET", "/_seedproxy/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert b"No drift recorded" in body
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_dashboard_masks_upstream_credentials_and_refreshes_only_at_offered_intervals(
+    make_proxy,
+):
+    proxy = make_proxy(upstream={"base_url": "http://team:dash-secret@127.0.0.1:9/v1"})
+    for query, refresh in (
+        ("?refresh=30", b"<meta http-equiv=refresh content=30>"),
+        ("?refresh=", None),
+        ("?refresh=1", None),  # not offered: a page that reloads every second costs the proxy
+        ("?refresh=%3Cscript%3Ealert(1)%3C/script%3E", None),
+    ):
+        status, _, body = http(proxy.url, "GET", f"/_seedproxy/{query}")
+        assert status == 200
+        assert b"http://team:***@127.0.0.1:9/v1" in body and b"dash-secret" not in body
+        if refresh is None:
+            assert b"http-equiv=refresh" not in body
+        else:
+            assert refresh in body
+        assert b"alert(1)" not in body
 
 
 def test_metrics(drifted, upstream):

@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from tests.conftest import sdk
+from tests.harness import http
 from tests.upstream import Scripted
 
 MESSAGES = [{"role": "user", "content": "Faulty"}]
@@ -197,3 +199,49 @@ def test_periodic_store_work_survives_failures(make_proxy, upstream, logs, monke
     recent = proxy.bg.run(store.recent("/v1/chat/completions", "gpt-test"))
     assert len(recent) == 1  # the first key's note was lost with the failed write
     assert logs.text.count("periodic store work failed") == 3
+
+
+def upstream_lines(logs) -> list[dict[str, Any]]:
+    lines = [orjson.loads(line) for line in logs.text.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["logger"] == "seedproxy.upstream"]
+
+
+def post(proxy, content: str) -> int:
+    body = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": content}]})
+    headers = {"Content-Type": "application/json"}  # no Authorization: the URL carries one
+    return http(proxy.url, "POST", "/v1/chat/completions", body=body, headers=headers)[0]
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_an_unreachable_upstream_is_logged_once_per_streak_without_its_password(
+    make_proxy, upstream, logs, bg
+):
+    base = f"http://team:up-secret@127.0.0.1:{upstream.port}/v1"
+    proxy = make_proxy(upstream={"base_url": base})
+    assert post(proxy, "q0") == 200
+    bg.run(upstream.stop())
+    assert [post(proxy, f"q{i}") for i in (1, 2, 3)] == [502] * 3
+    bg.run(upstream.start(upstream.port))
+    assert post(proxy, "q4") == 200
+    bg.run(upstream.stop())
+    assert post(proxy, "q5") == 502
+    lines = upstream_lines(logs)
+    assert [(line["level"], line["msg"]) for line in lines] == [
+        ("warning", "upstream failing; logged again only after it answers"),
+        ("info", "upstream answers again"),
+        ("warning", "upstream failing; logged again only after it answers"),
+    ]
+    shown = f"http://team:***@127.0.0.1:{upstream.port}/v1"
+    assert all(line["upstream"] == shown for line in lines)
+    assert shown in lines[0]["error"] and lines[0]["code"].startswith("upstream_")
+    assert "up-secret" not in logs.text
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_an_upstream_that_times_out_is_logged_once(make_proxy, upstream, logs):
+    proxy = make_proxy(upstream={"timeout": 0.3})
+    upstream.script(Scripted(200, stall=2.0), Scripted(200, stall=2.0))
+    assert [post(proxy, "slow"), post(proxy, "slower")] == [504, 504]
+    lines = upstream_lines(logs)
+    assert [(line["level"], line["code"]) for line in lines] == [("warning", "upstream_timeout")]
+    assert lines[0]["upstream"] == f"{upstream.url}/v1"

@@ -81,6 +81,11 @@ def test_stats_while_the_proxy_runs(busy, run, run_json):
     assert stats["money_saved_usd"] is None
     human = run("stats")
     assert "hit ratio" in human.stdout and "40.0%" in human.stdout
+    rows = human.stdout.splitlines()[2:]
+    assert len(rows) == len(stats)  # every stat, not only in --json
+    for row in ("refreshes  1", "bypasses  0", "replay misses  0", "upstream errors  0"):
+        assert any(" ".join(r.split()) == row.replace("  ", " ") for r in rows), row
+    assert "None" not in human.stdout
 
 
 def test_stats_with_prices(busy, store_config, run_json, tmp_path):
@@ -108,6 +113,33 @@ def test_drift_listing_filters_and_show(busy, run, run_json):
     )
     missing = run("drift", "show", "nope")
     assert missing.returncode == 2 and "no drift event" in missing.stderr
+
+
+def test_human_output_says_no_seed_and_null_not_none(make_proxy, upstream, run):
+    """A request sent without a seed to a model that gives no fingerprint."""
+    proxy = make_proxy(seed={"mode": "passthrough"})
+    upstream.fingerprint = None
+    with sdk(proxy) as client:
+        client.chat.completions.create(model="gpt-n", messages=MESSAGES)
+        upstream.nondeterministic = True
+        client.chat.completions.create(
+            model="gpt-n", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"}
+        )
+    http(proxy.url, "GET", "/_seedproxy/stats")  # flushes the registry to the store
+    table = run("drift").stdout
+    row = table.splitlines()[2].split()
+    assert row[-5:-1] == ["none", "null", "->", "null"], table
+    event_id = row[0]
+    shown = run("drift", "show", event_id).stdout
+    assert f"drift {event_id}" in shown and "  no seed  " in shown
+    assert "fingerprint null (cached) -> null (live)  same: yes" in shown
+    fingerprints = run("fingerprints").stdout
+    assert "gpt-n  null" in fingerprints
+    purged = run("purge", "--all").stdout
+    assert "gpt-n  null" in purged and purged.endswith("\n1 entry removed\n")
+    _, _, page = http(proxy.url, "GET", "/_seedproxy/")
+    for text in (table, shown, fingerprints, purged, page.decode()):
+        assert "None" not in text and "True" not in text
 
 
 def test_drift_diff_is_red_and_green_in_a_terminal():
@@ -139,9 +171,12 @@ def test_export_import_replay_in_ci(busy, run, run_json, tmp_path, make_proxy, b
     assert (tmp_path / "none.jsonl").read_bytes() == b""
 
     ci = {"SEEDPROXY_CACHE_BACKEND": "disk", "SEEDPROXY_CACHE_DIR": str(tmp_path / "ci")}
-    for _ in range(2):  # idempotent
+    for added, there in ((3, 0), (0, 3)):  # idempotent
         imported = run("import", str(cassette), env=ci)
-        assert imported.returncode == 0 and "imported 3 entries" in imported.stdout
+        assert imported.returncode == 0
+        assert imported.stdout == (
+            f"imported 3 entries from {cassette}: {added} added, {there} already there\n"
+        )
     assert run_json("stats", env=ci)["entries"] == 3
     busy.stop()
     bg.run(upstream.stop())
@@ -165,7 +200,7 @@ def test_purge_filters(busy, run, run_json):
     assert [(r["model"], r["fingerprint"]) for r in removed] == [("gpt-b", "fp_two")]
     assert run("purge", "--older-than", "1h").stdout.endswith("0 entries removed\n")
     text = run("purge", "--model", "gpt-a").stdout
-    assert "gpt-a" in text and text.endswith("1 entries removed\n")
+    assert "gpt-a" in text and text.endswith("\n1 entry removed\n")
     assert run_json("stats")["entries"] == 1
     with sdk(busy) as client:  # read twice: the second time from the proxy's memory
         for _ in range(2):
@@ -344,3 +379,12 @@ def test_probe_reports_differences_and_fails_the_gate(upstream, tmp_path):
     assert html.count('<table class="diff"') == 2
     assert "diff_sub" in html or "diff_chg" in html
     assert "<script" not in html and "http" not in html.split("<style>")[1].split("</style>")[0]
+    assert "model=gpt-test, runs=3, no seed, temperature=1.2, max_tokens=default" in html
+    assert "None" not in html
+
+
+def test_probe_of_a_model_without_fingerprint_says_null(upstream):
+    upstream.fingerprint = None
+    result = probe(upstream, "--runs", "2")
+    assert result.exit_code == 0, result.output
+    assert "fingerprints null" in result.output and "None" not in result.output

@@ -6,9 +6,31 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from .. import human
 from ..drift import sides
 from ..reports import iso
 from .html import diff_table, page, table
+
+REFRESH_CHOICES = (5, 10, 30, 60)  # seconds, offered on the page
+
+
+def refresh_seconds(raw: str | None) -> int | None:
+    """The page's ``?refresh=N``: one of the offered intervals, else no refresh."""
+    return int(raw) if raw is not None and raw in {str(n) for n in REFRESH_CHOICES} else None
+
+
+def _refresh_form(refresh: int | None) -> str:
+    """A GET form that reloads the page with ``?refresh=N`` (or without it): the refresh
+    itself is a ``<meta http-equiv=refresh>``, so it works with scripts off too."""
+    options = "<option value=''>off</option>" + "".join(
+        f"<option value={n}{' selected' if n == refresh else ''}>every {n} s</option>"
+        for n in REFRESH_CHOICES
+    )
+    return (
+        "<form class=refresh method=get action=''>"
+        "<label>Refresh <select name=refresh onchange='this.form.submit()'>"
+        f"{options}</select></label> <button type=submit>apply</button></form>"
+    )
 
 
 def render(
@@ -16,42 +38,17 @@ def render(
     fingerprints: dict[str, list[dict[str, Any]]],
     drift: list[dict[str, Any]],
     changes: list[dict[str, Any]],
+    facts: list[tuple[str, str]],
+    refresh: int | None = None,
 ) -> str:
-    money = stats.get("money_saved_usd")
+    """The page. ``facts``: what the proxy does (:func:`proxy.human.proxy_facts`);
+    ``refresh``: seconds between reloads, None for none."""
     parts = [
+        _refresh_form(refresh),
+        "<h2>Proxy</h2>",
+        table(["setting", "value"], [list(fact) for fact in facts]),
         "<h2>Stats</h2>",
-        table(
-            [
-                "requests",
-                "hits",
-                "misses",
-                "hit ratio",
-                "stores",
-                "coalesced",
-                "drift events",
-                "fingerprint changes",
-                "tokens served from cache",
-                "money saved",
-                "entries",
-                "bytes",
-            ],
-            [
-                [
-                    stats["requests"],
-                    stats["hits"],
-                    stats["misses"],
-                    f"{stats['hit_ratio']:.1%}",
-                    stats["stores"],
-                    stats["coalesced"],
-                    stats["drift_events"],
-                    stats["fingerprint_changes"],
-                    stats["tokens_saved"],
-                    f"${money:.4f}" if money is not None else "-",
-                    stats["entries"],
-                    stats["bytes"],
-                ]
-            ],
-        ),
+        table(["stat", "value"], [list(row) for row in human.stat_rows(stats)]),
     ]
 
     parts.append("<h2>Fingerprints per model</h2>")
@@ -60,7 +57,13 @@ def render(
             table(
                 ["model", "fingerprint", "first seen (UTC)", "last seen (UTC)", "count"],
                 [
-                    [model, s["fingerprint"], iso(s["first_seen"]), iso(s["last_seen"]), s["count"]]
+                    [
+                        model,
+                        human.fingerprint(s["fingerprint"]),
+                        iso(s["first_seen"]),
+                        iso(s["last_seen"]),
+                        s["count"],
+                    ]
                     for model, seen in fingerprints.items()
                     for s in seen
                 ],
@@ -73,7 +76,15 @@ def render(
             "<h2>Fingerprint changes</h2>"
             + table(
                 ["time (UTC)", "model", "from", "to"],
-                [[iso(c["time"]), c["model"], c["previous"], c["fingerprint"]] for c in changes],
+                [
+                    [
+                        iso(c["time"]),
+                        c["model"],
+                        human.fingerprint(c["previous"]),
+                        human.fingerprint(c["fingerprint"]),
+                    ]
+                    for c in changes
+                ],
             )
         )
 
@@ -85,15 +96,20 @@ def render(
     for event in drift:
         cached, live = sides(event["diff"])
         same = "same fingerprint" if event["same_fingerprint"] else "fingerprint changed"
+        event_id = escape(event["id"])
         parts.append(
-            f"<div class=event id='drift-{escape(event['id'])}'>"
+            f"<div class=event id='drift-{event_id}'>"
             f"<h3>{escape(event['model'])} &middot; {escape(event['reason'])} &middot; "
             f"{iso(event['time'])} UTC</h3>"
-            f"<p class=meta>seed {escape(str(event['seed']))} &middot; "
-            f"{escape(str(event['cached_fingerprint']))} &rarr; "
-            f"{escape(str(event['live_fingerprint']))} ({same}) &middot; similarity "
-            f"{event['similarity']:.3f} &middot; key {escape(event['key'][:16])}&hellip;</p>"
+            f"<p class=meta>drift {event_id} &middot; "
+            f"<code class=cmd>seedproxy drift show {event_id}</code></p>"
+            f"<p class=meta>{escape(human.seed(event['seed']))} &middot; "
+            f"{escape(human.fingerprint(event['cached_fingerprint']))} &rarr; "
+            f"{escape(human.fingerprint(event['live_fingerprint']))} ({same}) &middot; "
+            f"similarity {event['similarity']:.3f} &middot; "
+            f"key {escape(event['key'][:16])}&hellip;</p>"
             + diff_table(cached, live, "cached", "live")
             + "</div>"
         )
-    return page("seedproxy", "".join(parts))
+    head = f"<meta http-equiv=refresh content={refresh}>" if refresh else ""
+    return page("seedproxy", "".join(parts), head)

@@ -25,13 +25,17 @@ table.diff td:nth-child(6) .diff_chg { background: #abf2bc; }
 .event { border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem 1rem;
          margin: 1rem 0; }
 .ok { color: #1a7f37; } .bad { color: #cf222e; }
+code.cmd { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 4px;
+           padding: .1rem .35rem; user-select: all; }
+form.refresh { float: right; }
 """
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, head: str = "") -> str:
+    """A whole page; ``head``: trusted markup for the head (no request or model text)."""
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'>{head}"
         f"<title>{escape(title)}</title><style>{CSS}</style></head>"
         f"<body><h1>{escape(title)}</h1>{body}</body></html>"
     )

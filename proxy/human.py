@@ -1,0 +1,106 @@
+"""How values read in text meant for people (the CLI's tables, the start-up line, the
+dashboard): no Python ``None`` or ``True``, plurals that agree, no password in a URL.
+JSON output keeps the raw values; only what a person reads goes through here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from yarl import URL
+
+from .config import Settings
+
+
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """``"1 entry"``, ``"2 entries"``: ``nouns`` when the plural is not ``noun + "s"``."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def fingerprint(value: str | None) -> str:
+    """``null`` for a model that gives none, spelled as ``X-Seedproxy-Fingerprint`` and
+    ``seedproxy purge --fingerprint null`` spell it."""
+    return "null" if value is None else value
+
+
+def seed(value: int | None) -> str:
+    """The seed as a phrase: ``"seed 7"``, or ``"no seed"`` for a request sent without one."""
+    return "no seed" if value is None else f"seed {value}"
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def shown(value: object, none: str = "default") -> str:
+    """``value`` as text, ``none`` when unset: an option left out is the API's default."""
+    return none if value is None else str(value)
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit to show or log: a password, or a user name alone (often a token), as ``***``."""
+    parsed = URL(url)
+    if parsed.password:
+        return str(parsed.with_password("***"))
+    if parsed.user:
+        return str(parsed.with_user("***"))
+    return url
+
+
+def proxy_facts(settings: Settings, auth: bool) -> list[tuple[str, str]]:
+    """What the proxy will do, as (name, value) pairs: the start-up line and the dashboard
+    both show these. ``auth``: proxy tokens are set."""
+    s = settings
+    store = s.cache.dir if s.cache.backend == "disk" else masked_url(s.cache.redis_url)
+    seeded = s.seed.mode + (f" ({s.seed.default})" if s.seed.mode in ("force", "override") else "")
+    return [
+        ("upstream", masked_url(s.upstream.base_url)),
+        ("mode", s.cache.mode),
+        ("seed", seeded),
+        ("fingerprint", s.cache.fingerprint),
+        ("cache", f"{s.cache.backend}:{store}"),
+        ("scope", s.cache.scope),
+        ("auth", "on" if auth else "off"),
+    ]
+
+
+# Stats in the order people read them, with their names; any other counter follows under its
+# own name, so a new one shows without a change here.
+_STAT_NAMES = {
+    "requests": "requests",
+    "hits": "hits",
+    "misses": "misses",
+    "hit_ratio": "hit ratio",
+    "replay_misses": "replay misses",
+    "refreshes": "refreshes",
+    "bypasses": "bypasses",
+    "stores": "stores",
+    "coalesced": "coalesced",
+    "upstream_errors": "upstream errors",
+    "verifications": "verifications",
+    "verify_skipped": "verifications skipped",
+    "drift_events": "drift events",
+    "fingerprint_changes": "fingerprint changes",
+    "tokens_saved": "tokens served from cache",
+    "prompt_tokens_saved": "prompt tokens served from cache",
+    "completion_tokens_saved": "completion tokens served from cache",
+    "money_saved_usd": "money saved",
+    "entries": "entries",
+    "bytes": "bytes",
+}
+
+
+def stat_rows(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every stat as (name, value), in reading order."""
+    order = [k for k in _STAT_NAMES if k in stats] + [k for k in stats if k not in _STAT_NAMES]
+    rows = []
+    for key in order:
+        value = stats[key]
+        if key == "hit_ratio":
+            shown = f"{value:.1%}"
+        elif key == "money_saved_usd":
+            shown = f"${value:.4f}" if value is not None else "(set [prices] to see it)"
+        else:
+            shown = str(value)
+        rows.append((_STAT_NAMES.get(key, key.replace("_", " ")), shown))
+    return rows
