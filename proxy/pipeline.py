@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import drift
+from . import determinism, drift
 from .config import Settings
 from .errors import ProxyError, error_body
 from .keys import cache_key, canonical_body, canonical_query, nearest
@@ -164,12 +164,15 @@ class Sink:
         return items
 
 
-def seeded(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[int | None, bool]:
-    """Apply the seed policy to ``body`` if ``endpoint`` takes one: (seed, body changed)."""
+def seeded(
+    endpoint: Endpoint, body: dict[str, Any], settings: Settings, mode: str | None = None
+) -> tuple[int | None, bool]:
+    """Apply the seed policy (``mode``, else ``seed.mode``) to ``body`` if ``endpoint``
+    takes one: (seed, body changed)."""
     if not endpoint.seeded:
         return None, False
     before = body.get("seed", _MISSING)
-    seed = apply_seed(body, settings.seed.mode, settings.seed.default)
+    seed = apply_seed(body, mode or settings.seed.mode, settings.seed.default)
     return seed, body.get("seed", _MISSING) is not before
 
 
@@ -240,7 +243,10 @@ class Pipeline:
     async def parse(self, request: web.Request, endpoint: Endpoint) -> Call:
         raw, body = await self.read_json(request)
         had_seed = "seed" in body
-        seed, changed = seeded(endpoint, body, self.settings)
+        mode = determinism.seed_mode(
+            request.headers.get(determinism.SEED_MODE_HEADER), self.settings.seed.mode
+        )
+        seed, changed = seeded(endpoint, body, self.settings, mode)
         seed_edit = ("replaced" if had_seed else "added") if changed else ""
         cache = self.settings.cache
         query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
@@ -823,6 +829,15 @@ class Pipeline:
         except orjson.JSONDecodeError:
             return
         result = call.endpoint.kind.compare(cached, parsed, self.settings.cache)
+        for name, n in determinism.counts(
+            live.created,
+            call.endpoint.path,
+            call.model,
+            previous.fingerprint,
+            live.fingerprint,
+            None if result is None else result.similarity,
+        ).items():
+            self.counters.add(name, n)
         if result is None:
             return
         event = drift.DriftEvent(
