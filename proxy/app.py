@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import dashboard, keys, reports
+from . import dashboard, determinism, keys, reports
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
 from .keys import canonical_query
@@ -239,7 +239,10 @@ async def _explain(request: web.Request) -> web.Response:
     settings, pipeline = request.app[SETTINGS], request.app[PIPELINE]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
     _, body = await pipeline.read_json(request)
-    seed, _ = seeded(endpoint, body, settings)
+    mode = determinism.seed_mode(
+        request.headers.get(determinism.SEED_MODE_HEADER), settings.seed.mode
+    )
+    seed, _ = seeded(endpoint, body, settings, mode)
     query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
     info = keys.explain(
         endpoint.path,
@@ -250,7 +253,7 @@ async def _explain(request: web.Request) -> web.Response:
         settings.cache.ignore_fields,
     )
     info["seed"] = seed
-    info["seed_mode"] = settings.seed.mode if endpoint.seeded else None
+    info["seed_mode"] = mode if endpoint.seeded else None
     return web.Response(body=orjson.dumps(info), content_type="application/json")
 
 
