@@ -266,6 +266,7 @@ async def _dashboard(request: web.Request) -> web.Response:
         await reports.fingerprints(store),
         await reports.drift(store, limit=DASHBOARD_EVENTS),
         await reports.drift(store, limit=DASHBOARD_EVENTS, kind="fingerprint_change"),
+        await reports.determinism(store),
     )
     return web.Response(text=html, content_type="text/html")
 

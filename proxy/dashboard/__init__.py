@@ -3,12 +3,11 @@ Plain server-rendered HTML with no external assets."""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
-from ..drift import sides
 from ..reports import iso
-from .html import diff_table, page, table
+from .determinism import section
+from .html import drift_event, page, table
 
 
 def render(
@@ -16,6 +15,7 @@ def render(
     fingerprints: dict[str, list[dict[str, Any]]],
     drift: list[dict[str, Any]],
     changes: list[dict[str, Any]],
+    determinism: list[dict[str, Any]],
 ) -> str:
     money = stats.get("money_saved_usd")
     parts = [
@@ -77,23 +77,11 @@ def render(
             )
         )
 
+    parts.append("<h2>Determinism per model</h2>" + section(determinism, fingerprints))
     parts.append("<h2>Recent drift</h2>")
     if not drift:
         parts.append(
             "<p class=meta>No drift recorded: every live answer matched the stored one.</p>"
         )
-    for event in drift:
-        cached, live = sides(event["diff"])
-        same = "same fingerprint" if event["same_fingerprint"] else "fingerprint changed"
-        parts.append(
-            f"<div class=event id='drift-{escape(event['id'])}'>"
-            f"<h3>{escape(event['model'])} &middot; {escape(event['reason'])} &middot; "
-            f"{iso(event['time'])} UTC</h3>"
-            f"<p class=meta>seed {escape(str(event['seed']))} &middot; "
-            f"{escape(str(event['cached_fingerprint']))} &rarr; "
-            f"{escape(str(event['live_fingerprint']))} ({same}) &middot; similarity "
-            f"{event['similarity']:.3f} &middot; key {escape(event['key'][:16])}&hellip;</p>"
-            + diff_table(cached, live, "cached", "live")
-            + "</div>"
-        )
+    parts.extend(drift_event(event) for event in drift)
     return page("seedproxy", "".join(parts))

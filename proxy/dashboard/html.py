@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from html import escape
+from typing import Any
+
+from ..drift import sides
+from ..reports import iso
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem; color: #1b1f24; }
@@ -48,3 +53,20 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
         "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def drift_event(event: Mapping[str, Any]) -> str:
+    """A drift event: what, when, which fingerprints, and its red/green diff table."""
+    cached, live = sides(event["diff"])
+    same = "same fingerprint" if event["same_fingerprint"] else "fingerprint changed"
+    return (
+        f"<div class=event id='drift-{escape(event['id'])}'>"
+        f"<h3>{escape(event['model'])} &middot; {escape(event['reason'])} &middot; "
+        f"{iso(event['time'])} UTC</h3>"
+        f"<p class=meta>seed {escape(str(event['seed']))} &middot; "
+        f"{escape(str(event['cached_fingerprint']))} &rarr; "
+        f"{escape(str(event['live_fingerprint']))} ({same}) &middot; similarity "
+        f"{event['similarity']:.3f} &middot; key {escape(event['key'][:16])}&hellip;</p>"
+        + diff_table(cached, live, "cached", "live")
+        + "</div>"
+    )
