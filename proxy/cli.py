@@ -414,7 +414,14 @@ async def determinism(
     min_compared: int,
 ) -> None:
     """How often the same request gives the same answer, per model and fingerprint."""
-    from .dashboard.determinism import RATE_HEADERS, interval, percent, rate_rows, report_page
+    from .dashboard.determinism import (
+        RATE_HEADERS,
+        across,
+        interval,
+        percent,
+        rate_rows,
+        report_page,
+    )
     from .determinism import failing
 
     after = _since(since)
@@ -457,8 +464,7 @@ async def determinism(
                         r["identical"],
                         percent(r["rate"]),
                         interval(r),
-                        f"{percent(r['cross_fingerprint']['rate'])} of "
-                        f"{r['cross_fingerprint']['compared']}",
+                        across(r),
                     ]
                     for r in rows
                 ],

@@ -41,6 +41,12 @@ def similarity(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def across(row: Mapping[str, Any]) -> str:
+    """The cross-fingerprint rate and its count, or "-" when nothing was compared across."""
+    cross = row["cross_fingerprint"]
+    return f"{percent(cross['rate'])} of {cross['compared']}" if cross["compared"] else "-"
+
+
 def rate_rows(row: Mapping[str, Any]) -> list[list[object]]:
     """One line per fingerprint, one per fingerprint change, and the same-fingerprint total."""
     lines: list[list[object]] = []
@@ -125,8 +131,7 @@ def section(
         parts.append(timeline(fingerprints.get(model, []), now))
         summary = [
             f"{escape(r['source'])}: same fingerprint {percent(r['rate'])} of "
-            f"{r['compared']} ({interval(r)}), across fingerprints "
-            f"{percent(r['cross_fingerprint']['rate'])} of {r['cross_fingerprint']['compared']}"
+            f"{r['compared']} ({interval(r)}), across fingerprints {across(r)}"
             for r in mine
         ]
         if summary:
