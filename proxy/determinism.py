@@ -94,10 +94,6 @@ def counts(
     }
 
 
-def is_comparison_counter(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of a proportion: unlike p ± z·se it stays within [0, 1]
     and is honest at 0/n and n/n, which is where determinism rates live."""
