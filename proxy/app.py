@@ -23,6 +23,7 @@ from .keys import canonical_query
 from .observe import Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import Pipeline
+from .policy import SEED_MODE_HEADER, seed_mode
 from .store import Store, StoreError, open_store
 from .traffic import Traffic
 from .upstream import Upstream
@@ -240,7 +241,8 @@ async def _explain(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
     _, body = await read_json(request)
-    seed, _ = seeded(endpoint, body, settings.seed)
+    mode = seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
+    seed, _ = seeded(endpoint, body, settings.seed, mode)
     query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
     info = keys.explain(
         endpoint.path,
@@ -252,7 +254,7 @@ async def _explain(request: web.Request) -> web.Response:
     )
     info["seed"] = seed
     info["upstream"] = human.masked_url(info["upstream"])
-    info["seed_mode"] = settings.seed.mode if endpoint.seeded else None
+    info["seed_mode"] = mode if endpoint.seeded else None
     return web.Response(body=orjson.dumps(info), content_type="application/json")
 
 
@@ -265,6 +267,7 @@ async def _dashboard(request: web.Request) -> web.Response:
         await reports.fingerprints(store),
         await reports.drift(store, limit=DASHBOARD_EVENTS),
         await reports.drift(store, limit=DASHBOARD_EVENTS, kind="fingerprint_change"),
+        await reports.determinism(store),
         human.proxy_facts(settings, auth=bool(request.app[TOKENS])),
         dashboard.refresh_seconds(request.query.get("refresh")),
     )

@@ -16,7 +16,8 @@ from .config import SeedSettings, Settings
 from .errors import ProxyError
 from .keys import cache_key, canonical_body, canonical_query
 from .kinds import KINDS, Kind
-from .policy import Plan, add_seed, apply_seed, plan_request
+from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request
+from .policy import seed_mode as request_seed_mode
 from .upstream import forward_request_headers
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -127,12 +128,15 @@ def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
     return name
 
 
-def seeded(endpoint: Endpoint, body: dict[str, Any], seed: SeedSettings) -> tuple[int | None, bool]:
-    """Apply the seed policy to ``body`` if ``endpoint`` takes one: (seed, body changed)."""
+def seeded(
+    endpoint: Endpoint, body: dict[str, Any], seed: SeedSettings, mode: str | None = None
+) -> tuple[int | None, bool]:
+    """Apply the seed policy (``mode``, else ``seed.mode``) to ``body`` if ``endpoint``
+    takes one: (seed, body changed)."""
     if not endpoint.seeded:
         return None, False
     before = body.get("seed", _MISSING)
-    used = apply_seed(body, seed.mode, seed.default)
+    used = apply_seed(body, mode or seed.mode, seed.default)
     return used, body.get("seed", _MISSING) is not before
 
 
@@ -147,7 +151,8 @@ async def parse(
     from ``mode`` (``cache.mode``, or a session's) and the request's directives."""
     raw, body = await read_json(request)
     had_seed = "seed" in body
-    seed, changed = seeded(endpoint, body, settings.seed)
+    seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
+    seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
     cache = settings.cache
     query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
     key = cache_key(

@@ -186,6 +186,21 @@ def store_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     return wrapper
 
 
+def _add_counters(settings: Settings, deltas: dict[str, int]) -> None:
+    async def run() -> None:
+        store = open_store(settings)
+        try:
+            await store.start()
+            await store.add_counters(deltas)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except StoreError as exc:
+        _fail(str(exc))
+
+
 def _emit_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
@@ -354,6 +369,128 @@ async def fingerprints(store: Store, settings: Settings, model: str | None, as_j
         if rows
         else "no fingerprints seen yet"
     )
+
+
+DETERMINISM_EVENTS = 20  # drift events shown in `seedproxy determinism --html`
+
+
+@main.command()
+@click.option("--model", help="Only this model.")
+@click.option("--since", help="Only comparisons after this (to the hour): 24h, or a date.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.File("w", atomic=True),
+    help="Write an HTML report: rates, fingerprint timelines, recent drift diffs.",
+)
+@click.option(
+    "--fail-under",
+    type=click.FloatRange(0, 1),
+    metavar="RATE",
+    help="Exit 1 when a model's same-fingerprint identical rate (0-1) is below RATE.",
+)
+@click.option(
+    "--min-compared",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Gate only models with at least this many comparisons.",
+)
+@store_command
+async def determinism(
+    store: Store,
+    settings: Settings,
+    model: str | None,
+    since: str | None,
+    as_json: bool,
+    html_file: Any,
+    fail_under: float | None,
+    min_compared: int,
+) -> None:
+    """How often the same request gives the same answer, per model and fingerprint."""
+    from .dashboard.determinism import (
+        RATE_HEADERS,
+        across,
+        interval,
+        percent,
+        rate_rows,
+        report_page,
+    )
+    from .determinism import failing
+
+    after = _since(since)
+    rows = await reports.determinism(store, model, after)
+    if html_file is not None:
+        html_file.write(
+            report_page(
+                rows,
+                await reports.fingerprints(store, model),
+                await reports.drift(store, model, after, DETERMINISM_EVENTS),
+                after,
+                time.time(),
+            )
+        )
+    if as_json:
+        _emit_json({"since": after, "models": rows})
+    elif not rows:
+        click.echo(
+            "no comparisons counted yet: the proxy compares a live answer with the stored one "
+            "on refresh, Cache-Control: no-cache, verify samples, expired entries and "
+            "fingerprint changes"
+        )
+    else:
+        click.echo(
+            reports.text_table(
+                [
+                    "model",
+                    "source",
+                    "compared",
+                    "identical",
+                    "identical rate",
+                    "95% interval",
+                    "across fingerprints",
+                ],
+                [
+                    [
+                        r["model"],
+                        r["source"],
+                        r["compared"],
+                        r["identical"],
+                        percent(r["rate"]),
+                        interval(r),
+                        across(r),
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+        click.echo()
+        click.echo(
+            reports.text_table(
+                ["model", *RATE_HEADERS],
+                [[r["model"], *line] for r in rows for line in rate_rows(r)],
+            )
+        )
+    if fail_under is None:
+        return
+    gated = [r for r in rows if r["source"] == "traffic" and r["compared"] >= min_compared]
+    if not gated:
+        click.echo(
+            f"determinism: no model has {min_compared} or more comparisons; nothing to gate",
+            err=True,
+        )
+    below = failing(gated, fail_under, min_compared)
+    for row in gated:
+        if row["model"] in below:
+            click.echo(
+                f"determinism: {row['model']}: same-fingerprint identical rate "
+                f"{percent(row['rate'])} ({row['identical']}/{row['compared']}) is below "
+                f"{fail_under:.1%} (--fail-under)",
+                err=True,
+            )
+    if below:
+        sys.exit(1)
 
 
 @main.command("export")
@@ -543,6 +680,16 @@ def key(
     is_flag=True,
     help="Exit 1 unless every run's output equals the first (a CI gate).",
 )
+@click.option(
+    "--cache-dir",
+    help="Add the runs' comparisons to this cache's counts (see `seedproxy determinism`).",
+)
+@click.option(
+    "--config",
+    "config",
+    metavar="FILE",
+    help="Add the runs' comparisons to the store this config names.",
+)
 def probe(
     model: str,
     prompt: str,
@@ -557,13 +704,17 @@ def probe(
     html_file: Any,
     as_json: bool,
     expect_identical: bool,
+    cache_dir: str | None,
+    config: str | None,
 ) -> None:
     """Send one prompt N times live and report how deterministic the answers are."""
     import openai
 
-    from .probe import html_report, report
+    from .probe import SeedMismatch, comparison_counts, html_report, report
     from .probe import probe as run_probe
 
+    # the store is checked before any paid call, and written once the runs are in
+    counted = _settings(config, {"cache.dir": cache_dir}) if cache_dir or config else None
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
@@ -571,20 +722,29 @@ def probe(
         base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
         api_key=os.environ.get(api_key_env) or "none",
     )
+    started = time.time()
     try:
         results = run_probe(
             client, model, messages, runs, None if no_seed else seed, temperature, max_tokens
         )
     except openai.APIError as exc:
         _fail(f"probe: the API failed: {exc}")
+    except SeedMismatch as exc:
+        _fail(f"probe: {exc}")
+    if counted is not None:
+        _add_counters(counted, comparison_counts(results, model, started))
     data = report(
         results,
         {
             "model": model,
+            "system": system,
+            "prompt": prompt,
             "runs": runs,
             "seed": None if no_seed else seed,
             "temperature": temperature,
             "max_tokens": max_tokens,
+            "base_url": human.masked_url(str(client.base_url)),
+            "date": reports.iso(started) + " UTC",
         },
     )
     if html_file is not None:

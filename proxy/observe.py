@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from .determinism import metric_samples
+
 log = logging.getLogger("seedproxy")
 access_log = logging.getLogger("seedproxy.access")
 
@@ -262,6 +264,14 @@ class _CountersCollector(Collector):
             family.add_metric([endpoint, cache], value)
         yield family
         total = self.counters.total
+        comparisons = CounterMetricFamily(
+            "seedproxy_comparisons",
+            "Live answers compared with the stored one, by model, fingerprint and result.",
+            labels=["model", "fingerprint", "result"],
+        )
+        for labels, value in sorted(metric_samples(total).items()):
+            comparisons.add_metric(labels, value)
+        yield comparisons
         for name in COUNTERS:
             if name != "requests":  # seedproxy_requests has labels, above
                 yield CounterMetricFamily(

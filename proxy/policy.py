@@ -6,7 +6,7 @@ import enum
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from .errors import ProxyError
 
@@ -44,6 +44,25 @@ def apply_seed(body: dict[str, Any], mode: str, default: int) -> int | None:
             param="seed",
         )
     return body.get("seed")
+
+
+SEED_MODE_HEADER: Final = "X-Seedproxy-Seed-Mode"
+SEED_MODES: Final = ("force", "override", "require", "passthrough")
+
+
+def seed_mode(header: str | None, configured: str) -> str:
+    """The seed policy of one request: ``X-Seedproxy-Seed-Mode`` if sent (so a probe can
+    reach the upstream with exactly the seed it chose, or none), else ``seed.mode``."""
+    if header is None:
+        return configured
+    mode = header.strip().lower()
+    if mode not in SEED_MODES:
+        raise ProxyError(
+            400,
+            f"Invalid {SEED_MODE_HEADER} {header[:40]!r}: use one of {', '.join(SEED_MODES)}.",
+            code="invalid_seed_mode",
+        )
+    return mode
 
 
 def add_seed(raw: bytes, seed: int) -> bytes:

@@ -13,6 +13,8 @@ from typing import Any
 
 from . import drift, human
 from .dashboard.html import diff_table, page, table
+from .determinism import counts
+from .policy import SEED_MODE_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,23 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     }
 
 
+class SeedMismatch(RuntimeError):
+    """A proxy in the way sent another seed upstream than the probe chose."""
+
+
+def check_seed(echoed: str | None, seed: int | None) -> str | None:
+    """What is wrong when a seedproxy in the way echoes (``X-Seedproxy-Seed``) a seed the
+    probe did not choose: its runs would measure another experiment than the one asked."""
+    if echoed is None or echoed == str(seed):
+        return None
+    chosen = "none (--no-seed)" if seed is None else str(seed)
+    return (
+        f"the proxy at the base URL sent seed {echoed} upstream, but the probe chose "
+        f"{chosen}: it does not honour {SEED_MODE_HEADER}, so these runs would not measure "
+        "what was asked. Upgrade seedproxy, or point --base-url at the upstream itself."
+    )
+
+
 def probe(
     client: Any,
     model: str,
@@ -64,8 +83,9 @@ def probe(
     temperature: float | None,
     max_tokens: int | None,
 ) -> list[Run]:
-    """Send the same request ``runs`` times, live (``Cache-Control: no-store`` tells a
-    seedproxy in the way not to answer from or write to its cache)."""
+    """Send the same request ``runs`` times, live. ``Cache-Control: no-store`` tells a
+    seedproxy in the way not to answer from or write to its cache, and
+    ``X-Seedproxy-Seed-Mode: passthrough`` to send the seed the probe chose (or none)."""
     args: dict[str, Any] = {"model": model, "messages": messages}
     if seed is not None:
         args["seed"] = seed
@@ -75,11 +95,33 @@ def probe(
         args["max_tokens"] = max_tokens
     results: list[Run] = []
     for number in range(1, runs + 1):
-        completion = client.chat.completions.create(
-            **args, extra_headers={"Cache-Control": "no-store"}
+        raw = client.chat.completions.with_raw_response.create(
+            **args, extra_headers={"Cache-Control": "no-store", SEED_MODE_HEADER: "passthrough"}
         )
+        problem = check_seed(raw.headers.get("X-Seedproxy-Seed"), seed)
+        if problem is not None:
+            raise SeedMismatch(problem)
+        completion = raw.parse()
         results.append(make_run(number, completion.to_dict(), results[0] if results else None))
     return results
+
+
+def comparison_counts(runs: list[Run], model: str, when: float) -> dict[str, int]:
+    """Each run compared with the first, as the proxy counts comparisons (marked as a
+    probe's), so that `seedproxy determinism` shows a probe beside real traffic."""
+    total: dict[str, int] = {}
+    for run in runs[1:]:
+        for name, n in counts(
+            when,
+            "/v1/chat/completions",
+            model,
+            runs[0].fingerprint,
+            run.fingerprint,
+            None if run.identical else run.similarity,
+            source="probe",
+        ).items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 def report(runs: list[Run], settings: dict[str, Any]) -> dict[str, Any]:
@@ -87,14 +129,15 @@ def report(runs: list[Run], settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def html_report(data: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page, a diff table per run that differs."""
+    """The report as one self-contained HTML page: what was asked, where and when, then
+    each run's output beside its diff with run 1."""
     summary, settings, runs = data["summary"], data["settings"], data["runs"]
     first = runs[0]["text"].splitlines() if runs else []
-    described = [
-        human.seed(v) if k == "seed" else f"{k}={human.shown(v)}" for k, v in settings.items()
-    ]
     parts = [
-        f"<p class=meta>{escape(', '.join(described))}</p>",
+        table(
+            ["setting", "value"],
+            [[k, human.seed(v) if k == "seed" else human.shown(v)] for k, v in settings.items()],
+        ),
         table(
             [
                 "identical-output rate",
@@ -133,11 +176,13 @@ def html_report(data: dict[str, Any]) -> str:
             ],
         ),
     ]
-    for r in runs[1:]:
+    for r in runs:
+        same = "" if r["number"] == 1 else (" (same as run 1)" if r["identical"] else " vs run 1")
+        parts.append(
+            f"<div class=event><h2>Run {r['number']}{same}</h2>"
+            f"<pre class=output>{escape(r['text'])}</pre>"
+        )
         if not r["identical"]:
-            parts.append(
-                f"<div class=event><h2>Run {r['number']} vs run 1</h2>"
-                + diff_table(first, r["text"].splitlines(), "run 1", f"run {r['number']}")
-                + "</div>"
-            )
+            parts.append(diff_table(first, r["text"].splitlines(), "run 1", f"run {r['number']}"))
+        parts.append("</div>")
     return page("seedproxy probe", "".join(parts))

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from . import drift
+from . import determinism, drift
 from .call import Call
 from .config import CacheSettings
 from .errors import ProxyError
@@ -87,6 +87,16 @@ class Recorder:
         except orjson.JSONDecodeError:
             return
         result = call.endpoint.kind.compare(cached, parsed, self.cache)
+        similarity = None if result is None else result.similarity
+        for name, n in determinism.counts(
+            live.created,
+            call.endpoint.path,
+            call.model,
+            previous.fingerprint,
+            live.fingerprint,
+            similarity,
+        ).items():
+            self.counters.add(name, n)
         if result is None:
             return
         event = drift.DriftEvent(

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import Settings, parse_duration
+from .determinism import report as determinism_report
+from .determinism import tallies
 from .observe import COUNTERS
 from .store import Store
 
@@ -112,3 +114,13 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+async def determinism(
+    store: Store, model: str | None = None, since: float | None = None
+) -> list[dict[str, Any]]:
+    """Identical-output rates per model and fingerprint (see :func:`proxy.determinism.report`),
+    with first/last seen from the fingerprint registry."""
+    counts = tallies(await store.counters(), since, model)
+    sightings = {name: await store.sightings(name) for name in {pair[1] for pair in counts}}
+    return determinism_report(counts, sightings)

@@ -38,7 +38,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers meant for this proxy, not for the upstream.
-PROXY_ONLY = frozenset({"cache-control", "x-seedproxy-namespace"})
+PROXY_ONLY = frozenset({"cache-control", "x-seedproxy-namespace", "x-seedproxy-seed-mode"})
 _REQUEST_DROPS = HOP_BY_HOP | PROXY_ONLY
 _DECODED_DROPS = HOP_BY_HOP | {"content-encoding"}  # a body the client gets decoded
 

@@ -3,13 +3,12 @@ Plain server-rendered HTML with no external assets."""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
 from .. import human
-from ..drift import sides
 from ..reports import iso
-from .html import diff_table, page, table
+from .determinism import section
+from .html import drift_event, page, table
 
 REFRESH_CHOICES = (5, 10, 30, 60)  # seconds, offered on the page
 
@@ -38,6 +37,7 @@ def render(
     fingerprints: dict[str, list[dict[str, Any]]],
     drift: list[dict[str, Any]],
     changes: list[dict[str, Any]],
+    determinism: list[dict[str, Any]],
     facts: list[tuple[str, str]],
     refresh: int | None = None,
 ) -> str:
@@ -88,28 +88,12 @@ def render(
             )
         )
 
+    parts.append("<h2>Determinism per model</h2>" + section(determinism, fingerprints))
     parts.append("<h2>Recent drift</h2>")
     if not drift:
         parts.append(
             "<p class=meta>No drift recorded: every live answer matched the stored one.</p>"
         )
-    for event in drift:
-        cached, live = sides(event["diff"])
-        same = "same fingerprint" if event["same_fingerprint"] else "fingerprint changed"
-        event_id = escape(event["id"])
-        parts.append(
-            f"<div class=event id='drift-{event_id}'>"
-            f"<h3>{escape(event['model'])} &middot; {escape(event['reason'])} &middot; "
-            f"{iso(event['time'])} UTC</h3>"
-            f"<p class=meta>drift {event_id} &middot; "
-            f"<code class=cmd>seedproxy drift show {event_id}</code></p>"
-            f"<p class=meta>{escape(human.seed(event['seed']))} &middot; "
-            f"{escape(human.fingerprint(event['cached_fingerprint']))} &rarr; "
-            f"{escape(human.fingerprint(event['live_fingerprint']))} ({same}) &middot; "
-            f"similarity {event['similarity']:.3f} &middot; "
-            f"key {escape(event['key'][:16])}&hellip;</p>"
-            + diff_table(cached, live, "cached", "live")
-            + "</div>"
-        )
+    parts.extend(drift_event(event) for event in drift)
     head = f"<meta http-equiv=refresh content={refresh}>" if refresh else ""
     return page("seedproxy", "".join(parts), head)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from html import escape
+from typing import Any
+
+from .. import human
+from ..drift import sides
+from ..reports import iso
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem; color: #1b1f24; }
@@ -52,3 +58,25 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
         "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def drift_event(event: Mapping[str, Any]) -> str:
+    """A drift event: what, when, which fingerprints, its id with the command that shows
+    it, and its red/green diff table."""
+    cached, live = sides(event["diff"])
+    same = "same fingerprint" if event["same_fingerprint"] else "fingerprint changed"
+    event_id = escape(event["id"])
+    return (
+        f"<div class=event id='drift-{event_id}'>"
+        f"<h3>{escape(event['model'])} &middot; {escape(event['reason'])} &middot; "
+        f"{iso(event['time'])} UTC</h3>"
+        f"<p class=meta>drift {event_id} &middot; "
+        f"<code class=cmd>seedproxy drift show {event_id}</code></p>"
+        f"<p class=meta>{escape(human.seed(event['seed']))} &middot; "
+        f"{escape(human.fingerprint(event['cached_fingerprint']))} &rarr; "
+        f"{escape(human.fingerprint(event['live_fingerprint']))} ({same}) &middot; "
+        f"similarity {event['similarity']:.3f} &middot; "
+        f"key {escape(event['key'][:16])}&hellip;</p>"
+        + diff_table(cached, live, "cached", "live")
+        + "</div>"
+    )

@@ -1,0 +1,252 @@
+"""How deterministic a model is, measured from every live-vs-stored comparison. Pure.
+
+Comparisons are counted through the stores' shared counters (summed across processes and
+replicas, flushed once a second), so this needs nothing new from a backend. A counter's
+name carries what it counts::
+
+    cmp:[hour, source, endpoint, model, stored fingerprint, live fingerprint, measure]
+
+the list JSON-encoded (ASCII only), so any character in a model or fingerprint name, and a
+``null`` fingerprint, survive a round trip. ``measure`` is ``identical``, ``differed`` or
+``similarity`` (the summed similarity of differing answers, in millionths: counters are
+integers). ``source`` is ``traffic`` (the proxy) or ``probe`` (``seedproxy probe``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .policy import Sighting
+
+PREFIX: Final = "cmp:"
+HOUR: Final = 3600
+MICRO: Final = 1_000_000
+Z95: Final = 1.959963984540054  # the normal quantile of a two-sided 95% interval
+SOURCES: Final = ("traffic", "probe")
+MEASURES: Final = ("identical", "differed", "similarity")
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """What one counter is about: a time bucket and who compared what with what."""
+
+    hour: int  # the start of the hour, epoch seconds
+    source: str
+    endpoint: str
+    model: str
+    stored: str | None
+    live: str | None
+
+
+def counter_name(cell: Cell, measure: str) -> str:
+    return PREFIX + json.dumps(
+        [cell.hour, cell.source, cell.endpoint, cell.model, cell.stored, cell.live, measure],
+        separators=(",", ":"),
+    )
+
+
+def parse_name(name: str) -> tuple[Cell, str] | None:
+    """The cell and measure a counter name encodes; None for any other counter."""
+    if not name.startswith(PREFIX):
+        return None
+    try:
+        parts = json.loads(name[len(PREFIX) :])
+    except ValueError:
+        return None
+    if not (isinstance(parts, list) and len(parts) == 7):
+        return None
+    hour, source, endpoint, model, stored, live, measure = parts
+    if (
+        not isinstance(hour, int)
+        or source not in SOURCES
+        or not isinstance(endpoint, str)
+        or not isinstance(model, str)
+        or not all(fp is None or isinstance(fp, str) for fp in (stored, live))
+        or measure not in MEASURES
+    ):
+        return None
+    return Cell(hour, source, endpoint, model, stored, live), measure
+
+
+def counts(
+    when: float,
+    endpoint: str,
+    model: str,
+    stored: str | None,
+    live: str | None,
+    similarity: float | None,
+    source: str = "traffic",
+) -> dict[str, int]:
+    """The counter increments of one comparison; ``similarity`` None means identical."""
+    cell = Cell(int(when // HOUR) * HOUR, source, endpoint, model, stored, live)
+    if similarity is None:
+        return {counter_name(cell, "identical"): 1}
+    return {
+        counter_name(cell, "differed"): 1,
+        counter_name(cell, "similarity"): round(similarity * MICRO),
+    }
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: unlike p ± z·se it stays within [0, 1]
+    and is honest at 0/n and n/n, which is where determinism rates live."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - margin), min(1.0, centre + margin)
+
+
+@dataclass(slots=True)
+class Tally:
+    compared: int = 0
+    identical: int = 0
+    similarity_micro: int = 0  # summed over the differing answers
+
+    def add(self, measure: str, value: int) -> None:
+        if measure == "identical":
+            self.compared += value
+            self.identical += value
+        elif measure == "differed":
+            self.compared += value
+        else:
+            self.similarity_micro += value
+
+    def merge(self, other: Tally) -> None:
+        self.compared += other.compared
+        self.identical += other.identical
+        self.similarity_micro += other.similarity_micro
+
+    def to_dict(self) -> dict[str, Any]:
+        """``compared``, ``identical``, ``rate`` with its 95% Wilson interval, and the mean
+        similarity of the differing answers; a value with nothing to measure is None."""
+        differed = self.compared - self.identical
+        low, high = wilson(self.identical, self.compared) if self.compared else (None, None)
+        return {
+            "compared": self.compared,
+            "identical": self.identical,
+            "differed": differed,
+            "rate": round(self.identical / self.compared, 4) if self.compared else None,
+            "wilson_low": None if low is None else round(low, 4),
+            "wilson_high": None if high is None else round(high, 4),
+            "mean_similarity": round(self.similarity_micro / MICRO / differed, 4)
+            if differed
+            else None,
+        }
+
+
+Pair = tuple[str, str, str | None, str | None]  # (source, model, stored, live)
+
+
+def tallies(
+    counters: Mapping[str, int], since: float | None = None, model: str | None = None
+) -> dict[Pair, Tally]:
+    """Comparison counts per (source, model, stored fingerprint, live fingerprint), over
+    every endpoint, from the hour that holds ``since`` on."""
+    out: dict[Pair, Tally] = {}
+    for name, value in counters.items():
+        parsed = parse_name(name)
+        if parsed is None:
+            continue
+        cell, measure = parsed
+        if (model is not None and cell.model != model) or (
+            since is not None and cell.hour + HOUR <= since
+        ):
+            continue
+        pair = (cell.source, cell.model, cell.stored, cell.live)
+        out.setdefault(pair, Tally()).add(measure, value)
+    return out
+
+
+def report(
+    counts_by_pair: Mapping[Pair, Tally],
+    sightings: Mapping[str, Mapping[str | None, Sighting]],
+) -> list[dict[str, Any]]:
+    """Per (model, source): the same-fingerprint totals, the cross-fingerprint totals,
+    each fingerprint's own counts with when it was first and last seen live, and each
+    pair of fingerprints compared across a change. Sorted by model, traffic first."""
+    groups: dict[tuple[str, str], dict[Pair, Tally]] = {}
+    for pair, tally in counts_by_pair.items():
+        groups.setdefault((pair[1], pair[0]), {})[pair] = tally
+    rows = []
+    for (model, source), pairs in sorted(
+        groups.items(), key=lambda g: (g[0][0], SOURCES.index(g[0][1]))
+    ):
+        same, cross = Tally(), Tally()
+        per_fp: dict[str | None, Tally] = {}
+        changes = []
+        for (_, _, stored, live), tally in sorted(pairs.items(), key=lambda p: _fp_order(p[0])):
+            if stored == live:
+                same.merge(tally)
+                per_fp.setdefault(live, Tally()).merge(tally)
+            else:
+                cross.merge(tally)
+                changes.append({"from": stored, "to": live, **tally.to_dict()})
+        seen = sightings.get(model, {})
+        fingerprints = []
+        for fp, tally in per_fp.items():
+            sighting = seen.get(fp)
+            fingerprints.append(
+                {
+                    "fingerprint": fp,
+                    **tally.to_dict(),
+                    "first_seen": sighting.first_seen if sighting else None,
+                    "last_seen": sighting.last_seen if sighting else None,
+                }
+            )
+        rows.append(
+            {
+                "model": model,
+                "source": source,
+                **same.to_dict(),
+                "cross_fingerprint": cross.to_dict(),
+                "fingerprints": fingerprints,
+                "changes": changes,
+            }
+        )
+    return rows
+
+
+def _fp_order(pair: Pair) -> tuple[str, str]:
+    return fingerprint_label(pair[2]), fingerprint_label(pair[3])
+
+
+def failing(rows: Iterable[Mapping[str, Any]], rate: float, min_compared: int) -> list[str]:
+    """Models whose same-fingerprint rate on real traffic, over at least ``min_compared``
+    comparisons, is below ``rate`` (probes are experiments, not a gate)."""
+    return [
+        row["model"]
+        for row in rows
+        if row["source"] == "traffic"
+        and row["compared"] >= max(1, min_compared)
+        and row["identical"] / row["compared"] < rate
+    ]
+
+
+def fingerprint_label(fingerprint: str | None) -> str:
+    """How a fingerprint is written where a string is needed: ``null`` for none, as in
+    ``seedproxy purge --fingerprint null`` and the ``X-Seedproxy-Fingerprint`` header."""
+    return "null" if fingerprint is None else fingerprint
+
+
+def metric_samples(counters: Mapping[str, int]) -> dict[tuple[str, str, str], int]:
+    """``seedproxy_comparisons_total`` samples of real traffic by (model, fingerprint,
+    result). A comparison across a fingerprint change is labelled ``stored->live``, so
+    that a plain fingerprint's rate is a same-fingerprint rate."""
+    out: dict[tuple[str, str, str], int] = {}
+    for name, value in counters.items():
+        parsed = parse_name(name)
+        if parsed is None or parsed[1] == "similarity" or parsed[0].source != "traffic":
+            continue
+        cell, measure = parsed
+        fingerprint = fingerprint_label(cell.live)
+        if cell.stored != cell.live:
+            fingerprint = f"{fingerprint_label(cell.stored)}->{fingerprint}"
+        label = (cell.model, fingerprint, measure)
+        out[label] = out.get(label, 0) + value
+    return out
