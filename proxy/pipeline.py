@@ -197,6 +197,8 @@ class Pipeline:
         self.store = store
         self.upstream = upstream
         self.counters = counters
+        # the cache mode, per request; `seedproxy run` and the pytest plugin switch it
+        self.mode: str = settings.cache.mode
         self.upstream_credential: tuple[str, str] | None = None
         self._inflight: dict[str, asyncio.Future[Live]] = {}
         self._sightings: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
@@ -252,7 +254,7 @@ class Pipeline:
             canonical_body(body, cache.ignore_fields),
         )
         model = body.get("model")
-        plan = plan_request(cache.mode, request.headers.get("Cache-Control"))
+        plan = plan_request(self.mode, request.headers.get("Cache-Control"))
         if endpoint.kind.stateful(body):
             plan = Plan(Action.BYPASS)
         return Call(
