@@ -10,14 +10,14 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 import orjson
 from aiohttp import web
 
-from . import __version__, reports
-from .cassette import CassetteError, from_line, to_line
+from . import __version__, cassette, reports
 from .config import (
     ConfigError,
     Settings,
@@ -362,38 +362,44 @@ async def fingerprints(store: Store, settings: Settings, model: str | None, as_j
 
 
 @main.command("export")
-@click.argument("file", type=click.File("wb", atomic=True, lazy=False))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--model", help="Only this model.")
 @click.option("--since", help="Only entries stored after this: a duration ago or a date.")
 @store_command
 async def export_cmd(
-    store: Store, settings: Settings, file: BinaryIO, model: str | None, since: str | None
+    store: Store, settings: Settings, file: str, model: str | None, since: str | None
 ) -> None:
-    """Write entries as a JSON Lines cassette (no credentials) to FILE (- for stdout)."""
+    """Write entries as a cassette (readable JSON, no credentials) to FILE (- for stdout);
+    an unchanged FILE is left as it is."""
     after = _since(since)
-    count = 0
-    for key in await store.keys():
-        for entry in await store.variants(key):
-            if (model is None or entry.model == model) and (
-                after is None or entry.created >= after
-            ):
-                file.write(to_line(entry))
-                count += 1
-    click.echo(f"exported {count} entries to {file.name}", err=True)
+    entries = [
+        entry
+        for key in await store.keys()
+        for entry in await store.variants(key)
+        if (model is None or entry.model == model) and (after is None or entry.created >= after)
+    ]
+    entries.sort(key=lambda e: e.created)  # recording order
+    data = cassette.dumps(cassette.interaction(e, settings) for e in entries)
+    if file == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        cassette.write(Path(file), data)
+    click.echo(f"exported {len(entries)} entries to {file}", err=True)
 
 
 @main.command("import")
 @click.argument("file", type=click.File("rb"))
 @store_command
 async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
-    """Load a cassette (- for stdin); importing the same file twice changes nothing."""
+    """Load a cassette, or a JSON Lines export (- for stdin); keys are computed with the
+    current settings; importing the same file twice changes nothing."""
     try:
-        entries = [from_line(line, n) for n, line in enumerate(file, 1) if line.strip()]
-    except CassetteError as exc:
+        recordings = cassette.loads(file.read(), settings)
+    except cassette.CassetteError as exc:
         _fail(f"{file.name}: {exc}")
-    for entry in entries:
-        await store.put(entry)
-    click.echo(f"imported {len(entries)} entries from {file.name}")
+    for recording in recordings:
+        await store.put(recording.entry)
+    click.echo(f"imported {len(recordings)} entries from {file.name}")
 
 
 @main.command()
