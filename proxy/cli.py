@@ -305,19 +305,31 @@ def colored_diff(diff: str) -> str:
 @drift.command("show")
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--cache-dir", help="Disk cache directory (default ./.seedproxy).")
 @click.pass_context
-def drift_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
-    """One drift event with its diff (red: cached, green: live)."""
-    ctx.invoke(_drift_show, event_id=event_id, as_json=as_json, **ctx.obj)
+def drift_show(
+    ctx: click.Context, event_id: str, as_json: bool, config: str | None, cache_dir: str | None
+) -> None:
+    """One drift event (its id, or a unique start of it) with its diff (red: cached,
+    green: live)."""
+    # store options go before or after `show`; the ones given after it win
+    store = {"config": config or ctx.obj["config"], "cache_dir": cache_dir or ctx.obj["cache_dir"]}
+    ctx.invoke(_drift_show, event_id=event_id, as_json=as_json, **store)
 
 
 @store_command
 async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: bool) -> None:
-    for event in await store.events("drift", 10_000):
-        if event["id"] == event_id:
-            break
-    else:
+    matches = [e for e in await store.events("drift", 10_000) if e["id"].startswith(event_id)]
+    exact = [e for e in matches if e["id"] == event_id]
+    if not matches:
         _fail(f"no drift event {event_id!r} (see `seedproxy drift`)")
+    if len(matches) > 1 and not exact:
+        _fail(
+            f"{len(matches)} drift events start with {event_id!r}: "
+            f"{', '.join(e['id'] for e in matches[:5])}; give more of the id"
+        )
+    event = (exact or matches)[0]
     if as_json:
         _emit_json(event)
         return
@@ -466,18 +478,29 @@ async def purge(
 @click.option("--namespace", default="", help="X-Seedproxy-Namespace, if the client sets one.")
 @click.option("--query", default="", help="The query string, if any (api-version=...).")
 @click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--upstream", help="Upstream base URL, as the proxy is given it.")
+@click.option("--seed-mode", help="force | override | require | passthrough, as the proxy's.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def key(
-    file: BinaryIO, path: str, namespace: str, query: str, config: str | None, as_json: bool
+    file: BinaryIO,
+    path: str,
+    namespace: str,
+    query: str,
+    config: str | None,
+    upstream: str | None,
+    seed_mode: str | None,
+    as_json: bool,
 ) -> None:
-    """Explain the cache key of the request body in FILE (- for stdin), offline."""
+    """Explain the cache key of the request body in FILE (- for stdin), offline, with the
+    settings that change a key (--config, --upstream, --seed-mode, SEEDPROXY_*) as the
+    running proxy has them."""
     from urllib.parse import parse_qsl
 
     from .errors import ProxyError
     from .keys import canonical_query, explain
     from .pipeline import endpoint_for, seeded
 
-    settings = _settings(config, {})
+    settings = _settings(config, {"upstream.base_url": upstream, "seed.mode": seed_mode})
     try:
         body = orjson.loads(file.read())
         if not isinstance(body, dict):
