@@ -641,3 +641,77 @@ def probe(
     if expect_identical and summary["distinct_outputs"] > 1:
         click.echo("probe: outputs differ (--expect-identical)", err=True)
         sys.exit(1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--upstream", help="Upstream base URL (default https://api.openai.com/v1).")
+@click.option("--cache-dir", help="Disk cache directory, when there is no --cassette.")
+@click.option("--seed-mode", help="force | override | require | passthrough (default force).")
+@click.option("--log-format", help="json | text (default json).")
+@click.option(
+    "--cassette",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Serve and record this cassette file instead of the cache.",
+)
+@click.option(
+    "--mode",
+    help="With --cassette: once (default) | replay | record | rewrite | refresh; "
+    "without: the cache mode (default cache.mode).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary to this file as JSON.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    config: str | None,
+    upstream: str | None,
+    cache_dir: str | None,
+    seed_mode: str | None,
+    log_format: str | None,
+    cassette: Path | None,
+    mode: str | None,
+    summary_json: Path | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with OPENAI_BASE_URL pointing at a proxy of its own (on a free loopback
+    port), then print a summary to stderr and exit with COMMAND's status (125 when the
+    proxy could not start, 126/127 when COMMAND cannot be run or found).
+
+    seedproxy run --cassette tests/llm.json -- python my_eval.py"""
+    from .run import MODES
+    from .run import run as run_command
+
+    cache_modes = ("record", "replay", "refresh", "passthrough")
+    if cassette is not None and mode is not None and mode not in MODES:
+        raise click.BadParameter(f"with --cassette, one of {', '.join(MODES)}", param_hint="--mode")
+    if cassette is None and mode is not None and mode not in cache_modes:
+        raise click.BadParameter(
+            f"without --cassette, one of {', '.join(cache_modes)}", param_hint="--mode"
+        )
+    flags = {
+        "upstream.base_url": upstream,
+        "cache.dir": cache_dir,
+        "cache.mode": mode if cassette is None else None,
+        "seed.mode": seed_mode,
+        "log.format": log_format,
+    }
+    try:
+        settings = load_settings(config, os.environ, flags)
+        if cassette is None:
+            check_cache_dir(settings)
+    except ConfigError as exc:
+        click.echo(f"seedproxy run: {exc}", err=True)
+        sys.exit(125)
+    setup_logging(settings.log.format, "warning")  # drift and store trouble; no access lines
+    sys.exit(
+        run_command(
+            settings,
+            command,
+            cassette,
+            (mode or "once") if cassette is not None else settings.cache.mode,
+            summary_json,
+        )
+    )
