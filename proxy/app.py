@@ -166,7 +166,8 @@ async def _flusher(app: web.Application) -> None:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     traffic = Traffic()
-    store = open_store(settings, traffic)
+    # a store given to create_app: seedproxy run's and the pytest plugin's cassettes
+    store = app[STORE] if STORE in app else open_store(settings, traffic)
     await store.start()
     upstream = Upstream(settings.upstream, app[METRICS].upstream_latency)
     await upstream.start()
@@ -198,6 +199,15 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     # rel_url, not raw_path: an absolute-form target (GET http://elsewhere/v1/x) names
     # another host, which is never contacted; only its path below /v1/ is used
     raw_tail = request.rel_url.raw_path[len("/v1/") :]
+    if request.app[PIPELINE].mode == "replay":  # offline means offline, whatever the path
+        raise ProxyError(
+            504,
+            f"seedproxy runs in replay mode, so it will not call the upstream, and "
+            f"{request.method} {request.path} is never recorded (only POST to "
+            f"{', '.join(e.path for e in ENDPOINTS)} is).",
+            code="cache_miss",
+            headers={"x-should-retry": "false"},
+        )
     return await forward(
         request,
         request.app[UPSTREAM],
@@ -284,11 +294,14 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The proxy as an aiohttp application; resources open and close with it."""
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    """The proxy as an aiohttp application; resources open and close with it. ``store``
+    replaces the one ``cache.backend`` names (a cassette's, in memory)."""
     tokens = settings.proxy_tokens()
     app = web.Application(client_max_size=settings.server.max_body)
     app[SETTINGS] = settings
+    if store is not None:
+        app[STORE] = store
     app[COUNTS] = Counters()
     app[METRICS] = Metrics(app[COUNTS])
     app[TOKENS] = tokens

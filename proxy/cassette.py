@@ -1,44 +1,250 @@
-"""Cassettes: stored entries as JSON Lines, to commit recordings and replay them in CI.
+"""Cassettes: recordings in one file a reviewer can read, to commit and replay in CI.
 
-One line per entry: key, endpoint, model, fingerprint, time, status, seed, token usage, the
-request body and the response (as JSON), and for Responses streams the recorded events.
-Entries never hold request headers, so no credential can reach a cassette."""
+A cassette is pretty JSON (2-space indent, a final newline)::
+
+    {"version": 2, "interactions": [
+      {"endpoint": "/v1/chat/completions", "model": ..., "fingerprint": ...,
+       "recorded_at": "2026-01-31T12:00:00.000000Z",
+       "request": {...the body as sent upstream...},
+       "response": {"status": 200, "content_type": "application/json", "body": {...},
+                    "events": [{"event": "response.created", "data": {...}}, ...]}}]}
+
+``events`` (the Responses API's recorded stream) only when kept; ``query`` and
+``namespace`` only when the request had them; ``key`` only when the key cannot be computed
+from the rest (an export of an entry recorded under other settings). Interactions are in
+recording order and each object keeps its key order, so writing what was read gives the
+same bytes: replaying never rewrites a file. Entries never hold request headers, so no
+credential can reach a cassette.
+
+Keys are not trusted from the file but computed again on load, from the request and the
+current settings (seed policy, ``cache.ignore_fields``, upstream URL), so a cassette
+survives a change of either. Today's JSON Lines exports (one entry per line, version 1)
+are still read, keys and all."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+import contextlib
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 
+from .call import endpoint_for, seeded
+from .config import Settings
+from .errors import ProxyError
+from .keys import cache_key, canonical_body
+from .sse import EventSplitter, parse_event
 from .store import Entry
+
+VERSION = 2
 
 
 class CassetteError(ValueError):
-    """A line that is not a cassette entry; the message says which line and why."""
+    """A file that is not a cassette; the message says where and why."""
 
 
-def to_line(entry: Entry) -> bytes:
+class Recording(NamedTuple):
+    """An entry of a cassette with what its key was computed from besides the request."""
+
+    entry: Entry
+    query: str = ""
+    namespace: str = ""
+
+
+def key_for(
+    endpoint: str, request: dict[str, Any], query: str, namespace: str, settings: Settings
+) -> str:
+    """The key the proxy computes for ``request`` (the body as sent upstream): the seed
+    policy applies as it does to a client's body, so a seed the policy would add matches."""
+    target = endpoint_for(endpoint)
+    body = dict(request)
+    seeded(target, body, settings.seed)
+    canonical = canonical_body(body, settings.cache.ignore_fields)
+    return cache_key(target.path, query, namespace, settings.upstream.base_url, canonical)
+
+
+def _time(created: float) -> str:
+    return dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _events(stream: bytes) -> list[dict[str, Any]]:
+    """Raw SSE bytes as a list: ``{"event": name, "data": JSON}``, or ``"text"`` for data
+    that is not JSON."""
+    splitter = EventSplitter()
+    raws = splitter.feed(stream)
+    if splitter.pending.strip():
+        raws.append(splitter.pending)
+    out = []
+    for raw in raws:
+        name, data = parse_event(raw)
+        item: dict[str, Any] = {} if name is None else {"event": name}
+        if data is not None:
+            try:
+                item["data"] = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                item["text"] = data.decode("utf-8", "replace")
+        out.append(item)
+    return out
+
+
+def _stream(events: list[dict[str, Any]]) -> bytes:
+    parts = []
+    for item in events:
+        head = f"event: {item['event']}\n".encode() if "event" in item else b""
+        data = orjson.dumps(item["data"]) if "data" in item else str(item["text"]).encode()
+        parts.append(head + b"data: " + data + b"\n\n")
+    return b"".join(parts)
+
+
+def interaction(
+    entry: Entry, settings: Settings, query: str = "", namespace: str = ""
+) -> dict[str, Any]:
+    """One entry as a cassette's interaction."""
+    request = orjson.loads(entry.request) if entry.request else {}
     record: dict[str, Any] = {
-        "key": entry.key,
         "endpoint": entry.endpoint,
         "model": entry.model,
         "fingerprint": entry.fingerprint,
-        "created": entry.created,
+        "recorded_at": _time(entry.created),
+    }
+    if query:
+        record["query"] = query
+    if namespace:
+        record["namespace"] = namespace
+    try:
+        derived = key_for(entry.endpoint, request, query, namespace, settings)
+    except ProxyError:
+        derived = ""
+    if derived != entry.key:
+        record["key"] = entry.key
+    response: dict[str, Any] = {
         "status": entry.status,
         "content_type": entry.content_type,
-        "seed": entry.seed,
-        "prompt_tokens": entry.prompt_tokens,
-        "completion_tokens": entry.completion_tokens,
-        "request": orjson.Fragment(entry.request) if entry.request else None,
-        "response": orjson.Fragment(entry.body),
+        "body": orjson.loads(entry.body),
     }
     if entry.stream:
-        record["events"] = base64.b64encode(entry.stream).decode()
-    return orjson.dumps(record) + b"\n"
+        response["events"] = _events(entry.stream)
+    record["request"] = request
+    record["response"] = response
+    return record
+
+
+def dumps(interactions: Iterable[dict[str, Any]]) -> bytes:
+    return (
+        orjson.dumps(
+            {"version": VERSION, "interactions": list(interactions)}, option=orjson.OPT_INDENT_2
+        )
+        + b"\n"
+    )
+
+
+def _recording(record: Any, settings: Settings) -> Recording:
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    request, response = record["request"], record["response"]
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        raise TypeError("request and response must be objects")
+    endpoint, query = str(record["endpoint"]), str(record.get("query", ""))
+    namespace = str(record.get("namespace", ""))
+    created = dt.datetime.fromisoformat(record["recorded_at"]).timestamp()
+    key = record.get("key") or key_for(endpoint, request, query, namespace, settings)
+    body = response["body"]
+    kind = endpoint_for(endpoint).kind
+    prompt_tokens, completion_tokens = kind.usage(body) if isinstance(body, dict) else (0, 0)
+    model = request.get("model")
+    entry = Entry(
+        key=str(key),
+        fingerprint=record.get("fingerprint"),
+        created=created,
+        status=int(response["status"]),
+        content_type=str(response["content_type"]),
+        endpoint=endpoint,
+        model=str(record.get("model", model if isinstance(model, str) else "")),
+        seed=request.get("seed") if endpoint_for(endpoint).seeded else None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        body=orjson.dumps(body),
+        request=orjson.dumps(request),
+        stream=_stream(response["events"]) if response.get("events") else b"",
+    )
+    return Recording(entry, query, namespace)
+
+
+def loads(data: bytes, settings: Settings) -> list[Recording]:
+    """The recordings of a cassette (version 2) or of a JSON Lines export (version 1)."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        document = None
+    if not isinstance(document, dict) or "interactions" not in document:
+        return [
+            Recording(from_line(line, n))
+            for n, line in enumerate(data.splitlines(), 1)
+            if line.strip()
+        ]
+    if document.get("version") != VERSION:
+        raise CassetteError(
+            f"version {document.get('version')!r} is not one this seedproxy reads ({VERSION})"
+        )
+    interactions = document["interactions"]
+    if not isinstance(interactions, list):
+        raise CassetteError("interactions: expected a list")
+    recordings = []
+    for n, record in enumerate(interactions, 1):
+        try:
+            recordings.append(_recording(record, settings))
+        except ProxyError as exc:
+            raise CassetteError(f"interaction {n}: {exc.message}") from None
+        except (KeyError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
+            problem = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CassetteError(f"interaction {n}: not a recording ({problem})") from None
+    return recordings
+
+
+def read(path: Path, settings: Settings) -> list[Recording]:
+    """The recordings in the cassette at ``path``; CassetteError names the file."""
+    try:
+        return loads(path.read_bytes(), settings)
+    except CassetteError as exc:
+        raise CassetteError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise CassetteError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def write(path: Path, data: bytes) -> bool:
+    """Put ``data`` in ``path`` atomically (a temporary file beside it, then a rename), and
+    only if it differs from what is there: an unchanged cassette keeps its bytes and time,
+    so replaying makes no churn in git. Return whether it was written."""
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        try:  # mkstemp's file is private; a cassette is as readable as the one it replaces
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o644
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return True
 
 
 def from_line(line: bytes, number: int = 0) -> Entry:
+    """One entry of a version 1 (JSON Lines) export."""
     try:
         r = orjson.loads(line)
         return Entry(

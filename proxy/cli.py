@@ -10,14 +10,14 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 import orjson
 from aiohttp import web
 
-from . import __version__, human, reports
-from .cassette import CassetteError, from_line, to_line
+from . import __version__, cassette, human, reports
 from .config import (
     ConfigError,
     Settings,
@@ -28,7 +28,7 @@ from .config import (
     upstream_credential,
 )
 from .observe import AccessLogger, access_log, loop_name, new_event_loop, setup_logging
-from .store import Store, StoreError, open_store
+from .store import Note, Store, StoreError, open_store
 
 log = logging.getLogger("seedproxy")
 
@@ -314,19 +314,31 @@ def colored_diff(diff: str) -> str:
 @drift.command("show")
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--cache-dir", help="Disk cache directory (default ./.seedproxy).")
 @click.pass_context
-def drift_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
-    """One drift event with its diff (red: cached, green: live)."""
-    ctx.invoke(_drift_show, event_id=event_id, as_json=as_json, **ctx.obj)
+def drift_show(
+    ctx: click.Context, event_id: str, as_json: bool, config: str | None, cache_dir: str | None
+) -> None:
+    """One drift event (its id, or a unique start of it) with its diff (red: cached,
+    green: live)."""
+    # store options go before or after `show`; the ones given after it win
+    store = {"config": config or ctx.obj["config"], "cache_dir": cache_dir or ctx.obj["cache_dir"]}
+    ctx.invoke(_drift_show, event_id=event_id, as_json=as_json, **store)
 
 
 @store_command
 async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: bool) -> None:
-    for event in await store.events("drift", 10_000):
-        if event["id"] == event_id:
-            break
-    else:
+    matches = [e for e in await store.events("drift", 10_000) if e["id"].startswith(event_id)]
+    exact = [e for e in matches if e["id"] == event_id]
+    if not matches:
         _fail(f"no drift event {event_id!r} (see `seedproxy drift`)")
+    if len(matches) > 1 and not exact:
+        _fail(
+            f"{len(matches)} drift events start with {event_id!r}: "
+            f"{', '.join(e['id'] for e in matches[:5])}; give more of the id"
+        )
+    event = (exact or matches)[0]
     if as_json:
         _emit_json(event)
         return
@@ -494,35 +506,42 @@ async def determinism(
 
 
 @main.command("export")
-@click.argument("file", type=click.File("wb", atomic=True, lazy=False))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--model", help="Only this model.")
 @click.option("--since", help="Only entries stored after this: a duration ago or a date.")
 @store_command
 async def export_cmd(
-    store: Store, settings: Settings, file: BinaryIO, model: str | None, since: str | None
+    store: Store, settings: Settings, file: str, model: str | None, since: str | None
 ) -> None:
-    """Write entries as a JSON Lines cassette (no credentials) to FILE (- for stdout)."""
+    """Write entries as a cassette (readable JSON, no credentials) to FILE (- for stdout);
+    an unchanged FILE is left as it is."""
     after = _since(since)
-    count = 0
-    for key in await store.keys():
-        for entry in await store.variants(key):
-            if (model is None or entry.model == model) and (
-                after is None or entry.created >= after
-            ):
-                file.write(to_line(entry))
-                count += 1
-    click.echo(f"exported {human.plural(count, 'entry', 'entries')} to {file.name}", err=True)
+    entries = [
+        entry
+        for key in await store.keys()
+        for entry in await store.variants(key)
+        if (model is None or entry.model == model) and (after is None or entry.created >= after)
+    ]
+    entries.sort(key=lambda e: e.created)  # recording order
+    data = cassette.dumps(cassette.interaction(e, settings) for e in entries)
+    if file == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        cassette.write(Path(file), data)
+    click.echo(f"exported {human.plural(len(entries), 'entry', 'entries')} to {file}", err=True)
 
 
 @main.command("import")
 @click.argument("file", type=click.File("rb"))
 @store_command
 async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
-    """Load a cassette (- for stdin); importing the same file twice changes nothing."""
+    """Load a cassette, or a JSON Lines export (- for stdin); keys are computed with the
+    current settings; importing the same file twice changes nothing."""
     try:
-        entries = [from_line(line, n) for n, line in enumerate(file, 1) if line.strip()]
-    except CassetteError as exc:
+        recordings = cassette.loads(file.read(), settings)
+    except cassette.CassetteError as exc:
         _fail(f"{file.name}: {exc}")
+    entries = [recording.entry for recording in recordings]
     added = replaced = 0
     for entry in entries:
         stored = [e for e in await store.variants(entry.key) if e.fingerprint == entry.fingerprint]
@@ -530,6 +549,10 @@ async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
             continue
         await store.put(entry)
         added, replaced = (added, replaced + 1) if stored else (added + 1, replaced)
+    # indexed among the recent keys, so that a replay miss can name the nearest of them
+    await store.note(
+        [Note(e.key, e.endpoint, e.model, e.fingerprint, e.created, False) for e in entries]
+    )
     there = len(entries) - added - replaced
     click.echo(
         f"imported {human.plural(len(entries), 'entry', 'entries')} from {file.name}: "
@@ -602,18 +625,29 @@ async def purge(
 @click.option("--namespace", default="", help="X-Seedproxy-Namespace, if the client sets one.")
 @click.option("--query", default="", help="The query string, if any (api-version=...).")
 @click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--upstream", help="Upstream base URL, as the proxy is given it.")
+@click.option("--seed-mode", help="force | override | require | passthrough, as the proxy's.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def key(
-    file: BinaryIO, path: str, namespace: str, query: str, config: str | None, as_json: bool
+    file: BinaryIO,
+    path: str,
+    namespace: str,
+    query: str,
+    config: str | None,
+    upstream: str | None,
+    seed_mode: str | None,
+    as_json: bool,
 ) -> None:
-    """Explain the cache key of the request body in FILE (- for stdin), offline."""
+    """Explain the cache key of the request body in FILE (- for stdin), offline, with the
+    settings that change a key (--config, --upstream, --seed-mode, SEEDPROXY_*) as the
+    running proxy has them."""
     from urllib.parse import parse_qsl
 
     from .call import endpoint_for, seeded
     from .errors import ProxyError
     from .keys import canonical_query, explain
 
-    settings = _settings(config, {})
+    settings = _settings(config, {"upstream.base_url": upstream, "seed.mode": seed_mode})
     try:
         body = orjson.loads(file.read())
         if not isinstance(body, dict):
@@ -778,3 +812,77 @@ def probe(
     if expect_identical and summary["distinct_outputs"] > 1:
         click.echo("probe: outputs differ (--expect-identical)", err=True)
         sys.exit(1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--config", "config", metavar="FILE", help="TOML config file.")
+@click.option("--upstream", help="Upstream base URL (default https://api.openai.com/v1).")
+@click.option("--cache-dir", help="Disk cache directory, when there is no --cassette.")
+@click.option("--seed-mode", help="force | override | require | passthrough (default force).")
+@click.option("--log-format", help="json | text (default json).")
+@click.option(
+    "--cassette",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Serve and record this cassette file instead of the cache.",
+)
+@click.option(
+    "--mode",
+    help="With --cassette: once (default) | replay | record | rewrite | refresh; "
+    "without: the cache mode (default cache.mode).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary to this file as JSON.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    config: str | None,
+    upstream: str | None,
+    cache_dir: str | None,
+    seed_mode: str | None,
+    log_format: str | None,
+    cassette: Path | None,
+    mode: str | None,
+    summary_json: Path | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with OPENAI_BASE_URL pointing at a proxy of its own (on a free loopback
+    port), then print a summary to stderr and exit with COMMAND's status (125 when the
+    proxy could not start, 126/127 when COMMAND cannot be run or found).
+
+    seedproxy run --cassette tests/llm.json -- python my_eval.py"""
+    from .run import MODES
+    from .run import run as run_command
+
+    cache_modes = ("record", "replay", "refresh", "passthrough")
+    if cassette is not None and mode is not None and mode not in MODES:
+        raise click.BadParameter(f"with --cassette, one of {', '.join(MODES)}", param_hint="--mode")
+    if cassette is None and mode is not None and mode not in cache_modes:
+        raise click.BadParameter(
+            f"without --cassette, one of {', '.join(cache_modes)}", param_hint="--mode"
+        )
+    flags = {
+        "upstream.base_url": upstream,
+        "cache.dir": cache_dir,
+        "cache.mode": mode if cassette is None else None,
+        "seed.mode": seed_mode,
+        "log.format": log_format,
+    }
+    try:
+        settings = load_settings(config, os.environ, flags)
+        if cassette is None:
+            check_cache_dir(settings)
+    except ConfigError as exc:
+        click.echo(f"seedproxy run: {exc}", err=True)
+        sys.exit(125)
+    setup_logging(settings.log.format, "warning")  # drift and store trouble; no access lines
+    sys.exit(
+        run_command(
+            settings,
+            command,
+            cassette,
+            (mode or "once") if cassette is not None else settings.cache.mode,
+            summary_json,
+        )
+    )

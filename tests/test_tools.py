@@ -157,22 +157,30 @@ def test_fingerprints_per_model(busy, run, run_json):
 
 
 def test_export_import_replay_in_ci(busy, run, run_json, tmp_path, make_proxy, bg, upstream):
-    cassette = tmp_path / "cassette.jsonl"
-    result = run("export", str(cassette))
+    def interactions(path):
+        return orjson.loads(path.read_bytes())["interactions"]
+
+    cassette = tmp_path / "cassette.json"
+    same_upstream = {"SEEDPROXY_UPSTREAM_BASE_URL": busy.settings.upstream.base_url}
+    result = run("export", str(cassette), env=same_upstream)
     assert result.returncode == 0, result.stderr
-    lines = cassette.read_bytes().splitlines()
-    assert len(lines) == 3  # gpt-a (refreshed in place), gpt-b twice
+    exported = interactions(cassette)
+    assert len(exported) == 3  # gpt-a (refreshed in place), gpt-b twice
     assert FAKE_KEY.encode() not in cassette.read_bytes()
-    assert {orjson.loads(line)["model"] for line in lines} == {"gpt-a", "gpt-b"}
-    only_b = tmp_path / "b.jsonl"
+    assert {i["model"] for i in exported} == {"gpt-a", "gpt-b"}
+    assert not any("key" in i for i in exported)  # computed again on import
+    elsewhere = tmp_path / "elsewhere.json"  # exported with another upstream configured:
+    run("export", str(elsewhere))  # the keys cannot be computed, so they are kept
+    assert all("key" in i for i in interactions(elsewhere))
+    only_b = tmp_path / "b.json"
     run("export", str(only_b), "--model", "gpt-b")
-    assert {orjson.loads(line)["model"] for line in only_b.read_bytes().splitlines()} == {"gpt-b"}
-    assert run("export", str(tmp_path / "none.jsonl"), "--since", "2999-01-01").returncode == 0
-    assert (tmp_path / "none.jsonl").read_bytes() == b""
+    assert {i["model"] for i in interactions(only_b)} == {"gpt-b"}
+    assert run("export", str(tmp_path / "none.json"), "--since", "2999-01-01").returncode == 0
+    assert interactions(tmp_path / "none.json") == []
 
     ci = {"SEEDPROXY_CACHE_BACKEND": "disk", "SEEDPROXY_CACHE_DIR": str(tmp_path / "ci")}
     for added, there in ((3, 0), (0, 3)):  # idempotent
-        imported = run("import", str(cassette), env=ci)
+        imported = run("import", str(cassette), env=ci | same_upstream)
         assert imported.returncode == 0
         assert imported.stdout == (
             f"imported 3 entries from {cassette}: {added} added, {there} already there\n"

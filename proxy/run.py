@@ -1,0 +1,315 @@
+"""A proxy for the life of a program (`seedproxy run -- CMD`) or of a test session (the
+pytest plugin): on a free loopback port, in this process, with a cassette held in memory
+(or the configured store) behind it, and an account of what it served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+
+from . import cassette
+from .app import COUNTS, PIPELINE, create_app
+from .config import Settings, with_overrides
+from .keys import canonical_query
+from .store import Entry, Store, open_store
+from .store.memory import MemoryStore
+
+MODES = ("once", "replay", "record", "rewrite", "refresh")
+PROXY_FAILED = 125  # like `docker run`: seedproxy itself failed, CMD's status is not known
+NOT_EXECUTABLE, NOT_FOUND = 126, 127  # as a shell reports them
+# What SDKs are given as OPENAI_API_KEY when replaying without one: they refuse to start
+# without a key, and a replay needs none. Plainly not a key, so it is never mistaken for one.
+PLACEHOLDER_KEY = "seedproxy-replay-no-key"
+
+
+def effective_mode(mode: str, exists: bool) -> str:
+    """The proxy's cache mode for a run mode, given whether the cassette exists."""
+    if mode == "once":
+        return "replay" if exists else "record"
+    if mode == "rewrite":
+        return "record"
+    return mode
+
+
+def cassette_settings(settings: Settings) -> Settings:
+    """``settings`` for a proxy serving a cassette: one person's recordings, so the shared
+    scope (a per-key namespace would put a hash of a credential into every key)."""
+    return with_overrides(settings, cache={"scope": "shared"})
+
+
+@dataclass
+class Result:
+    """What a proxy served between :meth:`Session.begin` and :meth:`Session.end`."""
+
+    cassette: str | None
+    mode: str  # the cache mode the proxy ran in
+    hits: int = 0
+    recorded: int = 0
+    live: int = 0
+    tokens_live: int = 0
+    drift: int = 0
+    replay_misses: list[str] = field(default_factory=list)  # their messages
+    loaded: dict[str, str] = field(default_factory=dict)  # key -> "#n endpoint model"
+    played: set[str] = field(default_factory=set)  # keys served, compared or recorded
+    written: bool = False
+
+    @property
+    def unused(self) -> list[str]:
+        """The recordings loaded and never played."""
+        return [what for key, what in self.loaded.items() if key not in self.played]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cassette": self.cassette,
+            "mode": self.mode,
+            "written": self.written,
+            "hits": self.hits,
+            "recorded": self.recorded,
+            "live_calls": self.live,
+            "tokens_live": self.tokens_live,
+            "drift_events": self.drift,
+            "replay_misses": len(self.replay_misses),
+            "replay_miss_messages": self.replay_misses,
+            "unused_recordings": self.unused,
+        }
+
+    def text(self) -> str:
+        """One summary line, then one line per unused recording."""
+        calls = "live call" if self.live == 1 else "live calls"
+        line = (
+            f"seedproxy: {self.hits} hits, {self.recorded} recorded, {self.live} {calls} "
+            f"({self.tokens_live} tokens), {self.drift} drift events, "
+            f"{len(self.replay_misses)} replay misses, {len(self.unused)} unused recordings"
+            f" | mode {self.mode}"
+        )
+        if self.cassette is not None:
+            line += f" | cassette {self.cassette} ({'written' if self.written else 'unchanged'})"
+        return "\n".join([line, *(f"seedproxy: unused recording {u}" for u in self.unused)])
+
+
+class _Watched:
+    """A store that reports every entry stored through it: what was recorded, and the
+    tokens those live answers cost."""
+
+    def __init__(self, inner: Store, stored: list[Entry]) -> None:
+        self._inner = inner
+        self._stored = stored
+
+    async def put(self, entry: Entry) -> None:
+        await self._inner.put(entry)
+        self._stored.append(entry)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class Session:
+    """One proxy app on 127.0.0.1 and the segments (a program's run, a test) it serves,
+    each with its own cassette and mode. Every coroutine runs on the app's event loop."""
+
+    def __init__(self, settings: Settings, cassettes: bool) -> None:
+        """``cassettes``: serve cassette files from memory, else the configured store."""
+        self.memory = MemoryStore(max_variants=1) if cassettes else None
+        self.settings = cassette_settings(settings) if cassettes else settings
+        inner: Store = self.memory if self.memory is not None else open_store(self.settings)
+        self._stored: list[Entry] = []
+        self.app = create_app(self.settings, store=cast(Store, _Watched(inner, self._stored)))
+        self.app.on_response_prepare.append(self._answered)
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+        self._result = Result(None, self.settings.cache.mode)
+        self._path: Path | None = None
+        self._where: dict[str, tuple[str, str]] = {}  # key -> (query, namespace)
+        self._before: Mapping[str, int] = {}
+
+    async def start(self) -> str:
+        """Listen on a free loopback port; return the base URL clients use (``.../v1``)."""
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def begin(self, path: Path | None, mode: str, exists: bool | None = None) -> None:
+        """Serve the cassette at ``path`` (None: the configured store, or nothing at all in
+        a cassette session) in run mode ``mode`` (or a cache mode, without a cassette).
+        ``exists``: whether the cassette counts as existing for ``once``, if not now."""
+        proxy_mode, recordings = mode, []
+        if path is not None:
+            proxy_mode, recordings = await asyncio.get_running_loop().run_in_executor(
+                None, self._load, path, mode, exists
+            )
+        if self.memory is not None:
+            self.memory.replace(r.entry for r in recordings)
+        self._path = path
+        self._where = {r.entry.key: (r.query, r.namespace) for r in recordings}
+        self._result = Result(
+            str(path) if path is not None else None,
+            proxy_mode,
+            loaded={
+                r.entry.key: f"#{n} {r.entry.endpoint} {r.entry.model}"
+                for n, r in enumerate(recordings, 1)
+            },
+        )
+        self._stored.clear()
+        self._before = dict(self.app[COUNTS].total)
+        self.app[PIPELINE].mode = proxy_mode
+
+    def _load(
+        self, path: Path, mode: str, exists: bool | None
+    ) -> tuple[str, list[cassette.Recording]]:
+        there = path.exists()
+        load = mode != "rewrite" and there
+        proxy_mode = effective_mode(mode, there if exists is None else exists)
+        return proxy_mode, cassette.read(path, self.settings) if load else []
+
+    def counts(self) -> Result:
+        """The current segment's figures so far."""
+        result = self._result
+        now, before = self.app[COUNTS].total, self._before
+
+        def delta(name: str) -> int:
+            return now[name] - before.get(name, 0)
+
+        result.hits = delta("hits")
+        result.live = delta("misses") + delta("refreshes") + delta("bypasses") - delta("coalesced")
+        result.drift = delta("drift_events")
+        result.recorded = len(self._stored)
+        result.tokens_live = sum(e.prompt_tokens + e.completion_tokens for e in self._stored)
+        result.played |= {e.key for e in self._stored}
+        return result
+
+    async def current(self) -> Result:
+        """:meth:`counts`, from another thread (through ``run_coroutine_threadsafe``)."""
+        return self.counts()
+
+    async def end(self) -> Result:
+        """Close the segment: write its cassette if anything changed, return its figures."""
+        result = self.counts()
+        path, memory = self._path, self.memory
+        if path is not None and memory is not None and result.mode != "replay":
+            entries = memory.entries()
+            data = cassette.dumps(
+                cassette.interaction(e, self.settings, *self._where.get(e.key, ("", "")))
+                for e in entries
+            )
+            result.written = await asyncio.get_running_loop().run_in_executor(
+                None, _save, path, data, bool(entries)
+            )
+        self._path = None
+        self.app[PIPELINE].mode = self.settings.cache.mode
+        return result
+
+    async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer, as it is sent: which recording it played, where a key came from
+        (its query and namespace, for the cassette), and replay misses with their reasons."""
+        key = response.headers.get("X-Seedproxy-Key")
+        if key is not None and key not in self._where:
+            query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
+            self._where[key] = (query, request.headers.get("X-Seedproxy-Namespace", ""))
+        if key is not None and response.headers.get("X-Cache") in ("HIT", "REFRESH"):
+            self._result.played.add(key)
+        if response.status == 504 and isinstance(response, web.Response):
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+                error = orjson.loads(cast(bytes, response.body))["error"]
+                if error.get("code") == "cache_miss":
+                    self._result.replay_misses.append(str(error["message"]))
+
+
+def _save(path: Path, data: bytes, anything: bool) -> bool:
+    """Write a cassette unless it would be a new, empty one (nothing was recorded)."""
+    return (anything or path.exists()) and cassette.write(path, data)
+
+
+def child_env(base: Mapping[str, str], base_url: str, mode: str) -> dict[str, str]:
+    """The environment for the program: the proxy's URL under the names the SDKs read, and
+    a placeholder key when replaying without one."""
+    env = dict(base)
+    env["OPENAI_BASE_URL"] = env["OPENAI_API_BASE"] = base_url
+    if mode == "replay" and not env.get("OPENAI_API_KEY"):
+        env["OPENAI_API_KEY"] = PLACEHOLDER_KEY
+    return env
+
+
+def _status(returncode: int) -> int:
+    """A child's exit status as a shell reports it (128 + N when signal N ended it)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def _run(
+    settings: Settings, command: Sequence[str], path: Path | None, mode: str
+) -> tuple[int, Result | None]:
+    session = Session(settings, cassettes=path is not None)
+    try:
+        try:
+            base_url = await session.start()
+            await session.begin(path, mode)
+        except (cassette.CassetteError, OSError, RuntimeError) as exc:
+            print(f"seedproxy run: the proxy did not start: {exc}", file=sys.stderr)
+            return PROXY_FAILED, None
+        env = child_env(os.environ, base_url, session.counts().mode)
+        try:
+            child = await asyncio.create_subprocess_exec(*command, env=env)
+        except FileNotFoundError:
+            print(f"seedproxy run: {command[0]}: command not found", file=sys.stderr)
+            return NOT_FOUND, await session.end()
+        except PermissionError:
+            print(f"seedproxy run: {command[0]}: permission denied", file=sys.stderr)
+            return NOT_EXECUTABLE, await session.end()
+        loop = asyncio.get_running_loop()
+        # Ctrl-C reaches the program from the terminal: it decides when to stop, and the
+        # proxy serves it until then. A TERM sent to seedproxy alone is passed on.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGTERM, child.send_signal, signal.SIGTERM)
+        try:
+            returncode = await child.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+        try:
+            return _status(returncode), await session.end()
+        except OSError as exc:
+            print(f"seedproxy run: cannot write the cassette: {exc}", file=sys.stderr)
+            return PROXY_FAILED, None
+    finally:
+        await session.stop()
+
+
+def run(
+    settings: Settings,
+    command: Sequence[str],
+    path: Path | None,
+    mode: str,
+    summary_json: Path | None = None,
+) -> int:
+    """Run ``command`` through a proxy; print the summary; return the exit status."""
+    from .observe import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        status, result = loop.run_until_complete(_run(settings, command, path, mode))
+    finally:
+        loop.close()
+    if result is not None:
+        print(result.text(), file=sys.stderr)
+        if summary_json is not None:
+            data = {"exit_status": status, **result.to_json()}
+            summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    return status

@@ -1,0 +1,202 @@
+"""`seedproxy run -- CMD` as users run it: a real process, real Python (openai SDK), Node
+(`openai` npm package) and curl programs, the fake upstream, then offline replays."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.harness import FAKE_KEY
+
+PYTHON = """
+import sys, openai
+reply = openai.OpenAI().chat.completions.create(
+    model="gpt-test", messages=[{"role": "user", "content": sys.argv[1]}])
+print(reply.choices[0].message.content)
+sys.exit(int(sys.argv[2]))
+"""
+NODE = """
+const OpenAI = require("openai");
+new OpenAI().chat.completions
+  .create({ model: "gpt-test", messages: [{ role: "user", content: process.argv[2] }] })
+  .then((reply) => {
+    console.log(reply.choices[0].message.content);
+    process.exit(Number(process.argv[3]));
+  });
+"""
+CURL = """
+body='{"model": "gpt-test", "messages": [{"role": "user", "content": "'"$1"'"}]}'
+curl -sS "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \\
+  -H "Content-Type: application/json" -d "$body" \\
+  | python3 -c "import json, sys; print(json.load(sys.stdin)['choices'][0]['message']['content'])"
+exit $2
+"""
+
+
+@pytest.fixture(scope="session")
+def node_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `openai` npm package, installed once into a directory of its own."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("node and npm are missing: scripts/test installs Debian's nodejs and npm")
+    where = tmp_path_factory.mktemp("node")
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--silent", "openai@4"],
+        cwd=where,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    return where / "node_modules"
+
+
+@pytest.fixture
+def programs(tmp_path: Path) -> dict[str, Callable[[], list[str]]]:
+    """Per language, the command line of a program that asks one question (its first
+    argument) and exits with its second; Node's is built only when asked for."""
+    (tmp_path / "ask.py").write_text(PYTHON)
+    (tmp_path / "ask.js").write_text(NODE)
+    (tmp_path / "ask.sh").write_text(CURL)
+    return {
+        "python": lambda: [sys.executable, str(tmp_path / "ask.py")],
+        "node": lambda: ["node", str(tmp_path / "ask.js")],
+        "curl": lambda: ["sh", str(tmp_path / "ask.sh")],
+    }
+
+
+@pytest.fixture
+def seedproxy_run(tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch):
+    """`seedproxy run ARGS` in its own process, upstream = the fake one, key = the planted
+    one unless ``key=None``; returns the process and its --summary-json."""
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def go(*args: str, key: str | None = FAKE_KEY, env: dict[str, str] | None = None):
+        summary = tmp_path / "summary.json"
+        summary.unlink(missing_ok=True)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "run",
+                "--upstream",
+                f"{upstream.url}/v1",
+                "--summary-json",
+                str(summary),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=base | ({"OPENAI_API_KEY": key} if key else {}) | (env or {}),
+        )
+        return result, orjson.loads(summary.read_bytes()) if summary.exists() else None
+
+    return go
+
+
+@pytest.mark.parametrize("language", ["python", "node", "curl"])
+def test_record_then_replay_offline(
+    language, programs, seedproxy_run, tmp_path, upstream, bg, request
+):
+    env = {"NODE_PATH": str(request.getfixturevalue("node_modules"))} if language == "node" else {}
+    cassette = tmp_path / "llm.json"
+    command = [*programs[language](), "Say hello"]
+    recorded, summary = seedproxy_run("--cassette", str(cassette), "--", *command, "0", env=env)
+    assert recorded.returncode == 0, recorded.stderr
+    assert summary is not None
+    assert (summary["mode"], summary["recorded"], summary["live_calls"], summary["hits"]) == (
+        "record",
+        1,
+        1,
+        0,
+    )
+    assert summary["tokens_live"] > 0 and summary["written"]
+    assert FAKE_KEY not in cassette.read_text()
+    written = cassette.stat().st_mtime_ns
+
+    bg.run(upstream.stop())  # offline, and no key: the placeholder lets the SDKs start
+    replayed, summary = seedproxy_run(
+        "--cassette", str(cassette), "--", *command, "3", key=None, env=env
+    )
+    assert replayed.returncode == 3  # the program's own status
+    assert replayed.stdout == recorded.stdout and recorded.stdout.strip()
+    assert summary is not None
+    assert (summary["mode"], summary["hits"], summary["live_calls"], summary["written"]) == (
+        "replay",
+        1,
+        0,
+        False,
+    )
+    assert "seedproxy: 1 hits, 0 recorded, 0 live calls" in replayed.stderr
+    assert cassette.stat().st_mtime_ns == written
+
+
+def test_modes(programs, seedproxy_run, tmp_path, upstream):
+    cassette = tmp_path / "llm.json"
+    ask = programs["curl"]()
+
+    def run(mode: str, question: str) -> dict[str, object]:
+        result, summary = seedproxy_run(
+            "--cassette", str(cassette), "--mode", mode, "--", *ask, question, "0"
+        )
+        assert result.returncode == 0, result.stderr
+        assert summary is not None
+        return summary
+
+    def questions() -> list[str]:
+        data = orjson.loads(cassette.read_bytes())
+        return [i["request"]["messages"][0]["content"] for i in data["interactions"]]
+
+    run("record", "one")
+    summary = run("record", "two")  # new ones are recorded, the rest kept
+    assert questions() == ["one", "two"] and summary["unused_recordings"] == [
+        "#1 /v1/chat/completions gpt-test"
+    ]
+    assert run("record", "one")["hits"] == 1
+    summary = run("rewrite", "two")  # anew, from empty
+    assert questions() == ["two"] and summary["recorded"] == 1
+
+    upstream.nondeterministic = True
+    before = cassette.read_bytes()
+    summary = run("refresh", "two")  # live, compared, updated
+    assert (summary["live_calls"], summary["drift_events"], summary["written"]) == (1, 1, True)
+    assert cassette.read_bytes() != before and questions() == ["two"]
+
+    calls = len(upstream.calls)
+    _, summary = seedproxy_run("--cassette", str(cassette), "--", *ask, "three", "0")
+    assert summary is not None and summary["replay_misses"] == 1 and summary["mode"] == "replay"
+    assert "differs in: messages[0].content" in summary["replay_miss_messages"][0]
+    assert len(upstream.calls) == calls  # once, on an existing cassette: nothing went out
+
+
+def test_without_a_cassette_the_cache_is_used(programs, seedproxy_run, tmp_path):
+    ask = [*programs["curl"](), "hello", "0"]
+    for hits in (0, 1):
+        result, summary = seedproxy_run("--cache-dir", str(tmp_path / "c"), "--", *ask)
+        assert result.returncode == 0, result.stderr
+        assert summary is not None and summary["hits"] == hits
+        assert summary["cassette"] is None
+
+
+def test_failures_have_their_own_statuses(seedproxy_run, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 2, "interactions": [{"endpoint": "/v1/chat/completions"}]}')
+    result, summary = seedproxy_run("--cassette", str(bad), "--", "true")
+    assert result.returncode == 125 and summary is None
+    assert "the proxy did not start" in result.stderr and "interaction 1" in result.stderr
+    result, _ = seedproxy_run("--", "no-such-program-here")
+    assert result.returncode == 127 and "command not found" in result.stderr
+    result, _ = seedproxy_run("--cassette", str(bad), "--mode", "passthrough", "--", "true")
+    assert result.returncode == 2 and "--mode" in result.stderr
+    killed, _ = seedproxy_run("--", "sh", "-c", "kill -TERM $$")
+    assert killed.returncode == 128 + 15
