@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -183,15 +184,21 @@ async def test_every_redis_method_fails_as_a_store_error_without_the_password(cl
         await store.close()
 
 
-async def test_a_store_that_went_away_fails_and_comes_back(tmp_path):
-    """A Redis server stopped and started again on the same port: StoreError meanwhile, then
-    the same store object works again, with no restart."""
+async def test_a_store_that_hangs_or_went_away_fails_and_comes_back(tmp_path):
+    """A Redis server frozen (SIGSTOP), then stopped and started again on the same port: a
+    StoreError meanwhile, not a wait without end; then the same store object works again."""
     port = free_port()
     server = _ServerOnPort(port, tmp_path)
     store = RedisStore(f"redis://127.0.0.1:{port}/0")
     try:
         await store.start()
         await store.put(entry("k", "fp", 1.0))
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreError):  # the bound only stops a hang from hanging the test
+                await asyncio.wait_for(store.variants("k"), 60)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
         server.stop()
         with pytest.raises(StoreError):
             await store.variants("k")
