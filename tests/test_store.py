@@ -23,7 +23,7 @@ from redis.cluster import RedisCluster as SyncCluster
 from proxy.policy import Sighting
 from proxy.store import Entry, Note, Store, StoreError, open_store
 from proxy.store.disk import DiskStore
-from proxy.store.redis import META, PREFIX, RedisStore
+from proxy.store.redis import CLUSTER_META, PREFIX, RedisStore
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port, http, proxy_settings
 from tests.rediscluster import Cluster
@@ -260,6 +260,23 @@ async def test_the_wrong_kind_of_server_stops_the_proxy_with_one_line(redis_serv
         RedisStore(redis_cluster.url.replace("/0", "/1"), cluster=True)
 
 
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_one_redis_keeps_the_key_names_earlier_versions_wrote(store_config):
+    store = RedisStore(store_config["redis_url"])
+    try:
+        await store.put(entry("k", "fp", 1.0))
+        await store.note([note("k", "fp", 1.0)])
+        await store.add_event({"kind": "drift"})
+        await store.add_counters({"hits": 1})
+    finally:
+        await store.close()
+    with redis.Redis.from_url(store_config["redis_url"]) as client:
+        assert sorted(k.decode() for k in client.scan_iter()) == [
+            PREFIX + name
+            for name in ("counters", "e:k", "events:drift", "fp:m", "models", f"recent:{CHAT}:m")
+        ]
+
+
 # -- what a cluster adds -------------------------------------------------------------------
 
 
@@ -282,7 +299,7 @@ async def test_entries_spread_over_every_master_and_meta_keys_share_one_slot(
         for port in redis_cluster.masters():  # each holds its share of the entries
             with redis.Redis(port=port) as master:
                 assert len(list(master.scan_iter(match=PREFIX + "e:*"))) >= 5
-        meta = [k for k in client.scan_iter(match=META + "*")]
+        meta = [k for k in client.scan_iter(match=CLUSTER_META + "*")]
         assert len(meta) == 5  # fp, models, recent, events, counters
         assert len({client.keyslot(k) for k in meta}) == 1
         assert len({client.keyslot(k) for k in client.scan_iter(match=PREFIX + "e:*")}) == 30
@@ -327,8 +344,9 @@ def test_a_proxy_on_a_cluster_serves_namespaces_scopes_and_stats(make_proxy, ups
         create(client, extra_headers={"Cache-Control": "no-cache"})
     stats = orjson.loads(http(proxy.url, "GET", "/_seedproxy/stats")[2])
     assert stats["hits"] == 3 and stats["entries"] == 4
-    drift = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])
-    assert drift  # kept in the cluster, read back
+    events = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])  # kept, read back
+    assert events["drift"] and {e["model"] for e in events["drift"]} == {"gpt-test"}
+    assert len(events["fingerprint_changes"]) == 1
 
 
 @CLUSTER

@@ -1,21 +1,22 @@
 """The shared store: Redis, one server or a Redis Cluster, so several proxy processes and
 hosts share one cache.
 
-Layout (every key under ``seedproxy:``):
-  e:<key>                     hash fingerprint -> one encoded entry (an entry TTL may apply)
-  lock:<key>                  the in-flight marker that coalesces misses across processes
-  {meta}:fp:<model>           hash fingerprint -> [first_seen, last_seen, count]
-  {meta}:models               set of models with a registry
-  {meta}:recent:<ep>:<model>  list of keys, newest first (explains replay misses)
-  {meta}:events:<kind>        list of JSON events, newest first, trimmed
-  {meta}:counters             hash name -> count
+Layout (every key under ``seedproxy:``; ``<meta>`` is ``{meta}:`` on a cluster, else empty):
+  e:<key>                    hash fingerprint -> one encoded entry (an entry TTL may apply)
+  lock:<key>                 the in-flight marker that coalesces misses across processes
+  <meta>fp:<model>           hash fingerprint -> [first_seen, last_seen, count]
+  <meta>models               set of models with a registry
+  <meta>recent:<ep>:<model>  list of keys, newest first (explains replay misses)
+  <meta>events:<kind>        list of JSON events, newest first, trimmed
+  <meta>counters             hash name -> count
 A cluster places a key by the hash of its name, or of the part in braces when it has one.
 Entries and markers, the bulk and the hot path, have none, so they spread over every master;
 each transaction touches them one key at a time. The registry, recent keys, events and
 counters change together (a fingerprint with its model's membership, a second's notes in
-one transaction), so they share the ``{meta}`` tag and its one slot: they are small and
-written about once a second. Fingerprints are stored JSON-encoded so that ``null`` is a
-value like any other."""
+one transaction), so on a cluster they share the ``{meta}`` tag and its one slot: they are
+small and written about once a second. One Redis keeps the names earlier versions wrote,
+so an upgrade keeps its registry, events and counters. Fingerprints are stored JSON-encoded
+so that ``null`` is a value like any other."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
 from .record import RecordError, decode, encode
 
 PREFIX = "seedproxy:"
-META = PREFIX + "{meta}:"
+CLUSTER_META = PREFIX + "{meta}:"
 SIZE_MEMO = 10.0  # seconds a counted size is reused (counting scans every key)
 # A store that cannot answer must fail fast, so that a request goes on without it: redis-py's
 # own defaults retry ten times with backoff up to a second, five seconds per socket wait.
@@ -79,6 +80,7 @@ class RedisStore:
     ) -> None:
         self.url = url
         self.cluster = cluster
+        self._meta = CLUSTER_META if cluster else PREFIX
         self.entry_ttl = entry_ttl
         self.maxmemory = maxmemory
         self._size: tuple[float, tuple[int, int]] | None = None
@@ -153,7 +155,7 @@ class RedisStore:
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         with self._errors():
-            return self._table(await self.redis.hgetall(META + "fp:" + model))
+            return self._table(await self.redis.hgetall(self._meta + "fp:" + model))
 
     @staticmethod
     def _table(rows: Mapping[bytes, bytes]) -> dict[str | None, Sighting]:
@@ -167,7 +169,7 @@ class RedisStore:
         with self._errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 for note in notes:
-                    recent = f"{META}recent:{note.endpoint}:{note.model}"
+                    recent = f"{self._meta}recent:{note.endpoint}:{note.model}"
                     pipe.lrem(recent, 0, note.key)
                     pipe.lpush(recent, note.key)
                     pipe.ltrim(recent, 0, MAX_RECENT - 1)
@@ -180,7 +182,7 @@ class RedisStore:
             return seen
 
     async def _see(self, model: str, notes: list[Note]) -> list[Seen]:
-        name = META + "fp:" + model
+        name = self._meta + "fp:" + model
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -200,14 +202,14 @@ class RedisStore:
                             _fp(fingerprint),
                             orjson.dumps([s.first_seen, s.last_seen, s.count]),
                         )
-                    pipe.sadd(META + "models", model)
+                    pipe.sadd(self._meta + "models", model)
                     await pipe.execute()
                     return seen
                 except WatchError:
                     continue  # another process saw a fingerprint at the same moment
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
-        name = META + "events:" + event["kind"]
+        name = self._meta + "events:" + event["kind"]
         with self._errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.lpush(name, orjson.dumps(event))
@@ -216,19 +218,19 @@ class RedisStore:
 
     async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
         with self._errors():
-            rows = await self.redis.lrange(META + "events:" + kind, 0, limit - 1)
+            rows = await self.redis.lrange(self._meta + "events:" + kind, 0, limit - 1)
         return [orjson.loads(raw) for raw in rows]
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
         with self._errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, delta in deltas.items():
-                    pipe.hincrby(META + "counters", name, delta)
+                    pipe.hincrby(self._meta + "counters", name, delta)
                 await pipe.execute()
 
     async def counters(self) -> dict[str, int]:
         with self._errors():
-            rows = await self.redis.hgetall(META + "counters")
+            rows = await self.redis.hgetall(self._meta + "counters")
         return {k.decode(): int(v) for k, v in rows.items()}
 
     async def keys(self) -> list[str]:
@@ -251,12 +253,12 @@ class RedisStore:
 
     async def models(self) -> list[str]:
         with self._errors():
-            members = await self.redis.smembers(META + "models")
+            members = await self.redis.smembers(self._meta + "models")
         return sorted(m.decode() for m in members)
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
         with self._errors():
-            rows = await self.redis.lrange(f"{META}recent:{endpoint}:{model}", 0, -1)
+            rows = await self.redis.lrange(f"{self._meta}recent:{endpoint}:{model}", 0, -1)
         return [r.decode() for r in rows]
 
     async def size(self) -> tuple[int, int]:
