@@ -207,8 +207,11 @@ class Cluster:
         """Until a replica of each dead master has taken over: every slot served again."""
         deadline = time.monotonic() + START_WAIT
         while True:
-            if len(self.masters()) == NODES // 2 and all(
-                self._state(port) == "ok" for port in self.live()
+            masters = self.masters()  # a dead master is listed until the others agree
+            if (
+                len(masters) == NODES // 2
+                and set(masters) <= set(self.live())
+                and all(self._state(port) == "ok" for port in self.live())
             ):
                 return
             if time.monotonic() > deadline:
