@@ -140,7 +140,7 @@ class RedisStore:
                 continue  # never serve a damaged record
         return sorted(entries, key=lambda e: e.created, reverse=True)
 
-    async def put(self, entry: Entry, busy: bool = True) -> None:
+    async def put(self, entry: Entry) -> None:
         name = PREFIX + "e:" + entry.key
         with self._errors():
             async with self.redis.pipeline(transaction=True) as pipe:
