@@ -79,7 +79,6 @@ class RedisStore:
         self, url: str, entry_ttl: float = 0.0, maxmemory: int = 0, cluster: bool = False
     ) -> None:
         self.url = url
-        self.cluster = cluster
         self._meta = CLUSTER_META if cluster else PREFIX
         self.entry_ttl = entry_ttl
         self.maxmemory = maxmemory
@@ -105,7 +104,7 @@ class RedisStore:
         with self._errors("cache.redis_url: cannot reach {where}: {error}"):
             await self.redis.ping()  # a cluster client learns every node and slot here
             cluster_enabled = (await self.redis.info("cluster")).get("cluster_enabled")
-        if cluster_enabled and not self.cluster:
+        if cluster_enabled and not isinstance(self.redis, RedisCluster):
             raise StoreError(
                 f"cache.redis_url: {redact(self.url)} is a Redis Cluster node; "
                 "set cache.redis_cluster = true"
