@@ -25,7 +25,7 @@ from proxy.store import Entry, Note, Store, StoreError, open_store
 from proxy.store.disk import DiskStore
 from proxy.store.redis import CLUSTER_META, PREFIX, RedisStore
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, free_port, http, proxy_settings
+from tests.harness import FAKE_KEY, free_port, http, proxy_settings, stored_bytes
 from tests.rediscluster import Cluster
 from tests.test_team import Serve, post_many
 
@@ -327,7 +327,9 @@ def create(client: openai.OpenAI, **extra: Any) -> str:
 
 
 @CLUSTER
-def test_a_proxy_on_a_cluster_serves_namespaces_scopes_and_stats(make_proxy, upstream):
+def test_a_proxy_on_a_cluster_serves_namespaces_scopes_and_stats(
+    make_proxy, upstream, redis_cluster
+):
     proxy = make_proxy(cache={"scope": "per-key"})
     a = {"extra_headers": {"X-Seedproxy-Namespace": "team-a"}}
     with (
@@ -347,6 +349,12 @@ def test_a_proxy_on_a_cluster_serves_namespaces_scopes_and_stats(make_proxy, ups
     events = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])  # kept, read back
     assert events["drift"] and {e["model"] for e in events["drift"]} == {"gpt-test"}
     assert len(events["fingerprint_changes"]) == 1
+    held = b"".join(  # every master's keys and values: no credential anywhere
+        b"".join(stored_bytes({"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}"}))
+        for port in redis_cluster.masters()
+    )
+    assert b"e:" in held
+    assert not any(secret in held for secret in (b"sk-alice-0", b"sk-bob-0", FAKE_KEY.encode()))
 
 
 @CLUSTER
