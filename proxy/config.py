@@ -119,6 +119,7 @@ class CacheSettings:
     backend: Literal["disk", "redis"] = "disk"
     dir: str = "./.seedproxy"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
     mode: Literal["record", "replay", "refresh", "passthrough"] = "record"
     fingerprint: Literal["current", "latest", "any"] = "current"
     fingerprint_window: float = _duration(3600.0)

@@ -19,6 +19,7 @@ from tests.harness import (
     free_port,
     proxy_settings,
 )
+from tests.rediscluster import Cluster
 from tests.upstream import FakeUpstream
 
 
@@ -91,6 +92,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real six-node Redis Cluster (three masters, three replicas) for the session, started
+    by the first test that needs one."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server is missing: the test command installs Debian's redis-server")
+    cluster = Cluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(params=["disk", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Every test that touches the store runs against both backends."""
@@ -100,6 +112,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store_config(backend: str, cache_dir: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     """The [cache] settings that select this test's store, emptied for the test."""
+    if backend == "cluster":  # only for the tests that ask for it: a cluster is slow to start
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return {"backend": "redis", "redis_url": cluster.url, "redis_cluster": True}
     if backend == "redis":
         url = request.getfixturevalue("redis_server")
         with redis.Redis.from_url(url) as client:

@@ -154,7 +154,10 @@ def open_store(settings: Settings, traffic: Traffic | None = None) -> Store:
         from .redis import RedisStore
 
         return RedisStore(
-            settings.cache.redis_url, settings.cache.redis_entry_ttl, settings.cache.redis_maxmemory
+            settings.cache.redis_url,
+            settings.cache.redis_entry_ttl,
+            settings.cache.redis_maxmemory,
+            cluster=settings.cache.redis_cluster,
         )
     from .disk import DiskStore
 

@@ -1,25 +1,36 @@
-"""The shared store: Redis, so several proxy processes and hosts share one cache.
+"""The shared store: Redis, one server or a Redis Cluster, so several proxy processes and
+hosts share one cache.
 
-Layout (every key under ``seedproxy:``):
-  e:<key>              hash fingerprint -> one encoded entry (an entry TTL may apply)
-  fp:<model>           hash fingerprint -> [first_seen, last_seen, count]
-  models               set of models with a registry
-  recent:<ep>:<model>  list of keys, newest first (explains replay misses)
-  events:<kind>        list of JSON events, newest first, trimmed
-  counters             hash name -> count
-  lock:<key>           the in-flight marker that coalesces misses across processes
-Fingerprints are stored JSON-encoded so that ``null`` is a value like any other."""
+Layout (every key under ``seedproxy:``; ``<meta>`` is ``{meta}:`` on a cluster, else empty):
+  e:<key>                    hash fingerprint -> one encoded entry (an entry TTL may apply)
+  lock:<key>                 the in-flight marker that coalesces misses across processes
+  <meta>fp:<model>           hash fingerprint -> [first_seen, last_seen, count]
+  <meta>models               set of models with a registry
+  <meta>recent:<ep>:<model>  list of keys, newest first (explains replay misses)
+  <meta>events:<kind>        list of JSON events, newest first, trimmed
+  <meta>counters             hash name -> count
+A cluster places a key by the hash of its name, or of the part in braces when it has one.
+Entries and markers, the bulk and the hot path, have none, so they spread over every master;
+each transaction touches them one key at a time. The registry, recent keys, events and
+counters change together (a fingerprint with its model's membership, a second's notes in
+one transaction), so on a cluster they share the ``{meta}`` tag and its one slot: they are
+small and written about once a second. One Redis keeps the names earlier versions wrote,
+so an upgrade keeps its registry, events and counters. Fingerprints are stored JSON-encoded
+so that ``null`` is a value like any other."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisClusterException, RedisError, WatchError
 
 from ..policy import Sighting, observe_sighting
 from . import Entry, Note, Seen, StoreError, redact
@@ -27,7 +38,13 @@ from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
 from .record import RecordError, decode, encode
 
 PREFIX = "seedproxy:"
+CLUSTER_META = PREFIX + "{meta}:"
 SIZE_MEMO = 10.0  # seconds a counted size is reused (counting scans every key)
+# A store that cannot answer must fail fast, so that a request goes on without it: redis-py's
+# own defaults retry ten times with backoff up to a second, five seconds per socket wait.
+CONNECT_TIMEOUT = 1.0  # seconds
+COMMAND_TIMEOUT = 3.0  # seconds; a whole entry is one reply
+RETRIES = 2  # after the first try; on a cluster each one first re-reads the slot map
 # Delete the lock only if it is still ours.
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 _EXTEND = (
@@ -40,38 +57,80 @@ def _fp(fingerprint: str | None) -> bytes:
     return orjson.dumps(fingerprint)
 
 
-class RedisStore:
-    """The Store interface over ``redis.asyncio``; safe for any number of processes."""
+def _connect(url: str, cluster: bool) -> aioredis.Redis | RedisCluster:
+    """A client with bounded waits: a dead server, or a cluster slot whose master died and
+    has no successor yet, fails a command within seconds; once the cluster has promoted a
+    replica, the cluster client's next try reads the new slot map and goes on by itself."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+        "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), RETRIES),
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
 
-    def __init__(self, url: str, entry_ttl: float = 0.0, maxmemory: int = 0) -> None:
-        self.redis = aioredis.Redis.from_url(url)
+
+class RedisStore:
+    """The Store interface over ``redis.asyncio``; safe for any number of processes.
+    ``cluster``: ``url`` names one node of a Redis Cluster, which leads to the others."""
+
+    def __init__(
+        self, url: str, entry_ttl: float = 0.0, maxmemory: int = 0, cluster: bool = False
+    ) -> None:
         self.url = url
+        self._meta = CLUSTER_META if cluster else PREFIX
         self.entry_ttl = entry_ttl
         self.maxmemory = maxmemory
         self._size: tuple[float, tuple[int, int]] | None = None
+        with self._errors("cache.redis_url: {where}: {error}"):  # a cluster has only db 0
+            self.redis = _connect(url, cluster)
         self._unlock = self.redis.register_script(_UNLOCK)
         self._extend = self.redis.register_script(_EXTEND)
 
-    async def start(self) -> None:
-        """Check the connection; apply the memory bound if one is configured."""
-        where = redact(self.url)
+    @contextlib.contextmanager
+    def _errors(self, message: str = "Redis at {where} failed: {error}") -> Iterator[None]:
+        """Every Redis failure (down, timed out, a cluster slot without a master) as the
+        store's own error, which the request path knows how to go on without; the URL's
+        password masked. Every method runs in it, as the disk store's do in its own."""
         try:
-            await self.redis.ping()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cache.redis_url: cannot reach {where}: {exc}") from None
+            yield
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreError(message.format(where=redact(self.url), error=exc)) from None
+
+    async def start(self) -> None:
+        """Check the connection and the kind of server; apply the memory bound if one is
+        configured."""
+        with self._errors("cache.redis_url: cannot reach {where}: {error}"):
+            await self.redis.ping()  # a cluster client learns every node and slot here
+            cluster_enabled = (await self.redis.info("cluster")).get("cluster_enabled")
+        if cluster_enabled and not isinstance(self.redis, RedisCluster):
+            raise StoreError(
+                f"cache.redis_url: {redact(self.url)} is a Redis Cluster node; "
+                "set cache.redis_cluster = true"
+            )
         if self.maxmemory:
-            try:
-                await self.redis.config_set("maxmemory", self.maxmemory)
-                # only keys with a TTL (entries) are evicted; registry and events are kept
-                await self.redis.config_set("maxmemory-policy", "volatile-lru")
-            except ResponseError as exc:  # managed Redis often forbids CONFIG
-                raise StoreError(
-                    f"cache.redis_maxmemory: cannot set it on {where}: {exc}; "
-                    "set it on the server and leave this 0"
-                ) from None
+            # Only keys with a TTL (entries) are evicted; registry and events are kept.
+            # Managed Redis often forbids CONFIG. On a cluster every node needs the bound,
+            # replicas too: one may become a master.
+            with self._errors(
+                "cache.redis_maxmemory: cannot set it on {where}: {error}; "
+                "set it on the server and leave this 0"
+            ):
+                for name, value in (
+                    ("maxmemory", self.maxmemory),
+                    ("maxmemory-policy", "volatile-lru"),
+                ):
+                    if isinstance(self.redis, RedisCluster):
+                        await self.redis.config_set(
+                            name, value, target_nodes=RedisCluster.ALL_NODES
+                        )
+                    else:
+                        await self.redis.config_set(name, value)
 
     async def variants(self, key: str) -> list[Entry]:
-        rows = await self.redis.hgetall(PREFIX + "e:" + key)
+        with self._errors():
+            rows = await self.redis.hgetall(PREFIX + "e:" + key)
         entries = []
         for raw in rows.values():
             try:
@@ -80,21 +139,22 @@ class RedisStore:
                 continue  # never serve a damaged record
         return sorted(entries, key=lambda e: e.created, reverse=True)
 
-    async def put(self, entry: Entry, busy: bool = True) -> None:
+    async def put(self, entry: Entry) -> None:
         name = PREFIX + "e:" + entry.key
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(name, _fp(entry.fingerprint), encode([entry]))
-            if self.entry_ttl:
-                pipe.expire(name, int(self.entry_ttl) or 1)
-            pipe.hlen(name)
-            *_, count = await pipe.execute()
-        if count > MAX_VARIANTS:
-            oldest = (await self.variants(entry.key))[MAX_VARIANTS:]
-            await self.redis.hdel(name, *(_fp(e.fingerprint) for e in oldest))
+        with self._errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(name, _fp(entry.fingerprint), encode([entry]))
+                if self.entry_ttl:
+                    pipe.expire(name, int(self.entry_ttl) or 1)
+                pipe.hlen(name)
+                *_, count = await pipe.execute()
+            if count > MAX_VARIANTS:
+                oldest = (await self.variants(entry.key))[MAX_VARIANTS:]
+                await self.redis.hdel(name, *(_fp(e.fingerprint) for e in oldest))
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
-        rows = await self.redis.hgetall(PREFIX + "fp:" + model)
-        return self._table(rows)
+        with self._errors():
+            return self._table(await self.redis.hgetall(self._meta + "fp:" + model))
 
     @staticmethod
     def _table(rows: Mapping[bytes, bytes]) -> dict[str | None, Sighting]:
@@ -105,22 +165,23 @@ class RedisStore:
         return table
 
     async def note(self, notes: Sequence[Note]) -> list[Seen | None]:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for note in notes:
-                recent = f"{PREFIX}recent:{note.endpoint}:{note.model}"
-                pipe.lrem(recent, 0, note.key)
-                pipe.lpush(recent, note.key)
-                pipe.ltrim(recent, 0, MAX_RECENT - 1)
-            await pipe.execute()
-        seen: list[Seen | None] = [None] * len(notes)
-        for model in {note.model for note in notes if note.see}:
-            at = [i for i, note in enumerate(notes) if note.see and note.model == model]
-            for i, one in zip(at, await self._see(model, [notes[i] for i in at]), strict=True):
-                seen[i] = one
-        return seen
+        with self._errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for note in notes:
+                    recent = f"{self._meta}recent:{note.endpoint}:{note.model}"
+                    pipe.lrem(recent, 0, note.key)
+                    pipe.lpush(recent, note.key)
+                    pipe.ltrim(recent, 0, MAX_RECENT - 1)
+                await pipe.execute()
+            seen: list[Seen | None] = [None] * len(notes)
+            for model in {note.model for note in notes if note.see}:
+                at = [i for i, note in enumerate(notes) if note.see and note.model == model]
+                for i, one in zip(at, await self._see(model, [notes[i] for i in at]), strict=True):
+                    seen[i] = one
+            return seen
 
     async def _see(self, model: str, notes: list[Note]) -> list[Seen]:
-        name = PREFIX + "fp:" + model
+        name = self._meta + "fp:" + model
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -140,117 +201,104 @@ class RedisStore:
                             _fp(fingerprint),
                             orjson.dumps([s.first_seen, s.last_seen, s.count]),
                         )
-                    pipe.sadd(PREFIX + "models", model)
+                    pipe.sadd(self._meta + "models", model)
                     await pipe.execute()
                     return seen
                 except WatchError:
                     continue  # another process saw a fingerprint at the same moment
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
-        name = PREFIX + "events:" + event["kind"]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(name, orjson.dumps(event))
-            pipe.ltrim(name, 0, MAX_EVENTS - 1)
-            await pipe.execute()
+        name = self._meta + "events:" + event["kind"]
+        with self._errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(name, orjson.dumps(event))
+                pipe.ltrim(name, 0, MAX_EVENTS - 1)
+                await pipe.execute()
 
     async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        return [
-            orjson.loads(raw)
-            for raw in await self.redis.lrange(PREFIX + "events:" + kind, 0, limit - 1)
-        ]
+        with self._errors():
+            rows = await self.redis.lrange(self._meta + "events:" + kind, 0, limit - 1)
+        return [orjson.loads(raw) for raw in rows]
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for name, delta in deltas.items():
-                pipe.hincrby(PREFIX + "counters", name, delta)
-            await pipe.execute()
+        with self._errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for name, delta in deltas.items():
+                    pipe.hincrby(self._meta + "counters", name, delta)
+                await pipe.execute()
 
     async def counters(self) -> dict[str, int]:
-        rows = await self.redis.hgetall(PREFIX + "counters")
+        with self._errors():
+            rows = await self.redis.hgetall(self._meta + "counters")
         return {k.decode(): int(v) for k, v in rows.items()}
 
     async def keys(self) -> list[str]:
         start = len(PREFIX) + 2
-        return [k.decode()[start:] async for k in self.redis.scan_iter(PREFIX + "e:*", count=1000)]
+        with self._errors():  # on a cluster, every master in turn
+            return [
+                k.decode()[start:] async for k in self.redis.scan_iter(PREFIX + "e:*", count=1000)
+            ]
 
     async def delete(self, key: str, fingerprints: set[str | None] | None = None) -> int:
         name = PREFIX + "e:" + key
-        if fingerprints is None:
-            count = await self.redis.hlen(name)
-            await self.redis.delete(name)
-            return int(count)
-        return int(await self.redis.hdel(name, *(_fp(f) for f in fingerprints)))
+        with self._errors():
+            if fingerprints is None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hlen(name)
+                    pipe.delete(name)
+                    count, _ = await pipe.execute()
+                return int(count)
+            return int(await self.redis.hdel(name, *(_fp(f) for f in fingerprints)))
 
     async def models(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(PREFIX + "models"))
+        with self._errors():
+            members = await self.redis.smembers(self._meta + "models")
+        return sorted(m.decode() for m in members)
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
-        rows = await self.redis.lrange(f"{PREFIX}recent:{endpoint}:{model}", 0, -1)
+        with self._errors():
+            rows = await self.redis.lrange(f"{self._meta}recent:{endpoint}:{model}", 0, -1)
         return [r.decode() for r in rows]
 
     async def size(self) -> tuple[int, int]:
-        """(keys, bytes): keys are counted (memoized briefly), bytes are the server's
-        ``used_memory``: Redis does not know what one prefix occupies."""
+        """(keys, bytes): keys are counted (memoized briefly), bytes are the servers'
+        ``used_memory`` (every master's, on a cluster): Redis does not know what one prefix
+        occupies."""
         now = time.monotonic()
         if self._size is None or now - self._size[0] > SIZE_MEMO:
             count = len(await self.keys())
-            memory = (await self.redis.info("memory"))["used_memory"]
-            self._size = (now, (count, int(memory)))
+            with self._errors():
+                if isinstance(self.redis, RedisCluster):
+                    per_node = await self.redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                    memory = sum(int(info["used_memory"]) for info in per_node.values())
+                else:
+                    memory = int((await self.redis.info("memory"))["used_memory"])
+            self._size = (now, (count, memory))
         return self._size[1]
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
-        return bool(
-            await self.redis.set(PREFIX + "lock:" + key, token, nx=True, px=int(ttl * 1000))
-        )
+        with self._errors():
+            return bool(
+                await self.redis.set(PREFIX + "lock:" + key, token, nx=True, px=int(ttl * 1000))
+            )
 
     async def extend(self, key: str, token: str, ttl: float) -> bool:
-        return bool(
-            await self._extend(keys=[PREFIX + "lock:" + key], args=[token, int(ttl * 1000)])
-        )
+        with self._errors():
+            return bool(
+                await self._extend(keys=[PREFIX + "lock:" + key], args=[token, int(ttl * 1000)])
+            )
 
     async def unlock(self, key: str, token: str) -> None:
-        await self._unlock(keys=[PREFIX + "lock:" + key], args=[token])
+        with self._errors():
+            await self._unlock(keys=[PREFIX + "lock:" + key], args=[token])
 
     async def locked(self, key: str) -> bool:
-        return bool(await self.redis.exists(PREFIX + "lock:" + key))
+        with self._errors():
+            return bool(await self.redis.exists(PREFIX + "lock:" + key))
 
     async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
         """Nothing to do: Redis persists on its own schedule."""
 
     async def close(self) -> None:
-        await self.redis.aclose()
-
-
-def _guarded(fn: Any) -> Any:
-    """Redis failing mid-request becomes a StoreError (answered 503), with the URL redacted."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(self, *args, **kwargs)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis at {redact(self.url)} failed: {exc}") from None
-
-    return wrapper
-
-
-for _name in (
-    "variants",
-    "put",
-    "note",
-    "sightings",
-    "add_event",
-    "events",
-    "add_counters",
-    "counters",
-    "keys",
-    "delete",
-    "models",
-    "recent",
-    "size",
-    "lock",
-    "extend",
-    "unlock",
-    "locked",
-):
-    setattr(RedisStore, _name, _guarded(getattr(RedisStore, _name)))
+        with self._errors():
+            await self.redis.aclose()
