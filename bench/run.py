@@ -392,6 +392,69 @@ def loop_name() -> str:
     return name()
 
 
+def miss_rows(servers: Servers, up50: int, litellm: bool, lt: float, rows: list[Row]) -> int:
+    """Added latency on misses (50 ms upstream) beside the bare aiohttp proxy, nginx and
+    LiteLLM; returns the port of the proxy in front of that upstream."""
+    proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
+    floor50 = free_port()  # what aiohttp and one diskcache write cost any proxy
+    servers.start(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "floor.py"),
+            str(floor50),
+            f"http://127.0.0.1:{up50}/v1/chat/completions",
+            str(servers.tmp / "floor"),
+        ],
+        floor50,
+    )
+    ll50 = start_litellm(servers, up50) if litellm else None
+    nginx50 = start_nginx(servers, up50)
+    for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
+        turns = taking_turns(
+            {
+                "direct": up50,
+                "proxy": proxy50,
+                "bare aiohttp proxy": floor50,
+                **({"nginx": nginx50} if nginx50 else {}),
+            },
+            c,
+            lt,
+            unique=True,
+        )
+        if ll50:  # apart, after the others: work it does after answering would run into theirs
+            turns |= taking_turns({"LiteLLM": ll50[0]}, c, lt, unique=True)
+        direct, via = turns["direct"], turns["proxy"]
+        add50 = (via["p50_us"] - direct["p50_us"]) / 1000
+        add99 = (via["p99_us"] - direct["p99_us"]) / 1000
+        ok = add50 <= p50_target and (p99_target is None or add99 <= p99_target)
+        target = f"p50 <= {p50_target} ms" + (f", p99 <= {p99_target} ms" if p99_target else "")
+        base = [f"direct {ms(direct['p50_us'])} / {ms(direct['p99_us'])}"]
+        for name, other in turns.items():
+            if name in ("direct", "proxy"):
+                continue
+            base.append(
+                f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
+                f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms"
+            )
+        # seedproxy's own part: what it adds beyond the bare proxy, which moves with the VM
+        own = (via["p50_us"] - turns["bare aiohttp proxy"]["p50_us"]) / 1000
+        rows.append(
+            Row(
+                f"added latency on misses, c={c}",
+                f"{add50:+.2f} ms / {add99:+.2f} ms",
+                "; ".join(base),
+                f"p50 {own:+.2f} ms vs bare proxy",
+                target,
+                verdict(ok),
+            )
+        )
+    if ll50:
+        ll50[1].terminate()
+        ll50[1].wait(30)
+
+    return proxy50
+
+
 def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Row]) -> None:
     t, lt = mode.seconds, mode.latency_seconds
     up0, up50, up30k = servers.upstream(0), servers.upstream(50), servers.upstream(0, LINES_30KB)
@@ -482,62 +545,7 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
         )
 
     # -- added latency on misses, 50 ms upstream
-    proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
-    floor50 = free_port()  # what aiohttp and one diskcache write cost any proxy
-    servers.start(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "floor.py"),
-            str(floor50),
-            f"http://127.0.0.1:{up50}/v1/chat/completions",
-            str(servers.tmp / "floor"),
-        ],
-        floor50,
-    )
-    ll50 = start_litellm(servers, up50) if litellm else None
-    nginx50 = start_nginx(servers, up50)
-    for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
-        turns = taking_turns(
-            {
-                "direct": up50,
-                "proxy": proxy50,
-                "bare aiohttp proxy": floor50,
-                **({"nginx": nginx50} if nginx50 else {}),
-            },
-            c,
-            lt,
-            unique=True,
-        )
-        if ll50:  # apart, after the others: work it does after answering would run into theirs
-            turns |= taking_turns({"LiteLLM": ll50[0]}, c, lt, unique=True)
-        direct, via = turns["direct"], turns["proxy"]
-        add50 = (via["p50_us"] - direct["p50_us"]) / 1000
-        add99 = (via["p99_us"] - direct["p99_us"]) / 1000
-        ok = add50 <= p50_target and (p99_target is None or add99 <= p99_target)
-        target = f"p50 <= {p50_target} ms" + (f", p99 <= {p99_target} ms" if p99_target else "")
-        base = [f"direct {ms(direct['p50_us'])} / {ms(direct['p99_us'])}"]
-        for name, other in turns.items():
-            if name in ("direct", "proxy"):
-                continue
-            base.append(
-                f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
-                f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms"
-            )
-        # seedproxy's own part: what it adds beyond the bare proxy, which moves with the VM
-        own = (via["p50_us"] - turns["bare aiohttp proxy"]["p50_us"]) / 1000
-        rows.append(
-            Row(
-                f"added latency on misses, c={c}",
-                f"{add50:+.2f} ms / {add99:+.2f} ms",
-                "; ".join(base),
-                f"p50 {own:+.2f} ms vs bare proxy",
-                target,
-                verdict(ok),
-            )
-        )
-    if ll50:
-        ll50[1].terminate()
-        ll50[1].wait(30)
+    proxy50 = miss_rows(servers, up50, litellm, lt, rows)
 
     # -- streaming: time to the first chunk, misses
     n = 10 if mode.name == "smoke" else 60

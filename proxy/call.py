@@ -123,7 +123,7 @@ def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
             code="invalid_namespace",
         )
     if scope == "per-key":
-        credential = headers.get("Authorization") or headers.get("api-key", "")
+        credential = headers.get("Authorization") or headers.get("api-key") or ""
         name += "|key:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
     return name
 

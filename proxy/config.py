@@ -203,55 +203,80 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def _choice(choices: tuple[str, ...], value: Any) -> Any:
+    if value not in choices:
+        hint_text = did_you_mean(str(value), choices)
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}{hint_text}")
+    return value
+
+
+def _strings(value: Any, from_text: bool) -> tuple[str, ...]:
+    if from_text and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def _bool(value: Any, from_text: bool) -> bool:
+    if from_text and isinstance(value, str):
+        low = value.strip().lower()
+        if low in {"1", "true", "yes", "on"}:
+            return True
+        if low in {"0", "false", "no", "off"}:
+            return False
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any, from_text: bool) -> int:
+    if from_text and isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _float(value: Any, from_text: bool) -> float:
+    if from_text and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+_SCALARS: dict[Any, Callable[[Any, bool], Any]] = {
+    bool: _bool,
+    int: _int,
+    float: _float,
+    str: _str,
+}
+
+
 def _coerce(hint: Any, parser: Callable[[Any], Any] | None, value: Any, from_text: bool) -> Any:
     """Check ``value`` against the field's type; text from env/flags is converted first."""
     if parser is not None:
         return parser(value)
     origin = typing.get_origin(hint)
     if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            hint_text = did_you_mean(str(value), choices)
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}{hint_text}")
-        return value
+        return _choice(typing.get_args(hint), value)
     if origin is tuple:
-        if from_text and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ValueError("expected a list of strings")
-        return tuple(value)
-    if hint is bool:
-        if from_text and isinstance(value, str):
-            low = value.strip().lower()
-            if low in {"1", "true", "yes", "on"}:
-                return True
-            if low in {"0", "false", "no", "off"}:
-                return False
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if from_text and isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError(f"expected an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if from_text and isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ValueError(f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
-        return value
+        return _strings(value, from_text)
+    if hint in _SCALARS:
+        return _SCALARS[hint](value, from_text)
     raise TypeError(f"unsupported setting type {hint!r}")  # pragma: no cover
 
 

@@ -22,7 +22,9 @@ def outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         if not isinstance(choice, dict):
             continue
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            message = {}
         calls = []
         for call in message.get("tool_calls") or []:
             fn = (call.get("function") or {}) if isinstance(call, dict) else {}

@@ -16,7 +16,8 @@ from .sse import CompletionAccumulator, encode_event, pieces, synthesize
 class StreamFold(Protocol):
     """Folds one endpoint's SSE events into the answer a non-streamed request gets."""
 
-    fingerprint: str | None
+    @property
+    def fingerprint(self) -> str | None: ...
 
     def feed(self, name: str | None, payload: bytes) -> str | None:
         """Take one event's data; return a problem that makes the stream unfit to store."""
@@ -79,7 +80,7 @@ class CompletionFold:
 class ResponseFold:
     """Responses API typed events; the answer is ``response.completed``'s response."""
 
-    fingerprint = None
+    fingerprint: str | None = None  # the Responses API names none
 
     def __init__(self) -> None:
         self.response: dict[str, Any] | None = None
@@ -226,7 +227,9 @@ def response_events(response: dict[str, Any]) -> Iterator[bytes]:
                 if ptype in ("output_text", "refusal"):
                     for piece in pieces(part.get(text_key) or ""):
                         if piece:
-                            extra = {"logprobs": []} if ptype == "output_text" else {}
+                            extra: dict[str, Any] = (
+                                {"logprobs": []} if ptype == "output_text" else {}
+                            )
                             yield event(f"{delta_kind}.delta", **where, delta=piece, **extra)
                     extra = (
                         {"logprobs": part.get("logprobs") or []} if ptype == "output_text" else {}

@@ -162,7 +162,7 @@ def flush_logs() -> None:
 
 def setup_logging(fmt: str, level: str, stream: Any = None) -> None:
     # No caller lookup (a stack walk per line) and no thread names: lines never show them.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
     handler = BufferedHandler(stream or sys.stderr)

@@ -42,7 +42,7 @@ class Pipeline:
         self.upstream = upstream
         self.counters = counters
         self.credential = credential
-        self.mode = settings.cache.mode
+        self.mode: str = settings.cache.mode
         cache = settings.cache
         self.registry = Registry(store, counters)
         self.fetcher = Fetcher(upstream, counters, traffic)

@@ -144,8 +144,13 @@ class Sighting:
 
 
 class Variant(Protocol):
-    fingerprint: str | None
-    created: float
+    """What selection reads of a stored entry (read-only, as the frozen Entry is)."""
+
+    @property
+    def fingerprint(self) -> str | None: ...
+
+    @property
+    def created(self) -> float: ...
 
 
 V = TypeVar("V", bound=Variant)

@@ -55,7 +55,7 @@ async def stats(
             counts.get(f"saved_prompt:{model}", 0) * prompt_price
             + counts.get(f"saved_completion:{model}", 0) * completion_price
         ) / 1e6
-    result = {name: counts[name] for name in COUNTERS}
+    result: dict[str, Any] = {name: counts[name] for name in COUNTERS}
     result.update(
         {
             "hit_ratio": round(counts["hits"] / looked_up, 4) if looked_up else 0.0,

@@ -151,7 +151,7 @@ class Session:
         """Serve the cassette at ``path`` (None: the configured store, or nothing at all in
         a cassette session) in run mode ``mode`` (or a cache mode, without a cassette).
         ``exists``: whether the cassette counts as existing for ``once``, if not now."""
-        proxy_mode, recordings = mode, []
+        proxy_mode, recordings = mode, list[cassette.Recording]()
         if path is not None:
             proxy_mode, recordings = await asyncio.get_running_loop().run_in_executor(
                 None, self._load, path, mode, exists

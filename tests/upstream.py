@@ -59,6 +59,35 @@ def tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+", text)
 
 
+def tool_call_deltas(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+    """A tool call as OpenAI streams it: opened with its id and name, then its arguments
+    in three parts."""
+    fn = call["function"]
+    opened = {
+        "index": index,
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": fn["name"], "arguments": ""},
+    }
+    args = fn["arguments"]
+    third = max(1, len(args) // 3)
+    return [{"tool_calls": [opened]}] + [
+        {"tool_calls": [{"index": index, "function": {"arguments": args[k : k + third]}}]}
+        for k in range(0, len(args), third)
+    ]
+
+
+def delta_event(index: int, delta: dict[str, Any]) -> dict[str, Any]:
+    """One choice's delta as a chunk's choice, with the logprobs of its token if any."""
+    token_lp = delta.pop("_logprobs", None)
+    return {
+        "index": index,
+        "delta": delta,
+        "logprobs": {"content": [token_lp], "refusal": None} if token_lp else None,
+        "finish_reason": None,
+    }
+
+
 @dataclass
 class Scripted:
     """What the next call gets instead of a normal answer."""
@@ -137,7 +166,10 @@ class FakeUpstream:
         tools = req.get("tools") or []
         choices = []
         completion_tokens = 0
-        for index in range(int(req.get("n") or 1)):
+        n = int(req.get("n") or 1)
+        if not 1 <= n <= 128:  # the API's own bound; beyond it this loop would never end
+            raise ValueError(f"n: {n} is out of range 1 to 128")
+        for index in range(n):
             message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
             if "[refuse]" in last:
                 message["refusal"] = "I can't help with that."
@@ -219,36 +251,8 @@ class FakeUpstream:
             if msg["refusal"]:
                 deltas += [{"refusal": t} for t in tokens(msg["refusal"])]
             for j, call in enumerate(msg.get("tool_calls") or []):
-                fn = call["function"]
-                deltas.append(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": j,
-                                "id": call["id"],
-                                "type": "function",
-                                "function": {"name": fn["name"], "arguments": ""},
-                            }
-                        ]
-                    }
-                )
-                args = fn["arguments"]
-                third = max(1, len(args) // 3)
-                deltas += [
-                    {"tool_calls": [{"index": j, "function": {"arguments": args[k : k + third]}}]}
-                    for k in range(0, len(args), third)
-                ]
-            events = []
-            for delta in deltas:
-                token_lp = delta.pop("_logprobs", None)
-                events.append(
-                    {
-                        "index": choice["index"],
-                        "delta": delta,
-                        "logprobs": {"content": [token_lp], "refusal": None} if token_lp else None,
-                        "finish_reason": None,
-                    }
-                )
+                deltas += tool_call_deltas(j, call)
+            events = [delta_event(choice["index"], delta) for delta in deltas]
             events.append(
                 {
                     "index": choice["index"],

@@ -294,8 +294,8 @@ class DiskStore:
 
     def _extend(self, key: str, token: str, ttl: float) -> bool:
         with self._meta.transact():
-            return self._meta.get(f"lock:{key}") == token and self._meta.touch(
-                f"lock:{key}", expire=ttl
+            return self._meta.get(f"lock:{key}") == token and bool(
+                self._meta.touch(f"lock:{key}", expire=ttl)
             )
 
     async def extend(self, key: str, token: str, ttl: float) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -55,6 +55,12 @@ _EXTEND = (
 
 def _fp(fingerprint: str | None) -> bytes:
     return orjson.dumps(fingerprint)
+
+
+def _text(reply: bytes | str) -> str:
+    """A reply item as text (redis-py types items as either; without decode_responses,
+    which this store never sets, they are bytes)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
 
 
 def _connect(url: str, cluster: bool) -> aioredis.Redis | RedisCluster:
@@ -134,7 +140,7 @@ class RedisStore:
         entries = []
         for raw in rows.values():
             try:
-                entries.extend(decode(key, raw))
+                entries.extend(decode(key, raw if isinstance(raw, bytes) else raw.encode()))
             except RecordError:
                 continue  # never serve a damaged record
         return sorted(entries, key=lambda e: e.created, reverse=True)
@@ -157,7 +163,7 @@ class RedisStore:
             return self._table(await self.redis.hgetall(self._meta + "fp:" + model))
 
     @staticmethod
-    def _table(rows: Mapping[bytes, bytes]) -> dict[str | None, Sighting]:
+    def _table(rows: Mapping[bytes | str, bytes | str]) -> dict[str | None, Sighting]:
         table = {}
         for field, raw in rows.items():
             fingerprint = orjson.loads(field)
@@ -193,7 +199,7 @@ class RedisStore:
                             table, note.fingerprint, note.now
                         )
                         seen.append(Seen(table, previous, is_new))
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                     for fingerprint in {note.fingerprint for note in notes}:
                         s = table[fingerprint]
                         pipe.hset(
@@ -230,13 +236,13 @@ class RedisStore:
     async def counters(self) -> dict[str, int]:
         with self._errors():
             rows = await self.redis.hgetall(self._meta + "counters")
-        return {k.decode(): int(v) for k, v in rows.items()}
+        return {_text(k): int(v) for k, v in rows.items()}
 
     async def keys(self) -> list[str]:
         start = len(PREFIX) + 2
         with self._errors():  # on a cluster, every master in turn
             return [
-                k.decode()[start:] async for k in self.redis.scan_iter(PREFIX + "e:*", count=1000)
+                _text(k)[start:] async for k in self.redis.scan_iter(PREFIX + "e:*", count=1000)
             ]
 
     async def delete(self, key: str, fingerprints: set[str | None] | None = None) -> int:
@@ -253,12 +259,12 @@ class RedisStore:
     async def models(self) -> list[str]:
         with self._errors():
             members = await self.redis.smembers(self._meta + "models")
-        return sorted(m.decode() for m in members)
+        return sorted(_text(m) for m in members)
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
         with self._errors():
             rows = await self.redis.lrange(f"{self._meta}recent:{endpoint}:{model}", 0, -1)
-        return [r.decode() for r in rows]
+        return [_text(r) for r in rows]
 
     async def size(self) -> tuple[int, int]:
         """(keys, bytes): keys are counted (memoized briefly), bytes are the servers'
@@ -296,7 +302,7 @@ class RedisStore:
         with self._errors():
             return bool(await self.redis.exists(PREFIX + "lock:" + key))
 
-    async def checkpoint(self, moment: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def checkpoint(self) -> None:
         """Nothing to do: Redis persists on its own schedule."""
 
     async def close(self) -> None:
