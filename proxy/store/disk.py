@@ -12,17 +12,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import diskcache
-import orjson
 
-from ..policy import Sighting, observe_sighting
+from ..policy import Sighting
 from ..traffic import Traffic
 from . import CorruptStoreError, Entry, Note, Seen, StoreError
+from .diskmeta import Meta  # the limits every backend keeps
 from .hot import HotRecords
 from .record import RecordError, decode, encode
 
 MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
-MAX_EVENTS = 10_000  # per kind
-MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
 WAL_LIMIT = 16 * 1024**2  # a write-ahead log file is cut back to this after a checkpoint
 # A checkpoint's fsync stalls the misses being stored at that moment, so the write-ahead
 # logs are folded in about as often as SQLite's own auto-checkpoint would (1,000 pages; an
@@ -101,13 +99,13 @@ class DiskStore:
             directory / "entries" / "cache.db", isolation_level=None, check_same_thread=False
         )
         self._hot = HotRecords(HOT_BYTES)
-        self._meta = _open(directory / "meta", eviction_policy="none", **wal)
-        self._events = {
-            kind: diskcache.Deque.fromcache(
-                _open(directory / "events" / kind, eviction_policy="none"), maxlen=MAX_EVENTS
-            )
-            for kind in ("drift", "fingerprint_change")
-        }
+        self._meta = Meta(
+            _open(directory / "meta", eviction_policy="none", **wal),
+            {
+                kind: _open(directory / "events" / kind, eviction_policy="none")
+                for kind in ("drift", "fingerprint_change")
+            },
+        )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seedproxy-disk")
         self._checkpointers: list[sqlite3.Connection] = []  # one job at a time uses them
         self._puts = 0  # entries this process stored since its last checkpoint
@@ -186,8 +184,7 @@ class DiskStore:
         await self._on_loop(self._put, entry)
 
     async def recent(self, endpoint: str, model: str) -> list[str]:
-        raw = await self._run(self._meta.get, f"recent:{endpoint}:{model}")
-        return orjson.loads(raw) if raw else []
+        return await self._run(self._meta.recent, endpoint, model)
 
     async def keys(self) -> list[str]:
         return await self._run(lambda: [k for k in self._entries.iterkeys() if isinstance(k, str)])
@@ -210,107 +207,37 @@ class DiskStore:
         return await self._run(self._delete, key, fingerprints)
 
     async def models(self) -> list[str]:
-        return await self._run(
-            lambda: sorted(
-                k[3:] for k in self._meta.iterkeys() if isinstance(k, str) and k[:3] == "fp:"
-            )
-        )
-
-    def _sightings(self, model: str) -> dict[str | None, Sighting]:
-        raw = self._meta.get(f"fp:{model}")
-        rows = orjson.loads(raw) if raw else []
-        return {row[0]: Sighting(*row) for row in rows}
+        return await self._run(self._meta.models)
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
-        return await self._run(self._sightings, model)  # memoized by the pipeline
-
-    def _note(self, notes: Sequence[Note]) -> list[Seen | None]:
-        recent: dict[str, list[str]] = {}
-        tables: dict[str, dict[str | None, Sighting]] = {}
-        seen: list[Seen | None] = []
-        with self._meta.transact():
-            for note in notes:
-                name = f"recent:{note.endpoint}:{note.model}"
-                keys = recent.get(name)
-                if keys is None:
-                    keys = orjson.loads(self._meta.get(name, b"[]"))
-                recent[name] = [note.key, *(k for k in keys if k != note.key)][:MAX_RECENT]
-                if not note.see:
-                    seen.append(None)
-                    continue
-                table = tables.get(note.model)
-                if table is None:
-                    table = self._sightings(note.model)
-                table, previous, is_new = observe_sighting(table, note.fingerprint, note.now)
-                tables[note.model] = table
-                seen.append(Seen(table, previous, is_new))
-            for name, keys in recent.items():
-                self._meta.set(name, orjson.dumps(keys))
-            for model, table in tables.items():
-                rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
-                self._meta.set(f"fp:{model}", orjson.dumps(rows))
-        return seen
+        return await self._run(self._meta.sightings, model)  # memoized by the registry
 
     async def note(self, notes: Sequence[Note]) -> list[Seen | None]:
-        return await self._run(self._note, notes)
+        return await self._run(self._meta.note, notes)
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
-        await self._run(self._events[event["kind"]].append, orjson.dumps(event))
-
-    def _events_of(self, kind: str, limit: int) -> list[dict[str, Any]]:
-        out = []
-        for raw in reversed(self._events[kind]):
-            out.append(orjson.loads(raw))
-            if len(out) >= limit:
-                break
-        return out
+        await self._run(self._meta.add_event, event)
 
     async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._run(self._events_of, kind, limit)
-
-    def _add_counters(self, deltas: Mapping[str, int]) -> None:
-        with self._meta.transact():
-            for name, delta in deltas.items():
-                self._meta.incr(f"c:{name}", delta)
+        return await self._run(self._meta.events, kind, limit)
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
-        await self._run(self._add_counters, deltas)
-
-    def _counters(self) -> dict[str, int]:
-        return {
-            k[2:]: self._meta.get(k)
-            for k in self._meta.iterkeys()
-            if isinstance(k, str) and k[:2] == "c:"
-        }
+        await self._run(self._meta.add_counters, deltas)
 
     async def counters(self) -> dict[str, int]:
-        return await self._run(self._counters)
-
-    def _lock(self, key: str, token: str, ttl: float) -> bool:
-        return bool(self._meta.add(f"lock:{key}", token, expire=ttl))
+        return await self._run(self._meta.counters)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
-        return await self._run(self._lock, key, token, ttl)
-
-    def _extend(self, key: str, token: str, ttl: float) -> bool:
-        with self._meta.transact():
-            return self._meta.get(f"lock:{key}") == token and bool(
-                self._meta.touch(f"lock:{key}", expire=ttl)
-            )
+        return await self._run(self._meta.lock, key, token, ttl)
 
     async def extend(self, key: str, token: str, ttl: float) -> bool:
-        return await self._run(self._extend, key, token, ttl)
-
-    def _unlock(self, key: str, token: str) -> None:
-        with self._meta.transact():
-            if self._meta.get(f"lock:{key}") == token:
-                self._meta.delete(f"lock:{key}")
+        return await self._run(self._meta.extend, key, token, ttl)
 
     async def unlock(self, key: str, token: str) -> None:
-        await self._run(self._unlock, key, token)
+        await self._run(self._meta.unlock, key, token)
 
     async def locked(self, key: str) -> bool:
-        return await self._run(self._meta.get, f"lock:{key}") is not None
+        return await self._run(self._meta.locked, key)
 
     async def start(self) -> None:
         """Nothing to connect: the files were opened (and checked) in the constructor."""
@@ -320,8 +247,8 @@ class DiskStore:
         if not fold:
             return
         if not self._checkpointers:
-            for cache in (self._entries, self._meta):
-                connection = sqlite3.connect(cache.directory + "/cache.db", check_same_thread=False)
+            for directory in (self._entries.directory, self._meta.directory):
+                connection = sqlite3.connect(directory + "/cache.db", check_same_thread=False)
                 connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
                 self._checkpointers.append(connection)
         for connection in self._checkpointers:
@@ -356,5 +283,3 @@ class DiskStore:
         self._now.close()
         self._watch.close()
         self._meta.close()
-        for deque in self._events.values():
-            deque.cache.close()

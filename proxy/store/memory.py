@@ -9,7 +9,8 @@ from typing import Any
 
 from ..policy import Sighting, observe_sighting
 from . import Entry, Note, Seen
-from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
+from .disk import MAX_VARIANTS
+from .diskmeta import MAX_EVENTS, MAX_RECENT
 
 
 class MemoryStore:

@@ -34,7 +34,8 @@ from redis.exceptions import RedisClusterException, RedisError, WatchError
 
 from ..policy import Sighting, observe_sighting
 from . import Entry, Note, Seen, StoreError, redact
-from .disk import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
+from .disk import MAX_VARIANTS
+from .diskmeta import MAX_EVENTS, MAX_RECENT
 from .record import RecordError, decode, encode
 
 PREFIX = "seedproxy:"
