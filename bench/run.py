@@ -69,11 +69,12 @@ class Servers:
         port: int,
         env: dict[str, str] | None = None,
         health: str = "/healthz",
+        cwd: Path = ROOT,
     ) -> subprocess.Popen:
         base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
         proc = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,
             env=base | {"PYTHONPATH": str(ROOT)} | (env or {}),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

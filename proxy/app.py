@@ -19,8 +19,9 @@ from . import dashboard, human, keys, reports
 from .call import ENDPOINTS, Endpoint, endpoint_for, namespace, read_json, seeded
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
+from .health import unavailable
 from .keys import canonical_query
-from .observe import Counters, Metrics, flush_logs
+from .observe import COUNTERS, Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import Pipeline
 from .policy import SEED_MODE_HEADER, seed_mode
@@ -39,6 +40,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 TOKENS = web.AppKey("tokens", tuple)
 
 FLUSH_INTERVAL = 1.0
+HEALTH_PING = 1.0  # seconds /healthz waits for the store before calling it unavailable
 DASHBOARD_EVENTS = 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -57,15 +59,9 @@ def _answering(handler: Handler, route: str) -> Handler:
             response = await handler(request)
         except ProxyError as exc:
             response = error_response(exc)
-        except StoreError as exc:
-            log.error(
-                "cache store failed", extra={"data": {"path": request.path, "error": str(exc)}}
-            )
-            response = error_response(
-                ProxyError(
-                    503, f"seedproxy's cache store is unavailable: {exc}", code="store_unavailable"
-                )
-            )
+        except StoreError as exc:  # a page that needs the store (requests never get here)
+            request.app[PIPELINE].health.failed(exc)
+            response = error_response(unavailable(exc))
         except web.HTTPRequestEntityTooLarge:
             limit = request.app[SETTINGS].server.max_body
             response = error_response(
@@ -138,6 +134,9 @@ async def _flush_counters(app: web.Application) -> None:
     if pending:
         try:
             await app[STORE].add_counters(pending)
+        except StoreError as exc:  # counted again with the next flush
+            app[PIPELINE].health.failed(exc)
+            app[COUNTS].restore(pending)
         except Exception:
             log.exception("could not flush counters")
             app[COUNTS].restore(pending)
@@ -145,7 +144,8 @@ async def _flush_counters(app: web.Application) -> None:
 
 async def _flusher(app: web.Application) -> None:
     """Once a second: registry updates, counters, log lines and store housekeeping. A step
-    that fails is logged and runs again next time; the flusher itself never stops."""
+    that fails runs again next time (a store outage is reported once, by the pipeline's
+    health); the flusher itself never stops."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         pipeline = app[PIPELINE]
@@ -157,7 +157,7 @@ async def _flusher(app: web.Application) -> None:
             try:
                 await step()
             except StoreError as exc:
-                log.warning("periodic store work failed", extra={"data": {"error": str(exc)}})
+                pipeline.health.failed(exc)
             except Exception:
                 log.exception("periodic store work failed")
         flush_logs()
@@ -218,13 +218,32 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, dumps=lambda o: orjson.dumps(o).decode())
+    """200 while the proxy serves, whatever the store's state, which the body reports: an
+    outage costs no request (a load balancer must not take the proxy out for it)."""
+    health = request.app[PIPELINE].health
+    try:
+        async with asyncio.timeout(HEALTH_PING):
+            await request.app[STORE].ping()
+        health.ok()
+    except StoreError as exc:
+        health.failed(exc)
+    except TimeoutError:
+        health.failed(StoreError(f"no answer within {HEALTH_PING} s"))
+    body = {"status": "ok", **health.report()}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def _stats(request: web.Request) -> web.Response:
-    await request.app[PIPELINE].flush()
+    pipeline = request.app[PIPELINE]
+    await pipeline.flush()
     await _flush_counters(request.app)
-    data = await reports.stats(request.app[STORE], request.app[SETTINGS])
+    try:
+        data = await reports.stats(request.app[STORE], request.app[SETTINGS])
+    except StoreError as exc:  # what this process counted, and why that is all
+        pipeline.health.failed(exc)
+        data = {name: request.app[COUNTS].total[name] for name in COUNTERS}
+        data["scope"] = "this process (the store holds the totals)"
+    data.update(pipeline.health.report())
     return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 

@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from .fetch import Live
+from .health import StoreHealth
 from .observe import Counters
-from .store import Entry, Store
+from .store import Entry, Store, StoreError
 from .traffic import Traffic
 
 LOCK_POLL = 0.02  # seconds between looks for an entry another process is fetching
@@ -21,11 +22,18 @@ class Flights:
     too, so a call also holds the key's marker in it."""
 
     def __init__(
-        self, store: Store, counters: Counters, traffic: Traffic, lock_ttl: float, shared: bool
+        self,
+        store: Store,
+        counters: Counters,
+        traffic: Traffic,
+        health: StoreHealth,
+        lock_ttl: float,
+        shared: bool,
     ) -> None:
         self.store = store
         self.counters = counters
         self.traffic = traffic
+        self.health = health
         self.lock_ttl = lock_ttl
         self.shared = shared
         self._inflight: dict[str, asyncio.Future[Live]] = {}
@@ -78,25 +86,42 @@ class Flights:
         if not self.shared:
             return await go()
         token = uuid.uuid4().hex
+        try:
+            other = await self._wait_turn(key, token)
+        except StoreError as exc:  # no coalescing across processes while the store is out
+            self.health.failed(exc)
+            return await go()
+        if other is not None:
+            self.counters.add("coalesced")
+            return Live.of(other)
+        keeper = asyncio.ensure_future(self._keep(key, token))
+        try:
+            return await go()
+        finally:
+            keeper.cancel()
+            try:
+                await self.store.unlock(key, token)
+            except StoreError as exc:  # the marker expires by itself
+                self.health.failed(exc)
+
+    async def _wait_turn(self, key: str, token: str) -> Entry | None:
+        """Take the key's marker (None), or the entry its holder stored meanwhile."""
         # what was stored before; hosts' clocks differ, so no timestamps are compared
         before = {(e.fingerprint, e.created) for e in await self.store.variants(key)}
         while True:
             if await self.store.lock(key, token, self.lock_ttl):
-                keeper = asyncio.ensure_future(self._keep(key, token))
-                try:
-                    return await go()
-                finally:
-                    keeper.cancel()
-                    await self.store.unlock(key, token)
+                return None
             entry = await self._other(key, before)
             if entry is not None:
-                self.counters.add("coalesced")
-                return Live.of(entry)
+                return entry
 
     async def _keep(self, key: str, token: str) -> None:
         while True:
             await asyncio.sleep(self.lock_ttl / 3)
-            await self.store.extend(key, token, self.lock_ttl)
+            try:
+                await self.store.extend(key, token, self.lock_ttl)
+            except StoreError as exc:  # held on; at worst another process goes too
+                self.health.failed(exc)
 
     async def _other(self, key: str, before: set[tuple[str | None, float]]) -> Entry | None:
         """The entry another process stores for ``key`` (one not in ``before``), or None

@@ -13,12 +13,23 @@ from .call import Call, Endpoint, parse
 from .config import Settings
 from .fetch import Fetcher, Live, Tee
 from .flight import Flights
+from .health import StoreHealth, unavailable
 from .observe import Counters
 from .passthrough import relay
-from .policy import Bypass, Hit, Miss, ReplayMiss, Sighting, decide, looks_up, wants_sightings
+from .policy import (
+    Action,
+    Bypass,
+    Hit,
+    Miss,
+    ReplayMiss,
+    Sighting,
+    decide,
+    looks_up,
+    wants_sightings,
+)
 from .recorder import Recorder, Verifier
 from .registry import Registry
-from .store import Entry, Store
+from .store import Entry, Store, StoreError
 from .traffic import Traffic
 from .upstream import Upstream
 
@@ -44,12 +55,13 @@ class Pipeline:
         self.credential = credential
         self.mode: str = settings.cache.mode
         cache = settings.cache
-        self.registry = Registry(store, counters)
+        self.health = StoreHealth()
+        self.registry = Registry(store, counters, self.health)
         self.fetcher = Fetcher(upstream, counters, traffic)
         # Other processes use this store too: coalesce misses through it, not only here.
         shared = cache.backend == "redis" or settings.server.workers > 1
-        self.flights = Flights(store, counters, traffic, cache.lock_ttl, shared)
-        self.recorder = Recorder(cache, store, counters, self.registry)
+        self.flights = Flights(store, counters, traffic, self.health, cache.lock_ttl, shared)
+        self.recorder = Recorder(cache, store, counters, self.registry, self.health)
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -60,9 +72,16 @@ class Pipeline:
         sightings: dict[str | None, Sighting] = {}
         now = time.time()
         if looks_up(plan):
-            variants = await self.store.variants(call.key)
-            if variants and wants_sightings(plan, cache.fingerprint, endpoint.kind.fingerprinted):
-                sightings = await self.registry.sightings(call.model, now)
+            try:
+                variants = await self.store.variants(call.key)
+                if variants and wants_sightings(
+                    plan, cache.fingerprint, endpoint.kind.fingerprinted
+                ):
+                    sightings = await self.registry.sightings(call.model, now)
+            except StoreError as exc:
+                return await self._outage(request, call, exc)
+            if self.health.error is not None:
+                self.health.ok()
         match decide(plan, variants, sightings, now, cache):
             case Hit(entry):
                 return self._hit(call, entry, now)
@@ -73,11 +92,22 @@ class Pipeline:
                 )
             case Bypass():
                 self.counters.add("bypasses")
-                return await self._bypass(request, call)
+                return await self._bypass(request, call, "BYPASS")
             case Miss(reason) as miss:
                 self.counters.add("refreshes" if reason == "refresh" else "misses")
                 return await self._miss(request, call, variants, reason, miss.label)
         raise AssertionError("decide() returned no decision")
+
+    async def _outage(
+        self, request: web.Request, call: Call, exc: StoreError
+    ) -> web.StreamResponse:
+        """The store cannot be read: replay has nothing to answer with; anything else goes
+        live, as a miss that is not stored."""
+        self.health.failed(exc)
+        if call.plan.action is Action.REPLAY:
+            raise unavailable(exc)
+        self.counters.add("misses")
+        return await self._bypass(request, call, "MISS")
 
     def _hit(self, call: Call, entry: Entry, now: float) -> web.Response:
         counters = self.counters
@@ -89,15 +119,15 @@ class Pipeline:
         self.verifier.sample(call, entry)
         return answers.stored(call, entry, now)
 
-    async def _bypass(self, request: web.Request, call: Call) -> web.StreamResponse:
+    async def _bypass(self, request: web.Request, call: Call, label: str) -> web.StreamResponse:
         """Live, stored nowhere; a stream is relayed byte for byte."""
         if call.stream:
             url = self.upstream.url(call.endpoint.tail, call.raw_query)
-            headers = answers.our_headers(call, None, "BYPASS")
+            headers = answers.our_headers(call, None, label)
             return await relay(
                 request, self.upstream, url, call.headers, call.upstream_body, headers
             )
-        return answers.live(call, await self.fetcher.fetch(call), "BYPASS")
+        return answers.live(call, await self.fetcher.fetch(call), label)
 
     async def _miss(
         self, request: web.Request, call: Call, stored: list[Entry], reason: str, label: str

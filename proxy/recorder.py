@@ -17,9 +17,10 @@ from .call import Call
 from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
+from .health import StoreHealth
 from .observe import Counters
 from .registry import Registry
-from .store import Entry, Note, Store
+from .store import Entry, Note, Store, StoreError
 
 log = logging.getLogger("seedproxy.pipeline")
 drift_log = logging.getLogger("seedproxy.drift")
@@ -29,12 +30,18 @@ class Recorder:
     """Stores complete 2xx answers and reports how they differ from the stored ones."""
 
     def __init__(
-        self, cache: CacheSettings, store: Store, counters: Counters, registry: Registry
+        self,
+        cache: CacheSettings,
+        store: Store,
+        counters: Counters,
+        registry: Registry,
+        health: StoreHealth,
     ) -> None:
         self.cache = cache
         self.store = store
         self.counters = counters
         self.registry = registry
+        self.health = health
 
     async def record(
         self, call: Call, live: Live, stored: Sequence[Entry], reason: str, keep: bool = True
@@ -62,7 +69,11 @@ class Recorder:
         # Durably stored before anyone is answered. The recent-keys index and the registry
         # are written with the next flush; this process's copy of the registry learns at once.
         if keep:
-            await self.store.put(entry)
+            try:
+                await self.store.put(entry)
+            except StoreError as exc:  # the client still gets its answer, uncached
+                self.health.failed(exc)
+                return
             self.counters.add("stores")
         fingerprinted = call.endpoint.kind.fingerprinted
         self.registry.note(
@@ -115,7 +126,10 @@ class Recorder:
         )
         self.counters.add("drift_events")
         drift_log.warning("drift", extra={"data": event.to_dict()})
-        await self.store.add_event(event.to_dict())
+        try:
+            await self.store.add_event(event.to_dict())
+        except StoreError as exc:  # logged above all the same
+            self.health.failed(exc)
 
 
 class Verifier:

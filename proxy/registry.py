@@ -8,11 +8,11 @@ import logging
 import time
 
 from . import drift
+from .health import StoreHealth
 from .observe import Counters
 from .policy import Sighting, merge_sightings, observe_sighting
 from .store import Note, Seen, Store, StoreError
 
-log = logging.getLogger("seedproxy.pipeline")
 drift_log = logging.getLogger("seedproxy.drift")
 
 SIGHTINGS_TTL = 1.0  # seconds a process trusts its copy of a model's fingerprint registry
@@ -22,9 +22,10 @@ class Registry:
     """Per-model sightings, read from the store at most once per :data:`SIGHTINGS_TTL`,
     and what this process saw since its last :meth:`flush`, which readers see at once."""
 
-    def __init__(self, store: Store, counters: Counters) -> None:
+    def __init__(self, store: Store, counters: Counters, health: StoreHealth) -> None:
         self.store = store
         self.counters = counters
+        self.health = health
         self._memo: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
         self._unnoted: list[Note] = []  # gathered for the next flush()
         self._noting: list[Note] = []  # being written by it
@@ -64,11 +65,8 @@ class Registry:
             self._unnoted = []
             try:
                 results = await self.store.note(notes)
-            except StoreError as exc:
-                log.warning(
-                    "could not update the registry",
-                    extra={"data": {"notes": len(notes), "error": str(exc)}},
-                )
+            except StoreError as exc:  # these sightings are lost; entries never are
+                self.health.failed(exc)
                 return
             finally:
                 self._noting = []
@@ -91,4 +89,7 @@ class Registry:
         event = drift.FingerprintChange(drift.new_id(), now, model, previous, fingerprint)
         self.counters.add("fingerprint_changes")
         drift_log.warning("fingerprint change", extra={"data": event.to_dict()})
-        await self.store.add_event(event.to_dict())
+        try:
+            await self.store.add_event(event.to_dict())
+        except StoreError as exc:  # logged above all the same
+            self.health.failed(exc)

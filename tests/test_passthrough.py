@@ -169,7 +169,7 @@ def test_unknown_paths_and_methods_are_openai_shaped(proxy):
 
 def test_healthz(proxy):
     status, _, body = http(proxy.url, "GET", "/healthz")
-    assert status == 200 and orjson.loads(body) == {"status": "ok"}
+    assert status == 200 and orjson.loads(body) == {"status": "ok", "store": "ok"}
 
 
 def test_stats_count_what_happened(client, proxy):

@@ -421,11 +421,9 @@ def test_a_master_killed_under_traffic(make_proxy, upstream, redis_cluster: Clus
         redis_cluster.start_node(victim)  # it comes back as a replica
         redis_cluster.wait_healthy()
     assert all(status != 500 for status, _ in answers)
-    assert any(status == 503 or cache == "MISS" for status, cache in answers)  # it was felt
-    # Until record mode goes live when the store fails (issue 24 item 3, in the pipeline),
-    # a request whose slot has no master yet is answered 503 store_unavailable; with it,
-    # every answer here is 200: then assert {status for status, _ in answers} == {200}.
-    assert {status for status, _ in answers} <= {200, 503}
+    assert any(cache == "MISS" for _, cache in answers)  # it was felt
+    # a request whose slot has no master yet goes live in record mode: every answer is 200
+    assert {status for status, _ in answers} == {200}
     deadline = time.monotonic() + 60
     while {ask(p) for p in prompts} != {(200, "HIT")}:  # every entry served again
         assert time.monotonic() < deadline, "hits did not resume after the failover"

@@ -136,6 +136,10 @@ class Store(Protocol):
 
     async def locked(self, key: str) -> bool: ...
 
+    async def ping(self) -> None:
+        """A cheap read that raises StoreError while the store cannot be used."""
+        ...
+
     async def start(self) -> None:
         """Connect and check; raise with a clear message when the store cannot be used."""
         ...

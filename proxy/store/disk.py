@@ -239,6 +239,9 @@ class DiskStore:
     async def locked(self, key: str) -> bool:
         return await self._run(self._meta.locked, key)
 
+    async def ping(self) -> None:
+        await self._run(self._meta.locked, "ping")
+
     async def start(self) -> None:
         """Nothing to connect: the files were opened (and checked) in the constructor."""
 

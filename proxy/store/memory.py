@@ -138,6 +138,9 @@ class MemoryStore:
     async def start(self) -> None:
         """Nothing to connect."""
 
+    async def ping(self) -> None:
+        """Always there: it is this process's memory."""
+
     async def checkpoint(self) -> None:
         """Nothing to fold or evict."""
 

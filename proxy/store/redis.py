@@ -303,6 +303,10 @@ class RedisStore:
         with self._errors():
             return bool(await self.redis.exists(PREFIX + "lock:" + key))
 
+    async def ping(self) -> None:
+        with self._errors():
+            await self.redis.ping()
+
     async def checkpoint(self) -> None:
         """Nothing to do: Redis persists on its own schedule."""
 
