@@ -523,7 +523,8 @@ async def export_cmd(
         if (model is None or entry.model == model) and (after is None or entry.created >= after)
     ]
     entries.sort(key=lambda e: e.created)  # recording order
-    data = cassette.dumps(cassette.interaction(e, settings) for e in entries)
+    repeats = cassette.Repeats(settings)
+    data = cassette.dumps(cassette.interaction(e, settings, repeats=repeats) for e in entries)
     if file == "-":
         sys.stdout.buffer.write(data)
     else:
@@ -668,7 +669,7 @@ def key(
         namespace,
         settings.upstream.base_url,
         body,
-        settings.cache.ignore_fields,
+        settings.rules,
     )
     info["seed"] = seed
     info["upstream"] = human.masked_url(info["upstream"])
@@ -681,6 +682,11 @@ def key(
         f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
         f"  (configured: {', '.join(info['configured_ignore_fields'])})"
     )
+    if info["ignore_paths"] or info["normalize_rules"]:
+        click.echo(
+            f"{'rules':10} ignore paths: {', '.join(info['ignore_paths']) or '-'}; "
+            f"normalize rules: {info['normalize_rules']}"
+        )
     click.echo(f"{'canonical':10} {info['canonical']}")
 
 
