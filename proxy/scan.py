@@ -74,7 +74,7 @@ class Scanner:
         """A cassette (its interactions), a JSON Lines export (its lines), or any file."""
         name, raw = str(path), path.read_bytes()
         try:
-            document = orjson.loads(raw)
+            document = None if path.suffix == ".jsonl" else orjson.loads(raw)
         except orjson.JSONDecodeError:
             document = None
         if isinstance(document, dict) and isinstance(document.get("interactions"), list):
