@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import tempfile
@@ -41,6 +42,7 @@ from .call import endpoint_for, seeded
 from .config import Settings
 from .errors import ProxyError
 from .keys import cache_key, occurrence_key
+from .redact import Redactor
 from .sse import EventSplitter, parse_event
 from .store import Entry
 
@@ -206,8 +208,26 @@ def _recording(record: Any, settings: Settings, repeats: Repeats) -> Recording:
     return Recording(entry, query, namespace)
 
 
+def _redacted(recording: Recording, redactor: Redactor) -> Recording:
+    """A recording with no secret left in it: a file written by hand, or before redaction
+    was on, is cleaned before it is imported into a store or written back."""
+    entry = recording.entry
+    request, body = redactor.json_bytes(entry.request), redactor.json_bytes(entry.body)
+    stream = redactor.sse(entry.stream)
+    if request is entry.request and body is entry.body and stream is entry.stream:
+        return recording
+    model = redactor.text(entry.model)
+    entry = dataclasses.replace(entry, model=model, request=request, body=body, stream=stream)
+    return recording._replace(entry=entry)
+
+
 def loads(data: bytes, settings: Settings) -> list[Recording]:
-    """The recordings of a cassette (version 2) or of a JSON Lines export (version 1)."""
+    """The recordings of a cassette (version 2) or of a JSON Lines export (version 1),
+    secrets redacted."""
+    return [_redacted(r, settings.redactor) for r in _loads(data, settings)]
+
+
+def _loads(data: bytes, settings: Settings) -> list[Recording]:
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:

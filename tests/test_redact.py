@@ -214,3 +214,23 @@ def test_scan_reads_a_cache_directory(make_proxy, cache_dir, tmp_path):
     assert result.returncode == 1, result.stderr
     found = orjson.loads(result.stdout)
     assert [(f["kind"], f["entry"].split()[0]) for f in found] == [("openai_key", "entry")]
+
+
+def test_a_cassette_with_a_secret_is_redacted_on_load():
+    from proxy import cassette
+    from proxy.config import load_settings
+
+    settings = load_settings(None, {})
+    request = {"model": "m", "messages": [{"role": "user", "content": OPENAI}]}
+    record = {
+        "endpoint": "/v1/chat/completions",
+        "model": "m",
+        "fingerprint": "fp",
+        "recorded_at": "2026-01-31T12:00:00.000000Z",
+        "request": request,
+        "response": {"status": 200, "content_type": "application/json", "body": {"x": OPENAI}},
+    }
+    data = orjson.dumps({"version": 2, "interactions": [record]})
+    (loaded,) = cassette.loads(data, settings)
+    assert OPENAI.encode() not in loaded.entry.request + loaded.entry.body
+    assert loaded.entry.key == cassette.key_for("/v1/chat/completions", request, "", "", settings)
