@@ -160,7 +160,7 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
         for entry in (await store.variants(key))[:1]:
             with contextlib.suppress(orjson.JSONDecodeError):
                 recorded.append((key, orjson.loads(entry.request)))
-    found = nearest(call.body, recorded, settings.cache.ignore_fields)
+    found = nearest(call.body, recorded, settings.rules)
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."
     key, fields = found

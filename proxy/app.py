@@ -279,7 +279,7 @@ async def _explain(request: web.Request) -> web.Response:
         namespace(request.headers, settings.cache.scope),
         settings.upstream.base_url,
         body,
-        settings.cache.ignore_fields,
+        settings.rules,
     )
     info["seed"] = seed
     info["upstream"] = human.masked_url(info["upstream"])

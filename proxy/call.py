@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import SeedSettings, Settings
 from .errors import ProxyError
-from .keys import cache_key, canonical_body, canonical_query
+from .keys import cache_key, canonical_query
 from .kinds import KINDS, Kind
 from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request
 from .policy import seed_mode as request_seed_mode
@@ -160,7 +160,7 @@ async def parse(
         query,
         namespace(request.headers, cache.scope),
         settings.upstream.base_url,
-        canonical_body(body, cache.ignore_fields),
+        settings.rules.canonical(body, raw),
     )
     model = body.get("model")
     plan = plan_request(mode, request.headers.get("Cache-Control"), endpoint.kind.stateful(body))

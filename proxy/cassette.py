@@ -17,17 +17,21 @@ same bytes: replaying never rewrites a file. Entries never hold request headers,
 credential can reach a cassette.
 
 Keys are not trusted from the file but computed again on load, from the request and the
-current settings (seed policy, ``cache.ignore_fields``, upstream URL), so a cassette
-survives a change of either. Today's JSON Lines exports (one entry per line, version 1)
-are still read, keys and all."""
+current settings (seed policy, ``cache.ignore_fields``, ignore paths, normalize rules,
+redaction, upstream URL), so a cassette survives a change of either. With
+``cache.repeat = "sequence"`` the n-th interaction with the same request gets the n-th
+repeat's key, so the order of the interactions is the order of the answers. Today's
+JSON Lines exports (one entry per line, version 1) are still read, keys and all."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,7 +41,8 @@ import orjson
 from .call import endpoint_for, seeded
 from .config import Settings
 from .errors import ProxyError
-from .keys import cache_key, canonical_body
+from .keys import cache_key, occurrence_key
+from .redact import Redactor
 from .sse import EventSplitter, parse_event
 from .store import Entry
 
@@ -64,7 +69,7 @@ def key_for(
     target = endpoint_for(endpoint)
     body = dict(request)
     seeded(target, body, settings.seed)
-    canonical = canonical_body(body, settings.cache.ignore_fields)
+    canonical = settings.rules.canonical(body)
     return cache_key(target.path, query, namespace, settings.upstream.base_url, canonical)
 
 
@@ -101,10 +106,35 @@ def _stream(events: list[dict[str, Any]]) -> bytes:
     return b"".join(parts)
 
 
+class Repeats:
+    """Which repeat of its request each interaction is, counted in file order, on writing
+    as on loading (``cache.repeat = "sequence"``; with ``same`` every one is the first)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.sequence = settings.cache.repeat == "sequence"
+        self.seen: Counter[str] = Counter()
+
+    def key(self, base: str) -> str:
+        """The key of the next interaction whose request has key ``base``."""
+        if not self.sequence:
+            return base
+        self.seen[base] += 1
+        return occurrence_key(base, self.seen[base] - 1)
+
+    def expected(self, base: str) -> str:
+        """The key :meth:`key` would give, without counting it."""
+        return occurrence_key(base, self.seen[base]) if self.sequence else base
+
+
 def interaction(
-    entry: Entry, settings: Settings, query: str = "", namespace: str = ""
+    entry: Entry,
+    settings: Settings,
+    query: str = "",
+    namespace: str = "",
+    repeats: Repeats | None = None,
 ) -> dict[str, Any]:
-    """One entry as a cassette's interaction."""
+    """One entry as a cassette's interaction; pass one ``repeats`` for the entries of one
+    file, in order, to number repeated requests."""
     request = orjson.loads(entry.request) if entry.request else {}
     record: dict[str, Any] = {
         "endpoint": entry.endpoint,
@@ -120,7 +150,10 @@ def interaction(
         derived = key_for(entry.endpoint, request, query, namespace, settings)
     except ProxyError:
         derived = ""
-    if derived != entry.key:
+    repeats = repeats or Repeats(settings)
+    if derived and repeats.expected(derived) == entry.key:
+        repeats.key(derived)
+    else:
         record["key"] = entry.key
     response: dict[str, Any] = {
         "status": entry.status,
@@ -143,7 +176,7 @@ def dumps(interactions: Iterable[dict[str, Any]]) -> bytes:
     )
 
 
-def _recording(record: Any, settings: Settings) -> Recording:
+def _recording(record: Any, settings: Settings, repeats: Repeats) -> Recording:
     if not isinstance(record, dict):
         raise TypeError("not an object")
     request, response = record["request"], record["response"]
@@ -152,7 +185,7 @@ def _recording(record: Any, settings: Settings) -> Recording:
     endpoint, query = str(record["endpoint"]), str(record.get("query", ""))
     namespace = str(record.get("namespace", ""))
     created = dt.datetime.fromisoformat(record["recorded_at"]).timestamp()
-    key = record.get("key") or key_for(endpoint, request, query, namespace, settings)
+    key = record.get("key") or repeats.key(key_for(endpoint, request, query, namespace, settings))
     body = response["body"]
     kind = endpoint_for(endpoint).kind
     prompt_tokens, completion_tokens = kind.usage(body) if isinstance(body, dict) else (0, 0)
@@ -175,8 +208,26 @@ def _recording(record: Any, settings: Settings) -> Recording:
     return Recording(entry, query, namespace)
 
 
+def _redacted(recording: Recording, redactor: Redactor) -> Recording:
+    """A recording with no secret left in it: a file written by hand, or before redaction
+    was on, is cleaned before it is imported into a store or written back."""
+    entry = recording.entry
+    request, body = redactor.json_bytes(entry.request), redactor.json_bytes(entry.body)
+    stream = redactor.sse(entry.stream)
+    if request is entry.request and body is entry.body and stream is entry.stream:
+        return recording
+    model = redactor.text(entry.model)
+    entry = dataclasses.replace(entry, model=model, request=request, body=body, stream=stream)
+    return recording._replace(entry=entry)
+
+
 def loads(data: bytes, settings: Settings) -> list[Recording]:
-    """The recordings of a cassette (version 2) or of a JSON Lines export (version 1)."""
+    """The recordings of a cassette (version 2) or of a JSON Lines export (version 1),
+    secrets redacted."""
+    return [_redacted(r, settings.redactor) for r in _loads(data, settings)]
+
+
+def _loads(data: bytes, settings: Settings) -> list[Recording]:
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -195,9 +246,10 @@ def loads(data: bytes, settings: Settings) -> list[Recording]:
     if not isinstance(interactions, list):
         raise CassetteError("interactions: expected a list")
     recordings = []
+    repeats = Repeats(settings)
     for n, record in enumerate(interactions, 1):
         try:
-            recordings.append(_recording(record, settings))
+            recordings.append(_recording(record, settings, repeats))
         except ProxyError as exc:
             raise CassetteError(f"interaction {n}: {exc.message}") from None
         except (KeyError, TypeError, ValueError, orjson.JSONEncodeError) as exc:

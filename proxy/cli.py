@@ -523,7 +523,8 @@ async def export_cmd(
         if (model is None or entry.model == model) and (after is None or entry.created >= after)
     ]
     entries.sort(key=lambda e: e.created)  # recording order
-    data = cassette.dumps(cassette.interaction(e, settings) for e in entries)
+    repeats = cassette.Repeats(settings)
+    data = cassette.dumps(cassette.interaction(e, settings, repeats=repeats) for e in entries)
     if file == "-":
         sys.stdout.buffer.write(data)
     else:
@@ -614,6 +615,35 @@ async def purge(
 
 
 @main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--config", "config", metavar="FILE", help="TOML config file ([redact] patterns).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def scan(paths: tuple[Path, ...], config: str | None, as_json: bool) -> None:
+    """List the secrets in cassettes, exports and cache directories (a directory is
+    searched for *.json, *.jsonl and caches). Exit 1 when there is any: for a pre-commit
+    hook or CI. The built-in detectors always run, with any [redact] patterns."""
+    from .redact import Redactor
+    from .scan import Scanner
+
+    try:
+        settings = load_settings(config, os.environ)
+    except ConfigError as exc:
+        _fail(str(exc))
+    scanner = Scanner(Redactor(True, settings.redact.patterns))
+    try:
+        found = [f for path in paths for f in scanner.path(path)]
+    except (OSError, StoreError) as exc:
+        _fail(f"cannot scan: {exc}")
+    if as_json:
+        _emit_json([f._asdict() for f in found])
+    else:
+        for f in found:
+            click.echo(f"{f.file}: {f.entry}: {f.kind}: {f.excerpt}")
+        click.echo(f"{human.plural(len(found), 'secret', 'secrets')} found", err=True)
+    sys.exit(1 if found else 0)
+
+
+@main.command()
 @click.argument("file", type=click.File("rb"))
 @click.option(
     "--path",
@@ -668,7 +698,7 @@ def key(
         namespace,
         settings.upstream.base_url,
         body,
-        settings.cache.ignore_fields,
+        settings.rules,
     )
     info["seed"] = seed
     info["upstream"] = human.masked_url(info["upstream"])
@@ -681,6 +711,11 @@ def key(
         f"{'ignored':10} {', '.join(info['ignored_fields']) or '-'}"
         f"  (configured: {', '.join(info['configured_ignore_fields'])})"
     )
+    if info["ignore_paths"] or info["normalize_rules"]:
+        click.echo(
+            f"{'rules':10} ignore paths: {', '.join(info['ignore_paths']) or '-'}; "
+            f"normalize rules: {info['normalize_rules']}"
+        )
     click.echo(f"{'canonical':10} {info['canonical']}")
 
 

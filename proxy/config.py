@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import tomllib
@@ -11,6 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from .keys import KeyRules, Rewrite, parse_path
+from .redact import Redactor
 
 ENV_PREFIX = "SEEDPROXY_"
 
@@ -79,6 +83,21 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def parse_rewrites(value: Any) -> tuple[Rewrite, ...]:
+    """``[[cache.normalize]]`` tables as checked rules, in order."""
+    if isinstance(value, str):
+        raise ValueError("[[cache.normalize]] tables can only be set in the config file")
+    if not isinstance(value, list):
+        raise ValueError("expected [[cache.normalize]] tables")
+    rules = []
+    for n, table in enumerate(value, 1):
+        try:
+            rules.append(Rewrite.parse(table))
+        except ValueError as exc:
+            raise ValueError(f"table {n}: {exc}") from None
+    return tuple(rules)
+
+
 def _duration(default: float) -> Any:
     return field(default=default, metadata={"parse": parse_duration})
 
@@ -124,6 +143,9 @@ class CacheSettings:
     fingerprint: Literal["current", "latest", "any"] = "current"
     fingerprint_window: float = _duration(3600.0)
     ignore_fields: tuple[str, ...] = ("stream", "stream_options", "user", "metadata", "store")
+    ignore_paths: tuple[str, ...] = ()
+    normalize: tuple[Rewrite, ...] = field(default=(), metadata={"parse": parse_rewrites})
+    repeat: Literal["same", "sequence"] = "same"
     scope: Literal["shared", "per-key"] = "shared"
     verify_rate: float = 0.0
     verify_replace: bool = False
@@ -145,6 +167,24 @@ class CacheSettings:
             raise FieldError("verify_concurrency", "must be at least 1")
         if self.embedding_tolerance < 0:
             raise FieldError("embedding_tolerance", "must not be negative")
+        for path in self.ignore_paths:
+            try:
+                parse_path(path)
+            except ValueError as exc:
+                raise FieldError("ignore_paths", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class RedactSettings:
+    builtin: bool = True
+    patterns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise FieldError("patterns", f"{pattern!r} does not compile: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -177,8 +217,25 @@ class Settings:
     seed: SeedSettings
     auth: AuthSettings
     log: LogSettings
+    redact: RedactSettings = field(default_factory=RedactSettings)
     # USD per million (prompt, completion) tokens, by model: [prices] "gpt-4o" = [2.5, 10.0]
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def rules(self) -> KeyRules:
+        """What shapes a body before it is hashed, compiled once."""
+        cache = self.cache
+        return KeyRules(
+            cache.ignore_fields,
+            tuple(parse_path(p) for p in cache.ignore_paths),
+            cache.normalize,
+            self.redactor,
+        )
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """The detectors and patterns applied to everything written."""
+        return Redactor(self.redact.builtin, self.redact.patterns)
 
     @property
     def cache_dir(self) -> Path:
@@ -200,6 +257,7 @@ SECTIONS: dict[str, type] = {
     "seed": SeedSettings,
     "auth": AuthSettings,
     "log": LogSettings,
+    "redact": RedactSettings,
 }
 
 

@@ -4,16 +4,18 @@ go live (coalesced), store and compare. Each step is a piece of its own module."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from aiohttp import web
 
-from . import answers
+from . import answers, repeats
 from .call import Call, Endpoint, parse
 from .config import Settings
 from .fetch import Fetcher, Live, Tee
 from .flight import Flights
 from .health import StoreHealth, unavailable
+from .keys import occurrence_key
 from .observe import Counters
 from .passthrough import relay
 from .policy import (
@@ -61,11 +63,17 @@ class Pipeline:
         # Other processes use this store too: coalesce misses through it, not only here.
         shared = cache.backend == "redis" or settings.server.workers > 1
         self.flights = Flights(store, counters, traffic, self.health, cache.lock_ttl, shared)
-        self.recorder = Recorder(cache, store, counters, self.registry, self.health)
+        self.recorder = Recorder(
+            cache, store, counters, self.registry, self.health, settings.redactor
+        )
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
+        self.repeats = repeats.Occurrences(cache.repeat == "sequence")
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         call = await parse(request, endpoint, self.settings, self.mode, self.credential)
+        first, n = call.key, self.repeats.next(call.key)
+        if n:  # a repeat is its own key, so it is neither served nor coalesced as another
+            call = dataclasses.replace(call, key=occurrence_key(first, n))
         self.counters.add("requests")
         plan, cache = call.plan, self.settings.cache
         variants: list[Entry] = []
@@ -87,9 +95,13 @@ class Pipeline:
                 return self._hit(call, entry, now)
             case ReplayMiss(reason):
                 self.counters.add("replay_misses")
-                raise await answers.replay_miss(
+                error = await answers.replay_miss(
                     call, reason, self.store, self.registry, self.settings
                 )
+                if n:
+                    recorded = await repeats.recorded(self.store, first, n)
+                    error.message = f"{repeats.miss_note(n, recorded)} {error.message}"
+                raise error
             case Bypass():
                 self.counters.add("bypasses")
                 return await self._bypass(request, call, "BYPASS")
@@ -137,8 +149,9 @@ class Pipeline:
         store: aiohttp lets the handler of a client that left run to its end
         (``handler_cancellation`` stays off), and a stream is fetched in a task of its own."""
         waiting = self.flights.joined(call.key)
-        if waiting is not None:
-            return answers.live(call, await asyncio.shield(waiting), label)
+        if waiting is not None:  # another client's answer: redacted, as a hit would be
+            live = self.recorder.redacted(await asyncio.shield(waiting))
+            return answers.live(call, live, label)
 
         async def go(tee: Tee | None = None) -> Live:
             live = await self.fetcher.fetch(call, tee)

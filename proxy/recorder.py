@@ -4,6 +4,7 @@ with what was stored before (drift), and re-requesting a sample of hits (verify)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from .errors import ProxyError
 from .fetch import Fetcher, Live
 from .health import StoreHealth
 from .observe import Counters
+from .redact import Redactor
 from .registry import Registry
 from .store import Entry, Note, Store, StoreError
 
@@ -27,7 +29,9 @@ drift_log = logging.getLogger("seedproxy.drift")
 
 
 class Recorder:
-    """Stores complete 2xx answers and reports how they differ from the stored ones."""
+    """Stores complete 2xx answers and reports how they differ from the stored ones.
+    Secrets are redacted from everything it writes (entries, drift events, their log
+    lines); the client was already answered with what the upstream sent."""
 
     def __init__(
         self,
@@ -36,12 +40,14 @@ class Recorder:
         counters: Counters,
         registry: Registry,
         health: StoreHealth,
+        redactor: Redactor,
     ) -> None:
         self.cache = cache
         self.store = store
         self.counters = counters
         self.registry = registry
         self.health = health
+        self.redactor = redactor
 
     async def record(
         self, call: Call, live: Live, stored: Sequence[Entry], reason: str, keep: bool = True
@@ -51,6 +57,7 @@ class Recorder:
         assert live.parsed is not None
         now = time.time()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
+        redactor = self.redactor
         entry = Entry(
             call.key,
             live.fingerprint,
@@ -58,13 +65,13 @@ class Recorder:
             live.status,
             live.headers.get("Content-Type", "application/json"),
             call.endpoint.path,
-            call.model,
+            redactor.text(call.model),
             call.seed,
             prompt_tokens,
             completion_tokens,
-            live.body,
-            call.upstream_body,
-            live.events,
+            redactor.json_bytes(live.body),
+            redactor.json_bytes(call.upstream_body),
+            redactor.sse(live.events),
         )
         # Durably stored before anyone is answered. The recent-keys index and the registry
         # are written with the next flush; this process's copy of the registry learns at once.
@@ -79,8 +86,18 @@ class Recorder:
         self.registry.note(
             Note(entry.key, entry.endpoint, entry.model, entry.fingerprint, now, fingerprinted)
         )
-        if stored:
-            await self._compare(call, stored, live.parsed, entry, reason)
+        if stored:  # compared as stored, so a diff shows no secret either
+            parsed = live.parsed if entry.body is live.body else orjson.loads(entry.body)
+            await self._compare(call, stored, parsed, entry, reason)
+
+    def redacted(self, live: Live) -> Live:
+        """A live answer as it would be stored: for clients other than the one whose
+        request fetched it (coalesced waiters), who must not see that one's secrets."""
+        body, events = self.redactor.json_bytes(live.body), self.redactor.sse(live.events)
+        if body is live.body and events is live.events:
+            return live
+        parsed = orjson.loads(body) if live.parsed is not None else None
+        return dataclasses.replace(live, body=body, parsed=parsed, events=events)
 
     async def _compare(
         self,
@@ -102,7 +119,7 @@ class Recorder:
         for name, n in determinism.counts(
             live.created,
             call.endpoint.path,
-            call.model,
+            live.model,
             previous.fingerprint,
             live.fingerprint,
             similarity,
@@ -116,7 +133,7 @@ class Recorder:
             reason,
             call.key,
             call.endpoint.path,
-            call.model,
+            live.model,
             call.seed,
             previous.fingerprint,
             live.fingerprint,

@@ -171,6 +171,7 @@ class Session:
         self._stored.clear()
         self._before = dict(self.app[COUNTS].total)
         self.app[PIPELINE].mode = proxy_mode
+        self.app[PIPELINE].repeats.reset()
 
     def _load(
         self, path: Path, mode: str, exists: bool | None
@@ -206,8 +207,9 @@ class Session:
         path, memory = self._path, self.memory
         if path is not None and memory is not None and result.mode != "replay":
             entries = memory.entries()
+            repeats = cassette.Repeats(self.settings)
             data = cassette.dumps(
-                cassette.interaction(e, self.settings, *self._where.get(e.key, ("", "")))
+                cassette.interaction(e, self.settings, *self._where.get(e.key, ("", "")), repeats)
                 for e in entries
             )
             result.written = await asyncio.get_running_loop().run_in_executor(

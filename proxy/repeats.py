@@ -1,0 +1,56 @@
+"""``cache.repeat = "sequence"``: the n-th identical request is answered by the n-th
+recording of it, so an unseeded sampler gets N different cached samples and an agent
+that repeats a call gets the answers it got when recorded, in order. The n-th repeat is
+just another key (:func:`keys.occurrence_key`), so stores, coalescing and cassettes need
+nothing new; only the counting lives here."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .keys import occurrence_key
+from .store import Store
+
+LIMIT = 100_000  # keys counted at once; the least recently asked is forgotten first
+
+
+class Occurrences:
+    """How many times each key was asked since the start (or :meth:`reset`: a run's or a
+    test's start). A bounded LRU: a key forgotten counts from the first answer again."""
+
+    def __init__(self, sequence: bool, limit: int = LIMIT) -> None:
+        self.sequence = sequence
+        self.limit = limit
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def next(self, key: str) -> int:
+        """Which repeat (from 0) this request for ``key`` is; always 0 with ``same``."""
+        if not self.sequence:
+            return 0
+        n = self._counts.pop(key, 0)
+        self._counts[key] = n + 1
+        if len(self._counts) > self.limit:
+            self._counts.popitem(last=False)
+        return n
+
+    def reset(self) -> None:
+        self._counts.clear()
+
+
+async def recorded(store: Store, key: str, asked: int) -> int:
+    """How many answers are recorded for the request with key ``key`` (repeat 0), looking
+    no further than the ``asked``-th."""
+    n = 0
+    while n < asked and await store.variants(occurrence_key(key, n)):
+        n += 1
+    return n
+
+
+def miss_note(asked: int, recorded: int) -> str:
+    """What a replay miss of a repeat says first."""
+    answers = "1 answer was" if recorded == 1 else f"{recorded} answers were"
+    return (
+        f"This is repeat {asked + 1} of an identical request since the proxy (or the run, "
+        f"or the test) started, and {answers} recorded for it (cache.repeat = "
+        f'"sequence"); answer {asked + 1} was asked for.'
+    )
