@@ -40,6 +40,7 @@ TOKENS = web.AppKey("tokens", tuple)
 
 FLUSH_INTERVAL = 1.0
 DASHBOARD_EVENTS = 20
+DRIFT_PAGE = 1000  # events per kind at most in one /_seedproxy/drift answer
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -229,19 +230,26 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 async def _drift(request: web.Request) -> web.Response:
+    """A page of each kind of event: ``offset`` and ``changes_offset`` continue where
+    ``next_offset`` and ``next_changes_offset`` of the previous page point."""
     query = request.query
     try:
-        limit = max(1, min(int(query.get("limit", "100")), 10_000))
+        limit = max(1, min(int(query.get("limit", "100")), DRIFT_PAGE))
         since = reports.parse_since(query["since"]) if "since" in query else None
+        offsets = [max(0, int(query.get(name, "0"))) for name in ("offset", "changes_offset")]
     except ValueError as exc:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
     await request.app[PIPELINE].flush()
+    drift, after = await reports.drift_page(store, model, since, limit, offset=offsets[0])
+    changes, changes_after = await reports.drift_page(
+        store, model, since, limit, "fingerprint_change", offsets[1]
+    )
     body = {
-        "drift": await reports.drift(store, model, since, limit),
-        "fingerprint_changes": await reports.drift(
-            store, model, since, limit, kind="fingerprint_change"
-        ),
+        "drift": drift,
+        "fingerprint_changes": changes,
+        "next_offset": after,
+        "next_changes_offset": changes_after,
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -272,7 +280,8 @@ async def _dashboard(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
     await request.app[PIPELINE].flush()
     await _flush_counters(request.app)
-    html = dashboard.render(
+    render = functools.partial(
+        dashboard.render,
         await reports.stats(store, settings),
         await reports.fingerprints(store),
         await reports.drift(store, limit=DASHBOARD_EVENTS),
@@ -281,6 +290,8 @@ async def _dashboard(request: web.Request) -> web.Response:
         human.proxy_facts(settings, auth=bool(request.app[TOKENS])),
         dashboard.refresh_seconds(request.query.get("refresh")),
     )
+    # drawing diffs costs more than linearly in their size: off the loop, which serves on
+    html = await asyncio.get_running_loop().run_in_executor(None, render)
     return web.Response(text=html, content_type="text/html")
 
 

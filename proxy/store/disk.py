@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -257,16 +258,12 @@ class DiskStore:
     async def add_event(self, event: Mapping[str, Any]) -> None:
         await self._run(self._events[event["kind"]].append, orjson.dumps(event))
 
-    def _events_of(self, kind: str, limit: int) -> list[dict[str, Any]]:
-        out = []
-        for raw in reversed(self._events[kind]):
-            out.append(orjson.loads(raw))
-            if len(out) >= limit:
-                break
-        return out
+    def _events_of(self, kind: str, limit: int, offset: int) -> list[dict[str, Any]]:
+        newest = reversed(self._events[kind])  # lazily, from the end
+        return [orjson.loads(raw) for raw in itertools.islice(newest, offset, offset + limit)]
 
-    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._run(self._events_of, kind, limit)
+    async def events(self, kind: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return await self._run(self._events_of, kind, limit, offset)
 
     def _add_counters(self, deltas: Mapping[str, int]) -> None:
         with self._meta.transact():
