@@ -9,7 +9,6 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -261,7 +260,7 @@ async def _explain(request: web.Request) -> web.Response:
     _, body = await read_json(request)
     mode = seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, _ = seeded(endpoint, body, settings.seed, mode)
-    query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
+    query = canonical_query(request.query.get("query", ""))
     info = keys.explain(
         endpoint.path,
         query,

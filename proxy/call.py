@@ -154,7 +154,7 @@ async def parse(
     seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
     cache = settings.cache
-    query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
+    query = canonical_query(request.rel_url.raw_query_string)
     key = cache_key(
         endpoint.path,
         query,

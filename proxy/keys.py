@@ -41,9 +41,12 @@ def canonical_body(body: dict[str, Any], ignore: Iterable[str] = ()) -> bytes:
         ) from None
 
 
-def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
-    """A query string whose parameter order does not matter."""
-    return "&".join(f"{k}={v}" for k, v in sorted(pairs))
+def canonical_query(raw: str) -> str:
+    """The query string as sent, its parameters in order of name: the order of different
+    names does not matter, but encoding (``a=1%26b%3D2`` is one parameter) and the order
+    of a repeated name do, as they may to the upstream, which receives the raw string."""
+    pairs = [pair for pair in raw.split("&") if pair]
+    return "&".join(sorted(pairs, key=lambda pair: pair.partition("=")[0]))
 
 
 def cache_key(path: str, query: str, namespace: str, upstream: str, canonical: bytes) -> str:
