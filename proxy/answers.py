@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .call import Call
+from .call import Call, namespace
 from .config import Settings
 from .errors import ProxyError
 from .fetch import Live, Tee
-from .keys import nearest
+from .keys import cache_key, canonical_body, canonical_query, nearest
 from .registry import Registry
 from .store import Entry, Store
 
@@ -53,9 +54,12 @@ def stored(call: Call, entry: Entry, now: float) -> web.Response:
     return web.Response(status=entry.status, body=entry.body, headers=headers)
 
 
-def live(call: Call, answer: Live, label: str) -> web.Response:
-    """A live answer read in full, replayed as SSE if the client asked for a stream."""
+def live(call: Call, answer: Live, label: str, shared: bool = False) -> web.Response:
+    """A live answer read in full, replayed as SSE if the client asked for a stream;
+    ``shared``: another request's, whose cookies are not this client's."""
     headers = our_headers(call, answer.fingerprint, label, answer.headers.copy())
+    if shared:
+        headers.popall("Set-Cookie", None)
     if call.stream and answer.parsed is not None:
         headers.update(_SSE_HEADERS)
         body = call.endpoint.kind.replay(answer.parsed, answer.events, call.include_usage)
@@ -145,6 +149,16 @@ async def replay_miss(
     )
 
 
+def _own(call: Call, key: str, request: dict[str, Any], settings: Settings) -> bool:
+    """Whether the recording at ``key`` of ``request`` was made with the caller's
+    credential (per-key scope): its key again, with the caller's namespace and query. No
+    client learns of another's recordings, prompts or field names."""
+    canonical = canonical_body(request, settings.cache.ignore_fields)
+    ns = namespace(call.client_headers, settings.cache.scope)
+    query = canonical_query(call.raw_query)
+    return cache_key(call.endpoint.path, query, ns, settings.upstream.base_url, canonical) == key
+
+
 async def _nearest(call: Call, store: Store, registry: Registry, settings: Settings) -> str:
     """Which recorded request for the same endpoint and model is closest, and how it
     differs (the way vcrpy explains a cassette miss)."""
@@ -158,8 +172,10 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
     recorded = []
     for key in list(recent)[:NEAREST_SCAN]:
         for entry in (await store.variants(key))[:1]:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                recorded.append((key, orjson.loads(entry.request)))
+            with contextlib.suppress(orjson.JSONDecodeError, ProxyError):
+                request = orjson.loads(entry.request)
+                if settings.cache.scope != "per-key" or _own(call, key, request, settings):
+                    recorded.append((key, request))
     found = nearest(call.body, recorded, settings.cache.ignore_fields)
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."

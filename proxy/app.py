@@ -18,6 +18,7 @@ from . import dashboard, human, keys, reports
 from .call import ENDPOINTS, Endpoint, endpoint_for, namespace, read_json, seeded
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
+from .flight import credential_scope
 from .keys import canonical_query
 from .observe import Counters, Metrics, flush_logs
 from .passthrough import forward
@@ -240,7 +241,8 @@ async def _drift(request: web.Request) -> web.Response:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
     await request.app[PIPELINE].flush()
-    drift, after = await reports.drift_page(store, model, since, limit, offset=offsets[0])
+    owner = _owner(request)
+    drift, after = await reports.drift_page(store, model, since, limit, "drift", offsets[0], owner)
     changes, changes_after = await reports.drift_page(
         store, model, since, limit, "fingerprint_change", offsets[1]
     )
@@ -251,6 +253,13 @@ async def _drift(request: web.Request) -> web.Response:
         "next_changes_offset": changes_after,
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _owner(request: web.Request) -> str | None:
+    """In per-key scope, whose drift the caller may see: its own credential scope's."""
+    if request.app[SETTINGS].cache.scope != "per-key":
+        return None
+    return credential_scope(request.headers)
 
 
 async def _explain(request: web.Request) -> web.Response:
@@ -283,7 +292,7 @@ async def _dashboard(request: web.Request) -> web.Response:
         dashboard.render,
         await reports.stats(store, settings),
         await reports.fingerprints(store),
-        await reports.drift(store, limit=DASHBOARD_EVENTS),
+        await reports.drift(store, limit=DASHBOARD_EVENTS, owner=_owner(request)),
         await reports.drift(store, limit=DASHBOARD_EVENTS, kind="fingerprint_change"),
         await reports.determinism(store),
         human.proxy_facts(settings, auth=bool(request.app[TOKENS])),

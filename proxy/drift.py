@@ -198,6 +198,7 @@ class DriftEvent:
     similarity: float
     diff: str
     kind: str = "drift"
+    owner: str | None = None  # per-key scope: the credential scope that may see it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,7 @@ from . import answers
 from .call import Call, Endpoint, parse
 from .config import Settings
 from .fetch import Fetcher, Live, Tee
-from .flight import Flights
+from .flight import Flights, credential_scope
 from .observe import Counters
 from .passthrough import relay
 from .policy import Bypass, Hit, Miss, ReplayMiss, Sighting, decide, looks_up, wants_sightings
@@ -105,10 +105,15 @@ class Pipeline:
         """One upstream call per key at a time; identical requests meanwhile wait for its
         answer. A client that leaves cancels neither what the others wait for nor the
         store: aiohttp lets the handler of a client that left run to its end
-        (``handler_cancellation`` stays off), and a stream is fetched in a task of its own."""
-        waiting = self.flights.joined(call.key)
+        (``handler_cancellation`` stays off), and a stream is fetched in a task of its own.
+        Only requests with the same credential wait together, and only for a 2xx: an error
+        answer is the caller's own, so the others go upstream themselves."""
+        scope = credential_scope(call.client_headers)
+        waiting = self.flights.joined(call.key, scope)
         if waiting is not None:
-            return answers.live(call, await asyncio.shield(waiting), label)
+            shared = await asyncio.shield(waiting)
+            if 200 <= shared.status < 300:
+                return answers.live(call, shared, label, shared=True)
 
         async def go(tee: Tee | None = None) -> Live:
             live = await self.fetcher.fetch(call, tee)
@@ -120,9 +125,9 @@ class Pipeline:
 
         complete = self.settings.cache.complete_on_disconnect
         if not call.stream:  # fetched in this request's task: no hop to another and back
-            return answers.live(call, await self.flights.fly(call.key, go), label)
+            return answers.live(call, await self.flights.fly(call.key, scope, go), label)
         tee = Tee()
-        task = self.flights.launch(call.key, lambda: go(tee))
+        task = self.flights.launch(call.key, scope, lambda: go(tee))
         task.add_done_callback(lambda t: tee.close())
         return await answers.streamed(request, call, task, tee, label, complete)
 
