@@ -34,6 +34,7 @@ def our_headers(
     if headers is None:
         headers = CIMultiDict()
     headers["X-Cache"] = label
+    headers["X-Content-Type-Options"] = "nosniff"  # a stored answer is data, never a page
     headers["X-Seedproxy-Key"] = call.key
     if call.endpoint.kind.fingerprinted:
         headers["X-Seedproxy-Fingerprint"] = fingerprint if fingerprint is not None else "null"

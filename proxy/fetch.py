@@ -154,6 +154,9 @@ class Fetcher:
                 "The upstream answered with a body that is not a JSON object; nothing was cached.",
                 code="upstream_invalid",
             )
+        if not call.endpoint.kind.is_answer(parsed):  # passed on as it came, never stored
+            self.counters.add("upstream_errors")
+            return Live(response.status, headers, body, None)
         return Live(response.status, headers, body, parsed)
 
     async def _stream(

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from . import strictjson
 from .errors import ProxyError
 
 _MAX_EXACT = 2**53
@@ -32,7 +33,7 @@ def canonical_body(body: dict[str, Any], ignore: Iterable[str] = ()) -> bytes:
     skip = frozenset(ignore)
     try:
         kept = {k: _normalize(v) for k, v in body.items() if k not in skip}
-        return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+        return strictjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, RecursionError):
         raise ProxyError(
             400,

@@ -119,6 +119,12 @@ class Kind:
     keeps_events = False  # streamed hits are synthesized, not replayed verbatim
     usage_fields: tuple[str, str | None] = ("prompt_tokens", "completion_tokens")
     outputs = staticmethod(drift.outputs)  # what an answer said, for drift
+    answer_field = "choices"  # the list every answer of the endpoint has
+
+    def is_answer(self, answer: dict[str, Any]) -> bool:
+        """Whether a 2xx body is an answer of this endpoint (not ``{}``, not an error
+        object), so fit to store."""
+        return isinstance(answer.get(self.answer_field), list) and answer.get("error") is None
 
     def stateful(self, body: dict[str, Any]) -> bool:
         """Whether the answer depends on server-side state, so it must not be cached."""
@@ -157,6 +163,7 @@ class EmbeddingKind(Kind):
     fingerprinted = False
     streams = False
     usage_fields = ("prompt_tokens", None)
+    answer_field = "data"
 
     def compare(
         self, cached: dict[str, Any], live: dict[str, Any], settings: CacheSettings
@@ -170,6 +177,7 @@ class ResponseKind(Kind):
     keeps_events = True
     usage_fields = ("input_tokens", "output_tokens")
     outputs = staticmethod(drift.response_outputs)
+    answer_field = "output"
 
     def stateful(self, body: dict[str, Any]) -> bool:
         return (

@@ -106,13 +106,13 @@ class Pipeline:
         answer. A client that leaves cancels neither what the others wait for nor the
         store: aiohttp lets the handler of a client that left run to its end
         (``handler_cancellation`` stays off), and a stream is fetched in a task of its own.
-        Only requests with the same credential wait together, and only for a 2xx: an error
-        answer is the caller's own, so the others go upstream themselves."""
+        Only requests with the same credential wait together, and only for an answer fit to
+        store: an error answer is the caller's own, so the others go upstream themselves."""
         scope = credential_scope(call.client_headers)
         waiting = self.flights.joined(call.key, scope)
         if waiting is not None:
             shared = await asyncio.shield(waiting)
-            if 200 <= shared.status < 300:
+            if shared.parsed is not None:  # an answer fit to store
                 return answers.live(call, shared, label, shared=True)
 
         async def go(tee: Tee | None = None) -> Live:
