@@ -27,6 +27,14 @@ NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
+def header_text(value: str) -> str:
+    """``value`` fit for a header: anything but printable ASCII escaped (a CR/LF, NUL or
+    DEL from an upstream would make aiohttp drop the connection, for every later hit)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(c if " " <= c <= "~" else f"\\u{ord(c):04x}" for c in value)
+
+
 def our_headers(
     call: Call, fingerprint: str | None, label: str, headers: CIMultiDict[str] | None = None
 ) -> CIMultiDict[str]:
@@ -37,7 +45,8 @@ def our_headers(
     headers["X-Content-Type-Options"] = "nosniff"  # a stored answer is data, never a page
     headers["X-Seedproxy-Key"] = call.key
     if call.endpoint.kind.fingerprinted:
-        headers["X-Seedproxy-Fingerprint"] = fingerprint if fingerprint is not None else "null"
+        shown = fingerprint if fingerprint is not None else "null"
+        headers["X-Seedproxy-Fingerprint"] = header_text(shown)
     if call.seed is not None:
         headers["X-Seedproxy-Seed"] = str(call.seed)
     return headers

@@ -47,6 +47,15 @@ def _json_event(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
+def fingerprint_of(value: Any) -> str | None:
+    """A ``system_fingerprint`` as entries and the registry keep it: a string or null as
+    sent, any other JSON value as its JSON text, so an odd upstream value never makes an
+    entry that cannot be served (the stored body keeps the value as it came)."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
 class CompletionFold:
     """``chat.completion.chunk`` / ``text_completion`` events, closed by ``data: [DONE]``."""
 
@@ -55,7 +64,7 @@ class CompletionFold:
 
     @property
     def fingerprint(self) -> str | None:
-        return self.acc.fingerprint
+        return fingerprint_of(self.acc.fingerprint)
 
     def feed(self, name: str | None, payload: bytes) -> str | None:
         if payload.strip() == b"[DONE]":
