@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .call import Call
+from .call import Call, namespace
 from .config import Settings
 from .errors import ProxyError
 from .fetch import Live, Tee
-from .keys import nearest
+from .keys import cache_key, canonical_query, nearest
 from .registry import Registry
 from .store import Entry, Store
 
@@ -26,6 +27,14 @@ NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
+def header_text(value: str) -> str:
+    """``value`` fit for a header: anything but printable ASCII escaped (a CR/LF, NUL or
+    DEL from an upstream would make aiohttp drop the connection, for every later hit)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(c if " " <= c <= "~" else f"\\u{ord(c):04x}" for c in value)
+
+
 def our_headers(
     call: Call, fingerprint: str | None, label: str, headers: CIMultiDict[str] | None = None
 ) -> CIMultiDict[str]:
@@ -33,9 +42,11 @@ def our_headers(
     if headers is None:
         headers = CIMultiDict()
     headers["X-Cache"] = label
+    headers["X-Content-Type-Options"] = "nosniff"  # a stored answer is data, never a page
     headers["X-Seedproxy-Key"] = call.key
     if call.endpoint.kind.fingerprinted:
-        headers["X-Seedproxy-Fingerprint"] = fingerprint if fingerprint is not None else "null"
+        shown = fingerprint if fingerprint is not None else "null"
+        headers["X-Seedproxy-Fingerprint"] = header_text(shown)
     if call.seed is not None:
         headers["X-Seedproxy-Seed"] = str(call.seed)
     return headers
@@ -53,9 +64,12 @@ def stored(call: Call, entry: Entry, now: float) -> web.Response:
     return web.Response(status=entry.status, body=entry.body, headers=headers)
 
 
-def live(call: Call, answer: Live, label: str) -> web.Response:
-    """A live answer read in full, replayed as SSE if the client asked for a stream."""
+def live(call: Call, answer: Live, label: str, shared: bool = False) -> web.Response:
+    """A live answer read in full, replayed as SSE if the client asked for a stream;
+    ``shared``: another request's, whose cookies are not this client's."""
     headers = our_headers(call, answer.fingerprint, label, answer.headers.copy())
+    if shared:
+        headers.popall("Set-Cookie", None)
     if call.stream and answer.parsed is not None:
         headers.update(_SSE_HEADERS)
         body = call.endpoint.kind.replay(answer.parsed, answer.events, call.include_usage)
@@ -145,6 +159,16 @@ async def replay_miss(
     )
 
 
+def _own(call: Call, key: str, request: dict[str, Any], settings: Settings) -> bool:
+    """Whether the recording at ``key`` of ``request`` was made with the caller's
+    credential (per-key scope): its key again, with the caller's namespace and query. No
+    client learns of another's recordings, prompts or field names."""
+    canonical = settings.rules.canonical(request)  # the key as parse() computes it
+    ns = namespace(call.client_headers, settings.cache.scope)
+    query = canonical_query(call.raw_query)
+    return cache_key(call.endpoint.path, query, ns, settings.upstream.base_url, canonical) == key
+
+
 async def _nearest(call: Call, store: Store, registry: Registry, settings: Settings) -> str:
     """Which recorded request for the same endpoint and model is closest, and how it
     differs (the way vcrpy explains a cassette miss)."""
@@ -158,8 +182,10 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
     recorded = []
     for key in list(recent)[:NEAREST_SCAN]:
         for entry in (await store.variants(key))[:1]:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                recorded.append((key, orjson.loads(entry.request)))
+            with contextlib.suppress(orjson.JSONDecodeError, ProxyError):
+                request = orjson.loads(entry.request)
+                if settings.cache.scope != "per-key" or _own(call, key, request, settings):
+                    recorded.append((key, request))
     found = nearest(call.body, recorded, settings.rules)
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."

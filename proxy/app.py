@@ -9,7 +9,6 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -19,6 +18,7 @@ from . import dashboard, human, keys, reports
 from .call import ENDPOINTS, Endpoint, endpoint_for, namespace, read_json, seeded
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
+from .flight import credential_scope
 from .health import unavailable
 from .keys import canonical_query
 from .observe import COUNTERS, Counters, Metrics, flush_logs
@@ -42,6 +42,7 @@ TOKENS = web.AppKey("tokens", tuple)
 FLUSH_INTERVAL = 1.0
 HEALTH_PING = 1.0  # seconds /healthz waits for the store before calling it unavailable
 DASHBOARD_EVENTS = 20
+DRIFT_PAGE = 1000  # events per kind at most in one /_seedproxy/drift answer
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -248,21 +249,36 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 async def _drift(request: web.Request) -> web.Response:
+    """A page of each kind of event: ``offset`` and ``changes_offset`` continue where
+    ``next_offset`` and ``next_changes_offset`` of the previous page point."""
     query = request.query
     try:
-        limit = max(1, min(int(query.get("limit", "100")), 10_000))
+        limit = max(1, min(int(query.get("limit", "100")), DRIFT_PAGE))
         since = reports.parse_since(query["since"]) if "since" in query else None
+        offsets = [max(0, int(query.get(name, "0"))) for name in ("offset", "changes_offset")]
     except ValueError as exc:
         raise ProxyError(400, f"Invalid query: {exc}.", code="invalid_query") from None
     store, model = request.app[STORE], query.get("model")
     await request.app[PIPELINE].flush()
+    owner = _owner(request)
+    drift, after = await reports.drift_page(store, model, since, limit, "drift", offsets[0], owner)
+    changes, changes_after = await reports.drift_page(
+        store, model, since, limit, "fingerprint_change", offsets[1]
+    )
     body = {
-        "drift": await reports.drift(store, model, since, limit),
-        "fingerprint_changes": await reports.drift(
-            store, model, since, limit, kind="fingerprint_change"
-        ),
+        "drift": drift,
+        "fingerprint_changes": changes,
+        "next_offset": after,
+        "next_changes_offset": changes_after,
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _owner(request: web.Request) -> str | None:
+    """In per-key scope, whose drift the caller may see: its own credential scope's."""
+    if request.app[SETTINGS].cache.scope != "per-key":
+        return None
+    return credential_scope(request.headers)
 
 
 async def _explain(request: web.Request) -> web.Response:
@@ -272,7 +288,7 @@ async def _explain(request: web.Request) -> web.Response:
     _, body = await read_json(request)
     mode = seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, _ = seeded(endpoint, body, settings.seed, mode)
-    query = canonical_query(parse_qsl(request.query.get("query", ""), keep_blank_values=True))
+    query = canonical_query(request.query.get("query", ""))
     info = keys.explain(
         endpoint.path,
         query,
@@ -291,15 +307,18 @@ async def _dashboard(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
     await request.app[PIPELINE].flush()
     await _flush_counters(request.app)
-    html = dashboard.render(
+    render = functools.partial(
+        dashboard.render,
         await reports.stats(store, settings),
         await reports.fingerprints(store),
-        await reports.drift(store, limit=DASHBOARD_EVENTS),
+        await reports.drift(store, limit=DASHBOARD_EVENTS, owner=_owner(request)),
         await reports.drift(store, limit=DASHBOARD_EVENTS, kind="fingerprint_change"),
         await reports.determinism(store),
         human.proxy_facts(settings, auth=bool(request.app[TOKENS])),
         dashboard.refresh_seconds(request.query.get("refresh")),
     )
+    # drawing diffs costs more than linearly in their size: off the loop, which serves on
+    html = await asyncio.get_running_loop().run_in_executor(None, render)
     return web.Response(text=html, content_type="text/html")
 
 

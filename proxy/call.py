@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import strictjson
 from .config import SeedSettings, Settings
 from .errors import ProxyError
 from .keys import cache_key, canonical_query
@@ -80,7 +81,7 @@ class Call:
     def upstream_body(self) -> bytes:
         if self.seed_edit == "added":  # splice: every other byte stays the client's
             return add_seed(self.raw, self.body["seed"])
-        return orjson.dumps(self.body) if self.seed_edit else self.raw
+        return strictjson.dumps(self.body) if self.seed_edit else self.raw
 
     @functools.cached_property
     def headers(self) -> CIMultiDict[str]:
@@ -102,10 +103,17 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     """The request's raw body and its JSON object; 400 ``invalid_json`` otherwise."""
     raw = await request.read()
     try:
-        body = orjson.loads(raw)
+        body = strictjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ProxyError(
             400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
+        ) from None
+    except strictjson.DuplicateKey as exc:
+        raise ProxyError(
+            400,
+            f"The request body gives the key {str(exc)!r} twice in one object; JSON parsers "
+            "disagree on which one counts, so seedproxy refuses it.",
+            code="duplicate_key",
         ) from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -154,7 +162,7 @@ async def parse(
     seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
     cache = settings.cache
-    query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
+    query = canonical_query(request.rel_url.raw_query_string)
     key = cache_key(
         endpoint.path,
         query,

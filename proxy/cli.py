@@ -671,8 +671,6 @@ def key(
     """Explain the cache key of the request body in FILE (- for stdin), offline, with the
     settings that change a key (--config, --upstream, --seed-mode, SEEDPROXY_*) as the
     running proxy has them."""
-    from urllib.parse import parse_qsl
-
     from .call import endpoint_for, seeded
     from .errors import ProxyError
     from .keys import canonical_query, explain
@@ -694,7 +692,7 @@ def key(
         )
     info = explain(
         endpoint.path,
-        canonical_query(parse_qsl(query, keep_blank_values=True)),
+        canonical_query(query),
         namespace,
         settings.upstream.base_url,
         body,

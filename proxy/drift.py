@@ -60,11 +60,31 @@ class Comparison:
     diff: str
 
 
+DIFF_CHARS = 64_000  # per side a drift diff keeps: comparing costs more than linearly
+TRUNCATED = "… diff truncated"
+
+
+def bounded(lines: list[str], budget: int = DIFF_CHARS) -> list[str]:
+    """``lines`` up to ``budget`` characters, then a :data:`TRUNCATED` line: what is stored,
+    compared and drawn stays small whatever an upstream answered."""
+    out: list[str] = []
+    for line in lines:
+        if len(line) >= budget:
+            if line:
+                out.append(line[:budget])
+            out.append(TRUNCATED)
+            return out
+        budget -= len(line) + 1
+        out.append(line)
+    return out
+
+
 def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | None:
-    """None when two answers' outputs are equal; else their similarity and a unified diff."""
+    """None when two answers' outputs are equal; else their similarity and a unified diff
+    (of at most :data:`DIFF_CHARS` per side)."""
     if a == b:
         return None
-    la, lb = render(a), render(b)
+    la, lb = bounded(render(a)), bounded(render(b))
     ratio = difflib.SequenceMatcher(None, "\n".join(la), "\n".join(lb)).ratio()
     # Full context: the diff holds both outputs whole, so both sides can be shown again.
     diff = "\n".join(
@@ -178,6 +198,7 @@ class DriftEvent:
     similarity: float
     diff: str
     kind: str = "drift"
+    owner: str | None = None  # per-key scope: the credential scope that may see it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from .call import Call
 from .errors import ProxyError, error_body
-from .kinds import StreamFold
+from .kinds import StreamFold, fingerprint_of
 from .observe import Counters
 from .sse import EventSplitter, parse_event
 from .store import Entry
@@ -41,7 +41,9 @@ class Live:
 
     @property
     def fingerprint(self) -> str | None:
-        return self.parsed.get("system_fingerprint") if self.parsed is not None else None
+        if self.parsed is None:
+            return None
+        return fingerprint_of(self.parsed.get("system_fingerprint"))
 
     @classmethod
     def of(cls, entry: Entry) -> Live:
@@ -154,6 +156,9 @@ class Fetcher:
                 "The upstream answered with a body that is not a JSON object; nothing was cached.",
                 code="upstream_invalid",
             )
+        if not call.endpoint.kind.is_answer(parsed):  # passed on as it came, never stored
+            self.counters.add("upstream_errors")
+            return Live(response.status, headers, body, None)
         return Live(response.status, headers, body, parsed)
 
     async def _stream(

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from . import strictjson
 from .errors import ProxyError
 from .redact import Redactor
 
@@ -36,7 +37,7 @@ def canonical_body(body: dict[str, Any], ignore: Iterable[str] = ()) -> bytes:
     skip = frozenset(ignore)
     try:
         kept = {k: _normalize(v) for k, v in body.items() if k not in skip}
-        return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+        return strictjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, RecursionError):
         raise ProxyError(
             400,
@@ -216,9 +217,12 @@ def occurrence_key(key: str, n: int) -> str:
     return key if n == 0 else hashlib.sha256(f"{key}#{n}".encode()).hexdigest()
 
 
-def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
-    """A query string whose parameter order does not matter."""
-    return "&".join(f"{k}={v}" for k, v in sorted(pairs))
+def canonical_query(raw: str) -> str:
+    """The query string as sent, its parameters in order of name: the order of different
+    names does not matter, but encoding (``a=1%26b%3D2`` is one parameter) and the order
+    of a repeated name do, as they may to the upstream, which receives the raw string."""
+    pairs = [pair for pair in raw.split("&") if pair]
+    return "&".join(sorted(pairs, key=lambda pair: pair.partition("=")[0]))
 
 
 def cache_key(path: str, query: str, namespace: str, upstream: str, canonical: bytes) -> str:

@@ -47,6 +47,15 @@ def _json_event(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
+def fingerprint_of(value: Any) -> str | None:
+    """A ``system_fingerprint`` as entries and the registry keep it: a string or null as
+    sent, any other JSON value as its JSON text, so an odd upstream value never makes an
+    entry that cannot be served (the stored body keeps the value as it came)."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
 class CompletionFold:
     """``chat.completion.chunk`` / ``text_completion`` events, closed by ``data: [DONE]``."""
 
@@ -55,7 +64,7 @@ class CompletionFold:
 
     @property
     def fingerprint(self) -> str | None:
-        return self.acc.fingerprint
+        return fingerprint_of(self.acc.fingerprint)
 
     def feed(self, name: str | None, payload: bytes) -> str | None:
         if payload.strip() == b"[DONE]":
@@ -119,6 +128,12 @@ class Kind:
     keeps_events = False  # streamed hits are synthesized, not replayed verbatim
     usage_fields: tuple[str, str | None] = ("prompt_tokens", "completion_tokens")
     outputs = staticmethod(drift.outputs)  # what an answer said, for drift
+    answer_field = "choices"  # the list every answer of the endpoint has
+
+    def is_answer(self, answer: dict[str, Any]) -> bool:
+        """Whether a 2xx body is an answer of this endpoint (not ``{}``, not an error
+        object), so fit to store."""
+        return isinstance(answer.get(self.answer_field), list) and answer.get("error") is None
 
     def stateful(self, body: dict[str, Any]) -> bool:
         """Whether the answer depends on server-side state, so it must not be cached."""
@@ -157,6 +172,7 @@ class EmbeddingKind(Kind):
     fingerprinted = False
     streams = False
     usage_fields = ("prompt_tokens", None)
+    answer_field = "data"
 
     def compare(
         self, cached: dict[str, Any], live: dict[str, Any], settings: CacheSettings
@@ -170,6 +186,7 @@ class ResponseKind(Kind):
     keeps_events = True
     usage_fields = ("input_tokens", "output_tokens")
     outputs = staticmethod(drift.response_outputs)
+    answer_field = "output"
 
     def stateful(self, body: dict[str, Any]) -> bool:
         return (

@@ -13,7 +13,7 @@ from . import answers, repeats
 from .call import Call, Endpoint, parse
 from .config import Settings
 from .fetch import Fetcher, Live, Tee
-from .flight import Flights
+from .flight import Flights, credential_scope
 from .health import StoreHealth, unavailable
 from .keys import occurrence_key
 from .observe import Counters
@@ -147,11 +147,14 @@ class Pipeline:
         """One upstream call per key at a time; identical requests meanwhile wait for its
         answer. A client that leaves cancels neither what the others wait for nor the
         store: aiohttp lets the handler of a client that left run to its end
-        (``handler_cancellation`` stays off), and a stream is fetched in a task of its own."""
-        waiting = self.flights.joined(call.key)
-        if waiting is not None:  # another client's answer: redacted, as a hit would be
-            live = self.recorder.redacted(await asyncio.shield(waiting))
-            return answers.live(call, live, label)
+        (``handler_cancellation`` stays off), and a stream is fetched in a task of its own.
+        Only requests with the same credential wait together, and only for an answer fit to
+        store: an error answer is the caller's own, so the others go upstream themselves."""
+        scope = credential_scope(call.client_headers)
+        while (waiting := self.flights.joined(call.key, scope)) is not None:
+            shared = await asyncio.shield(waiting)
+            if shared.parsed is not None:  # an answer fit to store, redacted as a hit is
+                return answers.live(call, self.recorder.redacted(shared), label, shared=True)
 
         async def go(tee: Tee | None = None) -> Live:
             live = await self.fetcher.fetch(call, tee)
@@ -163,9 +166,9 @@ class Pipeline:
 
         complete = self.settings.cache.complete_on_disconnect
         if not call.stream:  # fetched in this request's task: no hop to another and back
-            return answers.live(call, await self.flights.fly(call.key, go), label)
+            return answers.live(call, await self.flights.fly(call.key, scope, go), label)
         tee = Tee()
-        task = self.flights.launch(call.key, lambda: go(tee))
+        task = self.flights.launch(call.key, scope, lambda: go(tee))
         task.add_done_callback(lambda t: tee.close())
         return await answers.streamed(request, call, task, tee, label, complete)
 

@@ -18,6 +18,7 @@ from .call import Call
 from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
+from .flight import credential_scope
 from .health import StoreHealth
 from .observe import Counters
 from .redact import Redactor
@@ -140,6 +141,7 @@ class Recorder:
             previous.fingerprint == live.fingerprint,
             result.similarity,
             result.diff,
+            owner=credential_scope(call.client_headers) if self.cache.scope == "per-key" else None,
         )
         self.counters.add("drift_events")
         drift_log.warning("drift", extra={"data": event.to_dict()})

@@ -68,24 +68,51 @@ async def stats(
     return result
 
 
+EVENT_BATCH = 100  # events read at a time while filtering
+
+
+async def drift_page(
+    store: Store,
+    model: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+    kind: str = "drift",
+    offset: int = 0,
+    owner: str | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Events of ``kind``, newest first, filtered by model, time and ``owner`` (per-key
+    scope: only that credential scope's drift), from the ``offset`` newest on; and the
+    offset of the next page (None at the end). Events are read a batch at a time, never
+    all that are kept."""
+    out: list[dict[str, Any]] = []
+    filtered = model is not None or owner is not None
+    size = EVENT_BATCH if filtered else min(EVENT_BATCH, limit)
+    while True:
+        batch = await store.events(kind, size, offset)
+        for event in batch:
+            if since is not None and event.get("time", 0) < since:
+                return out, None
+            offset += 1
+            if (model is None or event.get("model") == model) and (
+                owner is None or event.get("owner") == owner
+            ):
+                out.append(event)
+                if len(out) >= limit:
+                    return out, offset
+        if len(batch) < size:
+            return out, None
+
+
 async def drift(
     store: Store,
     model: str | None = None,
     since: float | None = None,
     limit: int = 100,
     kind: str = "drift",
+    owner: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Events of ``kind``, newest first, filtered by model and time."""
-    out = []
-    for event in await store.events(kind, 10_000):
-        if model is not None and event.get("model") != model:
-            continue
-        if since is not None and event.get("time", 0) < since:
-            break
-        out.append(event)
-        if len(out) >= limit:
-            break
-    return out
+    """Events of ``kind``, newest first, filtered by model, time and owner."""
+    return (await drift_page(store, model, since, limit, kind, owner=owner))[0]
 
 
 async def fingerprints(store: Store, model: str | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -224,7 +224,7 @@ class Session:
         (its query and namespace, for the cassette), and replay misses with their reasons."""
         key = response.headers.get("X-Seedproxy-Key")
         if key is not None and key not in self._where:
-            query = canonical_query(request.rel_url.query.items()) if request.query_string else ""
+            query = canonical_query(request.rel_url.raw_query_string)
             self._where[key] = (query, request.headers.get("X-Seedproxy-Namespace", ""))
         if key is not None and response.headers.get("X-Cache") in ("HIT", "REFRESH"):
             self._result.played.add(key)

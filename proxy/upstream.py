@@ -133,9 +133,12 @@ class Upstream:
     def url(self, raw_tail: str, raw_query: str) -> URL:
         """The upstream URL for a raw path below ``/v1/``; the host is always the configured one.
 
-        Dot segments (also percent-encoded) are refused so a path cannot climb above the base.
+        Dot segments are refused so a path cannot climb above the base: also percent-encoded,
+        with an encoded slash (``..%2f``) or a backslash (``..%5c``, ``..\\``) after them, as
+        some servers read those as separators.
         """
-        if any(unquote(seg) in (".", "..") for seg in raw_tail.split("/")):
+        decoded = unquote(raw_tail).replace("\\", "/")
+        if any(seg in (".", "..") for seg in decoded.split("/")):
             raise ProxyError(
                 400, "Invalid path: '.' and '..' segments are not allowed.", code="invalid_path"
             )

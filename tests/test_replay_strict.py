@@ -48,7 +48,7 @@ def test_only_if_cached_in_record_mode_does_not_claim_replay_mode(proxy, upstrea
 
 
 def test_a_body_recorded_under_another_upstream_is_named(make_proxy, upstream, bg):
-    recorder = make_proxy(upstream={"base_url": upstream.url + "/"})
+    recorder = make_proxy()
     with sdk(recorder) as client:
         create(client)
     recorder.stop()  # its notes written, as they are within a second anyway

@@ -346,7 +346,9 @@ def test_a_proxy_on_a_cluster_serves_namespaces_scopes_and_stats(
         create(client, extra_headers={"Cache-Control": "no-cache"})
     stats = orjson.loads(http(proxy.url, "GET", "/_seedproxy/stats")[2])
     assert stats["hits"] == 3 and stats["entries"] == 4
-    events = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])  # kept, read back
+    # kept, read back; per-key scope: by the credential that made them
+    mine = {"Authorization": f"Bearer {FAKE_KEY}"}
+    events = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift", headers=mine)[2])
     assert events["drift"] and {e["model"] for e in events["drift"]} == {"gpt-test"}
     assert len(events["fingerprint_changes"]) == 1
     held = b"".join(  # every master's keys and values: no credential anywhere

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from .. import human
-from ..drift import sides
+from ..drift import TRUNCATED, bounded, sides
 from ..reports import iso
 
 CSS = """
@@ -47,9 +47,25 @@ def page(title: str, body: str, head: str = "") -> str:
     )
 
 
+DRAWN_LINES = 200  # per side of a drawn diff: HtmlDiff costs more than linearly
+DRAWN_CHARS = 20_000
+
+
+def _drawn(lines: list[str]) -> list[str]:
+    kept = bounded(lines[:DRAWN_LINES], DRAWN_CHARS)
+    if len(lines) > DRAWN_LINES and kept[-1:] != [TRUNCATED]:
+        kept.append(TRUNCATED)
+    return kept
+
+
 def diff_table(before: list[str], after: list[str], before_name: str, after_name: str) -> str:
-    """A side-by-side table: removed text red, added text green (difflib.HtmlDiff)."""
-    return difflib.HtmlDiff(wrapcolumn=90).make_table(before, after, before_name, after_name)
+    """A side-by-side table: removed text red, added text green (difflib.HtmlDiff), of at
+    most :data:`DRAWN_LINES` lines and :data:`DRAWN_CHARS` characters a side."""
+    before, after = _drawn(before), _drawn(after)
+    table = difflib.HtmlDiff(wrapcolumn=90).make_table(before, after, before_name, after_name)
+    if TRUNCATED in before[-1:] or TRUNCATED in after[-1:]:
+        table += "<p class=meta>diff truncated: <code>seedproxy drift show</code> shows more</p>"
+    return table
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

@@ -92,8 +92,9 @@ class Store(Protocol):
         """Keep a drift or fingerprint-change event (``event["kind"]``)."""
         ...
 
-    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest ``limit`` events of ``kind``, newest first."""
+    async def events(self, kind: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """The newest ``limit`` events of ``kind`` after the ``offset`` newest, newest first
+        (only those are read: a page costs the same however many are kept)."""
         ...
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:

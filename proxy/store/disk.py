@@ -218,8 +218,8 @@ class DiskStore:
     async def add_event(self, event: Mapping[str, Any]) -> None:
         await self._run(self._meta.add_event, event)
 
-    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._run(self._meta.events, kind, limit)
+    async def events(self, kind: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return await self._run(self._meta.events, kind, limit, offset)
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
         await self._run(self._meta.add_counters, deltas)

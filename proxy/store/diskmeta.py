@@ -4,6 +4,7 @@ which the disk store runs in its thread pool."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,13 +77,9 @@ class Meta:
     def add_event(self, event: Mapping[str, Any]) -> None:
         self._events[event["kind"]].append(orjson.dumps(event))
 
-    def events(self, kind: str, limit: int) -> list[dict[str, Any]]:
-        out = []
-        for raw in reversed(self._events[kind]):
-            out.append(orjson.loads(raw))
-            if len(out) >= limit:
-                break
-        return out
+    def events(self, kind: str, limit: int, offset: int) -> list[dict[str, Any]]:
+        newest = reversed(self._events[kind])  # lazily, from the end
+        return [orjson.loads(raw) for raw in itertools.islice(newest, offset, offset + limit)]
 
     def add_counters(self, deltas: Mapping[str, int]) -> None:
         with self.cache.transact():

@@ -76,8 +76,8 @@ class MemoryStore:
         events.append(dict(event))
         del events[:-MAX_EVENTS]
 
-    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        return list(reversed(self._events.get(kind, [])))[:limit]
+    async def events(self, kind: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return list(reversed(self._events.get(kind, [])))[offset : offset + limit]
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
         for name, delta in deltas.items():

@@ -222,9 +222,11 @@ class RedisStore:
                 pipe.ltrim(name, 0, MAX_EVENTS - 1)
                 await pipe.execute()
 
-    async def events(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def events(self, kind: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         with self._errors():
-            rows = await self.redis.lrange(self._meta + "events:" + kind, 0, limit - 1)
+            rows = await self.redis.lrange(
+                self._meta + "events:" + kind, offset, offset + limit - 1
+            )
         return [orjson.loads(raw) for raw in rows]
 
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
