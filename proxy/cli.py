@@ -169,29 +169,20 @@ def store_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(config: str | None, cache_dir: str | None, **options: Any) -> None:
         settings = _settings(config, {"cache.dir": cache_dir})
-
-        async def run() -> None:
-            store = open_store(settings)
-            try:
-                await store.start()
-                await fn(store, settings, **options)
-            finally:
-                await store.close()
-
-        try:
-            asyncio.run(run())
-        except StoreError as exc:
-            _fail(str(exc))
+        _with_store(settings, lambda store: fn(store, settings, **options))
 
     return wrapper
 
 
-def _add_counters(settings: Settings, deltas: dict[str, int]) -> None:
+def _with_store(settings: Settings, work: Callable[[Store], Awaitable[None]]) -> None:
+    """``work(store)`` on the configured store, opened and closed around it; a store that
+    cannot be used stops the command with one line."""
+
     async def run() -> None:
         store = open_store(settings)
         try:
             await store.start()
-            await store.add_counters(deltas)
+            await work(store)
         finally:
             await store.close()
 
@@ -199,6 +190,10 @@ def _add_counters(settings: Settings, deltas: dict[str, int]) -> None:
         asyncio.run(run())
     except StoreError as exc:
         _fail(str(exc))
+
+
+def _add_counters(settings: Settings, deltas: dict[str, int]) -> None:
+    _with_store(settings, lambda store: store.add_counters(deltas))
 
 
 def _emit_json(value: Any) -> None:

@@ -27,7 +27,6 @@ from proxy.store.redis import CLUSTER_META, PREFIX, RedisStore
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port, http, proxy_settings, stored_bytes
 from tests.rediscluster import Cluster
-from tests.test_team import Serve, post_many
 
 ALL = pytest.mark.parametrize("backend", ["disk", "redis", "cluster"], indirect=True)
 REDIS = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
@@ -357,22 +356,6 @@ def test_a_proxy_on_a_cluster_serves_namespaces_scopes_and_stats(
     )
     assert b"e:" in held
     assert not any(secret in held for secret in (b"sk-alice-0", b"sk-bob-0", FAKE_KEY.encode()))
-
-
-@CLUSTER
-def test_two_processes_on_a_cluster_make_one_upstream_call(upstream, store_env):
-    upstream.latency = 0.5
-    env = store_env | {"SEEDPROXY_CACHE_LOCK_TTL": "5s"}
-    a, b = Serve(free_port(), upstream, env), Serve(free_port(), upstream, env)
-    try:
-        body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
-        results = post_many([a.port, b.port], 20, body)
-    finally:
-        a.stop()
-        b.stop()
-    assert [r[0] for r in results] == [200] * 20
-    assert len(upstream.chat_calls) == 1
-    assert len({r[2] for r in results}) == 1
 
 
 @CLUSTER

@@ -320,7 +320,7 @@ def post_many(ports: list[int], n: int, body: bytes) -> list[tuple[int, str, byt
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 def test_two_processes_on_one_redis_make_one_upstream_call(upstream, store_env):
     upstream.latency = 0.5
     env = store_env | {"SEEDPROXY_CACHE_LOCK_TTL": "5s"}
