@@ -127,6 +127,7 @@ class UpstreamSettings:
     api_key_header: Literal["authorization", "api-key"] = "authorization"
     timeout: float = _duration(600.0)
     connect_timeout: float = _duration(10.0)
+    max_response: int = _size(64 * 1024**2)
 
     def __post_init__(self) -> None:
         if not re.match(r"https?://[^/\s]+", self.base_url):
