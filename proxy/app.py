@@ -170,9 +170,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     # a store given to create_app: seedproxy run's and the pytest plugin's cassettes
     store = app[STORE] if STORE in app else open_store(settings, traffic)
     await store.start()
-    upstream = Upstream(settings.upstream, app[METRICS].upstream_latency)
-    await upstream.start()
     credential = upstream_credential(settings, os.environ, app[TOKENS])
+    upstream = Upstream(settings.upstream, app[METRICS].upstream_latency, credential)
+    await upstream.start()
     pipeline = Pipeline(settings, store, upstream, app[COUNTS], traffic, credential)
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
     flusher = asyncio.create_task(_flusher(app))

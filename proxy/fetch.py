@@ -145,7 +145,7 @@ class Fetcher:
             body = await self._read(call, response)
         if not 200 <= response.status < 300:
             self.counters.add("upstream_errors")
-            return Live(response.status, headers, body, None)
+            return Live(response.status, headers, self.upstream.error_body(body), None)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
