@@ -9,9 +9,11 @@ import logging
 import socket
 from urllib.parse import urlsplit
 
+import click
 import orjson
 import pytest
 
+from proxy.cli import colored_diff
 from proxy.observe import AIOHTTP_LOGGERS, JsonFormatter, TextFormatter, flush_logs, setup_logging
 
 HOSTILE = "a\x85b\x9bc\u2028d\u2029e\x1b]52;c;SGk=\x07f\x1b[2J"
@@ -86,3 +88,13 @@ def test_aiohttp_tracebacks_go_through_the_json_formatter(name):
     finally:
         for logger in ("seedproxy", *AIOHTTP_LOGGERS):
             logging.getLogger(logger).handlers.clear()
+
+
+def test_a_drift_diff_prints_stored_control_sequences_escaped_in_our_colours():
+    diff = f"--- stored\n+++ live\n@@ -1 +1 @@\n-old {HOSTILE}\n+new \x1b[2J{HOSTILE}\n same"
+    shown = colored_diff(diff)
+    for char in ("\x85", "\x9b", "\u2028", "\x07"):
+        assert char not in shown, repr(char)
+    assert "\x1b]52" not in shown and "\x1b[2J" not in shown
+    assert "\\u001b]52" in shown and click.style("+new", fg="green")[:5] in shown
+    assert click.unstyle(shown).splitlines()[3].startswith("-old a\\u0085b")
