@@ -17,6 +17,7 @@ from .call import Call, namespace
 from .config import Settings
 from .errors import ProxyError
 from .fetch import Live, Tee
+from .human import masked_url
 from .keys import cache_key, canonical_query, nearest
 from .registry import Registry
 from .store import Entry, Store
@@ -194,7 +195,7 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
         return (
             f"A request with the same body is recorded (key {key}) under another "
             f"namespace, query or upstream (the key covers those too; upstream here: "
-            f"{settings.upstream.base_url})."
+            f"{masked_url(settings.upstream.base_url)})."
         )
     shown = ", ".join(fields[:8]) + (f" and {len(fields) - 8} more" if len(fields) > 8 else "")
     return f"The nearest recorded request for model {model!r} (key {key}) differs in: {shown}."

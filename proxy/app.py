@@ -15,7 +15,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import dashboard, human, keys, reports
-from .call import ENDPOINTS, Endpoint, endpoint_for, namespace, read_json, seeded
+from .call import (
+    ENDPOINTS,
+    Endpoint,
+    endpoint_for,
+    header_bytes,
+    namespace,
+    read_json,
+    seeded,
+)
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
 from .flight import credential_scope
@@ -103,12 +111,12 @@ def _answering(handler: Handler, route: str) -> Handler:
 
 
 def _check_token(request: web.Request) -> None:
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
+    given = header_bytes(request.headers, "Authorization")
+    scheme, _, token = given.partition(b" ")
     ok = False
     for candidate in request.app[TOKENS]:  # no early exit: timing does not tell which matched
-        ok |= hmac.compare_digest(token.strip().encode(), candidate.encode())
-    if scheme.lower() != "bearer" or not ok:
+        ok |= hmac.compare_digest(token.strip(), candidate.encode())
+    if scheme.lower() != b"bearer" or not ok:
         raise ProxyError(
             401,
             "Missing or invalid proxy token: send "
@@ -170,9 +178,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     # a store given to create_app: seedproxy run's and the pytest plugin's cassettes
     store = app[STORE] if STORE in app else open_store(settings, traffic)
     await store.start()
-    upstream = Upstream(settings.upstream, app[METRICS].upstream_latency)
-    await upstream.start()
     credential = upstream_credential(settings, os.environ, app[TOKENS])
+    upstream = Upstream(settings.upstream, app[METRICS].upstream_latency, credential)
+    await upstream.start()
     pipeline = Pipeline(settings, store, upstream, app[COUNTS], traffic, credential)
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
     flusher = asyncio.create_task(_flusher(app))

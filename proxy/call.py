@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +132,20 @@ def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
             code="invalid_namespace",
         )
     if scope == "per-key":
-        credential = headers.get("Authorization") or headers.get("api-key") or ""
-        name += "|key:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
+        credential = header_bytes(headers, "Authorization") or header_bytes(headers, "api-key")
+        name += "|key:" + hashlib.sha256(credential).hexdigest()[:32]
     return name
+
+
+def header_bytes(headers: Mapping[str, str], name: str) -> bytes:
+    """A request header's value as UTF-8 bytes (``b""`` when absent). aiohttp hands other
+    bytes on as surrogates, which encode to nothing: such a value is the client's 400."""
+    try:
+        return headers.get(name, "").encode()
+    except UnicodeEncodeError:
+        raise ProxyError(
+            400, f"Invalid {name} header: it is not UTF-8 text.", code="invalid_header"
+        ) from None
 
 
 def seeded(

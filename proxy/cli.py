@@ -292,7 +292,8 @@ async def _drift_list(
 
 def colored_diff(diff: str) -> str:
     lines = []
-    for line in diff.splitlines():
+    # stored text made safe first, then our colours; split at \n only, as the diff was made
+    for line in map(human.terminal_safe, diff.removesuffix("\n").split("\n")):
         if line.startswith(("+++", "---")):
             lines.append(click.style(line, bold=True))
         elif line.startswith("+"):

@@ -127,10 +127,12 @@ class UpstreamSettings:
     api_key_header: Literal["authorization", "api-key"] = "authorization"
     timeout: float = _duration(600.0)
     connect_timeout: float = _duration(10.0)
+    max_response: int = _size(64 * 1024**2)
 
     def __post_init__(self) -> None:
         if not re.match(r"https?://[^/\s]+", self.base_url):
-            raise FieldError("base_url", f"must be an http(s) URL, got {self.base_url!r}")
+            shown = _masked_userinfo(self.base_url)
+            raise FieldError("base_url", f"must be an http(s) URL, got {shown!r}")
 
 
 @dataclass(frozen=True)
@@ -197,9 +199,30 @@ class SeedSettings:
             raise FieldError("default", "must fit in a signed 64-bit integer")
 
 
+_EMPTY_TOKEN = "an empty token would let in requests that send no token; remove it"
+
+
+def parse_tokens(value: Any) -> tuple[str, ...]:
+    """Proxy tokens: a list, or comma-separated text from the environment or a flag. An
+    empty one is refused, never dropped: ``SEEDPROXY_AUTH_TOKENS=","`` must not turn
+    authentication off without a word."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    if any(not v.strip() for v in value):
+        raise ValueError(_EMPTY_TOKEN)
+    return tuple(value)
+
+
+def _masked_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` shown as ``***@`` (for a URL too odd to parse)."""
+    return re.sub(r"(//)[^/@\s]*@", r"\1***@", url)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = field(default=(), metadata={"parse": parse_tokens})
     tokens_file: str = ""
 
 
@@ -242,11 +265,15 @@ class Settings:
         return Path(self.cache.dir).expanduser()
 
     def proxy_tokens(self) -> tuple[str, ...]:
-        """Tokens from ``auth.tokens`` plus the non-blank lines of ``auth.tokens_file``."""
+        """Tokens from ``auth.tokens`` plus the non-blank lines of ``auth.tokens_file``; a
+        file with no token at all is a mistake, not "no authentication"."""
         tokens = list(self.auth.tokens)
         if self.auth.tokens_file:
             text = Path(self.auth.tokens_file).expanduser().read_text()
-            tokens += [t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")]
+            found = [t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")]
+            if not found:
+                raise ConfigError(f"auth.tokens_file: {self.auth.tokens_file} holds no token")
+            tokens += found
         return tuple(tokens)
 
 

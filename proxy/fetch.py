@@ -15,6 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .call import Call
+from .config import UpstreamSettings
 from .errors import ProxyError, error_body
 from .kinds import StreamFold, fingerprint_of
 from .observe import Counters
@@ -141,10 +142,10 @@ class Fetcher:
                 and response.content_type == "text/event-stream"
             ):
                 return await self._stream(call, response, headers, tee)
-            body = await response.read()
+            body = await self._read(call, response)
         if not 200 <= response.status < 300:
             self.counters.add("upstream_errors")
-            return Live(response.status, headers, body, None)
+            return Live(response.status, headers, self.upstream.error_body(body), None)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -161,6 +162,27 @@ class Fetcher:
             return Live(response.status, headers, body, None)
         return Live(response.status, headers, body, parsed)
 
+    async def _read(self, call: Call, response: aiohttp.ClientResponse) -> bytes:
+        """A whole answer, refused once it grows past ``upstream.max_response`` (counted
+        decoded, so a compressed answer cannot grow past it either)."""
+        limit = self.upstream.settings.max_response
+        parts: list[bytes] = []
+        size = 0
+        if response.content_length is None or response.content_length <= limit:
+            async for data in response.content.iter_any():
+                size += len(data)
+                if size > limit:
+                    break
+                parts.append(data)
+            else:
+                return b"".join(parts)
+        self.counters.add("upstream_errors")
+        log.warning(
+            "upstream answer too large; not cached",
+            extra={"data": {"key": call.key, "endpoint": call.endpoint.path, "limit": limit}},
+        )
+        raise ProxyError(502, _too_large(limit), code="upstream_too_large")
+
     async def _stream(
         self,
         call: Call,
@@ -172,9 +194,7 @@ class Fetcher:
         holding the closing event back. An incomplete stream is an error, never an answer."""
         reader = _StreamReader(call.endpoint.kind.fold(), response.status, headers, tee)
         try:
-            splitter = EventSplitter()
-            async for data in response.content.iter_any():
-                await reader.feed(splitter.feed(data))
+            await reader.read(response, self.upstream.settings)
         except (aiohttp.ClientError, TimeoutError) as exc:
             reader.problem = f"the upstream connection failed mid-stream ({type(exc).__name__})"
         fold = reader.fold
@@ -184,7 +204,7 @@ class Fetcher:
         if problem is None and not fold.complete:
             problem = "the upstream stream ended before its final event"
         if problem is not None:
-            raise self._incomplete(call, problem, tee)
+            raise self._incomplete(call, problem, tee, reader.code)
         answer = fold.result()
         json_headers = headers.copy()
         json_headers["Content-Type"] = "application/json"
@@ -192,7 +212,7 @@ class Fetcher:
         kept = b"".join(reader.events) + final if call.endpoint.kind.keeps_events else b""
         return Live(response.status, json_headers, orjson.dumps(answer), answer, kept, final)
 
-    def _incomplete(self, call: Call, problem: str, tee: Tee | None) -> ProxyError:
+    def _incomplete(self, call: Call, problem: str, tee: Tee | None, code: str) -> ProxyError:
         """A stream unfit to store: logged, ended for the client with an error event."""
         self.counters.add("upstream_errors")
         log.warning(
@@ -201,15 +221,22 @@ class Fetcher:
         )
         message = f"seedproxy: {problem}; nothing was cached."
         if tee is not None:
-            tee.end(b"data: " + error_body(502, message, "upstream_incomplete") + b"\n\n")
-        return ProxyError(502, message, code="upstream_incomplete")
+            tee.end(b"data: " + error_body(502, message, code) + b"\n\n")
+        return ProxyError(502, message, code=code)
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"The upstream answer is larger than upstream.max_response ({limit} bytes); "
+        "nothing was cached."
+    )
 
 
 class _StreamReader:
     """One upstream stream being read: its fold, the events so far, the closing event
     once seen and the first problem (a class, not closures: this runs per event)."""
 
-    __slots__ = ("events", "final", "fold", "headers", "problem", "status", "tee")
+    __slots__ = ("code", "events", "final", "fold", "headers", "problem", "status", "tee")
 
     def __init__(
         self, fold: StreamFold, status: int, headers: CIMultiDict[str], tee: Tee | None
@@ -218,6 +245,25 @@ class _StreamReader:
         self.events: list[bytes] = []
         self.final = b""
         self.problem: str | None = None
+        self.code = "upstream_incomplete"
+
+    async def read(self, response: aiohttp.ClientResponse, settings: UpstreamSettings) -> None:
+        """Read the stream to its end, to ``max_response`` bytes, or, once the client has
+        left, for at most ``timeout`` seconds more: reading on for the store is bounded too."""
+        splitter = EventSplitter()
+        loop = asyncio.get_running_loop()
+        size, left = 0, None
+        async for data in response.content.iter_any():
+            size += len(data)
+            if size > settings.max_response:
+                self.problem, self.code = _too_large(settings.max_response), "upstream_too_large"
+                return
+            if self.tee is not None and self.tee.gone:
+                left = loop.time() if left is None else left
+                if loop.time() - left > settings.timeout:
+                    self.problem = "the client left and the upstream did not finish in time"
+                    return
+            await self.feed(splitter.feed(data))
 
     async def feed(self, raws: Sequence[bytes]) -> None:
         """Pass events on, then fold them. The first event starts the client's stream at

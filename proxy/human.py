@@ -37,6 +37,18 @@ def shown(value: object, none: str = "default") -> str:
     return none if value is None else str(value)
 
 
+# Characters a terminal acts on: C0 controls but the tab, DEL, C1 controls, and the Unicode
+# line and paragraph separators (a model's output may hold an OSC 52 clipboard write).
+_TERMINAL_UNSAFE = {
+    c: f"\\u{c:04x}" for c in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def terminal_safe(text: str) -> str:
+    """Stored ``text`` fit to print: what a terminal would act on, as ``\\uXXXX``."""
+    return text.translate(_TERMINAL_UNSAFE)
+
+
 def masked_url(url: str) -> str:
     """``url`` fit to show or log: a password, or a user name alone (often a token), as ``***``."""
     parsed = URL(url)

@@ -47,6 +47,20 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# What a terminal or a log viewer takes for a control or a line break though JSON allows it
+# raw: C1 controls and the Unicode line and paragraph separators; text lines also escape C0
+# controls and DEL (a newline or an escape sequence from a model's output stays on its line).
+_JSON_UNSAFE = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)}
+_TEXT_UNSAFE = _JSON_UNSAFE | {c: f"\\u{c:04x}" for c in (*range(0x20), 0x7F)}
+AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.access", "aiohttp.web")
+
+
+def _escaped(text: str, table: dict[int, str]) -> str:
+    """``text`` with the characters of ``table`` as ``\\uXXXX`` (the common all-ASCII line
+    costs one check)."""
+    return text if text.isascii() and table is _JSON_UNSAFE else text.translate(table)
+
+
 class LineFormatter(logging.Formatter):
     """One record, one line: :meth:`line` builds it from the record's parts, so a caller
     that has the parts (the access log) needs no LogRecord."""
@@ -73,7 +87,7 @@ class JsonFormatter(LineFormatter):
 
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
-        return orjson.dumps(
+        line = orjson.dumps(
             {
                 "time": round(created, 3),
                 "level": level.lower(),
@@ -84,10 +98,11 @@ class JsonFormatter(LineFormatter):
             },
             default=str,
         ).decode()
+        return _escaped(line, _JSON_UNSAFE)
 
     @staticmethod
     def with_exc(text: str, exc: str) -> str:
-        return text[:-1] + ',"exc":' + orjson.dumps(exc).decode() + "}"
+        return text[:-1] + ',"exc":' + _escaped(orjson.dumps(exc).decode(), _JSON_UNSAFE) + "}"
 
 
 class TextFormatter(LineFormatter):
@@ -97,11 +112,12 @@ class TextFormatter(LineFormatter):
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(created))
         extra = " " + orjson.dumps(data, default=str).decode() if data else ""
-        return f"{stamp} {level:<7} {name}: {msg}{extra}"
+        return _escaped(f"{stamp} {level:<7} {name}: {msg}{extra}", _TEXT_UNSAFE)
 
     @staticmethod
     def with_exc(text: str, exc: str) -> str:
-        return text + "\n" + exc
+        """The traceback on lines of its own, each escaped."""
+        return "\n".join([text, *(_escaped(line, _TEXT_UNSAFE) for line in exc.split("\n"))])
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -167,10 +183,12 @@ def setup_logging(fmt: str, level: str, stream: Any = None) -> None:
     logging.logMultiprocessing = False
     handler = BufferedHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("seedproxy")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    # aiohttp's own lines (a handler's traceback, a bad request) in the same format and stream
+    for name in ("seedproxy", *AIOHTTP_LOGGERS):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -69,15 +69,20 @@ async def relay(
     data: object,
     extra: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Send ``request.method`` to ``url`` and stream the answer to the client as it arrives."""
-    async with upstream.request(request.method, url, headers, data) as response:
-        out = web.StreamResponse(
-            status=response.status,
-            reason=response.reason,
-            headers=forward_response_headers(response.headers, decoded=False),
-        )
-        out.headers.update(extra or {})
-        if response.content_length is not None:
+    """Send ``request.method`` to ``url`` and stream the answer to the client as it arrives.
+    An error answer the upstream gave to the proxy's own key is read, masked and sent whole
+    (decoded, so that its text can be masked)."""
+    decoded = upstream.masking
+    async with upstream.request(request.method, url, headers, data, decoded) as response:
+        forwarded = forward_response_headers(response.headers, decoded=decoded)
+        forwarded.update(extra or {})
+        if response.status >= 400 and upstream.rewrites_errors:
+            body = upstream.error_body(await upstream.read_error(response))
+            return web.Response(
+                status=response.status, reason=response.reason, body=body, headers=forwarded
+            )
+        out = web.StreamResponse(status=response.status, reason=response.reason, headers=forwarded)
+        if response.content_length is not None and not decoded:
             out.content_length = response.content_length
         await out.prepare(request)
         try:

@@ -48,6 +48,24 @@ class Found(NamedTuple):
     end: int
 
 
+# Anything shaped like key material in an upstream's error text: the detectors above, and
+# key prefixes followed by what an upstream shows of a key ("sk-proj-****9f3k").
+_KEY_MATERIAL = re.compile(
+    b"|".join(f"(?:{source})".encode() for _, source in BUILTIN)
+    + rb"|\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}"
+)
+MASKED = b"[REDACTED:key]"
+
+
+def mask_key_material(raw: bytes, known: Sequence[str] = (), shapes: bool = True) -> bytes:
+    """``raw`` (an upstream's error body) with the ``known`` secrets and, with ``shapes``,
+    anything that looks like a key replaced by ``[REDACTED:key]``."""
+    for secret in known:
+        if secret:
+            raw = raw.replace(secret.encode(), MASKED)
+    return _KEY_MATERIAL.sub(MASKED, raw) if shapes else raw
+
+
 def mask(secret: str) -> str:
     """Enough of a secret to find it again, not enough to use it."""
     return f"{secret[:6]}…({len(secret)} chars)"

@@ -227,18 +227,44 @@ def _message_deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield {key: value}
 
 
+# The top-level fields the API repeats in every chunk, repeated here while they are small.
+_CHUNK_FIELDS = frozenset(
+    {"id", "object", "created", "model", "system_fingerprint", "service_tier"}
+)
+REPEATED_BYTES = 512  # at most this much of them in each chunk after the first
+
+
+def chunk_bases(
+    completion: dict[str, Any], chat: bool, include_usage: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(first, rest): the first chunk states every top-level field of ``completion`` once;
+    the others only the API's chunk fields, as far as they fit in :data:`REPEATED_BYTES`.
+    A client folds a field from the chunk that last named it, so nothing is lost, and the
+    stream stays bounded by what was stored: a 100 KB ``model`` is sent once, not per chunk."""
+    first = {k: v for k, v in completion.items() if k not in _TOP_KEYS}
+    first["object"] = "chat.completion.chunk" if chat else "text_completion"
+    if include_usage:
+        first["usage"] = None
+    budget = REPEATED_BYTES
+    kept = {"object", "usage"}
+    for key, value in first.items():
+        if key in _CHUNK_FIELDS and key not in kept:
+            size = len(key) + len(orjson.dumps(value))
+            if size <= budget:
+                kept.add(key)
+                budget -= size
+    return first, {k: v for k, v in first.items() if k in kept}
+
+
 def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
     """SSE events, ending in ``[DONE]``, that a client folds back into ``completion``."""
     chat = completion.get("object") != "text_completion"
-    base = {k: v for k, v in completion.items() if k not in _TOP_KEYS}
-    base["object"] = "chat.completion.chunk" if chat else "text_completion"
-    if include_usage:
-        base["usage"] = None
+    first, base = chunk_bases(completion, chat, include_usage)
     choices = completion.get("choices") or []
-    events = []
+    events: list[bytes] = []
 
     def chunk(choice_deltas: list[dict[str, Any]]) -> None:
-        events.append(encode_event({**base, "choices": choice_deltas}))
+        events.append(encode_event({**(base if events else first), "choices": choice_deltas}))
 
     if chat:
         opening = []
@@ -300,6 +326,7 @@ def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
                 ]
             )
     if include_usage:
-        events.append(encode_event({**base, "choices": [], "usage": completion.get("usage")}))
+        usage: dict[str, Any] = {"choices": [], "usage": completion.get("usage")}
+        events.append(encode_event({**(base if events else first), **usage}))
     events.append(DONE)
     return b"".join(events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from yarl import URL
 from .config import UpstreamSettings
 from .errors import ProxyError
 from .human import masked_url
+from .redact import mask_key_material
 
 log = logging.getLogger("seedproxy.upstream")
 
@@ -99,11 +101,31 @@ class Streak:
 
 
 class Upstream:
-    """Maps ``/v1/<tail>`` onto ``upstream.base_url`` and owns the client session."""
+    """Maps ``/v1/<tail>`` onto ``upstream.base_url`` and owns the client session.
 
-    def __init__(self, settings: UpstreamSettings, latency: Histogram | None = None) -> None:
-        self.base = URL(settings.base_url.rstrip("/"))
-        self.shown = masked_url(str(self.base))  # for messages and logs: no password
+    Credentials in the base URL (``https://user:pass@host/v1``) are taken out of it and
+    sent as Basic auth, only on requests that forward no ``Authorization`` of their own
+    (aiohttp refuses both at once, and the client's credential is the one that counts).
+    With proxy tokens on (``credential`` given), the upstream's error bodies reach clients
+    that are not the key's owner: key material in them is masked."""
+
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        latency: Histogram | None = None,
+        credential: tuple[str, str] | None = None,
+    ) -> None:
+        url = URL(settings.base_url.rstrip("/"))
+        self.base = url.with_user(None)  # the password goes with the user
+        self.shown = masked_url(str(url))  # for messages and logs: no password
+        userinfo = f"{url.user or ''}:{url.password or ''}"
+        self._basic = (
+            "Basic " + base64.b64encode(userinfo.encode()).decode() if userinfo != ":" else None
+        )
+        self._secrets = tuple(s for s in (url.user, url.password) if s)
+        self.masking = credential is not None
+        if credential is not None:
+            self._secrets += (credential[1].removeprefix("Bearer "),)
         self.streak = Streak()
         self._prefix = str(self.base)
         self.settings = settings
@@ -158,6 +180,9 @@ class Upstream:
         become 502 and timeouts 504 ProxyErrors. The time to the response headers is
         observed under ``label``."""
         assert self.session is not None, "Upstream.start() was not awaited"
+        if self._basic is not None:
+            headers = CIMultiDict(headers)
+            headers.setdefault("Authorization", self._basic)
         timer = None
         if self.latency is not None:
             timer = self._timers.get(label)
@@ -172,6 +197,28 @@ class Upstream:
             auto_decompress=decompress,
         )
         return Exchange(self, pending, timer)
+
+    @property
+    def rewrites_errors(self) -> bool:
+        """Whether error bodies are masked before a client gets them."""
+        return self.masking or bool(self._secrets)
+
+    async def read_error(self, response: aiohttp.ClientResponse) -> bytes:
+        """An error answer's body, cut at ``upstream.max_response``."""
+        limit, parts, size = self.settings.max_response, [], 0
+        async for data in response.content.iter_any():
+            parts.append(data[: limit - size])
+            size += len(parts[-1])
+            if size >= limit:
+                break
+        return b"".join(parts)
+
+    def error_body(self, body: bytes) -> bytes:
+        """An upstream error body fit for the client: key material masked when the key is
+        the proxy's own, the base URL's credentials always."""
+        if self.rewrites_errors:
+            return mask_key_material(body, self._secrets, shapes=self.masking)
+        return body
 
     def failed(self, exc: BaseException) -> ProxyError:
         """What a failed call is for the proxy's client; the first of a streak is logged."""

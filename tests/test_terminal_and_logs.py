@@ -1,0 +1,100 @@
+"""Issue 18, item 8 (the rest): a non-UTF-8 ``Authorization`` is the client's 400, log lines
+escape what a terminal or a log viewer would act on (C1 controls, U+2028/U+2029; in text
+lines also C0 controls), and aiohttp's own lines go through seedproxy's formatter."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+from urllib.parse import urlsplit
+
+import click
+import orjson
+import pytest
+
+from proxy.cli import colored_diff
+from proxy.observe import AIOHTTP_LOGGERS, JsonFormatter, TextFormatter, flush_logs, setup_logging
+
+HOSTILE = "a\x85b\x9bc\u2028d\u2029e\x1b]52;c;SGk=\x07f\x1b[2J"
+
+
+def raw_request(server_url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send bytes as they are (no client library would send a 0xff header)."""
+    parts = urlsplit(server_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+CHAT = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "bytes"}]})
+HEAD = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nAuthorization: Bearer \xff\xfe-not-utf8\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [{"auth": {"tokens": ("tok-a",)}}, {"cache": {"scope": "per-key"}}],
+    ids=["token-check", "per-key"],
+)
+def test_a_non_utf8_authorization_is_a_400(make_proxy, upstream, monkeypatch, sections):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-upstream-key-for-bytes")
+    proxy = make_proxy(**sections)
+    status, body = raw_request(proxy.url, HEAD, CHAT)
+    assert status == 400, body
+    assert orjson.loads(body)["error"]["code"] == "invalid_header"
+    assert not upstream.chat_calls
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+def test_log_lines_escape_c1_controls_and_line_separators(formatter):
+    line = formatter.line(0.0, "INFO", "seedproxy.test", HOSTILE, {"output": HOSTILE})
+    for char in ("\x85", "\x9b", "\u2028", "\u2029", "\x1b", "\x07"):
+        assert char not in line, repr(char)
+    assert "\\u0085" in line and "\\u2028" in line
+    if formatter is JsonFormatter:
+        assert orjson.loads(line)["msg"] == HOSTILE  # escaped, not lost
+    traced = formatter.with_exc(line, f"Traceback\n  {HOSTILE}")
+    assert "\x85" not in traced and "\u2028" not in traced
+
+
+def test_text_lines_keep_one_record_on_one_line():
+    line = TextFormatter.line(0.0, "INFO", "x", "first\nsecond\rthird", {})
+    assert "\n" not in line and "\r" not in line
+
+
+@pytest.mark.parametrize("name", AIOHTTP_LOGGERS)
+def test_aiohttp_tracebacks_go_through_the_json_formatter(name):
+    stream = io.StringIO()
+    setup_logging("json", "info", stream)
+    try:
+        try:
+            raise RuntimeError(f"boom {HOSTILE}")
+        except RuntimeError:
+            logging.getLogger(name).exception("Error handling request")
+        flush_logs()
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 1
+        record = orjson.loads(lines[0])
+        assert record["logger"] == name and record["level"] == "error"
+        assert "RuntimeError: boom" in record["exc"] and "\u2028" not in lines[0]
+    finally:
+        for logger in ("seedproxy", *AIOHTTP_LOGGERS):
+            logging.getLogger(logger).handlers.clear()
+
+
+def test_a_drift_diff_prints_stored_control_sequences_escaped_in_our_colours():
+    diff = f"--- stored\n+++ live\n@@ -1 +1 @@\n-old {HOSTILE}\n+new \x1b[2J{HOSTILE}\n same"
+    shown = colored_diff(diff)
+    for char in ("\x85", "\x9b", "\u2028", "\x07"):
+        assert char not in shown, repr(char)
+    assert "\x1b]52" not in shown and "\x1b[2J" not in shown
+    assert "\\u001b]52" in shown and click.style("+new", fg="green")[:5] in shown
+    assert click.unstyle(shown).splitlines()[3].startswith("-old a\\u0085b")
