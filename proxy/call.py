@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import re
@@ -99,9 +100,24 @@ class Call:
         return isinstance(options, dict) and options.get("include_usage") is True
 
 
-async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    """The request's raw body and its JSON object; 400 ``invalid_json`` otherwise."""
-    raw = await request.read()
+def body_timed_out(timeout: float) -> ProxyError:
+    """408 for a body that did not arrive in time; the connection is then closed, as what
+    is left of the body would be read as the next request."""
+    return ProxyError(
+        408,
+        f"The request body did not arrive within server.body_timeout ({timeout:g} s).",
+        code="request_timeout",
+    )
+
+
+async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[str, Any]]:
+    """The request's raw body, arrived whole within ``within`` seconds (else 408), and its
+    JSON object; 400 ``invalid_json`` otherwise."""
+    try:
+        async with asyncio.timeout(within):
+            raw = await request.read()
+    except TimeoutError:
+        raise body_timed_out(within) from None
     try:
         body = strictjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -157,7 +173,7 @@ async def parse(
 ) -> Call:
     """The client's request as a Call: seed policy applied, key computed, cache plan made
     from ``mode`` (``cache.mode``, or a session's) and the request's directives."""
-    raw, body = await read_json(request)
+    raw, body = await read_json(request, settings.server.body_timeout)
     had_seed = "seed" in body
     seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
