@@ -23,6 +23,9 @@ from .policy import seed_mode as request_seed_mode
 from .upstream import forward_request_headers
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A model name becomes store keys (registry, recent keys) and is kept in memory per
+# distinct name: bounded, as the namespace is. Real names are a few dozen characters.
+MAX_MODEL_NAME = 256
 _MISSING = object()
 
 
@@ -174,6 +177,15 @@ async def parse(
     """The client's request as a Call: seed policy applied, key computed, cache plan made
     from ``mode`` (``cache.mode``, or a session's) and the request's directives."""
     raw, body = await read_json(request, settings.server.body_timeout)
+    model = body.get("model")  # before any work on the body
+    if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
+        raise ProxyError(
+            400,
+            f"The model name is {len(model)} characters long; seedproxy accepts at most "
+            f"{MAX_MODEL_NAME}.",
+            code="invalid_model",
+            param="model",
+        )
     had_seed = "seed" in body
     seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
@@ -186,7 +198,6 @@ async def parse(
         settings.upstream.base_url,
         settings.rules.canonical(body, raw),
     )
-    model = body.get("model")
     plan = plan_request(mode, request.headers.get("Cache-Control"), endpoint.kind.stateful(body))
     return Call(
         endpoint,
