@@ -68,6 +68,8 @@ def _answering(handler: Handler, route: str) -> Handler:
             response = await handler(request)
         except ProxyError as exc:
             response = error_response(exc)
+            if exc.status == 408:
+                await _answer_and_close(request, response)
         except StoreError as exc:  # a page that needs the store (requests never get here)
             request.app[PIPELINE].health.failed(exc)
             response = error_response(unavailable(exc))
@@ -108,6 +110,16 @@ def _answering(handler: Handler, route: str) -> Handler:
         return response
 
     return answer
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send ``response`` now and close the connection once it is out: a body that did not
+    arrive in time is not waited for any longer (aiohttp would linger up to 10 s reading
+    it), nor would what is left of it be read as the next request."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 def _check_token(request: web.Request) -> None:
@@ -221,7 +233,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
         request,
         request.app[UPSTREAM],
         raw_tail,
-        request.app[SETTINGS].server.max_body,
+        request.app[SETTINGS].server,
         request.app[PIPELINE].credential,
     )
 
@@ -293,7 +305,7 @@ async def _explain(request: web.Request) -> web.Response:
     """POST a request body: its canonical form, ignored fields, namespace and key."""
     settings = request.app[SETTINGS]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
-    _, body = await read_json(request)
+    _, body = await read_json(request, settings.server.body_timeout)
     mode = seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, _ = seeded(endpoint, body, settings.seed, mode)
     query = canonical_query(request.query.get("query", ""))
@@ -344,7 +356,12 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     """The proxy as an aiohttp application; resources open and close with it. ``store``
     replaces the one ``cache.backend`` names (a cassette's, in memory)."""
     tokens = settings.proxy_tokens()
-    app = web.Application(client_max_size=settings.server.max_body)
+    # keepalive_timeout closes a connection still short of a request's complete headers
+    # that long after it opened or was last answered (aiohttp has no separate knob)
+    app = web.Application(
+        client_max_size=settings.server.max_body,
+        handler_args={"keepalive_timeout": settings.server.header_timeout},
+    )
     app[SETTINGS] = settings
     if store is not None:
         app[STORE] = store

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import re
@@ -23,6 +24,9 @@ from .policy import seed_mode as request_seed_mode
 from .upstream import forward_request_headers
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A model name becomes store keys (registry, recent keys) and is kept in memory per
+# distinct name: bounded, as the namespace is. Real names are a few dozen characters.
+MAX_MODEL_NAME = 256
 _MISSING = object()
 
 
@@ -100,9 +104,24 @@ class Call:
         return isinstance(options, dict) and options.get("include_usage") is True
 
 
-async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    """The request's raw body and its JSON object; 400 ``invalid_json`` otherwise."""
-    raw = await request.read()
+def body_timed_out(timeout: float) -> ProxyError:
+    """408 for a body that did not arrive in time; the connection is then closed, as what
+    is left of the body would be read as the next request."""
+    return ProxyError(
+        408,
+        f"The request body did not arrive within server.body_timeout ({timeout:g} s).",
+        code="request_timeout",
+    )
+
+
+async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[str, Any]]:
+    """The request's raw body, arrived whole within ``within`` seconds (else 408), and its
+    JSON object; 400 ``invalid_json`` otherwise."""
+    try:
+        async with asyncio.timeout(within):
+            raw = await request.read()
+    except TimeoutError:
+        raise body_timed_out(within) from None
     try:
         body = strictjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -169,7 +188,16 @@ async def parse(
 ) -> Call:
     """The client's request as a Call: seed policy applied, key computed, cache plan made
     from ``mode`` (``cache.mode``, or a session's) and the request's directives."""
-    raw, body = await read_json(request)
+    raw, body = await read_json(request, settings.server.body_timeout)
+    model = body.get("model")  # before any work on the body
+    if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
+        raise ProxyError(
+            400,
+            f"The model name is {len(model)} characters long; seedproxy accepts at most "
+            f"{MAX_MODEL_NAME}.",
+            code="invalid_model",
+            param="model",
+        )
     had_seed = "seed" in body
     seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
@@ -182,7 +210,6 @@ async def parse(
         settings.upstream.base_url,
         settings.rules.canonical(body, raw),
     )
-    model = body.get("model")
     plan = plan_request(mode, request.headers.get("Cache-Control"), endpoint.kind.stateful(body))
     return Call(
         endpoint,

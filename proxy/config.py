@@ -112,8 +112,13 @@ class ServerSettings:
     port: int = 8080
     workers: int = 1
     max_body: int = _size(32 * 1024**2)
+    body_timeout: float = _duration(30.0)
+    header_timeout: float = _duration(75.0)
 
     def __post_init__(self) -> None:
+        for name in ("body_timeout", "header_timeout"):
+            if getattr(self, name) <= 0:
+                raise FieldError(name, "must be positive")
         if not 0 <= self.port <= 65535:
             raise FieldError("port", "must be between 0 and 65535")
         if self.workers < 1:

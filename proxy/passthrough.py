@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -9,11 +10,12 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from .call import body_timed_out
+from .config import ServerSettings
 from .errors import ProxyError
 from .upstream import Upstream, forward_request_headers, forward_response_headers
 
 log = logging.getLogger("seedproxy.passthrough")
-CHUNK = 64 * 1024
 
 
 def _too_large(limit: int) -> ProxyError:
@@ -25,18 +27,29 @@ def _too_large(limit: int) -> ProxyError:
 
 
 class _LimitedBody:
-    """The request body as it arrives, refusing to forward more than ``limit`` bytes."""
+    """The request body as it arrives, refusing to forward more than ``limit`` bytes or to
+    wait longer than ``timeout`` seconds for the next bytes (uploads may be large and
+    slow, so the bound is on a pause, as nginx's ``client_body_timeout``)."""
 
-    def __init__(self, request: web.Request, limit: int) -> None:
-        self.request, self.limit, self.exceeded = request, limit, False
+    def __init__(self, request: web.Request, limit: int, timeout: float) -> None:
+        self.request, self.limit, self.timeout = request, limit, timeout
+        self.failure: ProxyError | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self.request.content.iter_chunked(CHUNK):
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    chunk = await self.request.content.readany()
+            except TimeoutError:
+                self.failure = body_timed_out(self.timeout)
+                raise self.failure from None
+            if not chunk:
+                return
             seen += len(chunk)
             if seen > self.limit:
-                self.exceeded = True
-                raise _too_large(self.limit)
+                self.failure = _too_large(self.limit)
+                raise self.failure
             yield chunk
 
 
@@ -44,20 +57,22 @@ async def forward(
     request: web.Request,
     upstream: Upstream,
     raw_tail: str,
-    max_body: int,
+    server: ServerSettings,
     credential: tuple[str, str] | None,
 ) -> web.StreamResponse:
     """Send the request on as it is and stream the answer back as it arrives."""
-    if request.content_length is not None and request.content_length > max_body:
-        raise _too_large(max_body)
+    if request.content_length is not None and request.content_length > server.max_body:
+        raise _too_large(server.max_body)
     url = upstream.url(raw_tail, request.rel_url.raw_query_string)
     headers = forward_request_headers(request.headers, credential)
-    body = _LimitedBody(request, max_body) if request.body_exists else None
+    body = (
+        _LimitedBody(request, server.max_body, server.body_timeout) if request.body_exists else None
+    )
     try:
         return await relay(request, upstream, url, headers, body.__aiter__() if body else None)
     except ProxyError:
-        if body is not None and body.exceeded:
-            raise _too_large(max_body) from None
+        if body is not None and body.failure is not None:  # not the upstream's fault
+            raise body.failure from None
         raise
 
 

@@ -16,6 +16,9 @@ from . import Note, Seen
 
 MAX_EVENTS = 10_000  # per kind
 MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
+# Models whose registry and recent keys are kept: beyond it the least recently noted go,
+# so that distinct names (a client may send any) cannot grow the meta store without end.
+MAX_MODELS = 1000
 
 
 class Meta:
@@ -72,7 +75,23 @@ class Meta:
             for model, table in tables.items():
                 rows = [[s.fingerprint, s.first_seen, s.last_seen, s.count] for s in table.values()]
                 self.cache.set(f"fp:{model}", orjson.dumps(rows))
+            self._track(notes)
         return seen
+
+    def _track(self, notes: Sequence[Note]) -> None:
+        """Index each noted model with the endpoints it was noted under, least recently
+        noted first (JSON keeps the order), and drop the registry and recent keys of the
+        least recently noted beyond MAX_MODELS."""
+        tracked: dict[str, list[str]] = orjson.loads(self.cache.get("models", b"{}"))
+        for note in notes:
+            endpoints = tracked.pop(note.model, [])  # re-inserted: newest last
+            tracked[note.model] = sorted({*endpoints, note.endpoint})
+        for model in list(itertools.islice(tracked, max(0, len(tracked) - MAX_MODELS))):
+            endpoints = tracked.pop(model)
+            self.cache.delete(f"fp:{model}")
+            for endpoint in endpoints:
+                self.cache.delete(f"recent:{endpoint}:{model}")
+        self.cache.set("models", orjson.dumps(tracked))
 
     def add_event(self, event: Mapping[str, Any]) -> None:
         self._events[event["kind"]].append(orjson.dumps(event))

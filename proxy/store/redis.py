@@ -7,6 +7,8 @@ Layout (every key under ``seedproxy:``; ``<meta>`` is ``{meta}:`` on a cluster, 
   <meta>fp:<model>           hash fingerprint -> [first_seen, last_seen, count]
   <meta>models               set of models with a registry
   <meta>recent:<ep>:<model>  list of keys, newest first (explains replay misses)
+fp, models and recent keys expire META_TTL after their last write, so that a model no
+longer used goes, and ``volatile-lru`` may evict them under ``maxmemory``.
   <meta>events:<kind>        list of JSON events, newest first, trimmed
   <meta>counters             hash name -> count
 A cluster places a key by the hash of its name, or of the part in braces when it has one.
@@ -39,6 +41,7 @@ from .diskmeta import MAX_EVENTS, MAX_RECENT
 from .record import RecordError, decode, encode
 
 PREFIX = "seedproxy:"
+META_TTL = 30 * 86400  # seconds a model's registry and recent keys outlive their last write
 CLUSTER_META = PREFIX + "{meta}:"
 SIZE_MEMO = 10.0  # seconds a counted size is reused (counting scans every key)
 # A store that cannot answer must fail fast, so that a request goes on without it: redis-py's
@@ -179,6 +182,7 @@ class RedisStore:
                     pipe.lrem(recent, 0, note.key)
                     pipe.lpush(recent, note.key)
                     pipe.ltrim(recent, 0, MAX_RECENT - 1)
+                    pipe.expire(recent, META_TTL)
                 await pipe.execute()
             seen: list[Seen | None] = [None] * len(notes)
             for model in {note.model for note in notes if note.see}:
@@ -208,7 +212,9 @@ class RedisStore:
                             _fp(fingerprint),
                             orjson.dumps([s.first_seen, s.last_seen, s.count]),
                         )
+                    pipe.expire(name, META_TTL)
                     pipe.sadd(self._meta + "models", model)
+                    pipe.expire(self._meta + "models", META_TTL)
                     await pipe.execute()
                     return seen
                 except WatchError:
