@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import functools
 import hmac
@@ -15,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import dashboard, human, keys, reports
+from .browser import Guard
 from .call import (
     ENDPOINTS,
     Endpoint,
@@ -46,6 +49,8 @@ STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 TOKENS = web.AppKey("tokens", tuple)
+GUARD = web.AppKey("guard", Guard)
+ADMIN_PAGES = ("/_seedproxy", "/metrics")  # what a person may open in a browser
 
 FLUSH_INTERVAL = 1.0
 HEALTH_PING = 1.0  # seconds /healthz waits for the store before calling it unavailable
@@ -63,6 +68,7 @@ def _answering(handler: Handler, route: str) -> Handler:
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
+            _check_browser(request)
             if request.app[TOKENS] and request.path != "/healthz":
                 _check_token(request)
             response = await handler(request)
@@ -122,19 +128,56 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
     request.protocol.force_close()
 
 
+def _check_browser(request: web.Request) -> None:
+    """What a web page must not do through a proxy it can reach (see proxy.browser)."""
+    guard, host = request.app[GUARD], request.headers.get("Host")
+    if guard.refused_host(host):
+        raise ProxyError(
+            403,
+            f"Host {human.terminal_safe(host or '')[:100]!r} is not a name of this proxy: bound to "
+            "loopback, it answers loopback names only (add others to server.allowed_hosts); "
+            "a web page using DNS rebinding sends such requests.",
+            code="host_not_allowed",
+        )
+    if guard.refused_origin(request.headers.get("Origin"), host):
+        raise ProxyError(
+            403,
+            "Requests from web pages of other origins are refused (list an origin in "
+            "server.cors_origins to allow it).",
+            code="origin_not_allowed",
+        )
+
+
 def _check_token(request: web.Request) -> None:
+    """``Authorization: Bearer <token>``; on the admin pages a browser's Basic auth too
+    (any user name, the token as password), so a person can open the dashboard."""
     given = header_bytes(request.headers, "Authorization")
     scheme, _, token = given.partition(b" ")
+    scheme = scheme.lower()
+    page = request.method == "GET" and request.path.startswith(ADMIN_PAGES)
+    if scheme == b"basic" and page:
+        scheme, token = b"bearer", _basic_password(token)
     ok = False
     for candidate in request.app[TOKENS]:  # no early exit: timing does not tell which matched
         ok |= hmac.compare_digest(token.strip(), candidate.encode())
-    if scheme.lower() != b"bearer" or not ok:
+    if scheme != b"bearer" or not ok:
         raise ProxyError(
             401,
             "Missing or invalid proxy token: send "
             "'Authorization: Bearer <token>' with a token from auth.tokens.",
             code="invalid_proxy_token",
+            headers={"WWW-Authenticate": 'Basic realm="seedproxy", charset="UTF-8"'}
+            if page
+            else None,
         )
+
+
+def _basic_password(credentials: bytes) -> bytes:
+    """The password of HTTP Basic credentials (empty when they are not valid base64)."""
+    try:
+        return base64.b64decode(credentials.strip(), validate=True).partition(b":")[2]
+    except binascii.Error:
+        return b""
 
 
 async def _unrouted(request: web.Request) -> web.StreamResponse:
@@ -363,6 +406,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         handler_args={"keepalive_timeout": settings.server.header_timeout},
     )
     app[SETTINGS] = settings
+    server = settings.server
+    app[GUARD] = Guard.of(server.host, server.allowed_hosts, server.cors_origins)
     if store is not None:
         app[STORE] = store
     app[COUNTS] = Counters()

@@ -15,6 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import strictjson
+from .browser import form_type
 from .config import SeedSettings, Settings
 from .errors import ProxyError
 from .keys import cache_key, canonical_query
@@ -116,7 +117,15 @@ def body_timed_out(timeout: float) -> ProxyError:
 
 async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[str, Any]]:
     """The request's raw body, arrived whole within ``within`` seconds (else 408), and its
-    JSON object; 400 ``invalid_json`` otherwise."""
+    JSON object; 400 ``invalid_json`` otherwise. A body type that a cross-site HTML form
+    can send is refused (415) before it is read."""
+    if form_type(request.headers.get("Content-Type")):
+        raise ProxyError(
+            415,
+            "The request body must be JSON (Content-Type: application/json); seedproxy "
+            "refuses the types an HTML form on another site can send.",
+            code="unsupported_media_type",
+        )
     try:
         async with asyncio.timeout(within):
             raw = await request.read()

@@ -114,6 +114,8 @@ class ServerSettings:
     max_body: int = _size(32 * 1024**2)
     body_timeout: float = _duration(30.0)
     header_timeout: float = _duration(75.0)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback ones
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed besides the proxy's own
 
     def __post_init__(self) -> None:
         for name in ("body_timeout", "header_timeout"):
