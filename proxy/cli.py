@@ -338,14 +338,21 @@ async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: 
     if as_json:
         _emit_json(event)
         return
-    click.echo(f"drift {event['id']}  {reports.iso(event['time'])} UTC  reason {event['reason']}")
-    click.echo(f"model {event['model']}  {human.seed(event['seed'])}  endpoint {event['endpoint']}")
+    safe = human.terminal_safe  # every field is stored data
     click.echo(
-        f"fingerprint {human.fingerprint(event['cached_fingerprint'])} (cached) -> "
-        f"{human.fingerprint(event['live_fingerprint'])} (live)  "
-        f"same: {human.yes_no(event['same_fingerprint'])}"
+        safe(f"drift {event['id']}  {reports.iso(event['time'])} UTC  reason {event['reason']}")
     )
-    click.echo(f"similarity {event['similarity']:.4f}  key {event['key']}\n")
+    click.echo(
+        safe(f"model {event['model']}  {human.seed(event['seed'])}  endpoint {event['endpoint']}")
+    )
+    click.echo(
+        safe(
+            f"fingerprint {human.fingerprint(event['cached_fingerprint'])} (cached) -> "
+            f"{human.fingerprint(event['live_fingerprint'])} (live)  "
+            f"same: {human.yes_no(event['same_fingerprint'])}"
+        )
+    )
+    click.echo(safe(f"similarity {event['similarity']:.4f}  key {event['key']}") + "\n")
     click.echo(colored_diff(event["diff"]))
 
 
@@ -835,7 +842,7 @@ def probe(
         click.echo(
             f"\nidentical-output rate {summary['identical_rate']:.0%}  "
             f"distinct outputs {summary['distinct_outputs']}  "
-            f"fingerprints {', '.join(summary['distinct_fingerprints'])}  "
+            f"fingerprints {human.terminal_safe(', '.join(summary['distinct_fingerprints']))}  "
             f"mean similarity {summary['mean_similarity']:.3f}"
         )
     if expect_identical and summary["distinct_outputs"] > 1:

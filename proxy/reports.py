@@ -10,6 +10,7 @@ from typing import Any
 from .config import Settings, parse_duration
 from .determinism import report as determinism_report
 from .determinism import tallies
+from .human import terminal_safe
 from .observe import COUNTERS
 from .store import Store
 
@@ -135,8 +136,9 @@ async def fingerprints(store: Store, model: str | None = None) -> dict[str, list
 
 
 def text_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """Columns aligned for a terminal."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    """Columns aligned for a terminal; what a cell holds (model names, fingerprints: stored
+    data) is escaped where a terminal would act on it."""
+    cells = [[str(h) for h in headers], *[[terminal_safe(str(c)) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -98,3 +98,49 @@ def test_a_drift_diff_prints_stored_control_sequences_escaped_in_our_colours():
     assert "\x1b]52" not in shown and "\x1b[2J" not in shown
     assert "\\u001b]52" in shown and click.style("+new", fg="green")[:5] in shown
     assert click.unstyle(shown).splitlines()[3].startswith("-old a\\u0085b")
+
+
+STORED_NAME = "gpt\x1b]52;c;ZXZpbA==\x07\x1b[2J\u2028x"  # clipboard write, screen clear
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_the_cli_prints_stored_names_escaped(bg, store_config, cache_dir):
+    """Model names and fingerprints are stored data: `drift`, `drift show` and
+    `fingerprints` print them with what a terminal would act on escaped."""
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from proxy import drift
+    from proxy.cli import main
+    from proxy.store import Note
+    from proxy.store.disk import DiskStore
+
+    async def fill() -> str:
+        store = DiskStore(cache_dir)
+        event = drift.DriftEvent(
+            drift.new_id(),
+            1.0,
+            "refresh",
+            "k" * 64,
+            "/v1/chat/completions",
+            STORED_NAME,
+            7,
+            STORED_NAME,
+            "fp",
+            False,
+            0.5,
+            "--- cached\n+++ live\n-a\n+b\n",
+        )
+        await store.add_event(event.to_dict())
+        await store.note([Note("k" * 64, "/v1/chat/completions", STORED_NAME, STORED_NAME, 1.0, True)])
+        await store.close()
+        return event.id
+
+    event_id = asyncio.run(fill())
+    runner = CliRunner()
+    for args in (["drift"], ["drift", "show", event_id], ["fingerprints"]):
+        result = runner.invoke(main, [*args, "--cache-dir", str(cache_dir)], color=True)
+        assert result.exit_code == 0, result.output
+        assert "\x1b]52" not in result.output and "\x1b[2J" not in result.output
+        assert "\u2028" not in result.output and "\\u001b]52" in result.output
