@@ -133,7 +133,9 @@ def test_the_cli_prints_stored_names_escaped(bg, store_config, cache_dir):
             "--- cached\n+++ live\n-a\n+b\n",
         )
         await store.add_event(event.to_dict())
-        await store.note([Note("k" * 64, "/v1/chat/completions", STORED_NAME, STORED_NAME, 1.0, True)])
+        await store.note(
+            [Note("k" * 64, "/v1/chat/completions", STORED_NAME, STORED_NAME, 1.0, True)]
+        )
         await store.close()
         return event.id
 
