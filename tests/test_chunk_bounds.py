@@ -5,13 +5,16 @@ client) and nothing is stored."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 import pytest
 
 from proxy.sse import REPEATED_BYTES, CompletionAccumulator, EventSplitter, parse_event, synthesize
+from tests.conftest import sdk
 from tests.harness import http
+from tests.test_chat import MESSAGES
 from tests.upstream import Scripted
 
 HEADERS = {"Content-Type": "application/json"}
@@ -147,3 +150,22 @@ def test_a_streamed_answer_past_max_response_ends_in_an_error_event(make_proxy, 
         assert orjson.loads(last)["error"]["code"] == "upstream_too_large"
         assert b"[DONE]" not in streamed
         assert len(upstream.chat_calls) == n
+
+
+def test_reading_on_after_the_client_left_is_bounded_in_time(make_proxy, upstream, logs):
+    """complete_on_disconnect reads on for the store, but no longer than upstream.timeout
+    after the client left: a trickling upstream is not read (and held) forever."""
+    from tests.test_streaming import _leave_after_first_event
+
+    proxy = make_proxy(upstream={"timeout": 1.0})
+    upstream.chunk_delay = 0.25  # each event well within the read timeout; all of them not
+    _leave_after_first_event(proxy, upstream, logs)
+    deadline = time.monotonic() + 30  # the upstream would take 5 s more; stopped after 1
+    while "the client left and the upstream did not finish in time" not in logs.text:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not upstream.stream_finished.is_set()  # cut before its end
+    upstream.chunk_delay = 0.0
+    with sdk(proxy) as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+    assert raw.headers["x-cache"] == "MISS"  # the abandoned answer was not stored

@@ -53,6 +53,14 @@ def test_a_non_utf8_authorization_is_a_400(make_proxy, upstream, monkeypatch, se
     assert not upstream.chat_calls
 
 
+def test_a_non_utf8_authorization_the_proxy_does_not_read_is_forwarded(proxy, upstream):
+    """Shared scope, no tokens: the header is the client's business with the upstream,
+    passed on as sent (as nginx does), never a 500."""
+    status, body = raw_request(proxy.url, HEAD, CHAT)
+    assert status == 200, body
+    assert len(upstream.chat_calls) == 1
+
+
 @pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
 def test_log_lines_escape_c1_controls_and_line_separators(formatter):
     line = formatter.line(0.0, "INFO", "seedproxy.test", HOSTILE, {"output": HOSTILE})
