@@ -1,7 +1,8 @@
 -- wrk script: POST a chat completion. CHAT_UNIQUE=1 makes every request a distinct prompt
 -- (cache misses); CHAT_KEYS=N picks one of N stored prompts at random (hits spread over a
 -- store that bench/run.py filled); otherwise every request is the same (hits on one key).
--- Prints one JSON line.
+-- CHAT_STREAM=1 asks for "stream": true; CHAT_HEADERS="k: v\nk2: v2" adds headers to every
+-- request (a peer that routes by header). Prints one JSON line.
 local unique = os.getenv("CHAT_UNIQUE") == "1"
 local keys = tonumber(os.getenv("CHAT_KEYS") or "0")
 local stream = os.getenv("CHAT_STREAM") == "1"
@@ -11,6 +12,12 @@ local prefix = '{"model":"gpt-bench","stream":' .. (stream and "true" or "false"
 local suffix = '"}]}'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+for line in string.gmatch(os.getenv("CHAT_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^%s*([^:]+):%s*(.-)%s*$")
+  if name then
+    wrk.headers[name] = value
+  end
+end
 wrk.body = prefix .. "fixed" .. suffix
 
 local threads = {}
