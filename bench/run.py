@@ -4,24 +4,29 @@
     python bench/run.py --quick      # shorter runs, 100,000 entries
     python bench/run.py --smoke      # seconds; keeps the script working (the test suite runs it)
     python bench/run.py --litellm    # also LiteLLM's proxy, installed into bench/.venv-litellm
+    python bench/run.py --portkey    # also Portkey's gateway (npm), installed into bench/.portkey
+    python bench/run.py --peers      # both
 
 It starts the fake upstream (tests/upstream.py) at 0 ms and 50 ms, a constant-body aiohttp
-server (bench/ceiling.py), a bare aiohttp caching proxy (bench/floor.py), seedproxy (one
-process and --workers 2) and, when installed, nginx as a POST-body-keyed proxy_cache in front
-of the same upstream. Load comes from wrk (Debian's, a Lua script posting a ~1 KB chat
-completion) in its own process on 127.0.0.1.
+server (bench/ceiling.py), a bare aiohttp caching proxy (bench/floor.py, the floor for
+misses), seedproxy (one process and --workers 2) and, when installed, nginx as a
+POST-body-keyed proxy_cache in front of the same upstream. Load comes from wrk (Debian's, a
+Lua script posting a ~1 KB chat completion) and from bench/sdkload.py (requests like the
+async openai SDK's: one aiohttp session, a new prompt per request), each in its own process
+on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +37,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's proxy package, installed or not
+sys.path.insert(0, str(ROOT / "bench"))  # the modules beside this one, run as a script or not
+
+import portkey  # noqa: E402
+from drivers import first_chunks_ms, sdk_taking_turns  # noqa: E402
+
 LUA = ROOT / "bench" / "chat.lua"
 PROMPT = "benchmark prompt fixed"
 LINES_1KB, LINES_30KB = 12, 700  # fake upstream answer sizes
@@ -43,12 +53,16 @@ class Mode:
     latency_seconds: float  # per latency run
     entries: int  # the large store
     name: str
+    sdk_c1: int  # requests per target for the SDK-like driver's misses at c=1
+    sdk_c16: int  # and at c=16
+    sdk_turns: int  # the runs those take turns in
+    first_byte: int  # requests per kind of hit for the time to the first byte
 
 
 MODES = {
-    "full": Mode(10, 10, 1_000_000, "full"),
-    "quick": Mode(5, 6, 100_000, "quick"),
-    "smoke": Mode(1, 1, 300, "smoke"),
+    "full": Mode(10, 10, 1_000_000, "full", 400, 1600, 5, 200),
+    "quick": Mode(5, 6, 100_000, "quick", 200, 800, 4, 100),
+    "smoke": Mode(1, 1, 300, "smoke", 40, 160, 2, 20),
 }
 
 
@@ -143,14 +157,24 @@ class Servers:
 
 
 def wrk(
-    port: int, connections: int, seconds: float, unique: bool = False, run: str = "0", keys: int = 0
+    port: int,
+    connections: int,
+    seconds: float,
+    unique: bool = False,
+    run: str = "0",
+    keys: int = 0,
+    stream: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """``unique``: every request a miss; ``keys``: hits spread over that many stored prompts
-    (see :func:`fill`); else hits on the benchmark's one prompt."""
+    (see :func:`fill`); else hits on the benchmark's one prompt. ``stream``: ``"stream":
+    true``; ``headers``: added to every request."""
     env = os.environ | {
         "CHAT_UNIQUE": "1" if unique else "0",
         "CHAT_RUN": run,
         "CHAT_KEYS": str(keys),
+        "CHAT_STREAM": "1" if stream else "0",
+        "CHAT_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
     }
     out = subprocess.run(
         [
@@ -186,13 +210,19 @@ def percentile(hist: list[list[int]], fraction: float) -> float:
 
 
 def taking_turns(
-    targets: dict[str, int], connections: int, seconds: float, unique: bool = False, turns: int = 5
+    targets: dict[str, int],
+    connections: int,
+    seconds: float,
+    unique: bool = False,
+    turns: int = 5,
+    headers: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Latency of each target in ``turns`` short runs that take turns (the order reversed
     every other round), so every figure sees the machine in the same state; percentiles
-    from the pooled histograms."""
+    from the pooled histograms. ``headers``: extra headers per target name."""
     turns = max(1, min(turns, int(seconds)))
     hists: dict[str, list[list[int]]] = {name: [] for name in targets}
+    errors = dict.fromkeys(targets, 0)
     for turn in range(turns):
         names = list(targets) if turn % 2 == 0 else list(reversed(targets))
         for name in names:
@@ -202,22 +232,26 @@ def taking_turns(
                 seconds / turns,
                 unique,
                 run=f"{name}{connections}-{turn}",
+                headers=(headers or {}).get(name),
             )
             hists[name] += result["hist"]
+            errors[name] += result["errors"]
     return {
-        name: {"p50_us": percentile(h, 0.5), "p99_us": percentile(h, 0.99)}
+        name: {"p50_us": percentile(h, 0.5), "p99_us": percentile(h, 0.99), "errors": errors[name]}
         for name, h in hists.items()
     }
 
 
-def warm(port: int, prompt: str = PROMPT, stream: bool = False) -> None:
+def warm(
+    port: int, prompt: str = PROMPT, stream: bool = False, headers: dict[str, str] | None = None
+) -> None:
     body = json.dumps(
         {"model": "gpt-bench", "stream": stream, "messages": [{"role": "user", "content": prompt}]}
     ).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json"} | (headers or {}),
     )
     urllib.request.urlopen(request, timeout=30).read()
 
@@ -227,46 +261,6 @@ def rss_kib(proc: subprocess.Popen, field_name: str = "VmRSS") -> int:
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
     return 0
-
-
-async def first_chunk_ms(port: int, tag: str) -> float:
-    """Time to the first streamed event of a miss (raw sockets: nothing in between)."""
-    body = json.dumps(
-        {
-            "model": "gpt-bench",
-            "stream": True,
-            "messages": [{"role": "user", "content": f"ttfc {tag} {time.time_ns()}"}],
-        }
-    ).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-        f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    started = time.perf_counter()
-    writer.write(head.encode() + body)
-    data = b""
-    while b"data:" not in data:
-        chunk = await reader.read(65536)
-        if not chunk:
-            break
-        data += chunk
-    elapsed = time.perf_counter() - started
-    await reader.read()  # the rest, to the close
-    writer.close()
-    return elapsed * 1000
-
-
-async def first_chunks_ms(targets: dict[str, int], n: int) -> dict[str, float]:
-    """Median time to the first event per target, the targets taking turns request by request
-    (the first round only warms up)."""
-    samples: dict[str, list[float]] = {name: [] for name in targets}
-    for i in range(n + 1):
-        for name, port in targets.items():
-            took = await first_chunk_ms(port, f"{name} {i}")
-            if i:
-                samples[name].append(took)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def fill(cache: Path, entries: int, upstream: int) -> None:
@@ -359,15 +353,23 @@ def main() -> None:
         action="store_true",
         help="Also measure LiteLLM's proxy (installs it into a venv).",
     )
+    parser.add_argument(
+        "--portkey",
+        action="store_true",
+        help="Also measure Portkey's open-source gateway on misses (installs it with npm).",
+    )
+    parser.add_argument("--peers", action="store_true", help="--litellm and --portkey.")
     args = parser.parse_args()
+    peers = Peers(litellm=args.litellm or args.peers, portkey=args.portkey or args.peers)
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     entries = args.entries or mode.entries
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is missing (apt-get install wrk)")
+    print(machine(mode), flush=True)
     servers = Servers()
     rows: list[Row] = []
     try:
-        run(servers, mode, entries, args.litellm, rows)
+        run(servers, mode, entries, peers, rows)
     finally:
         servers.stop()
         shutil.rmtree(servers.tmp, ignore_errors=True)
@@ -393,9 +395,66 @@ def loop_name() -> str:
     return name()
 
 
-def miss_rows(servers: Servers, up50: int, litellm: bool, lt: float, rows: list[Row]) -> int:
-    """Added latency on misses (50 ms upstream) beside the bare aiohttp proxy, nginx and
-    LiteLLM; returns the port of the proxy in front of that upstream."""
+def machine(mode: Mode) -> str:
+    """When and where: what the README's table cites of a run."""
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        f"seedproxy benchmark, {mode.name} mode, {now:%Y-%m-%d %H:%M} UTC\n"
+        f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
+        f"{platform.python_version()} ({platform.python_implementation()}), "
+        f"loop {loop_name()}"
+    )
+
+
+@dataclass
+class Peers:
+    """The peers measured besides nginx, each only when asked for (they install things)."""
+
+    litellm: bool = False
+    portkey: bool = False
+
+
+FLOOR = "bare aiohttp proxy"  # bench/floor.py: what aiohttp and one diskcache write cost
+
+
+def miss_row(metric: str, c: int, turns: dict[str, dict[str, float]], notes: list[str]) -> Row:
+    """One row of added latency on misses: seedproxy's and the others' p50 / p99 minus the
+    upstream's own, seedproxy's p50 and p99 beyond the floor, and issue 23's targets."""
+    direct, via, floor = turns["direct"], turns["proxy"], turns[FLOOR]
+    add50 = (via["p50_us"] - direct["p50_us"]) / 1000
+    add99 = (via["p99_us"] - direct["p99_us"]) / 1000
+    # seedproxy's own part: what it adds beyond the bare proxy, which moves with the VM
+    own50 = (via["p50_us"] - floor["p50_us"]) / 1000
+    own99 = (via["p99_us"] - floor["p99_us"]) / 1000
+    if c == 1:
+        ok = own50 <= 0.10 and add99 <= 3.0
+        target = "issue 23: p50 <= floor's +0.10 ms, p99 <= +3 ms"
+    else:
+        ok = own50 <= 0 and own99 <= 0
+        target = "issue 23: p50 and p99 <= floor's"
+    base = [f"direct {ms(direct['p50_us'])} / {ms(direct['p99_us'])}"]
+    for name, other in turns.items():
+        if name in ("direct", "proxy"):
+            continue
+        failed = f" ({other['errors']:,.0f} errors)" if other.get("errors") else ""
+        base.append(
+            f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
+            f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms{failed}"
+        )
+    return Row(
+        metric,
+        f"{add50:+.2f} ms / {add99:+.2f} ms",
+        "; ".join(base + notes),
+        f"p50 {own50:+.2f} ms, p99 {own99:+.2f} ms vs floor",
+        target,
+        verdict(ok),
+    )
+
+
+def miss_rows(servers: Servers, up50: int, peers: Peers, mode: Mode, rows: list[Row]) -> int:
+    """Added latency on misses (50 ms upstream), driven by wrk and by the SDK-like driver,
+    beside the bare aiohttp proxy (the floor), nginx, Portkey and LiteLLM; returns the port
+    of the proxy in front of that upstream."""
     proxy50, _ = servers.proxy(up50, servers.tmp / "c50")
     floor50 = free_port()  # what aiohttp and one diskcache write cost any proxy
     servers.start(
@@ -408,91 +467,86 @@ def miss_rows(servers: Servers, up50: int, litellm: bool, lt: float, rows: list[
         ],
         floor50,
     )
-    ll50 = start_litellm(servers, up50) if litellm else None
     nginx50 = start_nginx(servers, up50)
-    for c, p50_target, p99_target in ((1, 1.0, 3.0), (16, 1.5, None)):
-        turns = taking_turns(
-            {
-                "direct": up50,
-                "proxy": proxy50,
-                "bare aiohttp proxy": floor50,
-                **({"nginx": nginx50} if nginx50 else {}),
-            },
-            c,
-            lt,
-            unique=True,
-        )
+    targets = {"direct": up50, "proxy": proxy50, FLOOR: floor50}
+    if nginx50:
+        targets["nginx"] = nginx50
+    headers = {"Portkey": portkey.headers(up50)}
+    notes = []
+    pk_proc: subprocess.Popen | None = None
+    if peers.portkey:
+        try:
+            pk50 = free_port()
+            pk_proc = portkey.start(servers, pk50)
+            for i in range(10):  # node compiles its hot paths on the first requests
+                warm(pk50, f"portkey warm {i} {time.time_ns()}", headers=headers["Portkey"])
+            targets["Portkey"] = pk50
+        except (portkey.Unavailable, SystemExit, OSError) as exc:
+            notes.append(f"Portkey not measured ({exc})")
+    else:
+        notes.append("Portkey not measured (--portkey)")
+    ll50 = start_litellm(servers, up50) if peers.litellm else None
+    if not ll50:
+        notes.append("LiteLLM not measured (--litellm)")
+    for c in (1, 16):
+        turns = taking_turns(targets, c, mode.latency_seconds, unique=True, headers=headers)
         if ll50:  # apart, after the others: work it does after answering would run into theirs
-            turns |= taking_turns({"LiteLLM": ll50[0]}, c, lt, unique=True)
-        direct, via = turns["direct"], turns["proxy"]
-        add50 = (via["p50_us"] - direct["p50_us"]) / 1000
-        add99 = (via["p99_us"] - direct["p99_us"]) / 1000
-        ok = add50 <= p50_target and (p99_target is None or add99 <= p99_target)
-        target = f"p50 <= {p50_target} ms" + (f", p99 <= {p99_target} ms" if p99_target else "")
-        base = [f"direct {ms(direct['p50_us'])} / {ms(direct['p99_us'])}"]
-        for name, other in turns.items():
-            if name in ("direct", "proxy"):
-                continue
-            base.append(
-                f"{name} {(other['p50_us'] - direct['p50_us']) / 1000:+.2f} ms / "
-                f"{(other['p99_us'] - direct['p99_us']) / 1000:+.2f} ms"
-            )
-        # seedproxy's own part: what it adds beyond the bare proxy, which moves with the VM
-        own = (via["p50_us"] - turns["bare aiohttp proxy"]["p50_us"]) / 1000
-        rows.append(
-            Row(
-                f"added latency on misses, c={c}",
-                f"{add50:+.2f} ms / {add99:+.2f} ms",
-                "; ".join(base),
-                f"p50 {own:+.2f} ms vs bare proxy",
-                target,
-                verdict(ok),
-            )
-        )
-    if ll50:
-        ll50[1].terminate()
-        ll50[1].wait(30)
-
+            turns |= taking_turns({"LiteLLM": ll50[0]}, c, mode.latency_seconds, unique=True)
+        rows.append(miss_row(f"added latency on misses, c={c}", c, turns, notes))
+    for c, requests in ((1, mode.sdk_c1), (16, mode.sdk_c16)):
+        turns = sdk_taking_turns(targets, c, requests, mode.sdk_turns, headers=headers)
+        if ll50:
+            turns |= sdk_taking_turns({"LiteLLM": ll50[0]}, c, requests, mode.sdk_turns)
+        rows.append(miss_row(f"added latency on misses (async SDK client), c={c}", c, turns, notes))
+    for proc in (ll50[1] if ll50 else None, pk_proc):
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
     return proxy50
 
 
-def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Row]) -> None:
-    t, lt = mode.seconds, mode.latency_seconds
-    up0, up50, up30k = servers.upstream(0), servers.upstream(50), servers.upstream(0, LINES_30KB)
-    ceiling = free_port()
-    servers.start([sys.executable, str(ROOT / "bench" / "ceiling.py"), str(ceiling)], ceiling)
-    proxy, proxy_proc = servers.proxy(up0, servers.tmp / "c1")
-    proxy2, _ = servers.proxy(up0, servers.tmp / "c2", workers=2)
-    nginx = start_nginx(servers, up0)
-    for port in (proxy, proxy2, *([nginx] if nginx else [])):
-        for _ in range(3):
-            warm(port)
+@dataclass
+class HitPorts:
+    up0: int  # the fake upstream at 0 ms
+    ceiling: int  # bench/ceiling.py
+    proxy: int  # seedproxy, one process
+    proxy2: int  # seedproxy --workers 2
+    nginx: int | None
 
-    # -- hit throughput at 64 connections
-    const = wrk(ceiling, 64, t)
-    fake = wrk(up0, 64, t)
+
+def hit_throughput_rows(
+    servers: Servers, mode: Mode, peers: Peers, ports: HitPorts, rows: list[Row]
+) -> None:
+    """Hit throughput at 64 connections, non-streamed and streamed, beside the constant-body
+    aiohttp server, the fake upstream, nginx and LiteLLM (one process and --num_workers 2)."""
+    t, proxy, proxy2, nginx = mode.seconds, ports.proxy, ports.proxy2, ports.nginx
+    const = wrk(ports.ceiling, 64, t)
+    fake = wrk(ports.up0, 64, t)
     hits = wrk(proxy, 64, t)
+    streamed = wrk(proxy, 64, t, stream=True)
     hits2 = wrk(proxy2, 64, t)
     ng = wrk(nginx, 64, t) if nginx else None
-    ll = None
-    if litellm:  # measured, then stopped: it is heavy, and the next runs need the cores
-        port, proc = start_litellm(servers, up0)
-        ll = wrk(port, 64, t)
-        proc.terminate()
-        proc.wait(30)
+    ll: dict[int, dict[str, float]] = {}
+    if peers.litellm:  # measured, then stopped: it is heavy, and the next runs need the cores
+        for workers in (1, 2):
+            port, proc = start_litellm(servers, ports.up0, workers)
+            wrk(port, 64, 1)  # every worker through its first requests (they start one by one)
+            ll[workers] = wrk(port, 64, t)
+            proc.terminate()
+            proc.wait(30)
     base = [f"fake upstream 0 ms {fake['rps']:,.0f}", f"constant-body aiohttp {const['rps']:,.0f}"]
     if ng:
         base.append(f"nginx {ng['rps']:,.0f}")
-    base.append(f"LiteLLM {ll['rps']:,.0f}" if ll else "LiteLLM not measured (--litellm)")
+    base.append(f"LiteLLM {ll[1]['rps']:,.0f}" if ll else "LiteLLM not measured (--litellm)")
     rows.append(
         Row(
             "hit throughput, 1 process, c=64",
             f"{hits['rps']:,.0f} req/s",
             "; ".join(base),
-            f"{hits['rps'] / fake['rps']:.0%} of fake, {hits['rps'] / const['rps']:.0%} "
-            "of constant",
-            ">= 60% of fake upstream",
-            verdict(hits["rps"] >= 0.6 * fake["rps"]),
+            f"{hits['rps'] / const['rps']:.2f}x constant-body aiohttp, "
+            f"{hits['rps'] / fake['rps']:.0%} of fake",
+            ">= 0.60x constant-body aiohttp",
+            verdict(hits["rps"] >= 0.6 * const["rps"]),
         )
     )
     rows.append(
@@ -505,12 +559,28 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
     )
     rows.append(
         Row(
+            "streamed hit throughput, 1 process, c=64",
+            f"{streamed['rps']:,.0f} req/s",
+            f"non-streamed {hits['rps']:,.0f}; p50 / p99 {ms(streamed['p50_us'])} / "
+            f"{ms(streamed['p99_us'])}",
+            f"{streamed['rps'] / hits['rps']:.2f}x non-streamed",
+            ">= 0.5x non-streamed",
+            verdict(streamed["rps"] >= 0.5 * hits["rps"]),
+        )
+    )
+    rows.append(
+        Row(
             "hit throughput, --workers 2, c=64",
             f"{hits2['rps']:,.0f} req/s",
-            f"1 process {hits['rps']:,.0f}",
+            f"1 process {hits['rps']:,.0f}; "
+            + (
+                f"LiteLLM --num_workers 2 {ll[2]['rps']:,.0f}"
+                if ll
+                else "LiteLLM --num_workers 2 not measured (--litellm)"
+            ),
             f"{hits2['rps'] / hits['rps']:.2f}x",
-            ">= 1.6x one process",
-            verdict(hits2["rps"] >= 1.6 * hits["rps"]),
+            ">= 1.8x one process",
+            verdict(hits2["rps"] >= 1.8 * hits["rps"]),
         )
     )
     if ng:
@@ -526,12 +596,58 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
         Row(
             "vs LiteLLM hit throughput",
             f"{hits['rps']:,.0f} req/s",
-            f"LiteLLM {ll['rps']:,.0f}" if ll else "not measured",
-            f"{hits['rps'] / ll['rps']:.0f}x" if ll else "",
+            f"LiteLLM {ll[1]['rps']:,.0f}, --num_workers 2 {ll[2]['rps']:,.0f}"
+            if ll
+            else "not measured",
+            f"{hits['rps'] / ll[1]['rps']:.0f}x (workers 2 vs 2: "
+            f"{hits2['rps'] / ll[2]['rps']:.0f}x)"
+            if ll
+            else "",
             ">= 50x",
-            verdict(hits["rps"] >= 50 * ll["rps"]) if ll else "-",
+            verdict(hits["rps"] >= 50 * ll[1]["rps"]) if ll else "-",
         )
     )
+
+
+def first_byte_rows(proxy: int, mode: Mode, rows: list[Row]) -> None:
+    """Time to the first byte of a hit's body, streamed (its first event) and not, at c=1,
+    through the SDK-like driver; the two kinds take turns."""
+    turns = sdk_taking_turns(
+        {"streamed": proxy, "non-streamed": proxy},
+        1,
+        mode.first_byte,
+        mode.sdk_turns,
+        options={"streamed": {"stream": True}},
+        hit=True,
+        first_byte=True,
+    )
+    s, n = turns["streamed"], turns["non-streamed"]
+    rows.append(
+        Row(
+            "first byte of a streamed hit, c=1 (async SDK client)",
+            f"{ms(s['p50_us'])} / {ms(s['p99_us'])}",
+            f"non-streamed hit {ms(n['p50_us'])} / {ms(n['p99_us'])}",
+            f"p50 {s['p50_us'] / n['p50_us']:.2f}x non-streamed",
+        )
+    )
+
+
+def run(servers: Servers, mode: Mode, entries: int, peers: Peers, rows: list[Row]) -> None:
+    t, lt = mode.seconds, mode.latency_seconds
+    up0, up50, up30k = servers.upstream(0), servers.upstream(50), servers.upstream(0, LINES_30KB)
+    ceiling = free_port()
+    servers.start([sys.executable, str(ROOT / "bench" / "ceiling.py"), str(ceiling)], ceiling)
+    proxy, proxy_proc = servers.proxy(up0, servers.tmp / "c1")
+    proxy2, _ = servers.proxy(up0, servers.tmp / "c2", workers=2)
+    nginx = start_nginx(servers, up0)
+    for port in (proxy, proxy2, *([nginx] if nginx else [])):
+        for _ in range(3):
+            warm(port)
+
+    # -- hit throughput at 64 connections, non-streamed and streamed
+    warm(proxy, stream=True)  # a streamed request on the stored answer: served as events
+    ports = HitPorts(up0, ceiling, proxy, proxy2, nginx)
+    hit_throughput_rows(servers, mode, peers, ports, rows)
 
     # -- hit latency at c=1 and c=16
     for c in (1, 16):
@@ -544,9 +660,10 @@ def run(servers: Servers, mode: Mode, entries: int, litellm: bool, rows: list[Ro
                 f"nginx {ms(n['p50_us'])} / {ms(n['p99_us'])}" if n else "nginx absent",
             )
         )
+    first_byte_rows(proxy, mode, rows)
 
     # -- added latency on misses, 50 ms upstream
-    proxy50 = miss_rows(servers, up50, litellm, lt, rows)
+    proxy50 = miss_rows(servers, up50, peers, mode, rows)
 
     # -- streaming: time to the first chunk, misses
     n = 10 if mode.name == "smoke" else 60
@@ -701,9 +818,12 @@ http {{
     return port
 
 
-def start_litellm(servers: Servers, upstream: int) -> tuple[int, subprocess.Popen]:
+def start_litellm(
+    servers: Servers, upstream: int, workers: int = 1
+) -> tuple[int, subprocess.Popen]:
     """LiteLLM's proxy with its disk cache in front of ``upstream``, from its own venv
-    (created on first use), offline: no cost-map download, no telemetry, no master key."""
+    (created on first use), offline: no cost-map download, no telemetry, no master key;
+    ``workers``: its ``--num_workers`` (uvicorn worker processes)."""
     venv = ROOT / "bench" / ".venv-litellm"
     litellm = venv / "bin" / "litellm"
     if not litellm.exists():
@@ -713,7 +833,7 @@ def start_litellm(servers: Servers, upstream: int) -> tuple[int, subprocess.Pope
             check=True,
         )
     port = free_port()
-    config = servers.tmp / f"litellm-{upstream}.yaml"
+    config = servers.tmp / f"litellm-{upstream}-{workers}.yaml"
     config.write_text(f"""
 model_list:
   - model_name: gpt-bench
@@ -725,12 +845,15 @@ litellm_settings:
   cache: true
   cache_params:
     type: disk
-    disk_cache_dir: {servers.tmp / f"litellm-cache-{upstream}"}
+    disk_cache_dir: {servers.tmp / f"litellm-cache-{upstream}-{workers}"}
 general_settings:
   dangerously_permit_weak_or_unset_master_key: true
 """)
     proc = servers.start(
-        [str(litellm), "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
+        [
+            *(str(litellm), "--config", str(config), "--port", str(port)),
+            *("--host", "127.0.0.1", "--num_workers", str(workers)),
+        ],
         port,
         health="/health/liveliness",
         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"},

@@ -21,11 +21,16 @@ def test_benchmark_smoke_run_prints_its_table():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table = result.stdout
+    assert table.startswith("seedproxy benchmark, smoke mode, ") and "\nmachine: " in table
     for metric in (
         "hit throughput, 1 process, c=64",
         "hit throughput, --workers 2, c=64",
         "added latency on misses, c=1",
         "added latency on misses, c=16",
+        "added latency on misses (async SDK client), c=1",
+        "added latency on misses (async SDK client), c=16",
+        "streamed hit throughput, 1 process, c=64",
+        "first byte of a streamed hit, c=1",
         "stream first-chunk added on misses",
         "hit latency, 30 KB answer, c=1",
         "hit latency with 300 entries, c=1",
@@ -35,8 +40,11 @@ def test_benchmark_smoke_run_prints_its_table():
         assert metric in table, metric
     assert "req/s" in table and "ms" in table
     misses = [line for line in table.splitlines() if "added latency on misses" in line]
-    assert len(misses) == 2 and all("bare aiohttp proxy +" in line for line in misses)
-    assert all(re.search(r"p50 [+-]\d+\.\d\d ms vs bare proxy", line) for line in misses)
+    assert len(misses) == 4 and all("bare aiohttp proxy +" in line for line in misses)
+    beyond = r"p50 [+-]\d+\.\d\d ms, p99 [+-]\d+\.\d\d ms vs floor"
+    assert all(re.search(beyond, line) for line in misses)
+    # the peers that install things are measured only when asked for
+    assert all("Portkey not measured (--portkey)" in line for line in misses)
 
 
 def test_latency_percentiles_pool_runs_by_histogram():
