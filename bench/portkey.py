@@ -48,8 +48,12 @@ def install() -> Path:
     except subprocess.TimeoutExpired:
         raise Unavailable("npm install failed: timed out after 600 s") from None
     if done.returncode != 0 or not SERVER.exists():
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise Unavailable(f"npm install failed: {last[:120]}")
+        said = [
+            line.removeprefix("npm error").strip()
+            for line in done.stderr.splitlines()
+            if line.startswith("npm error") and "complete log" not in line
+        ]
+        raise Unavailable(f"npm install failed: {' '.join(said[:2])[:160] or 'no output'}")
     return SERVER
 
 
