@@ -9,6 +9,7 @@ endpoints refuse the body types a form can send."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -39,6 +40,12 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+@functools.lru_cache(maxsize=256)  # asked of every request, with a few names in use
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback interface."""
+    return is_loopback(host_name(host))
+
+
 @dataclass(frozen=True, slots=True)
 class Guard:
     """The checks for one proxy: ``loopback`` (bound to loopback, so ``Host`` must be a
@@ -60,8 +67,7 @@ class Guard:
         """Whether a loopback-bound proxy must refuse a request naming ``host``."""
         if not self.loopback:
             return False
-        name = host_name(host or "")
-        return not (is_loopback(name) or name in self.hosts)
+        return not (loopback_host(host or "") or host_name(host or "") in self.hosts)
 
     def refused_origin(self, origin: str | None, host: str | None) -> bool:
         """Whether a request sent by the page at ``origin`` must be refused: neither the

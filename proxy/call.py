@@ -20,6 +20,7 @@ from .config import SeedSettings, Settings
 from .errors import ProxyError
 from .keys import cache_key, canonical_query
 from .kinds import KINDS, Kind
+from .memo import Ident, Memo, Parsed
 from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request
 from .policy import seed_mode as request_seed_mode
 from .upstream import forward_request_headers
@@ -115,10 +116,9 @@ def body_timed_out(timeout: float) -> ProxyError:
     )
 
 
-async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[str, Any]]:
-    """The request's raw body, arrived whole within ``within`` seconds (else 408), and its
-    JSON object; 400 ``invalid_json`` otherwise. A body type that a cross-site HTML form
-    can send is refused (415) before it is read."""
+async def read_body(request: web.Request, within: float) -> bytes:
+    """The request's raw body, arrived whole within ``within`` seconds (else 408). A body
+    type that a cross-site HTML form can send is refused (415) before it is read."""
     if form_type(request.headers.get("Content-Type")):
         raise ProxyError(
             415,
@@ -126,11 +126,17 @@ async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[st
             "refuses the types an HTML form on another site can send.",
             code="unsupported_media_type",
         )
+    if request.content.is_eof():  # all here already (most requests): nothing to wait for
+        return await request.read()
     try:
         async with asyncio.timeout(within):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         raise body_timed_out(within) from None
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object; 400 ``invalid_json`` or ``duplicate_key`` otherwise."""
     try:
         body = strictjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -146,7 +152,13 @@ async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[st
         ) from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
-    return raw, body
+    return body
+
+
+async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[str, Any]]:
+    """The request's raw body (see :func:`read_body`) and its JSON object."""
+    raw = await read_body(request, within)
+    return raw, json_object(raw)
 
 
 def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
@@ -188,16 +200,11 @@ def seeded(
     return used, body.get("seed", _MISSING) is not before
 
 
-async def parse(
-    request: web.Request,
-    endpoint: Endpoint,
-    settings: Settings,
-    mode: str,
-    credential: tuple[str, str] | None,
-) -> Call:
-    """The client's request as a Call: seed policy applied, key computed, cache plan made
-    from ``mode`` (``cache.mode``, or a session's) and the request's directives."""
-    raw, body = await read_json(request, settings.server.body_timeout)
+def parse_body(ident: Ident, endpoint: Endpoint, settings: Settings) -> Parsed:
+    """What the request :data:`~proxy.memo.Ident` says, through ``settings``: its body
+    parsed, the seed policy applied, its key computed."""
+    path, raw_query, name, seed_header, raw = ident
+    body = json_object(raw)
     model = body.get("model")  # before any work on the body
     if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
         raise ProxyError(
@@ -208,28 +215,62 @@ async def parse(
             param="model",
         )
     had_seed = "seed" in body
-    seed_mode = request_seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
-    seed, changed = seeded(endpoint, body, settings.seed, seed_mode)
-    cache = settings.cache
-    query = canonical_query(request.rel_url.raw_query_string)
+    seed, changed = seeded(
+        endpoint, body, settings.seed, request_seed_mode(seed_header, settings.seed.mode)
+    )
     key = cache_key(
-        endpoint.path,
-        query,
-        namespace(request.headers, cache.scope),
+        path,
+        canonical_query(raw_query),
+        name,
         settings.upstream.base_url,
         settings.rules.canonical(body, raw),
     )
-    plan = plan_request(mode, request.headers.get("Cache-Control"), endpoint.kind.stateful(body))
-    return Call(
-        endpoint,
+    return Parsed(
         body,
-        raw,
         ("replaced" if had_seed else "added") if changed else "",
-        request.headers,
-        credential,
         key,
         model if isinstance(model, str) else "",
         seed,
-        plan,
-        request.rel_url.raw_query_string,
+        endpoint.kind.stateful(body),
+    )
+
+
+async def parse(
+    request: web.Request,
+    endpoint: Endpoint,
+    settings: Settings,
+    mode: str,
+    credential: tuple[str, str] | None,
+    memo: Memo | None = None,
+) -> Call:
+    """The client's request as a Call: seed policy applied, key computed (or found in
+    ``memo`` for the same request seen before), cache plan made from ``mode``
+    (``cache.mode``, or a session's) and the request's directives."""
+    raw = await read_body(request, settings.server.body_timeout)
+    headers = request.headers
+    raw_query = request.rel_url.raw_query_string
+    ident: Ident = (
+        endpoint.path,
+        raw_query,
+        namespace(headers, settings.cache.scope),
+        headers.get(SEED_MODE_HEADER),
+        raw,
+    )
+    parsed = memo.get(ident) if memo is not None else None
+    if parsed is None:
+        parsed = parse_body(ident, endpoint, settings)
+        if memo is not None:
+            memo.put(ident, parsed)
+    return Call(
+        endpoint,
+        parsed.body,
+        raw,
+        parsed.seed_edit,
+        headers,
+        credential,
+        parsed.key,
+        parsed.model,
+        parsed.seed,
+        plan_request(mode, headers.get("Cache-Control"), parsed.stateful),
+        raw_query,
     )

@@ -16,6 +16,7 @@ from .fetch import Fetcher, Live, Tee
 from .flight import Flights, credential_scope
 from .health import StoreHealth, unavailable
 from .keys import occurrence_key
+from .memo import Memo
 from .observe import Counters
 from .passthrough import relay
 from .policy import (
@@ -68,9 +69,10 @@ class Pipeline:
         )
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
         self.repeats = repeats.Occurrences(cache.repeat == "sequence")
+        self.memo = Memo()  # a request's bytes seen before: its key without parsing
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        call = await parse(request, endpoint, self.settings, self.mode, self.credential)
+        call = await parse(request, endpoint, self.settings, self.mode, self.credential, self.memo)
         first, n = call.key, self.repeats.next(call.key)
         if n:  # a repeat is its own key, so it is neither served nor coalesced as another
             call = dataclasses.replace(call, key=occurrence_key(first, n))
