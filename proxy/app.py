@@ -348,7 +348,7 @@ async def _explain(request: web.Request) -> web.Response:
     """POST a request body: its canonical form, ignored fields, namespace and key."""
     settings = request.app[SETTINGS]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
-    _, body = await read_json(request, settings.server.body_timeout)
+    _, body = await read_json(request, settings.server.body_timeout, settings.server.max_body)
     mode = seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
     seed, _ = seeded(endpoint, body, settings.seed, mode)
     query = canonical_query(request.query.get("query", ""))

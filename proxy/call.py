@@ -116,9 +116,10 @@ def body_timed_out(timeout: float) -> ProxyError:
     )
 
 
-async def read_body(request: web.Request, within: float) -> bytes:
-    """The request's raw body, arrived whole within ``within`` seconds (else 408). A body
-    type that a cross-site HTML form can send is refused (415) before it is read."""
+async def read_body(request: web.Request, within: float, limit: int) -> bytes:
+    """The request's raw body, arrived whole within ``within`` seconds (else 408), at most
+    ``limit`` bytes (else 413). A body type that a cross-site HTML form can send is
+    refused (415) before it is read."""
     if form_type(request.headers.get("Content-Type")):
         raise ProxyError(
             415,
@@ -126,8 +127,11 @@ async def read_body(request: web.Request, within: float) -> bytes:
             "refuses the types an HTML form on another site can send.",
             code="unsupported_media_type",
         )
-    if request.content.is_eof():  # all here already (most requests): nothing to wait for
-        return await request.read()
+    if request.content.is_eof():  # all here already (most requests): taken as it is
+        raw = request.content.read_nowait()
+        if len(raw) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+        return raw
     try:
         async with asyncio.timeout(within):
             return await request.read()
@@ -155,9 +159,11 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def read_json(request: web.Request, within: float) -> tuple[bytes, dict[str, Any]]:
+async def read_json(
+    request: web.Request, within: float, limit: int
+) -> tuple[bytes, dict[str, Any]]:
     """The request's raw body (see :func:`read_body`) and its JSON object."""
-    raw = await read_body(request, within)
+    raw = await read_body(request, within, limit)
     return raw, json_object(raw)
 
 
@@ -246,7 +252,7 @@ async def parse(
     """The client's request as a Call: seed policy applied, key computed (or found in
     ``memo`` for the same request seen before), cache plan made from ``mode``
     (``cache.mode``, or a session's) and the request's directives."""
-    raw = await read_body(request, settings.server.body_timeout)
+    raw = await read_body(request, settings.server.body_timeout, settings.server.max_body)
     headers = request.headers
     raw_query = request.rel_url.raw_query_string
     ident: Ident = (

@@ -55,6 +55,17 @@ _TEXT_UNSAFE = _JSON_UNSAFE | {c: f"\\u{c:04x}" for c in (*range(0x20), 0x7F)}
 AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.access", "aiohttp.web")
 
 
+_pid = os.getpid()  # a system call per log line otherwise; a forked worker learns its own
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def _escaped(text: str, table: dict[int, str]) -> str:
     """``text`` with the characters of ``table`` as ``\\uXXXX`` (the common all-ASCII line
     costs one check)."""
@@ -92,7 +103,7 @@ class JsonFormatter(LineFormatter):
                 "time": round(created, 3),
                 "level": level.lower(),
                 "logger": name,
-                "pid": os.getpid(),
+                "pid": _pid,
                 "msg": msg,
                 **data,
             },

@@ -167,7 +167,7 @@ def select_variant(
     """The stored variant (newest first) the fingerprint policy allows, or None."""
     if not variants:
         return None
-    newest = max(variants, key=lambda v: v.created)
+    newest = variants[0] if len(variants) == 1 else max(variants, key=lambda v: v.created)
     if replay or policy == "any" or not sightings:
         return newest
     if policy == "latest":
