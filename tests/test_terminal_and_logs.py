@@ -154,3 +154,19 @@ def test_the_cli_prints_stored_names_escaped(bg, store_config, cache_dir):
         assert result.exit_code == 0, result.output
         assert "\x1b]52" not in result.output and "\x1b[2J" not in result.output
         assert "\u2028" not in result.output and "\\u001b]52" in result.output
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/" + HOSTILE, '/v1/"quoted"\\'])
+def test_an_access_line_is_the_line_any_record_would_give(path: str) -> None:
+    """The access log writes its lines without a LogRecord, from fields it keeps written
+    out: each line is the JSON (or text) line a logging call with the same data gives."""
+    fields = ("POST", path, 200, "HIT")
+    data = {"method": "POST", "path": path, "status": 200, "cache": "HIT", "ms": 1.25}
+    json_formatter = JsonFormatter()
+    for _ in range(2):  # written out, then from what was kept
+        line = json_formatter.access(1796000000.123456, "seedproxy.access", fields, 1.25)
+        record = JsonFormatter.line(1796000000.123456, "INFO", "seedproxy.access", "request", data)
+        assert orjson.loads(line) == orjson.loads(record)
+        assert line.isascii() or "\x85" not in line
+    text = TextFormatter().access(1796000000.5, "seedproxy.access", fields, 1.25)
+    assert text == TextFormatter.line(1796000000.5, "INFO", "seedproxy.access", "request", data)
