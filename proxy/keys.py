@@ -227,12 +227,8 @@ def canonical_query(raw: str) -> str:
 
 def cache_key(path: str, query: str, namespace: str, upstream: str, canonical: bytes) -> str:
     """SHA-256 hex over everything that selects an upstream answer."""
-    h = hashlib.sha256()
-    for part in (path, query, namespace, upstream.rstrip("/")):
-        h.update(part.encode())
-        h.update(b"\0")
-    h.update(canonical)
-    return h.hexdigest()
+    head = f"{path}\0{query}\0{namespace}\0{upstream.rstrip('/')}\0".encode()
+    return hashlib.sha256(head + canonical).hexdigest()
 
 
 def field_diff(a: Any, b: Any, path: str = "", limit: int = 10) -> list[str]:
