@@ -70,6 +70,7 @@ class Pipeline:
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
         self.repeats = repeats.Occurrences(cache.repeat == "sequence")
         self.memo = Memo()  # a request's bytes seen before: its key without parsing
+        self.replays = answers.Replays()  # streamed hits' bodies, by stored entry
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         call = await parse(request, endpoint, self.settings, self.mode, self.credential, self.memo)
@@ -131,7 +132,7 @@ class Pipeline:
         counters.add(f"saved_prompt:{entry.model}", entry.prompt_tokens)
         counters.add(f"saved_completion:{entry.model}", entry.completion_tokens)
         self.verifier.sample(call, entry)
-        return answers.stored(call, entry, now)
+        return answers.stored(call, entry, now, self.replays)
 
     async def _bypass(self, request: web.Request, call: Call, label: str) -> web.StreamResponse:
         """Live, stored nowhere; a stream is relayed byte for byte."""
