@@ -11,9 +11,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SDKLOAD = Path(__file__).resolve().parent / "sdkload.py"
+
+
+def in_turns(names: list[str], turns: int) -> Iterator[tuple[int, str]]:
+    """(turn, name): each name once per turn, the order reversed every other turn, so
+    every target sees the machine in the same states."""
+    for turn in range(turns):
+        for name in names if turn % 2 == 0 else names[::-1]:
+            yield turn, name
 
 
 def sdk(
@@ -71,19 +80,17 @@ def sdk_taking_turns(
     per_turn = math.ceil(requests / turns)
     samples: dict[str, list[int]] = {name: [] for name in targets}
     errors = dict.fromkeys(targets, 0)
-    for turn in range(turns):
-        names = list(targets) if turn % 2 == 0 else list(reversed(targets))
-        for name in names:
-            result = sdk(
-                targets[name],
-                concurrency,
-                per_turn,
-                run=f"sdk-{name}{concurrency}-{turn}",
-                headers=(headers or {}).get(name),
-                **(common | (options or {}).get(name, {})),
-            )
-            samples[name] += result["latencies_us"]
-            errors[name] += result["errors"]
+    for turn, name in in_turns(list(targets), turns):
+        result = sdk(
+            targets[name],
+            concurrency,
+            per_turn,
+            run=f"sdk-{name}{concurrency}-{turn}",
+            headers=(headers or {}).get(name),
+            **(common | (options or {}).get(name, {})),
+        )
+        samples[name] += result["latencies_us"]
+        errors[name] += result["errors"]
     return {
         name: {
             "p50_us": quantile(values, 0.5),

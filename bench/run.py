@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's proxy package, installed or not
 sys.path.insert(0, str(ROOT / "bench"))  # the modules beside this one, run as a script or not
 
 import portkey  # noqa: E402
-from drivers import first_chunks_ms, sdk_taking_turns  # noqa: E402
+from drivers import first_chunks_ms, in_turns, sdk_taking_turns  # noqa: E402
 
 LUA = ROOT / "bench" / "chat.lua"
 PROMPT = "benchmark prompt fixed"
@@ -223,19 +223,17 @@ def taking_turns(
     turns = max(1, min(turns, int(seconds)))
     hists: dict[str, list[list[int]]] = {name: [] for name in targets}
     errors = dict.fromkeys(targets, 0)
-    for turn in range(turns):
-        names = list(targets) if turn % 2 == 0 else list(reversed(targets))
-        for name in names:
-            result = wrk(
-                targets[name],
-                connections,
-                seconds / turns,
-                unique,
-                run=f"{name}{connections}-{turn}",
-                headers=(headers or {}).get(name),
-            )
-            hists[name] += result["hist"]
-            errors[name] += result["errors"]
+    for turn, name in in_turns(list(targets), turns):
+        result = wrk(
+            targets[name],
+            connections,
+            seconds / turns,
+            unique,
+            run=f"{name}{connections}-{turn}",
+            headers=(headers or {}).get(name),
+        )
+        hists[name] += result["hist"]
+        errors[name] += result["errors"]
     return {
         name: {"p50_us": percentile(h, 0.5), "p99_us": percentile(h, 0.99), "errors": errors[name]}
         for name, h in hists.items()
