@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from .errors import ProxyError
 from .fetch import Live, Tee
 from .human import masked_url
 from .keys import cache_key, canonical_query, nearest
+from .lru import Lru
 from .registry import Registry
 from .store import Entry, Store
 
@@ -29,29 +29,26 @@ NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
-class Replays:
+def _length(key: object, body: bytes) -> int:
+    return len(body)
+
+
+class Replays(Lru[tuple[str, str | None, float, bool], bytes]):
     """The SSE bodies of streamed hits, kept by the stored entry they replay: making one
     parses the stored JSON and writes every event, which cost a streamed hit more than
     half its time. Bounded by bytes; an entry is never changed in place (another answer
     is another fingerprint or time), so a kept body is always the one it would make."""
 
     def __init__(self, budget: int = 8 * 1024 * 1024) -> None:
-        self.budget, self.held = budget, 0
-        self._bodies: OrderedDict[tuple[str, str | None, float, bool], bytes] = OrderedDict()
+        super().__init__(budget, budget // 16, _length)
 
     def body(self, call: Call, entry: Entry) -> bytes:
         key = (entry.key, entry.fingerprint, entry.created, call.include_usage)
-        body = self._bodies.get(key)
-        if body is not None:
-            self._bodies.move_to_end(key)
-            return body
-        answer = orjson.loads(entry.body)
-        body = call.endpoint.kind.replay(answer, entry.stream, call.include_usage)
-        if len(body) <= self.budget // 16:
-            self._bodies[key] = body
-            self.held += len(body)
-            while self.held > self.budget:
-                self.held -= len(self._bodies.popitem(last=False)[1])
+        body = self.get(key)
+        if body is None:
+            answer = orjson.loads(entry.body)
+            body = call.endpoint.kind.replay(answer, entry.stream, call.include_usage)
+            self.put(key, body)
         return body
 
 

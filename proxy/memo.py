@@ -11,9 +11,10 @@ Nothing in it is a credential: the namespace carries a hash of one at most."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from .lru import Lru
 
 # (endpoint path, raw query, namespace, seed-mode header, body bytes)
 Ident = tuple[str, str, str, str | None, bytes]
@@ -38,29 +39,13 @@ class Parsed:
     stateful: bool
 
 
-class Memo:
-    """A bounded least-recently-used map of :data:`Ident` to :class:`Parsed`."""
+def _body_size(ident: Ident, parsed: Parsed) -> int:
+    return len(ident[4])
+
+
+class Memo(Lru[Ident, Parsed]):
+    """A bounded least-recently-used map of :data:`Ident` to :class:`Parsed`, sized by
+    body bytes."""
 
     def __init__(self, entries: int = ENTRIES, budget: int = BUDGET, largest: int = LARGEST):
-        self.entries, self.budget, self.largest = entries, budget, largest
-        self._map: OrderedDict[Ident, Parsed] = OrderedDict()
-        self.held = 0  # body bytes held
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def get(self, ident: Ident) -> Parsed | None:
-        parsed = self._map.get(ident)
-        if parsed is not None:
-            self._map.move_to_end(ident)
-        return parsed
-
-    def put(self, ident: Ident, parsed: Parsed) -> None:
-        size = len(ident[4])
-        if size > self.largest or ident in self._map:
-            return
-        self._map[ident] = parsed
-        self.held += size
-        while len(self._map) > self.entries or self.held > self.budget:
-            old, _ = self._map.popitem(last=False)
-            self.held -= len(old[4])
+        super().__init__(budget, largest, _body_size, entries)
