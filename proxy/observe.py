@@ -55,6 +55,10 @@ _TEXT_UNSAFE = _JSON_UNSAFE | {c: f"\\u{c:04x}" for c in (*range(0x20), 0x7F)}
 AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.access", "aiohttp.web")
 
 
+# an access line's fields, besides the time it took: method, path, status, cache result
+ACCESS_FIELDS = ("method", "path", "status", "cache")
+AccessFields = tuple[str, str, int, str | None]
+
 _pid = os.getpid()  # a system call per log line otherwise; a forked worker learns its own
 
 
@@ -88,13 +92,11 @@ class LineFormatter(logging.Formatter):
     def line(created: float, level: str, name: str, msg: str, data: dict[str, Any]) -> str:
         raise NotImplementedError
 
-    def access(
-        self, created: float, name: str, fields: tuple[str, str, int, str | None], ms: float
-    ) -> str:
-        """An access log line: ``fields`` are the method, path, status and cache result."""
-        method, path, status, cache = fields
-        data = {"method": method, "path": path, "status": status, "cache": cache, "ms": ms}
-        return self.line(created, "INFO", name, "request", data)
+    def access(self, created: float, name: str, fields: AccessFields, ms: float) -> str:
+        """An access log line (:data:`ACCESS_FIELDS`, then ``ms``)."""
+        return self.line(
+            created, "INFO", name, "request", dict(zip(ACCESS_FIELDS, fields, strict=True), ms=ms)
+        )
 
     @staticmethod
     def with_exc(text: str, exc: str) -> str:
@@ -108,15 +110,12 @@ class JsonFormatter(LineFormatter):
         super().__init__()
         # an access line's method, path, status and cache result, as JSON: a few distinct
         # ones make nearly all lines, and writing them out was a tenth of a cache hit
-        self._fields: dict[tuple[str, str, int, str | None], str] = {}
+        self._fields: dict[AccessFields, str] = {}
 
-    def access(
-        self, created: float, name: str, fields: tuple[str, str, int, str | None], ms: float
-    ) -> str:
+    def access(self, created: float, name: str, fields: AccessFields, ms: float) -> str:
         text = self._fields.get(fields)
         if text is None:
-            method, path, status, cache = fields
-            data = {"method": method, "path": path, "status": status, "cache": cache}
+            data = dict(zip(ACCESS_FIELDS, fields, strict=True))
             text = _escaped(orjson.dumps(data).decode()[1:-1], _JSON_UNSAFE)
             if len(self._fields) < 256:  # paths are the clients' to choose
                 self._fields[fields] = text
@@ -235,7 +234,12 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path (never the query or headers), status, cache result."""
 
     def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:
-        fields = (request.method, request.path, response.status, response.headers.get("X-Cache"))
+        fields: AccessFields = (
+            request.method,
+            request.path,
+            response.status,
+            response.headers.get("X-Cache"),
+        )
         ms = round(duration * 1000, 2)
         handlers = log.handlers
         if (
@@ -247,8 +251,7 @@ class AccessLogger(AbstractAccessLogger):
             # of a cache hit's time went there
             handlers[0].add(formatter.access(time.time(), self.logger.name, fields, ms))
         else:
-            method, path, status, cache = fields
-            data = {"method": method, "path": path, "status": status, "cache": cache, "ms": ms}
+            data = dict(zip(ACCESS_FIELDS, fields, strict=True), ms=ms)
             self.logger.info("request", extra={"data": data})
 
     @property
