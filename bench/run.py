@@ -376,10 +376,7 @@ def main() -> None:
         max(len(getattr(r, f)) for r in (header, *rows))
         for f in ("metric", "ours", "baselines", "ratio", "target", "met")
     ]
-    print(
-        f"\nseedproxy benchmark ({mode.name}, {os.cpu_count()} cores, "
-        f"loop {loop_name()}, wrk -t1)\n"
-    )
+    print()
     for i, r in enumerate([header, *rows]):
         cells = [r.metric, r.ours, r.baselines, r.ratio, r.target, r.met]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
@@ -400,7 +397,7 @@ def machine(mode: Mode) -> str:
         f"seedproxy benchmark, {mode.name} mode, {now:%Y-%m-%d %H:%M} UTC\n"
         f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
         f"{platform.python_version()} ({platform.python_implementation()}), "
-        f"loop {loop_name()}"
+        f"loop {loop_name()}, wrk -t1"
     )
 
 

@@ -21,6 +21,38 @@ T = TypeVar("T")
 FAKE_KEY = "sk-planted-secret-do-not-store-7f3a"  # hyphenated: never mistaken for a real key
 
 
+def chat_completion(
+    content: str = "ok",
+    model: str = "gpt-test",
+    fingerprint: Any = "fp_one",
+    usage: tuple[int, int] = (1, 1),
+    **top: Any,
+) -> dict[str, Any]:
+    """A one-choice chat completion as an upstream sends it; ``top`` adds or replaces
+    top-level fields (``id``, ``service_tier``...)."""
+    prompt, completion = usage
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        **top,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

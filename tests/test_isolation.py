@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tests.harness import http
+from tests.harness import chat_completion, http
 from tests.upstream import Scripted
 
 BODY = {"model": "gpt-iso", "messages": [{"role": "user", "content": "a private prompt 42"}]}
@@ -30,24 +30,6 @@ def _together(proxy: Any, *clients: dict[str, str]) -> list[tuple[int, Any, byte
         time.sleep(0.15)
         rest = [pool.submit(_post, proxy, c) for c in clients[1:]]
         return [first.result(), *(f.result() for f in rest)]
-
-
-def _completion(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-iso",
-        "system_fingerprint": "fp_one",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
 
 
 def test_misses_with_different_credentials_are_not_coalesced(make_proxy, upstream):
@@ -83,7 +65,7 @@ def test_a_coalesced_answer_carries_no_one_elses_cookie(make_proxy, upstream):
     upstream.script(
         Scripted(
             status=200,
-            body=_completion("shared"),
+            body=chat_completion("shared", model="gpt-iso", id="chatcmpl-x"),
             headers={"Set-Cookie": "session=first-only"},
             stall=0.5,
         )

@@ -4,14 +4,12 @@ the header shows it escaped."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 import pytest
 
 from proxy.answers import header_text
 from proxy.kinds import fingerprint_of
-from tests.harness import http
+from tests.harness import chat_completion, http
 from tests.upstream import Scripted
 
 ODD = [
@@ -25,20 +23,6 @@ ODD = [
 ]
 
 
-def _completion(fingerprint: Any) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-odd",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-odd",
-        "system_fingerprint": fingerprint,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-
-
 def test_header_text_escapes_everything_but_printable_ascii():
     assert header_text("fp_abc 1") == "fp_abc 1"
     assert header_text("a\r\nb\x00\x7f\u2028") == "a\\u000d\\u000ab\\u0000\\u007f\\u2028"
@@ -50,7 +34,12 @@ def test_an_odd_fingerprint_is_stored_as_sent_and_served_every_time(
     make_proxy, upstream, fingerprint
 ):
     proxy = make_proxy(cache={"fingerprint": "any"})
-    upstream.script(Scripted(status=200, body=_completion(fingerprint)))
+    upstream.script(
+        Scripted(
+            status=200,
+            body=chat_completion(model="gpt-odd", fingerprint=fingerprint, id="chatcmpl-odd"),
+        )
+    )
     body = {"model": "gpt-odd", "messages": [{"role": "user", "content": "odd"}]}
     headers = {"Content-Type": "application/json"}
     seen = []

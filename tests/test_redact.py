@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from proxy.redact import Redactor
 from tests.conftest import sdk
-from tests.harness import http
+from tests.harness import chat_completion, http
 from tests.upstream import Scripted
 
 OPENAI = "sk-proj-" + "Ab3d" * 12
@@ -64,24 +64,6 @@ def test_user_patterns():
     assert redactor.sse(b'data: {"t":"ACME-123456"}\n\n') == b'data: {"t":"[REDACTED:custom]"}\n\n'
 
 
-def _completion(content: str) -> dict:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "system_fingerprint": "fp_one",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-
-
 def _files(directory) -> bytes:
     return b"".join(p.read_bytes() for p in directory.rglob("*") if p.is_file())
 
@@ -91,7 +73,7 @@ def test_secrets_never_reach_the_cache_but_reach_the_upstream_and_the_client(
 ):
     proxy = make_proxy()
     answer = f"your key is {SECRETS['aws_access_key_id']}"
-    upstream.script(Scripted(200, _completion(answer)))
+    upstream.script(Scripted(200, chat_completion(answer, model="gpt-4o-mini")))
     prompt = f"my key is {OPENAI}"
     with sdk(proxy) as client:
         live = client.chat.completions.create(
@@ -115,8 +97,8 @@ def test_secrets_never_reach_the_cache_but_reach_the_upstream_and_the_client(
 def test_drift_events_show_no_secret(make_proxy, upstream, cache_dir):
     proxy = make_proxy(cache={"mode": "refresh"})
     upstream.script(
-        Scripted(200, _completion(f"one {SECRETS['github_token']}")),
-        Scripted(200, _completion(f"two {SECRETS['github_token']}")),
+        Scripted(200, chat_completion(f"one {SECRETS['github_token']}", model="gpt-4o-mini")),
+        Scripted(200, chat_completion(f"two {SECRETS['github_token']}", model="gpt-4o-mini")),
     )
     with sdk(proxy) as client:
         for _ in range(2):

@@ -10,6 +10,7 @@ import orjson
 from proxy.answers import Replays
 from proxy.call import ENDPOINTS, Endpoint
 from proxy.store import Entry
+from tests.harness import chat_completion
 
 CHAT = ENDPOINTS[0]
 
@@ -21,21 +22,7 @@ class Asked:  # what Replays reads of a Call
 
 
 def entry(content: str, fingerprint: str = "fp_a", created: float = 1.0) -> Entry:
-    answer = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-a",
-        "system_fingerprint": fingerprint,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
-    }
+    answer = chat_completion(content, model="gpt-a", fingerprint=fingerprint, usage=(3, 5))
     body = orjson.dumps(answer)
     return Entry(
         "k", fingerprint, created, 200, "application/json", CHAT.path, "gpt-a", 1, 3, 5, body, b"{}"
