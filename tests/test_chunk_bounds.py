@@ -11,25 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.sse import REPEATED_BYTES, CompletionAccumulator, EventSplitter, parse_event, synthesize
+from proxy.sse import REPEATED_BYTES, EventSplitter, parse_event, synthesize
 from tests.conftest import sdk
 from tests.harness import http
 from tests.test_chat import MESSAGES
+from tests.test_sse import fold
 from tests.upstream import Scripted
 
 HEADERS = {"Content-Type": "application/json"}
 BIG_MODEL = "m" * 100_000
-
-
-def fold(raw: bytes, chat: bool = True) -> CompletionAccumulator:
-    acc = CompletionAccumulator(chat)
-    for event in EventSplitter().feed(raw):
-        _, payload = parse_event(event)
-        if payload == b"[DONE]":
-            acc.done = True
-        elif payload is not None:
-            acc.feed(orjson.loads(payload))
-    return acc
 
 
 def _completion(model: str, content: str, **top: Any) -> dict[str, Any]:

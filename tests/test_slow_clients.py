@@ -24,6 +24,14 @@ CHAT = "/v1/chat/completions"
 BODY = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]})
 
 
+def head(extra: str = "") -> bytes:
+    """A chat request's head, announcing the whole of BODY."""
+    return (
+        f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n{extra}\r\n"
+    ).encode()
+
+
 def connect(proxy: ProxyServer) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", proxy.port))
     sock.settimeout(TIMEOUT + MARGIN)
@@ -75,10 +83,7 @@ def test_a_trickled_body_is_cut_at_the_deadline_not_at_each_pause(make_proxy):
     # a byte at a time, each well within the timeout, never finishing in time overall
     proxy = make_proxy(server={"body_timeout": 1.0})
     with connect(proxy) as sock:
-        sock.sendall(
-            f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n".encode()
-        )
+        sock.sendall(head())
         started = time.monotonic()
         sock.settimeout(0.2)
         answer = b""
@@ -99,11 +104,7 @@ def test_a_trickled_body_is_cut_at_the_deadline_not_at_each_pause(make_proxy):
 def test_others_are_served_while_a_body_stalls(make_proxy):
     proxy = make_proxy(server={"body_timeout": 3.0})
     with connect(proxy) as sock:
-        sock.sendall(
-            f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n".encode()
-            + BODY[:10]
-        )
+        sock.sendall(head() + BODY[:10])
         served_meanwhile(proxy)
         assert read_all(sock).startswith(b"HTTP/1.1 408 ")
 
@@ -121,11 +122,7 @@ def test_headers_that_never_complete_close_the_connection(make_proxy):
 def test_a_complete_slow_body_within_the_timeout_is_served(make_proxy):
     proxy = make_proxy(server={"body_timeout": 10.0})
     with connect(proxy) as sock:
-        sock.sendall(
-            f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(BODY)}\r\nConnection: close\r\n\r\n".encode()
-            + BODY[:10]
-        )
+        sock.sendall(head("Connection: close\r\n") + BODY[:10])
         time.sleep(0.3)
         sock.sendall(BODY[10:])
         assert read_all(sock).startswith(b"HTTP/1.1 200 ")
