@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import socket
 import threading
 from collections.abc import Coroutine
@@ -51,6 +52,12 @@ def chat_completion(
         },
         **top,
     }
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without ``SEEDPROXY_*`` settings: a proxy started with
+    it reads only what the test gives it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ material in the upstream's error bodies is masked before a client sees it."""
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from proxy.config import ConfigError, load_settings
 from proxy.redact import mask_key_material
-from tests.harness import FAKE_KEY, free_port, http
+from tests.harness import FAKE_KEY, clean_env, free_port, http
 from tests.upstream import Scripted
 
 PASSWORD = "pw-planted-in-url-3c9d"
@@ -31,7 +30,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    clean = clean_env()
     return subprocess.run(
         [
             sys.executable,

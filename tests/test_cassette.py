@@ -19,6 +19,7 @@ from proxy.keys import cache_key, canonical_body
 from proxy.store import Entry
 from proxy.store.disk import DiskStore
 from proxy.store.memory import MemoryStore
+from tests.harness import clean_env
 
 SETTINGS = load_settings(None, {}, {"upstream.base_url": "http://127.0.0.1:9/v1"})
 REQUEST = {"model": "gpt-test", "messages": [{"role": "user", "content": "hé"}], "seed": 7}
@@ -169,7 +170,7 @@ def test_the_memory_store_keeps_recording_order_and_one_answer_per_request():
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
         capture_output=True,

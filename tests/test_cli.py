@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import signal
 import socket
@@ -18,13 +17,13 @@ import pytest
 from proxy.config import SECTIONS, ConfigError, load_settings
 from proxy.workers import CANNOT_START
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, free_port
+from tests.harness import FAKE_KEY, clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     return env | {"PYTHONUNBUFFERED": "1"} | extra
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -13,13 +12,13 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.harness import free_port
+from tests.harness import clean_env, free_port
 
 CHAT = "/v1/chat/completions"
 
 
 def serve(port: int, cache_dir, upstream_url: str, mode: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -83,7 +82,7 @@ KILLS = 20
 
 def stats(cache_dir) -> dict:
     """`seedproxy stats` as a user runs it after a crash."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "stats", "--json", "--cache-dir", str(cache_dir)],
         capture_output=True,
@@ -164,7 +163,7 @@ def test_a_damaged_cache_file_is_a_clear_error_not_a_traceback(tmp_path, upstrea
     corrupt(damaged, how)
     for wal in cache_dir.glob("entries/cache.db-*"):
         wal.unlink()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     for args in (["serve", "--port", str(port)], ["stats"], ["export", "-"]):
         result = subprocess.run(
             [sys.executable, "-m", "proxy", *args, "--cache-dir", str(cache_dir)],

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.harness import free_port, http
+from tests.harness import clean_env, free_port, http
 
 SECONDS = float(os.environ.get("LOAD_SECONDS", "15"))
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "200"))
@@ -53,7 +53,7 @@ def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
 
 
 def test_load_and_soak(tmp_path, store_env):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     up_port, port = free_port(), free_port()
     upstream = start(
         ["tests.upstream", "--port", str(up_port), "--latency", "0.005", "--fail-rate", "0.01"],

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.harness import FAKE_KEY
+from tests.harness import FAKE_KEY, clean_env
 
 PYTHON = """
 import sys, openai
@@ -80,7 +79,7 @@ def seedproxy_run(tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch):
     def go(*args: str, key: str | None = FAKE_KEY, env: dict[str, str] | None = None):
         summary = tmp_path / "summary.json"
         summary.unlink(missing_ok=True)
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+        base = clean_env()
         result = subprocess.run(
             [
                 sys.executable,

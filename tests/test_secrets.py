@@ -3,7 +3,6 @@ appear in the cache, an export, the logs at any level, the dashboard, /metrics o
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from tests.harness import FAKE_KEY, http, stored_bytes
+from tests.harness import FAKE_KEY, clean_env, http, stored_bytes
 from tests.upstream import Scripted
 
 TOKEN = "tok-planted-proxy-token-5b1e"
@@ -78,7 +77,7 @@ def exercise(proxy, upstream, api_key: str) -> list[bytes]:
 def surfaces(proxy, store_env, api_key: str, tmp_path) -> dict[str, bytes]:
     auth = {"Authorization": f"Bearer {api_key}"}
     export = tmp_path / "export.jsonl"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    base = clean_env()
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "export", str(export)],
         env=base | store_env,
@@ -141,7 +140,7 @@ def test_serve_process_output_has_no_secrets(tmp_path, upstream):
     from tests.harness import free_port
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")} | {
+    env = clean_env() | {
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "SEEDPROXY_AUTH_TOKENS": TOKEN,
         "SEEDPROXY_LOG_LEVEL": "debug",
@@ -189,7 +188,7 @@ def test_serve_process_output_has_no_secrets(tmp_path, upstream):
 def test_non_loopback_without_tokens_warns(tmp_path, upstream):
     from tests.harness import free_port
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [
             sys.executable,

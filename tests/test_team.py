@@ -25,7 +25,7 @@ from proxy.store import Entry, Note, open_store
 from proxy.store.disk import CHECKPOINT_EVERY, CHECKPOINT_PUTS, checkpoint_due
 from proxy.traffic import Traffic
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, free_port, http, proxy_settings
+from tests.harness import FAKE_KEY, clean_env, free_port, http, proxy_settings
 from tests.upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Team question"}]
@@ -260,7 +260,7 @@ class Serve:
     """`seedproxy serve` in its own process."""
 
     def __init__(self, port: int, upstream: FakeUpstream, env: dict[str, str], *args: str) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+        base = clean_env()
         self.port = port
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedproxy-{port}.log"
         self.proc = subprocess.Popen(
@@ -464,7 +464,7 @@ def test_valid_tokens_get_the_proxys_own_upstream_key(guarded, upstream, logs):
 
 
 def test_tokens_without_an_upstream_key_refuse_to_start(tmp_path, upstream):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    env = clean_env()
     env.pop("OPENAI_API_KEY", None)
     result = subprocess.run(
         [

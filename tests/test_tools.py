@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -14,14 +13,14 @@ from click.testing import CliRunner
 
 from proxy.cli import colored_diff, main
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, http
+from tests.harness import FAKE_KEY, clean_env, http
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `seedproxy` command in its own process, as a user runs it next to a proxy."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+    base = clean_env()
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
         capture_output=True,
