@@ -194,16 +194,12 @@ async def _unrouted(request: web.Request) -> web.StreamResponse:
 
 
 async def _flush_counters(app: web.Application) -> None:
-    pending = app[COUNTS].take_pending()
-    if pending:
-        try:
-            await app[STORE].add_counters(pending)
-        except StoreError as exc:  # counted again with the next flush
-            app[PIPELINE].health.failed(exc)
-            app[COUNTS].restore(pending)
-        except Exception:
-            log.exception("could not flush counters")
-            app[COUNTS].restore(pending)
+    try:
+        await app[COUNTS].flush(app[STORE].add_counters)
+    except StoreError as exc:  # counted again with the next flush
+        app[PIPELINE].health.failed(exc)
+    except Exception:
+        log.exception("could not flush counters")
 
 
 async def _flusher(app: web.Application) -> None:

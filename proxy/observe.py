@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -265,6 +265,7 @@ class Counters:
     def __init__(self) -> None:
         self.flushed: Counter[str] = Counter()
         self.pending: Counter[str] = Counter()
+        self._flushing = asyncio.Lock()
 
     def add(self, name: str, n: int = 1) -> None:
         self.pending[name] += n
@@ -274,15 +275,22 @@ class Counters:
         """Everything this process counted."""
         return self.flushed + self.pending
 
-    def take_pending(self) -> dict[str, int]:
-        pending, self.pending = self.pending, Counter()
-        self.flushed.update(pending)
-        return dict(pending)
-
-    def restore(self, pending: dict[str, int]) -> None:
-        """Put back counts whose flush failed."""
-        self.flushed.subtract(pending)
-        self.pending.update(pending)
+    async def flush(self, write: Callable[[dict[str, int]], Awaitable[None]]) -> None:
+        """Hand what was counted since the last flush to ``write``; if it fails, the counts
+        go back for the next flush. Flushes run one at a time, so that a report which flushes
+        first also waits for a flush already writing (else it reads the store before that
+        write lands, and shows counts lower than the requests it has seen)."""
+        async with self._flushing:
+            if not self.pending:
+                return
+            pending, self.pending = dict(self.pending), Counter()
+            self.flushed.update(pending)
+            try:
+                await write(pending)
+            except BaseException:
+                self.flushed.subtract(pending)
+                self.pending.update(pending)
+                raise
 
 
 class Metrics:
