@@ -287,7 +287,7 @@ class Counters:
             self.flushed.update(pending)
             try:
                 await write(pending)
-            except BaseException:
+            except Exception:  # not on cancel: a write in a thread may still land
                 self.flushed.subtract(pending)
                 self.pending.update(pending)
                 raise

@@ -50,3 +50,21 @@ async def test_a_failed_flush_keeps_its_counts_for_the_next():
     await counters.flush(write)
     assert stored == {"hits": 3, "misses": 1} and not counters.pending
     assert counters.total == {"hits": 3, "misses": 1}
+
+
+async def test_a_cancelled_flush_does_not_count_twice():
+    """Cancelled at shutdown while its write runs in a thread that may still land: the
+    counts are not put back, so the last flush does not write them a second time."""
+    counters, writing = Counters(), asyncio.Event()
+
+    async def hanging(counts: dict[str, int]) -> None:
+        writing.set()
+        await asyncio.Event().wait()
+
+    counters.add("hits", 2)
+    flush = asyncio.create_task(counters.flush(hanging))
+    await writing.wait()
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    assert not counters.pending and counters.total == {"hits": 2}
