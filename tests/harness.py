@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -58,6 +59,11 @@ def clean_env() -> dict[str, str]:
     """This process's environment without ``SEEDPROXY_*`` settings: a proxy started with
     it reads only what the test gives it."""
     return {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
+
+
+def serve_argv(port: int, *flags: str) -> list[str]:
+    """``seedproxy serve`` on ``port`` with ``flags``, as a command line of this Python."""
+    return [sys.executable, "-m", "proxy", "serve", "--port", str(port), *flags]
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -15,7 +14,7 @@ import pytest
 
 from proxy.config import ConfigError, load_settings
 from proxy.redact import mask_key_material
-from tests.harness import FAKE_KEY, clean_env, free_port, http
+from tests.harness import FAKE_KEY, clean_env, free_port, http, serve_argv
 from tests.upstream import Scripted
 
 PASSWORD = "pw-planted-in-url-3c9d"
@@ -32,16 +31,7 @@ JSON = {"Content-Type": "application/json"}
 def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     clean = clean_env()
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
+        serve_argv(free_port(), "--cache-dir", str(tmp_path / "c")),
         env=clean | env,
         capture_output=True,
         timeout=60,

@@ -17,7 +17,7 @@ import pytest
 from proxy.config import SECTIONS, ConfigError, load_settings
 from proxy.workers import CANNOT_START
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, clean_env, free_port
+from tests.harness import FAKE_KEY, clean_env, free_port, serve_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -293,7 +293,7 @@ def test_a_port_in_use_stops_serve_with_one_line(tmp_path, workers, shared):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--workers", workers],
+            serve_argv(port, "--workers", workers),
             env=_env(SEEDPROXY_CACHE_DIR=str(tmp_path / "c")),
             capture_output=True,
             text=True,
@@ -312,7 +312,7 @@ def test_workers_that_cannot_start_stop_serve_with_one_line(tmp_path):
         SEEDPROXY_CACHE_BACKEND="redis",
         SEEDPROXY_CACHE_REDIS_URL="redis://:hunter2@127.0.0.1:1/0",
     )
-    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(free_port()), "--workers", "2"]
+    cmd = serve_argv(free_port(), "--workers", "2")
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.splitlines()

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.harness import clean_env, free_port
+from tests.harness import clean_env, free_port, serve_argv
 
 CHAT = "/v1/chat/completions"
 
@@ -20,20 +20,7 @@ CHAT = "/v1/chat/completions"
 def serve(port: int, cache_dir, upstream_url: str, mode: str) -> subprocess.Popen:
     env = clean_env()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(port),
-            "--cache-dir",
-            str(cache_dir),
-            "--upstream",
-            upstream_url,
-            "--mode",
-            mode,
-        ],
+        serve_argv(port, "--cache-dir", str(cache_dir), "--upstream", upstream_url, "--mode", mode),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from tests.harness import FAKE_KEY, clean_env, http, stored_bytes
+from tests.harness import FAKE_KEY, clean_env, http, serve_argv, stored_bytes
 from tests.upstream import Scripted
 
 TOKEN = "tok-planted-proxy-token-5b1e"
@@ -146,20 +146,12 @@ def test_serve_process_output_has_no_secrets(tmp_path, upstream):
         "SEEDPROXY_LOG_LEVEL": "debug",
     }
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(port),
-            "--upstream",
-            f"{upstream.url}/v1",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--host",
-            "0.0.0.0",
-        ],
+        serve_argv(
+            port,
+            *("--upstream", f"{upstream.url}/v1"),
+            *("--cache-dir", str(tmp_path / "c")),
+            *("--host", "0.0.0.0"),
+        ),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -190,18 +182,7 @@ def test_non_loopback_without_tokens_warns(tmp_path, upstream):
 
     env = clean_env()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--host",
-            "0.0.0.0",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
+        serve_argv(free_port(), "--host", "0.0.0.0", "--cache-dir", str(tmp_path / "c")),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -25,7 +25,7 @@ from proxy.store import Entry, Note, open_store
 from proxy.store.disk import CHECKPOINT_EVERY, CHECKPOINT_PUTS, checkpoint_due
 from proxy.traffic import Traffic
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, clean_env, free_port, http, proxy_settings
+from tests.harness import FAKE_KEY, clean_env, free_port, http, proxy_settings, serve_argv
 from tests.upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Team question"}]
@@ -264,17 +264,7 @@ class Serve:
         self.port = port
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedproxy-{port}.log"
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "serve",
-                "--port",
-                str(port),
-                "--upstream",
-                f"{upstream.url}/v1",
-                *args,
-            ],
+            serve_argv(port, "--upstream", f"{upstream.url}/v1", *args),
             env=base | env,
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("wb"),
@@ -467,16 +457,7 @@ def test_tokens_without_an_upstream_key_refuse_to_start(tmp_path, upstream):
     env = clean_env()
     env.pop("OPENAI_API_KEY", None)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
+        serve_argv(free_port(), "--cache-dir", str(tmp_path / "c")),
         env=env | {"SEEDPROXY_AUTH_TOKENS": "a,b"},
         capture_output=True,
         text=True,
