@@ -7,10 +7,10 @@ Layout (every key under ``seedproxy:``; ``<meta>`` is ``{meta}:`` on a cluster, 
   <meta>fp:<model>           hash fingerprint -> [first_seen, last_seen, count]
   <meta>models               set of models with a registry
   <meta>recent:<ep>:<model>  list of keys, newest first (explains replay misses)
-fp, models and recent keys expire META_TTL after their last write, so that a model no
-longer used goes, and ``volatile-lru`` may evict them under ``maxmemory``.
   <meta>events:<kind>        list of JSON events, newest first, trimmed
   <meta>counters             hash name -> count
+fp, models and recent keys expire META_TTL after their last write, so that a model no
+longer used goes, and ``volatile-lru`` may evict them under ``maxmemory``.
 A cluster places a key by the hash of its name, or of the part in braces when it has one.
 Entries and markers, the bulk and the hot path, have none, so they spread over every master;
 each transaction touches them one key at a time. The registry, recent keys, events and
