@@ -29,7 +29,7 @@ from .call import (
 )
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
-from .flight import credential_scope
+from .flight import event_owner
 from .health import unavailable
 from .keys import canonical_query
 from .observe import COUNTERS, Counters, Metrics, flush_logs
@@ -335,9 +335,7 @@ async def _drift(request: web.Request) -> web.Response:
 
 def _owner(request: web.Request) -> str | None:
     """In per-key scope, whose drift the caller may see: its own credential scope's."""
-    if request.app[SETTINGS].cache.scope != "per-key":
-        return None
-    return credential_scope(request.headers)
+    return event_owner(request.headers, request.app[SETTINGS].cache.scope)
 
 
 async def _explain(request: web.Request) -> web.Response:

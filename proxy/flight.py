@@ -25,6 +25,12 @@ def credential_scope(headers: Mapping[str, str]) -> str:
     return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
+def event_owner(headers: Mapping[str, str], scope: str) -> str | None:
+    """In per-key scope (``cache.scope``), the credential scope whose drift events these
+    headers' sender makes and may see; in a shared scope, None: everyone's."""
+    return credential_scope(headers) if scope == "per-key" else None
+
+
 class Flights:
     """The upstream calls in progress, by key and credential scope. ``shared``: other
     processes use the store too, so a call also holds the marker of its key and scope in

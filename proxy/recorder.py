@@ -18,7 +18,7 @@ from .call import Call
 from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
-from .flight import credential_scope
+from .flight import event_owner
 from .health import StoreHealth
 from .observe import Counters
 from .redact import Redactor
@@ -141,7 +141,7 @@ class Recorder:
             previous.fingerprint == live.fingerprint,
             result.similarity,
             result.diff,
-            owner=credential_scope(call.client_headers) if self.cache.scope == "per-key" else None,
+            owner=event_owner(call.client_headers, self.cache.scope),
         )
         self.counters.add("drift_events")
         drift_log.warning("drift", extra={"data": event.to_dict()})
