@@ -108,6 +108,73 @@ def sides(diff: str) -> tuple[list[str], list[str]]:
     return cached, live
 
 
+def text(outs: list[dict[str, Any]]) -> str:
+    """What the outputs say, the text a divergence is measured in: per choice its content,
+    refusal and tool calls (``name(arguments)``), one line each, choices in index order.
+    Unlike :func:`render` it has no ``[choice N] finish_reason=...`` lines, so that a
+    position counts characters of what the model wrote."""
+    parts: list[str] = []
+    for out in outs:
+        if out["content"] is not None:
+            parts.append(str(out["content"]))
+        if out["refusal"] is not None:
+            parts.append(str(out["refusal"]))
+        parts.extend(f"{c['name']}({c['arguments']})" for c in out["tool_calls"])
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """Where two texts first differ, counted from 1 as "diverged at token 103" counts
+    (102 tokens agreed): ``chars`` is the position of the first character that differs
+    (or where the shorter text ended), so ``chars == shared_prefix_chars + 1``; ``words``
+    is the position of the word it falls in, words being runs of non-whitespace, and a
+    difference in the whitespace after word k (or one text ending right after it) falling
+    in word k + 1."""
+
+    chars: int
+    words: int
+    shared_prefix_chars: int
+
+    def fields(self) -> dict[str, int]:
+        """The names drift events, reports and the probe use."""
+        return {
+            "divergence_chars": self.chars,
+            "divergence_words": self.words,
+            "shared_prefix_chars": self.shared_prefix_chars,
+        }
+
+
+_BLOCK = 4096  # characters compared at once (at C speed) before narrowing down one by one
+
+
+def shared_prefix(a: str, b: str) -> int:
+    """How many characters ``a`` and ``b`` share at their start. Linear, and mostly slice
+    comparisons: no Python-level step per character but the last block's."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i : min(i + _BLOCK, n)] == b[i : min(i + _BLOCK, n)]:
+        i += _BLOCK
+    i = min(i, n)
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def divergence(a: str, b: str) -> Divergence | None:
+    """Where ``a`` and ``b`` first differ (see :class:`Divergence`); None when they are equal."""
+    if a == b:
+        return None
+    n = shared_prefix(a, b)
+    # A word the difference cuts through is the word it diverged in; a finished one is not.
+    cut = n > 0 and not a[n - 1].isspace() and (_continues(a, n) or _continues(b, n))
+    return Divergence(n + 1, len(a[:n].split()) + (0 if cut else 1), n)
+
+
+def _continues(s: str, n: int) -> bool:
+    return n < len(s) and not s[n].isspace()
+
+
 def response_outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
     """What a Responses API answer said, per output item (messages and function calls)."""
     result = []

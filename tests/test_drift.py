@@ -1,5 +1,7 @@
+import pytest
+
+from proxy.drift import Divergence, divergence, outputs, shared_prefix, text
 from proxy.drift import compare as compare_outputs
-from proxy.drift import outputs
 
 
 def compare(a, b):
@@ -66,3 +68,50 @@ def test_refusal_counts():
     a = {"choices": [{"index": 0, "message": {"content": None, "refusal": "no"}}]}
     b = {"choices": [{"index": 0, "message": {"content": None, "refusal": "never"}}]}
     assert "refusal" in compare(a, b).diff
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "chars", "words"),
+    [
+        ("The cat sat", "The car sat", 7, 2),  # inside word 2
+        ("abc", "abcd", 4, 1),  # b goes on with word 1
+        ("abc", "abc def", 4, 2),  # word 1 finished in both: word 2 differs
+        ("abc def", "abc\tdef", 4, 2),  # the whitespace after word 1 counts for word 2
+        ("The ", "The cat", 5, 2),
+        ("", "x", 1, 1),
+        ("x", "y", 1, 1),
+        ("  a b", "  a c", 5, 2),  # leading whitespace is no word
+        ("数学很有趣", "数学很无聊", 4, 1),  # characters, not bytes
+    ],
+)
+def test_divergence_positions(a, b, chars, words):
+    for x, y in ((a, b), (b, a)):  # symmetric
+        found = divergence(x, y)
+        assert found == Divergence(chars, words, chars - 1)
+        assert found.fields() == {
+            "divergence_chars": chars,
+            "divergence_words": words,
+            "shared_prefix_chars": chars - 1,
+        }
+
+
+def test_equal_texts_have_no_divergence():
+    assert divergence("same", "same") is None
+    assert divergence("", "") is None
+
+
+def test_shared_prefix_across_blocks():
+    base = "word " * 5000  # 25,000 characters: several comparison blocks
+    for at in (0, 4095, 4096, 4097, 12_345, len(base) - 1):
+        other = base[:at] + "#" + base[at + 1 :]
+        assert shared_prefix(base, other) == at
+        assert divergence(base, other).words == at // 5 + 1  # "word " is 5 characters
+    assert shared_prefix(base, base + "x") == len(base)
+
+
+def test_text_is_what_the_model_wrote():
+    outs = outputs(completion("hello", tool_args='{"city":"Paris"}'))
+    assert text(outs) == 'hello\nweather({"city":"Paris"})'
+    assert divergence(
+        text(outputs(completion("hi there"))), text(outputs(completion("hi you")))
+    ) == (Divergence(4, 2, 3))
