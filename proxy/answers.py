@@ -17,11 +17,11 @@ from .call import Call, namespace
 from .config import Settings
 from .errors import ProxyError
 from .fetch import Live, Tee
-from .human import masked_url
 from .keys import cache_key, canonical_query, nearest
 from .lru import Lru
 from .registry import Registry
 from .store import Entry, Store
+from .urls import masked_url
 
 log = logging.getLogger("seedproxy.pipeline")
 

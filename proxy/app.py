@@ -39,6 +39,7 @@ from .policy import SEED_MODE_HEADER, seed_mode
 from .store import Store, StoreError, open_store
 from .traffic import Traffic
 from .upstream import Upstream
+from .urls import masked_url
 
 log = logging.getLogger("seedproxy")
 
@@ -355,7 +356,7 @@ async def _explain(request: web.Request) -> web.Response:
         settings.rules,
     )
     info["seed"] = seed
-    info["upstream"] = human.masked_url(info["upstream"])
+    info["upstream"] = masked_url(info["upstream"])
     info["seed_mode"] = mode if endpoint.seeded else None
     return web.Response(body=orjson.dumps(info), content_type="application/json")
 

@@ -29,6 +29,7 @@ from .config import (
 )
 from .observe import AccessLogger, access_log, loop_name, new_event_loop, setup_logging
 from .store import Note, Store, StoreError, open_store
+from .urls import masked_url
 
 log = logging.getLogger("seedproxy")
 
@@ -702,7 +703,7 @@ def key(
         settings.rules,
     )
     info["seed"] = seed
-    info["upstream"] = human.masked_url(info["upstream"])
+    info["upstream"] = masked_url(info["upstream"])
     if as_json:
         _emit_json(info)
         return
@@ -813,7 +814,7 @@ def probe(
             "seed": None if no_seed else seed,
             "temperature": temperature,
             "max_tokens": max_tokens,
-            "base_url": human.masked_url(str(client.base_url)),
+            "base_url": masked_url(str(client.base_url)),
             "date": reports.iso(started) + " UTC",
         },
     )

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .keys import KeyRules, Rewrite, parse_path
 from .redact import Redactor
+from .urls import masked_url
 
 ENV_PREFIX = "SEEDPROXY_"
 
@@ -138,7 +139,7 @@ class UpstreamSettings:
 
     def __post_init__(self) -> None:
         if not re.match(r"https?://[^/\s]+", self.base_url):
-            shown = _masked_userinfo(self.base_url)
+            shown = masked_url(self.base_url)
             raise FieldError("base_url", f"must be an http(s) URL, got {shown!r}")
 
 
@@ -220,11 +221,6 @@ def parse_tokens(value: Any) -> tuple[str, ...]:
     if any(not v.strip() for v in value):
         raise ValueError(_EMPTY_TOKEN)
     return tuple(value)
-
-
-def _masked_userinfo(url: str) -> str:
-    """``url`` with any ``user:password@`` shown as ``***@`` (for a URL too odd to parse)."""
-    return re.sub(r"(//)[^/@\s]*@", r"\1***@", url)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from yarl import URL
-
 from .config import Settings
+from .urls import masked_url
 
 
 def plural(count: int, noun: str, nouns: str = "") -> str:
@@ -47,16 +46,6 @@ _TERMINAL_UNSAFE = {
 def terminal_safe(text: str) -> str:
     """Stored ``text`` fit to print: what a terminal would act on, as ``\\uXXXX``."""
     return text.translate(_TERMINAL_UNSAFE)
-
-
-def masked_url(url: str) -> str:
-    """``url`` fit to show or log: a password, or a user name alone (often a token), as ``***``."""
-    parsed = URL(url)
-    if parsed.password:
-        return str(parsed.with_password("***"))
-    if parsed.user:
-        return str(parsed.with_user("***"))
-    return url
 
 
 def proxy_facts(settings: Settings, auth: bool) -> list[tuple[str, str]]:

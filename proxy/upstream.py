@@ -18,8 +18,8 @@ from yarl import URL
 
 from .config import UpstreamSettings
 from .errors import ProxyError
-from .human import masked_url
 from .redact import mask_key_material
+from .urls import masked_url
 
 log = logging.getLogger("seedproxy.upstream")
 

@@ -6,18 +6,24 @@ import asyncio
 import io
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from proxy.app import COUNTS, PIPELINE, create_app
 from proxy.config import Settings, load_settings, with_overrides
 from proxy.observe import AccessLogger, access_log, flush_logs, setup_logging
+
+if TYPE_CHECKING:
+    from tests.upstream import FakeUpstream
 
 T = TypeVar("T")
 FAKE_KEY = "sk-planted-secret-do-not-store-7f3a"  # hyphenated: never mistaken for a real key
@@ -215,3 +221,41 @@ def stored_bytes(store_config: dict[str, Any]) -> list[bytes]:
             }[kind](key)
             out.append(key + repr(value).encode())
     return out
+
+
+class Serve:
+    """`seedproxy serve` in its own process; what it prints (the start-up line, its log)
+    is kept in ``log``."""
+
+    def __init__(self, port: int, upstream: FakeUpstream, env: dict[str, str], *args: str) -> None:
+        base = clean_env()
+        self.port = port
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedproxy-{port}.log"
+        self.proc = subprocess.Popen(
+            serve_argv(port, "--upstream", f"{upstream.url}/v1", *args),
+            env=base | env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while http_ok(port) is False:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"seedproxy did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def http_ok(port: int) -> bool:
+    try:
+        return http(f"http://127.0.0.1:{port}", "GET", "/healthz", timeout=1)[0] == 200
+    except OSError:
+        return False

@@ -192,7 +192,7 @@ def test_env_beats_file_and_flags_beat_env(tmp_path, upstream):
                 "SEEDPROXY_CACHE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",
             },
             None,
-            "cache.redis_url: cannot reach redis://:***@127.0.0.1:1/0",
+            "cache.redis_url: cannot reach redis://***@127.0.0.1:1/0",
         ),
     ],
 )
@@ -317,9 +317,7 @@ def test_workers_that_cannot_start_stop_serve_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(
-        "seedproxy: cache.redis_url: cannot reach redis://:***@127.0.0.1:1/0"
-    )
+    assert lines[0].startswith("seedproxy: cache.redis_url: cannot reach redis://***@127.0.0.1:1/0")
 
 
 def test_a_worker_that_cannot_listen_reports_one_line_and_the_status_not_to_restart(tmp_path):
@@ -377,7 +375,7 @@ def test_the_start_up_line_says_what_the_proxy_will_do_without_credentials(tmp_p
     try:
         parts = served.banner.split(" | ")
         for part in (
-            f"upstream http://team:***@127.0.0.1:{upstream.port}/v1",
+            f"upstream http://***@127.0.0.1:{upstream.port}/v1",
             "mode replay",
             "seed override (7)",
             "fingerprint current",

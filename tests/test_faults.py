@@ -231,7 +231,7 @@ def test_an_unreachable_upstream_is_logged_once_per_streak_without_its_password(
         ("info", "upstream answers again"),
         ("warning", "upstream failing; logged again only after it answers"),
     ]
-    shown = f"http://team:***@127.0.0.1:{upstream.port}/v1"
+    shown = f"http://***@127.0.0.1:{upstream.port}/v1"
     assert all(line["upstream"] == shown for line in lines)
     assert shown in lines[0]["error"] and lines[0]["code"].startswith("upstream_")
     assert "up-secret" not in logs.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +24,7 @@ from proxy.store import Entry, Note, open_store
 from proxy.store.disk import CHECKPOINT_EVERY, CHECKPOINT_PUTS, checkpoint_due
 from proxy.traffic import Traffic
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, clean_env, free_port, http, proxy_settings, serve_argv
+from tests.harness import FAKE_KEY, Serve, clean_env, free_port, http, proxy_settings, serve_argv
 from tests.upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Team question"}]
@@ -254,43 +253,6 @@ async def test_redis_entry_ttl_and_memory_bound(store_config, cache_dir, upstrea
 
 
 # -- several processes ---------------------------------------------------------------------
-
-
-class Serve:
-    """`seedproxy serve` in its own process."""
-
-    def __init__(self, port: int, upstream: FakeUpstream, env: dict[str, str], *args: str) -> None:
-        base = clean_env()
-        self.port = port
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedproxy-{port}.log"
-        self.proc = subprocess.Popen(
-            serve_argv(port, "--upstream", f"{upstream.url}/v1", *args),
-            env=base | env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("wb"),
-        )
-        deadline = time.monotonic() + 30
-        while http_ok(port) is False:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"seedproxy did not start: {self.log.read_text()}")
-            time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def http_ok(port: int) -> bool:
-    try:
-        return http(f"http://127.0.0.1:{port}", "GET", "/healthz", timeout=1)[0] == 200
-    except OSError:
-        return False
 
 
 def post_many(ports: list[int], n: int, body: bytes) -> list[tuple[int, str, bytes]]:

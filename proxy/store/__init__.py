@@ -60,14 +60,6 @@ class CorruptStoreError(StoreError):
     """The store's files cannot be read; the message names them and how to recover."""
 
 
-def redact(url: str) -> str:
-    """A URL fit for logs: any password replaced by ``***``."""
-    from yarl import URL
-
-    parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
-
-
 class Store(Protocol):
     """Async storage for entries, the fingerprint registry, events and counters."""
 

@@ -35,7 +35,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisClusterException, RedisError, WatchError
 
 from ..policy import Sighting, observe_sighting
-from . import Entry, Note, Seen, StoreError, redact
+from ..urls import masked_url
+from . import Entry, Note, Seen, StoreError
 from .disk import MAX_VARIANTS
 from .diskmeta import MAX_EVENTS, MAX_RECENT
 from .record import RecordError, decode, encode
@@ -106,7 +107,7 @@ class RedisStore:
         try:
             yield
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise StoreError(message.format(where=redact(self.url), error=exc)) from None
+            raise StoreError(message.format(where=masked_url(self.url), error=exc)) from None
 
     async def start(self) -> None:
         """Check the connection and the kind of server; apply the memory bound if one is
@@ -116,7 +117,7 @@ class RedisStore:
             cluster_enabled = (await self.redis.info("cluster")).get("cluster_enabled")
         if cluster_enabled and not isinstance(self.redis, RedisCluster):
             raise StoreError(
-                f"cache.redis_url: {redact(self.url)} is a Redis Cluster node; "
+                f"cache.redis_url: {masked_url(self.url)} is a Redis Cluster node; "
                 "set cache.redis_cluster = true"
             )
         if self.maxmemory:

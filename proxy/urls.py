@@ -1,0 +1,45 @@
+"""The one URL masker: every URL a person or a log reads (the start-up line, logs, store
+errors, ``/healthz``, stats, explain, the CLI) goes through :func:`masked_url`. Pure.
+
+A URL's user name is as secret as its password: ``redis://tok3n@host/0`` carries a token
+in the user slot, ``redis://:pw@host`` one in the password slot; both are masked whole."""
+
+from __future__ import annotations
+
+from typing import Final
+
+MASK: Final = "***"
+_AUTHORITY_ENDS: Final = frozenset("/?#")
+
+
+def masked_url(text: str) -> str:
+    """``text`` (a URL, a list of them such as Redis Cluster nodes, or one without a
+    scheme) with the user-info of each URL (``user:password@``, ``user@``, ``:password@``)
+    shown as ``***@``.
+
+    The authority is read as URL parsers (urllib, yarl, redis-py) read it: from ``//``, or
+    from the text's start, up to the first ``/``, ``?`` or ``#``, its user-info ending at
+    the last ``@`` in it. So whatever a client would send as a credential is masked,
+    percent-encoded or not, and an ``@`` in a path or query is left alone. Linear in the
+    text: authorities never overlap."""
+    out: list[str] = []
+    done = 0  # text[:done] is in out
+    start = 0  # where the next authority starts
+    while start >= 0:
+        end = _authority_end(text, start)
+        at = text.rfind("@", start, end)
+        if at >= 0:
+            out += (text[done:start], MASK)
+            done = at
+        after = text.find("//", end)
+        start = after + 2 if after >= 0 else -1
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _authority_end(text: str, start: int) -> int:
+    """The index of the first ``/``, ``?`` or ``#`` at or after ``start`` (or the end)."""
+    for index in range(start, len(text)):
+        if text[index] in _AUTHORITY_ENDS:
+            return index
+    return len(text)
