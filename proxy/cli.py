@@ -721,6 +721,23 @@ def key(
     click.echo(f"{'canonical':10} {info['canonical']}")
 
 
+def _concurrency_levels(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[int] | None:
+    """``--concurrency 1,4,16`` as distinct levels in ascending order."""
+    if value is None:
+        return None
+    from .experiment import MAX_CONCURRENCY
+
+    try:
+        levels = sorted({int(part) for part in value.split(",")})
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers, e.g. 1,4") from None
+    if levels[0] < 1 or levels[-1] > MAX_CONCURRENCY:
+        raise click.BadParameter(f"each level from 1 to {MAX_CONCURRENCY}")
+    return levels
+
+
 @main.command()
 @click.option("--model", required=True, help="Model to probe.")
 @click.option("--prompt", default="Write a haiku about reproducibility.", show_default=True)
@@ -730,6 +747,13 @@ def key(
 @click.option("--no-seed", is_flag=True, help="Send no seed, to compare with seeded runs.")
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-tokens", type=int, default=None)
+@click.option(
+    "--concurrency",
+    callback=_concurrency_levels,
+    metavar="C1,C2,...",
+    help="The load experiment: --runs at each level, C requests in flight at once.",
+)
+@click.option("--logprobs", is_flag=True, help="Ask for logprobs: divergence in tokens too.")
 @click.option(
     "--base-url", default=None, help="API base URL (default: $OPENAI_BASE_URL, else OpenAI's)."
 )
@@ -770,6 +794,8 @@ def probe(
     no_seed: bool,
     temperature: float | None,
     max_tokens: int | None,
+    concurrency: list[int] | None,
+    logprobs: bool,
     base_url: str | None,
     api_key_env: str,
     html_file: Any,
@@ -778,11 +804,19 @@ def probe(
     cache_dir: str | None,
     config: str | None,
 ) -> None:
-    """Send one prompt N times live and report how deterministic the answers are."""
+    """Send one prompt N times live and report how deterministic the answers are; with
+    --concurrency, N times at each level, and whether the answers depend on load."""
     import openai
 
-    from .probe import SeedMismatch, comparison_counts, html_report, report
+    from . import experiment
+    from .probe import SeedMismatch, comparison_counts, html_report, report, request_args
     from .probe import probe as run_probe
+
+    if concurrency and max(concurrency) > runs:
+        raise click.BadParameter(
+            f"{max(concurrency)} in flight at once needs --runs {max(concurrency)} or more",
+            param_hint="--concurrency",
+        )
 
     # the store is checked before any paid call, and written once the runs are in
     counted = _settings(config, {"cache.dir": cache_dir}) if cache_dir or config else None
@@ -793,37 +827,54 @@ def probe(
         base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
         api_key=os.environ.get(api_key_env) or "none",
     )
+    sent_seed = None if no_seed else seed
+    args = request_args(model, messages, sent_seed, temperature, max_tokens, logprobs)
     started = time.time()
     try:
-        results = run_probe(
-            client, model, messages, runs, None if no_seed else seed, temperature, max_tokens
-        )
+        if concurrency:
+            answers = asyncio.run(
+                experiment.run(
+                    lambda: openai.AsyncOpenAI(base_url=client.base_url, api_key=client.api_key),
+                    args,
+                    sent_seed,
+                    runs,
+                    concurrency,
+                )
+            )
+        else:
+            results = run_probe(client, args, runs, sent_seed)
     except openai.APIError as exc:
         _fail(f"probe: the API failed: {exc}")
     except SeedMismatch as exc:
         _fail(f"probe: {exc}")
+    settings = {
+        "model": model,
+        "system": system,
+        "prompt": prompt,
+        "runs": runs,
+        "seed": sent_seed,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "base_url": masked_url(str(client.base_url)),
+        "date": reports.iso(started) + " UTC",
+    }
+    if concurrency:
+        data, levels = experiment.report(
+            {**settings, "concurrency": concurrency, "logprobs": logprobs}, answers, logprobs
+        )
+        results = experiment.as_runs([a for c in concurrency for a in answers[c]])
+    else:
+        data = report(results, settings)
     if counted is not None:
         _add_counters(counted, comparison_counts(results, model, started))
-    data = report(
-        results,
-        {
-            "model": model,
-            "system": system,
-            "prompt": prompt,
-            "runs": runs,
-            "seed": None if no_seed else seed,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "base_url": masked_url(str(client.base_url)),
-            "date": reports.iso(started) + " UTC",
-        },
-    )
     if html_file is not None:
-        html_file.write(html_report(data))
-    summary = data["summary"]
+        html_file.write(experiment.html_report(data, levels) if concurrency else html_report(data))
     if as_json:
         _emit_json(data)
+    elif concurrency:
+        click.echo(experiment.text_report(data, levels))
     else:
+        summary = data["summary"]
         click.echo(
             reports.text_table(
                 ["run", "fingerprint", "prompt", "completion", "same as #1", "similarity"],
@@ -846,7 +897,7 @@ def probe(
             f"fingerprints {human.terminal_safe(', '.join(summary['distinct_fingerprints']))}  "
             f"mean similarity {summary['mean_similarity']:.3f}"
         )
-    if expect_identical and summary["distinct_outputs"] > 1:
+    if expect_identical and len({r.text for r in results}) > 1:
         click.echo("probe: outputs differ (--expect-identical)", err=True)
         sys.exit(1)
 

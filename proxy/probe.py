@@ -57,6 +57,33 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     }
 
 
+# Every probe request goes live: ``no-store`` tells a seedproxy in the way not to answer from
+# its cache, not to write to it and not to coalesce it with others; the seed-mode header, to
+# send upstream the seed the probe chose (or none).
+PROBE_HEADERS = {"Cache-Control": "no-store", SEED_MODE_HEADER: "passthrough"}
+
+
+def request_args(
+    model: str,
+    messages: list[dict[str, str]],
+    seed: int | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    logprobs: bool = False,
+) -> dict[str, Any]:
+    """The chat request every run sends: only the options the user gave."""
+    args: dict[str, Any] = {"model": model, "messages": messages}
+    if seed is not None:
+        args["seed"] = seed
+    if temperature is not None:
+        args["temperature"] = temperature
+    if max_tokens is not None:
+        args["max_tokens"] = max_tokens
+    if logprobs:
+        args["logprobs"] = True
+    return args
+
+
 class SeedMismatch(RuntimeError):
     """A proxy in the way sent another seed upstream than the probe chose."""
 
@@ -74,30 +101,12 @@ def check_seed(echoed: str | None, seed: int | None) -> str | None:
     )
 
 
-def probe(
-    client: Any,
-    model: str,
-    messages: list[dict[str, str]],
-    runs: int,
-    seed: int | None,
-    temperature: float | None,
-    max_tokens: int | None,
-) -> list[Run]:
-    """Send the same request ``runs`` times, live. ``Cache-Control: no-store`` tells a
-    seedproxy in the way not to answer from or write to its cache, and
-    ``X-Seedproxy-Seed-Mode: passthrough`` to send the seed the probe chose (or none)."""
-    args: dict[str, Any] = {"model": model, "messages": messages}
-    if seed is not None:
-        args["seed"] = seed
-    if temperature is not None:
-        args["temperature"] = temperature
-    if max_tokens is not None:
-        args["max_tokens"] = max_tokens
+def probe(client: Any, args: dict[str, Any], runs: int, seed: int | None) -> list[Run]:
+    """Send the same request (``args``, see :func:`request_args`) ``runs`` times, one after
+    the other, live (:data:`PROBE_HEADERS`)."""
     results: list[Run] = []
     for number in range(1, runs + 1):
-        raw = client.chat.completions.with_raw_response.create(
-            **args, extra_headers={"Cache-Control": "no-store", SEED_MODE_HEADER: "passthrough"}
-        )
+        raw = client.chat.completions.with_raw_response.create(**args, extra_headers=PROBE_HEADERS)
         problem = check_seed(raw.headers.get("X-Seedproxy-Seed"), seed)
         if problem is not None:
             raise SeedMismatch(problem)
@@ -128,16 +137,28 @@ def report(runs: list[Run], settings: dict[str, Any]) -> dict[str, Any]:
     return {"settings": settings, "summary": summarize(runs), "runs": [asdict(r) for r in runs]}
 
 
+def _setting(name: str, value: Any) -> str:
+    if name == "seed":
+        return human.seed(value)
+    if isinstance(value, bool):
+        return human.yes_no(value)
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return human.shown(value)
+
+
+def settings_table(settings: dict[str, Any]) -> str:
+    """What was asked, where and when, as a report's first table."""
+    return table(["setting", "value"], [[k, _setting(k, v)] for k, v in settings.items()])
+
+
 def html_report(data: dict[str, Any]) -> str:
     """The report as one self-contained HTML page: what was asked, where and when, then
     each run's output beside its diff with run 1."""
     summary, settings, runs = data["summary"], data["settings"], data["runs"]
     first = runs[0]["text"].splitlines() if runs else []
     parts = [
-        table(
-            ["setting", "value"],
-            [[k, human.seed(v) if k == "seed" else human.shown(v)] for k, v in settings.items()],
-        ),
+        settings_table(settings),
         table(
             [
                 "identical-output rate",

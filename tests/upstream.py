@@ -1,6 +1,7 @@
 """A fake OpenAI server: a real aiohttp app on 127.0.0.1 that behaves like the API where it
 matters to seedproxy. Output is a pure function of (messages, seed, temperature, fingerprint)
-unless ``nondeterministic`` is on. Tests steer it through attributes and ``script()``.
+unless ``nondeterministic`` is on, or ``load_dependent`` is and requests overlap. Tests steer
+it through attributes and ``script()``.
 
 Run it alone with ``python -m tests.upstream --port 9000``.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import random
 import re
@@ -100,6 +102,14 @@ class Scripted:
     midway: str | None = None  # "stall" | "drop": after the headers and half the body
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """A chat request in the load-dependent server: whether it shared the server."""
+
+    joined: asyncio.Event = field(default_factory=asyncio.Event)
+    overlapped: bool = False
+
+
 @dataclass
 class Received:
     method: str
@@ -118,6 +128,15 @@ class FakeUpstream:
         self.latency = 0.0
         self.content_lines = 3  # lines of six words in each answer (about 40 bytes a line)
         self.nondeterministic = False
+        # Like a batching server whose kernels are not batch-invariant: a chat answer is
+        # deterministic when its request had the server alone, and its text changes from a
+        # random word on when another request was in flight beside it. A request waits up
+        # to ``batch_window`` seconds for company, as a scheduler gathers a batch.
+        self.load_dependent = False
+        self.batch_window = 0.2
+        self._batch: set[_Waiting] = set()
+        self.in_flight = 0  # chat requests being answered now, and the most ever at once
+        self.max_in_flight = 0
         self.chunk_delay = 0.0  # seconds between streamed events
         self.stream_fault: str | None = None  # "drop" | "stall" | "no_done" | "error_event"
         self.fault_after = 2  # events sent before the fault
@@ -150,8 +169,9 @@ class FakeUpstream:
 
     # -- behaviour --------------------------------------------------------------------------
 
-    def completion(self, req: dict[str, Any]) -> dict[str, Any]:
-        """A chat completion that depends only on the request's output-relevant fields."""
+    def completion(self, req: dict[str, Any], perturbed: bool = False) -> dict[str, Any]:
+        """A chat completion that depends only on the request's output-relevant fields;
+        ``perturbed``: the content's words from a random one on are drawn afresh."""
         basis = orjson.dumps(
             [req.get("messages"), req.get("seed"), req.get("temperature"), self.fingerprint],
             option=orjson.OPT_SORT_KEYS,
@@ -186,9 +206,12 @@ class FakeUpstream:
                 ]
                 finish = "tool_calls"
             else:
-                lines = [
-                    " ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(self.content_lines)
-                ]
+                words = [rng.choice(WORDS) for _ in range(6 * self.content_lines)]
+                if perturbed:
+                    fresh = random.Random()
+                    start = fresh.randrange(len(words))
+                    words[start:] = [fresh.choice(WORDS) for _ in words[start:]]
+                lines = [" ".join(words[k : k + 6]) for k in range(0, len(words), 6)]
                 message["content"] = "\n".join(lines)
                 finish = "stop"
             message.update(self.extra_fields)
@@ -355,13 +378,36 @@ class FakeUpstream:
         )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _overlapped(self) -> bool:
+        """Whether this request shared the server with another while it was scheduled."""
+        me = _Waiting()
+        if self._batch:
+            for other in (*self._batch, me):
+                other.overlapped = True
+                other.joined.set()
+        self._batch.add(me)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(me.joined.wait(), self.batch_window)
+            return me.overlapped
+        finally:
+            self._batch.discard(me)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
         if self.scripts:
             return await self._scripted(request, self.scripts.popleft())
         if self.latency:
             await asyncio.sleep(self.latency)
         req = received.json()
-        completion = self.completion(req)
+        completion = self.completion(req, self.load_dependent and await self._overlapped())
         if self.gate is not None and not req.get("stream"):
             await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
         if req.get("stream"):
@@ -687,12 +733,14 @@ def main() -> None:
     parser.add_argument("--fingerprint", default="fp_one")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--nondeterministic", action="store_true")
+    parser.add_argument("--load-dependent", action="store_true")
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--content-lines", type=int, default=3)
     args = parser.parse_args()
     fake = FakeUpstream()
     fake.fingerprint, fake.latency = args.fingerprint, args.latency
     fake.nondeterministic, fake.fail_rate = args.nondeterministic, args.fail_rate
+    fake.load_dependent = args.load_dependent
     fake.content_lines = args.content_lines
     fake.keep_calls = False
     from proxy.observe import new_event_loop  # the same loop as the proxy's, for benchmarks
