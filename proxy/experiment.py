@@ -22,7 +22,7 @@ from html import escape
 from typing import Any
 
 from . import drift, human
-from .dashboard.html import DRAWN_CHARS, diff_table, page
+from .dashboard.html import diff_table, page
 from .determinism import wilson
 from .probe import PROBE_HEADERS, Run, SeedMismatch, check_seed, settings_table
 from .reports import text_table
@@ -315,14 +315,20 @@ def histogram(values: Sequence[int], top: int, bins: int = 10) -> list[tuple[int
     return [(k * width + 1, min(top, (k + 1) * width), counts[k]) for k in range(-(-top // width))]
 
 
+SIMILARITY_CHARS = 2_000  # compared per answer: SequenceMatcher costs more than linearly
+
+
 def most_different(v: Level) -> str | None:
-    """The distinct answer least similar to the mode (compared on what a diff draws)."""
-    mode = v.mode[:DRAWN_CHARS]
-    return min(
-        v.others,
-        key=lambda t: difflib.SequenceMatcher(None, mode, t[:DRAWN_CHARS]).ratio(),
-        default=None,
-    )
+    """The distinct answer least similar to the mode, on their first
+    :data:`SIMILARITY_CHARS` characters; of equals, the one that diverges first."""
+    mode = v.mode[:SIMILARITY_CHARS]
+
+    def distance(text: str) -> tuple[float, int]:
+        where = drift.divergence(v.mode, text)
+        ratio = difflib.SequenceMatcher(None, mode, text[:SIMILARITY_CHARS]).ratio()
+        return ratio, where.chars if where else 0
+
+    return min(v.others, key=distance, default=None)
 
 
 HEAD = (

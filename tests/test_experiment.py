@@ -180,14 +180,30 @@ def test_a_deterministic_upstream_is_not_load_dependent(upstream):
     assert data["load_dependent"] is False and "divergence_tokens" not in data["levels"][0]
 
 
-def test_the_text_report_reads_load_dependence(upstream):
+def test_the_text_report_reads_load_dependence(upstream, tmp_path):
     upstream.load_dependent = True
-    result = probe(f"{upstream.url}/v1", "--runs", "12", "--concurrency", "1,4", "--no-seed")
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1].startswith(
+    result = probe(
+        f"{upstream.url}/v1",
+        *("--runs", "12", "--concurrency", "1,4", "--no-seed", "--expect-identical"),
+        *("--cache-dir", str(tmp_path)),
+    )
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines()[-1].startswith(
         "load-dependent: identical rate 100.0% at concurrency 1, "
     )
+    assert "outputs differ (--expect-identical)" in result.stderr
     assert all("seed" not in c.json() for c in upstream.chat_calls)
+    # each run compared with the first, counted as a probe's beside real traffic
+    counted = CliRunner().invoke(main, ["determinism", "--json", "--cache-dir", str(tmp_path)])
+    (row,) = orjson.loads(counted.stdout)["models"]
+    assert (row["source"], row["compared"]) == ("probe", 23)
+    assert 11 <= row["identical"] < 23  # the other 11 runs alone, not all 12 crowded ones
+
+
+def test_answers_count_as_runs_compared_with_the_first():
+    runs = ex.as_runs(answers("a b", "a b", "a c"))
+    assert [(r.number, r.identical) for r in runs] == [(1, True), (2, True), (3, False)]
+    assert runs[1].similarity == 1.0 and 0 < runs[2].similarity < 1
 
 
 def test_bad_levels_are_refused_before_any_call(upstream):
