@@ -156,10 +156,11 @@ def load_dependent(levels: Sequence[Level]) -> bool:
 
 
 def round_sizes(runs: int, top: int) -> list[int]:
-    """How many runs each level sends in each round: about one wave of the highest
-    concurrency ``top``, so that the levels take turns often."""
-    count = max(1, -(-runs // top))
-    return [runs * (r + 1) // count - runs * r // count for r in range(count)]
+    """How many runs each level sends in each round: one wave of the highest concurrency
+    ``top`` (the last round what is left), so that the levels take turns often and the
+    highest one has ``top`` requests in flight in every round but perhaps the last."""
+    full, rest = divmod(runs, top)
+    return [top] * full + ([rest] if rest else [])
 
 
 async def _one(client: Any, args: dict[str, Any], seed: int | None) -> Answer:
