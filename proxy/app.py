@@ -251,7 +251,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 def _cached(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await request.app[PIPELINE].handle(request, endpoint)
+        pipeline = request.app[PIPELINE]
+        if pipeline.untouched:  # sent on as it came, nothing kept (see Pipeline)
+            return await _passthrough(request)
+        return await pipeline.handle(request, endpoint)
 
     return handler
 

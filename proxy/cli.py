@@ -904,7 +904,10 @@ def probe(
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--config", "config", metavar="FILE", help="TOML config file.")
-@click.option("--upstream", help="Upstream base URL (default https://api.openai.com/v1).")
+@click.option(
+    "--upstream",
+    help="Upstream base URL (default: $OPENAI_BASE_URL, else upstream.base_url, else OpenAI).",
+)
 @click.option("--cache-dir", help="Disk cache directory, when there is no --cassette.")
 @click.option("--seed-mode", help="force | override | require | passthrough (default force).")
 @click.option("--log-format", help="json | text (default json).")
@@ -940,8 +943,9 @@ def run(
     proxy could not start, 126/127 when COMMAND cannot be run or found).
 
     seedproxy run --cassette tests/llm.json -- python my_eval.py"""
-    from .run import MODES
+    from .run import chosen_upstream, session_settings
     from .run import run as run_command
+    from .runmodes import MODES
 
     cache_modes = ("record", "replay", "refresh", "passthrough")
     if cassette is not None and mode is not None and mode not in MODES:
@@ -951,14 +955,14 @@ def run(
             f"without --cassette, one of {', '.join(cache_modes)}", param_hint="--mode"
         )
     flags = {
-        "upstream.base_url": upstream,
         "cache.dir": cache_dir,
         "cache.mode": mode if cassette is None else None,
         "seed.mode": seed_mode,
         "log.format": log_format,
     }
     try:
-        settings = load_settings(config, os.environ, flags)
+        given = chosen_upstream(upstream, "--upstream", os.environ)
+        settings, upstream_line = session_settings(config, os.environ, flags, given)
         if cassette is None:
             check_cache_dir(settings)
     except ConfigError as exc:
@@ -971,6 +975,7 @@ def run(
             command,
             cassette,
             (mode or "once") if cassette is not None else settings.cache.mode,
+            upstream_line,
             summary_json,
         )
     )

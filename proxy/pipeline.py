@@ -57,6 +57,7 @@ class Pipeline:
         self.counters = counters
         self.credential = credential
         self.mode: str = settings.cache.mode
+        self.untouched = False  # a test session's unmarked test: as if no proxy were there
         cache = settings.cache
         self.health = StoreHealth()
         self.registry = Registry(store, counters, self.health)

@@ -2,35 +2,46 @@
 the first time and replayed offline after that, whatever language or client the code
 under test uses to reach the API.
 
-One proxy per pytest process (each xdist worker has its own), started before conftest
-files and test modules are imported, so that clients made at import time pick up
-``OPENAI_BASE_URL``. It runs in a thread with its own event loop; each test switches the
-cassette it serves (and its mode) through that loop.
+Installed, the plugin is loaded into every pytest run in the environment, so unused it is
+inert: it imports nothing heavy, starts nothing and changes no variable. A proxy starts
+when the first marked test is about to run, and points ``OPENAI_BASE_URL`` at itself for
+marked tests only. A project that sets any seedproxy option (command line or ini) has
+opted in: the proxy then starts before conftest files and test modules are imported, so
+that clients made at import time pick it up; unmarked tests get the environment back and
+their requests go on to the upstream as they were sent, unrecorded.
+
+One proxy per pytest process (each xdist worker has its own). It runs in a thread with its
+own event loop; each test switches the cassette it serves (and its mode) through that loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 import re
 import threading
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from .config import ConfigError, load_settings
-from .run import MODES, PLACEHOLDER_KEY, Result, Session
+from .runmodes import ENV, MODES, pointed
+
+if TYPE_CHECKING:
+    from .run import Result, Session
 
 T = TypeVar("T")
 MARKER = "seedproxy"
 SUFFIX = ".json"
-MAX_NAME = 200  # characters of a cassette's file name; longer ones end with a hash
-_UNSAFE = re.compile(r"""[\s<>:"'/\\|?*%]""")
-_ENV = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY")
+# A file name's limit is 255 bytes on the common file systems; this leaves room for the
+# suffix and for the temporary name an atomic write uses beside it.
+MAX_NAME_BYTES = 200
+DIGEST = 12  # hex characters of the full test id that a lossy file name ends with
+_UNSAFE = re.compile(r"""[\x00-\x1f\x7f\s<>:"'/\\|?*%]""")
+# The options that opt a project in (their ini names are these, too).
+OPTIONS = ("seedproxy_mode", "seedproxy_upstream", "seedproxy_fail_unused", "seedproxy_drift")
+DRIFT = ("warn", "fail")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,37 +55,60 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--seedproxy-upstream",
         metavar="URL",
-        help="The API to record from (default: the config's upstream.base_url, else OpenAI).",
+        help="The API to record from (default: $OPENAI_BASE_URL, else the config's "
+        "upstream.base_url, else OpenAI).",
     )
     group.addoption(
         "--seedproxy-fail-unused",
         action="store_true",
         default=None,
-        help="Fail the run when a cassette holds recordings no test played.",
+        help="Fail the run when a cassette holds recordings no test played, or a cassette "
+        "file no test uses.",
+    )
+    group.addoption(
+        "--seedproxy-drift",
+        choices=DRIFT,
+        help="warn (default): list drift in the summary; fail: drift also fails its test.",
     )
     parser.addini("seedproxy_mode", "seedproxy's default --seedproxy-mode.", default="once")
     parser.addini("seedproxy_upstream", "seedproxy's default --seedproxy-upstream.", default="")
     parser.addini(
         "seedproxy_fail_unused", "seedproxy's --seedproxy-fail-unused.", type="bool", default=False
     )
+    parser.addini("seedproxy_drift", "seedproxy's default --seedproxy-drift.", default="warn")
     parser.addini("seedproxy_config", "A seedproxy TOML config file for the proxy.", default="")
 
 
 class _Loop:
-    """An event loop in a daemon thread; :meth:`run` runs a coroutine there and waits."""
+    """An event loop in a daemon thread; :meth:`run` runs a coroutine there and waits.
+    (asyncio is imported here, as everything heavy is: a run that uses no proxy must not
+    pay for it.)"""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="seedproxy", daemon=True)
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+@dataclass
+class _Proxy:
+    """This process's running proxy."""
+
+    loop: _Loop
+    session: Session
+    line: str  # its upstream (and where that came from) and mode, for the report
 
 
 @dataclass
@@ -90,16 +124,18 @@ class _Cassette:
 class _State:
     mode: str
     fail_unused: bool
+    drift: str
     rootpath: Path
-    session: Session | None = None
-    loop: _Loop | None = None
-    saved_env: dict[str, str | None] = field(default_factory=dict)
+    user_env: dict[str, str | None]  # the variables as the user set them
+    proxy: _Proxy | None = None
+    ours: dict[str, str] = field(default_factory=dict)  # what an early start set for all
     existed: dict[Path, bool] = field(default_factory=dict)  # at its first use in this run
     cassettes: dict[str, _Cassette] = field(default_factory=dict)  # by path, as shown
+    lines: set[str] = field(default_factory=set)  # each proxy's report line (xdist: many)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        assert self.loop is not None
-        return self.loop.run(coro)
+        assert self.proxy is not None
+        return self.proxy.loop.run(coro)
 
     def shown(self, path: Path) -> str:
         try:
@@ -123,12 +159,20 @@ class _State:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            path: {"loaded": seen.loaded, "played": sorted(seen.played), "written": seen.written}
-            for path, seen in self.cassettes.items()
+            "lines": sorted(self.lines),
+            "cassettes": {
+                path: {
+                    "loaded": seen.loaded,
+                    "played": sorted(seen.played),
+                    "written": seen.written,
+                }
+                for path, seen in self.cassettes.items()
+            },
         }
 
     def merge(self, data: dict[str, Any]) -> None:
-        for path, seen in data.items():
+        self.lines.update(data["lines"])
+        for path, seen in data["cassettes"].items():
             mine = self.cassettes.setdefault(path, _Cassette())
             mine.loaded.update(seen["loaded"])
             mine.played.update(seen["played"])
@@ -139,10 +183,26 @@ STATE = pytest.StashKey[_State]()
 
 
 def _option(config: pytest.Config, name: str) -> Any:
-    """A command-line option, also before the command line is fully parsed (when the
-    proxy starts, ahead of conftest files)."""
+    """A command-line option, also before the command line is fully parsed (when an
+    opted-in proxy starts, ahead of conftest files)."""
     value = getattr(config.option, name, None)
     return value if value is not None else getattr(config.known_args_namespace, name, None)
+
+
+def _setting(config: pytest.Config, name: str) -> Any:
+    """An option's value: the command line's, else the ini file's (or its default)."""
+    value = _option(config, name)
+    return config.getini(name) if value is None else value
+
+
+def opted_in(config: pytest.Config) -> bool:
+    """Whether the project asked for seedproxy: a ``--seedproxy-*`` option or a
+    ``seedproxy_*`` ini option (``-o`` included) is set."""
+    if any(_option(config, name) is not None for name in OPTIONS):
+        return True
+    overrides = getattr(config.known_args_namespace, "override_ini", None) or ()
+    given = [*config.inicfg, *(o.partition("=")[0] for o in overrides)]
+    return any(name.startswith("seedproxy_") for name in given)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -150,88 +210,159 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
     return bool(_option(config, "numprocesses")) and "PYTEST_XDIST_WORKER" not in os.environ
 
 
-def _start(config: pytest.Config) -> None:
-    """Start this process's proxy and point the OpenAI environment variables at it."""
-    if STATE in config.stash:
-        return
-    mode = _option(config, "seedproxy_mode") or config.getini("seedproxy_mode")
+def _state(config: pytest.Config) -> _State:
+    """This run's state, made at its first use (an unused plugin makes none)."""
+    state = config.stash.get(STATE, None)
+    if state is not None:
+        return state
+    mode, drift = _setting(config, "seedproxy_mode"), _setting(config, "seedproxy_drift")
     if mode not in MODES:
         raise pytest.UsageError(f"seedproxy_mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    fail_unused = _option(config, "seedproxy_fail_unused")
+    if drift not in DRIFT:
+        raise pytest.UsageError(f"seedproxy_drift: must be warn or fail, got {drift!r}")
     state = _State(
         mode,
-        bool(config.getini("seedproxy_fail_unused") if fail_unused is None else fail_unused),
+        bool(_setting(config, "seedproxy_fail_unused")),
+        drift,
         config.rootpath,
+        {name: os.environ.get(name) for name in ENV},
     )
     config.stash[STATE] = state
-    if _is_xdist_controller(config):
-        return
-    upstream = _option(config, "seedproxy_upstream") or config.getini("seedproxy_upstream")
+    return state
+
+
+def _set_env(values: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Set these variables (None: unset them); return what they were."""
+    before = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return before
+
+
+def _start(config: pytest.Config, state: _State) -> _Proxy:
+    """Start this process's proxy, its upstream the one given, else the user's own
+    ``OPENAI_BASE_URL`` (as it was before this plugin changed anything)."""
+    if state.proxy is not None:
+        return state.proxy
+    from .config import ConfigError
+    from .run import Session, chosen_upstream, session_settings
+
+    user = {name: value for name, value in state.user_env.items() if value is not None}
+    given = chosen_upstream(
+        _setting(config, "seedproxy_upstream") or None, "--seedproxy-upstream", user
+    )
     toml = config.getini("seedproxy_config")
     try:
-        settings = load_settings(
-            config.rootpath / toml if toml else None,
-            os.environ,
-            {"upstream.base_url": upstream or None},
+        settings, upstream = session_settings(
+            config.rootpath / toml if toml else None, os.environ, {}, given
         )
     except ConfigError as exc:
         raise pytest.UsageError(f"seedproxy: {exc}") from None
-    state.loop = _Loop()
-    state.session = Session(settings, cassettes=True)
-    base_url = state.call(state.session.start())
-    state.saved_env = {name: os.environ.get(name) for name in _ENV}
-    os.environ["OPENAI_BASE_URL"] = os.environ["OPENAI_API_BASE"] = base_url
-    if mode in ("once", "replay") and not os.environ.get("OPENAI_API_KEY"):
-        os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY  # SDK clients refuse to start without
+    loop = _Loop()
+    session = Session(settings, cassettes=True)
+    loop.run(session.start())
+    state.proxy = _Proxy(loop, session, f"{upstream} | mode {state.mode}")
+    state.lines.add(state.proxy.line)
+    return state.proxy
+
+
+def _start_early(config: pytest.Config) -> None:
+    """An opted-in project: start the proxy now, before test modules are imported, and
+    point the environment at it, so that clients made at import time use it."""
+    if STATE in config.stash or not opted_in(config):
+        return
+    state = _state(config)
+    if _is_xdist_controller(config):
+        return
+    proxy = _start(config, state)
+    replaying = "replay" if state.mode in ("once", "replay") else state.mode
+    state.ours = pointed(os.environ, proxy.session.base_url, replaying)
+    _set_env(state.ours)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    _start(early_config)
+    _start_early(early_config)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "seedproxy(cassette=None): serve the test's OpenAI API calls from a cassette, "
-        "<test dir>/cassettes/<module>/<test>.json, or the one named.",
+        "seedproxy(cassette=None, mode=None): serve the test's OpenAI API calls from a "
+        "cassette, <test dir>/cassettes/<module>/<test>.json, or the one named.",
     )
-    _start(config)  # when the plugin came late (a conftest's pytest_plugins)
+    _start_early(config)  # when the plugin came late (a conftest's pytest_plugins)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is None or state.session is None or state.loop is None:
+    if state is None or state.proxy is None:
         return
-    state.call(state.session.stop())
-    state.loop.close()
-    for name, value in state.saved_env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    state.call(state.proxy.session.stop())
+    state.proxy.loop.close()
+    _set_env(_ours_undone(state))
+
+
+def _ours_undone(state: _State) -> dict[str, str | None]:
+    """The user's values back, for each variable that still holds what we set for all
+    (one the user's own code changed since is left as it is)."""
+    return {
+        name: state.user_env[name]
+        for name, value in state.ours.items()
+        if os.environ.get(name) == value
+    }
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = config.stash.get(STATE, None)
+    if state is None or state.proxy is None:
+        return None
+    return f"seedproxy: proxy {state.proxy.session.base_url} | {state.proxy.line}"
 
 
 def cassette_name(item: pytest.Item, name: str | None) -> str:
-    """A file name for the cassette: ``name``, else the test's (its class's too), with
-    characters that are unsafe in a file name (parametrized ids have them) replaced."""
+    """A file name for the cassette: ``name``, else the test's (its class's too). A name
+    that is not a safe file name as it is (parametrized ids have ``/``, spaces, ``?``) has
+    those characters replaced and ends with a digest of the whole name, so two tests never
+    share a file by accident; at most :data:`MAX_NAME_BYTES` bytes before the suffix."""
     if name is None:
         cls = getattr(item, "cls", None)
         name = (f"{cls.__name__}." if cls is not None else "") + item.name
-    name = _UNSAFE.sub("-", name.removesuffix(SUFFIX))
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - 17] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-    return name + SUFFIX
+    name = name.removesuffix(SUFFIX)
+    safe = _UNSAFE.sub("-", name)
+    encoded = safe.encode("utf-8", "replace")
+    if safe == name and len(encoded) <= MAX_NAME_BYTES and encoded.decode() == safe:
+        return name + SUFFIX
+    import hashlib
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST]
+    head = encoded[: MAX_NAME_BYTES - DIGEST - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}{SUFFIX}"
+
+
+def _marker_mode(item: pytest.Item, marker: pytest.Mark) -> str | None:
+    """The marker's ``mode=``, checked, with its arguments."""
+    unknown = set(marker.kwargs) - {"cassette", "mode"}
+    if marker.args or unknown:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.seedproxy takes only cassette=NAME and mode=MODE "
+            f"(got {', '.join([*map(repr, marker.args), *sorted(unknown)])})"
+        )
+    mode = marker.kwargs.get("mode")
+    if mode is not None and mode not in MODES:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.seedproxy(mode=...) must be one of "
+            f"{', '.join(MODES)}, got {mode!r}"
+        )
+    return mode
 
 
 def cassette_path(item: pytest.Item, marker: pytest.Mark) -> Path:
     """``<test file's dir>/cassettes/<module>/<name>.json``."""
-    unknown = set(marker.kwargs) - {"cassette"}
-    if marker.args or unknown:
-        raise pytest.UsageError(
-            f"{item.nodeid}: @pytest.mark.seedproxy takes only cassette=NAME "
-            f"(got {', '.join([*map(repr, marker.args), *sorted(unknown)])})"
-        )
+    _marker_mode(item, marker)
     return (
         item.path.parent
         / "cassettes"
@@ -240,44 +371,63 @@ def cassette_path(item: pytest.Item, marker: pytest.Mark) -> Path:
     )
 
 
+def _proxy_for_test(config: pytest.Config) -> tuple[_State, _Proxy]:
+    """The state and the proxy, started now if it is not yet running (a bad setting ends
+    the run with its message, not one error per test)."""
+    try:
+        state = _state(config)
+        return state, _start(config, state)
+    except pytest.UsageError as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(autouse=True)
 def _seedproxy_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Serve the test's cassette while it runs (an empty one, in replay, for a test that is
-    not marked: nothing reaches the network; in other modes such a test goes live)."""
-    state = request.config.stash.get(STATE, None)
-    if state is None or state.session is None:
-        yield
-        return
-    session, item = state.session, request.node
+    """Serve a marked test's cassette while it runs, the environment pointed at the proxy.
+    An unmarked test sees the environment as the user set it and, if the proxy started
+    early, its requests go on to the upstream untouched."""
+    item = request.node
     marker = item.get_closest_marker(MARKER)
+    state = request.config.stash.get(STATE, None)
     if marker is None:
-        state.call(session.begin(None, "replay" if state.mode == "replay" else "passthrough"))
+        if state is None or state.proxy is None:
+            yield
+            return
+        session = state.proxy.session
+        before = _set_env(_ours_undone(state))
+        state.call(session.begin(None, "untouched"))
         try:
             yield
         finally:
             state.call(session.end())
+            _set_env(before)
         return
+    state, proxy = _proxy_for_test(request.config)
     path = cassette_path(item, marker)
+    mode = _marker_mode(item, marker) or state.mode
     first = path not in state.existed
     if first:
         state.existed[path] = path.exists()
     # rewrite empties a cassette once per run: tests sharing it add to it after that
-    mode = "record" if state.mode == "rewrite" and not first else state.mode
-    state.call(session.begin(path, mode, state.existed[path]))
+    mode = "record" if mode == "rewrite" and not first else mode
+    state.call(proxy.session.begin(path, mode, state.existed[path]))
+    proxy_mode = state.call(proxy.session.current()).mode
+    before = _set_env(pointed(os.environ, proxy.session.base_url, proxy_mode))
     try:
         yield
     finally:
-        state.add(state.shown(path), state.call(session.end()))
+        _set_env(before)
+        state.add(state.shown(path), state.call(proxy.session.end()))
 
 
 class Recordings:
     """What the ``seedproxy`` fixture gives a test: the proxy's base URL (already in
     ``OPENAI_BASE_URL``), the test's cassette and mode, and its counts so far."""
 
-    def __init__(self, state: _State, cassette: Path | None) -> None:
-        assert state.session is not None
-        self._state, self._session = state, state.session
-        self.base_url = state.session.base_url
+    def __init__(self, state: _State, cassette: Path) -> None:
+        assert state.proxy is not None
+        self._state, self._session = state, state.proxy.session
+        self.base_url = self._session.base_url
         self.cassette = cassette
 
     def _counts(self) -> Result:
@@ -305,11 +455,11 @@ class Recordings:
 @pytest.fixture
 def seedproxy(request: pytest.FixtureRequest, _seedproxy_cassette: None) -> Recordings:
     """The proxy serving this test: its base URL, and the test's hits, recorded, live."""
-    state = request.config.stash.get(STATE, None)
-    if state is None or state.session is None:
-        raise pytest.UsageError("the seedproxy fixture needs the plugin's proxy to be running")
     marker = request.node.get_closest_marker(MARKER)
-    return Recordings(state, cassette_path(request.node, marker) if marker else None)
+    state = request.config.stash.get(STATE, None)
+    if marker is None or state is None:
+        pytest.fail("the seedproxy fixture serves marked tests: add @pytest.mark.seedproxy")
+    return Recordings(state, cassette_path(request.node, marker))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -319,9 +469,11 @@ def pytest_runtest_makereport(
     """A replay miss fails its test, with the reason, even if the test caught the error."""
     report = yield
     state = item.config.stash.get(STATE, None)
-    if call.when != "call" or state is None or state.session is None:
+    if call.when != "call" or state is None or state.proxy is None:
         return report
-    misses = state.call(state.session.current()).replay_misses
+    if item.get_closest_marker(MARKER) is None:
+        return report
+    misses = state.call(state.proxy.session.current()).replay_misses
     if misses:
         text = "\n\n".join(misses)
         report.sections.append(("seedproxy replay misses", text))
@@ -337,10 +489,9 @@ def pytest_runtest_makereport(
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
     """xdist: a worker's cassettes, for the summary."""
-    state = node.config.stash.get(STATE, None)
     output = getattr(node, "workeroutput", {}).get("seedproxy")
-    if state is not None and output is not None:
-        state.merge(output)
+    if output is not None:
+        _state(node.config).merge(output)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -361,9 +512,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     written = sorted(path for path, seen in state.cassettes.items() if seen.written)
     unused = state.unused()
-    if not (written or unused):
+    if not (written or unused or state.lines):
         return
     terminalreporter.section("seedproxy")
+    for line in sorted(state.lines):
+        terminalreporter.line(line)
     for path in written:
         terminalreporter.line(f"cassette written: {path}")
     for what in unused:

@@ -12,33 +12,53 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import orjson
 from aiohttp import web
 
 from . import cassette
 from .app import COUNTS, PIPELINE, create_app
-from .config import Settings, with_overrides
+from .config import Settings, UpstreamSettings, load_settings, with_overrides
+from .human import masked_url
 from .keys import canonical_query
+from .runmodes import BASE_URL, effective_mode, pointed
 from .store import Entry, Store, open_store
 from .store.memory import MemoryStore
 
-MODES = ("once", "replay", "record", "rewrite", "refresh")
 PROXY_FAILED = 125  # like `docker run`: seedproxy itself failed, CMD's status is not known
 NOT_EXECUTABLE, NOT_FOUND = 126, 127  # as a shell reports them
-# What SDKs are given as OPENAI_API_KEY when replaying without one: they refuse to start
-# without a key, and a replay needs none. Plainly not a key, so it is never mistaken for one.
-PLACEHOLDER_KEY = "seedproxy-replay-no-key"
 
 
-def effective_mode(mode: str, exists: bool) -> str:
-    """The proxy's cache mode for a run mode, given whether the cassette exists."""
-    if mode == "once":
-        return "replay" if exists else "record"
-    if mode == "rewrite":
-        return "record"
-    return mode
+def chosen_upstream(
+    given: str | None, given_as: str, env: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """A session's upstream and where it came from: the one ``given`` (the flag named
+    ``given_as``), else the user's own ``OPENAI_BASE_URL``, unless that is a proxy this
+    process serves (a loop); else None: the config's ``upstream.base_url``, then OpenAI."""
+    if given:
+        return given, given_as
+    own = env.get(BASE_URL)
+    if own and own not in Session.serving:
+        return own, BASE_URL
+    return None, "upstream.base_url"
+
+
+def session_settings(
+    toml: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any],
+    upstream: tuple[str | None, str],
+) -> tuple[Settings, str]:
+    """Settings for a session, with its upstream from :func:`chosen_upstream`, and the
+    start-up line's account of that upstream (which one, and from where)."""
+    url, source = upstream
+    settings = load_settings(
+        toml, env, {**flags, "upstream.base_url": url}, {"upstream.base_url": source}
+    )
+    if url is None and settings.upstream.base_url == UpstreamSettings.base_url:
+        source = "default"
+    return settings, f"upstream {masked_url(settings.upstream.base_url)} (from {source})"
 
 
 def cassette_settings(settings: Settings) -> Settings:
@@ -117,6 +137,8 @@ class Session:
     """One proxy app on 127.0.0.1 and the segments (a program's run, a test) it serves,
     each with its own cassette and mode. Every coroutine runs on the app's event loop."""
 
+    serving: ClassVar[set[str]] = set()  # base URLs of this process's sessions (no loops)
+
     def __init__(self, settings: Settings, cassettes: bool) -> None:
         """``cassettes``: serve cassette files from memory, else the configured store."""
         self.memory = MemoryStore(max_variants=1) if cassettes else None
@@ -140,16 +162,19 @@ class Session:
         await site.start()
         port = self._runner.addresses[0][1]
         self.base_url = f"http://127.0.0.1:{port}/v1"
+        Session.serving.add(self.base_url)
         return self.base_url
 
     async def stop(self) -> None:
+        Session.serving.discard(self.base_url)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def begin(self, path: Path | None, mode: str, exists: bool | None = None) -> None:
         """Serve the cassette at ``path`` (None: the configured store, or nothing at all in
-        a cassette session) in run mode ``mode`` (or a cache mode, without a cassette).
+        a cassette session) in run mode ``mode`` (or a cache mode, without a cassette;
+        ``untouched``: every request goes to the upstream as sent, and nothing is kept).
         ``exists``: whether the cassette counts as existing for ``once``, if not now."""
         proxy_mode, recordings = mode, list[cassette.Recording]()
         if path is not None:
@@ -170,8 +195,10 @@ class Session:
         )
         self._stored.clear()
         self._before = dict(self.app[COUNTS].total)
-        self.app[PIPELINE].mode = proxy_mode
-        self.app[PIPELINE].repeats.reset()
+        pipeline = self.app[PIPELINE]
+        pipeline.untouched = proxy_mode == "untouched"
+        pipeline.mode = "passthrough" if pipeline.untouched else proxy_mode
+        pipeline.repeats.reset()
 
     def _load(
         self, path: Path, mode: str, exists: bool | None
@@ -217,6 +244,7 @@ class Session:
             )
         self._path = None
         self.app[PIPELINE].mode = self.settings.cache.mode
+        self.app[PIPELINE].untouched = False
         return result
 
     async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -241,13 +269,8 @@ def _save(path: Path, data: bytes, anything: bool) -> bool:
 
 
 def child_env(base: Mapping[str, str], base_url: str, mode: str) -> dict[str, str]:
-    """The environment for the program: the proxy's URL under the names the SDKs read, and
-    a placeholder key when replaying without one."""
-    env = dict(base)
-    env["OPENAI_BASE_URL"] = env["OPENAI_API_BASE"] = base_url
-    if mode == "replay" and not env.get("OPENAI_API_KEY"):
-        env["OPENAI_API_KEY"] = PLACEHOLDER_KEY
-    return env
+    """The environment for the program: ``base``, pointed at the proxy."""
+    return {**base, **pointed(base, base_url, mode)}
 
 
 def _status(returncode: int) -> int:
@@ -256,7 +279,7 @@ def _status(returncode: int) -> int:
 
 
 async def _run(
-    settings: Settings, command: Sequence[str], path: Path | None, mode: str
+    settings: Settings, command: Sequence[str], path: Path | None, mode: str, upstream_line: str
 ) -> tuple[int, Result | None]:
     session = Session(settings, cassettes=path is not None)
     try:
@@ -266,6 +289,12 @@ async def _run(
         except (cassette.CassetteError, OSError, RuntimeError) as exc:
             print(f"seedproxy run: the proxy did not start: {exc}", file=sys.stderr)
             return PROXY_FAILED, None
+        print(
+            f"seedproxy run: proxy {base_url} | {upstream_line} | mode {session.counts().mode}"
+            + (f" | cassette {path}" if path is not None else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         env = child_env(os.environ, base_url, session.counts().mode)
         try:
             child = await asyncio.create_subprocess_exec(*command, env=env)
@@ -299,6 +328,7 @@ def run(
     command: Sequence[str],
     path: Path | None,
     mode: str,
+    upstream_line: str,
     summary_json: Path | None = None,
 ) -> int:
     """Run ``command`` through a proxy; print the summary; return the exit status."""
@@ -306,7 +336,7 @@ def run(
 
     loop = new_event_loop()
     try:
-        status, result = loop.run_until_complete(_run(settings, command, path, mode))
+        status, result = loop.run_until_complete(_run(settings, command, path, mode, upstream_line))
     finally:
         loop.close()
     if result is not None:

@@ -102,13 +102,19 @@ def test_record_once_then_replay_offline_without_rewriting(
         "cassettes/test_llm/shared.json",
         "cassettes/test_llm/test_hello.json",
         "cassettes/test_llm/test_stream.json",
-        "cassettes/test_llm/test_topics[a-b].json",
-        "cassettes/test_llm/test_topics[c-d].json",
+        "cassettes/test_llm/test_topics[a-b]-0da27a559581.json",  # "a/b": a lossy name
+        "cassettes/test_llm/test_topics[c-d]-1b14f1271c81.json",
     ]
     assert len(upstream.chat_calls) == 6
     assert len(orjson.loads(recorded["cassettes/test_llm/shared.json"])["interactions"]) == 2
     assert all(FAKE_KEY.encode() not in data for data in recorded.values())
-    first.stdout.fnmatch_lines(["*cassette written: cassettes/test_llm/test_hello.json"])
+    first.stdout.fnmatch_lines(
+        [
+            f"seedproxy: proxy http://127.0.0.1:*/v1 | upstream {upstream.url}/v1 "
+            "(from --seedproxy-upstream) | mode once",
+            "*cassette written: cassettes/test_llm/test_hello.json",
+        ]
+    )
     times = {p: p.stat().st_mtime_ns for p in pytester.path.rglob("cassettes/**/*.json")}
 
     bg.run(upstream.stop())  # offline: nothing to reach, and no key
@@ -131,38 +137,174 @@ def test_a_changed_prompt_fails_in_replay_naming_the_field(suite, pytester, upst
     result.stdout.fnmatch_lines(["*differs in: messages[[]0].content*"])
 
 
-def test_unmarked_tests_reach_nothing_in_replay_and_swallowed_misses_fail(
+INERT = """
+import os, sys, threading
+
+import openai
+import pytest
+
+def env():
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+USER = env()
+
+
+def untouched():
+    assert env() == USER
+    assert not any(t.name == "seedproxy" for t in threading.enumerate())
+
+
+def ask(content):
+    client = openai.OpenAI()  # made in the test: it reads the environment now
+    return client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": content}]
+    )
+
+
+def test_before():
+    untouched()
+    assert "proxy.run" not in sys.modules  # nothing of the proxy was even imported
+    assert ask("plain one").choices[0].message.content
+
+
+@pytest.mark.seedproxy
+def test_marked():
+    assert os.environ["OPENAI_BASE_URL"] != USER["OPENAI_BASE_URL"]
+    assert ask("recorded").choices[0].message.content
+
+
+def test_after():
+    assert env() == USER
+    assert ask("plain two").choices[0].message.content
+"""
+
+
+def test_unused_the_plugin_is_inert_and_a_marked_test_starts_it(pytester, upstream, monkeypatch):
+    pytester.makepyfile(test_inert=INERT)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{upstream.url}/v1")  # the user's own upstream
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    result = pytester.runpytest_subprocess(*PLUGIN, "-k", "not marked")
+    result.assert_outcomes(passed=2)
+    assert (
+        "= seedproxy =" not in result.stdout.str() and "seedproxy: proxy" not in result.stdout.str()
+    )
+    assert [c.json() for c in upstream.chat_calls] == [  # as sent: no seed added
+        {"model": "gpt-test", "messages": [{"role": "user", "content": c}]}
+        for c in ("plain one", "plain two")
+    ]
+    assert not (pytester.path / "cassettes").exists()
+
+    upstream.calls.clear()
+    result = pytester.runpytest_subprocess(*PLUGIN)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            f"upstream {upstream.url}/v1 (from OPENAI_BASE_URL) | mode once",
+            "cassette written: cassettes/test_inert/test_marked.json",
+        ]
+    )
+    sent = [c.json() for c in upstream.chat_calls]
+    assert [m["messages"][0]["content"] for m in sent] == ["plain one", "recorded", "plain two"]
+    assert "seed" not in sent[0] and "seed" not in sent[2] and sent[1]["seed"] == 12345
+
+
+OPTED_IN = """
+import os
+
+import openai
+import pytest
+
+client = openai.OpenAI()  # at import time: served because the project opted in
+USER_URL = os.environ["USER_URL"]
+
+
+def ask(content):
+    return client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": content}]
+    )
+
+
+def test_unmarked_goes_on_untouched():
+    assert os.environ["OPENAI_BASE_URL"] == USER_URL  # as the user set it
+    assert ask("not recorded").choices[0].message.content
+
+
+@pytest.mark.seedproxy
+def test_caught():
+    try:
+        ask("never recorded")
+    except openai.APIStatusError as exc:
+        assert exc.status_code == 504
+
+
+@pytest.mark.seedproxy
+def test_models():
+    client.models.list()
+"""
+
+
+def test_opted_in_import_time_clients_are_served_and_unmarked_tests_pass_through(
     pytester, upstream, monkeypatch
 ):
-    pytester.makepyfile(
-        test_plain="""
-        import openai
-
-        def test_caught():
-            try:
-                openai.OpenAI().chat.completions.create(
-                    model="gpt-test", messages=[{"role": "user", "content": "hi"}]
-                )
-            except openai.APIStatusError as exc:
-                assert exc.status_code == 504
-
-        def test_models():
-            openai.OpenAI().models.list()
-        """
-    )
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    result = pytester.runpytest_subprocess(
-        *PLUGIN, "--seedproxy-upstream", f"{upstream.url}/v1", "--seedproxy-mode", "replay"
-    )
-    result.assert_outcomes(failed=2)
+    pytester.makepyfile(test_opted=OPTED_IN)
+    pytester.makeini("[pytest]\nseedproxy_mode = replay\n")
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{upstream.url}/v1")
+    monkeypatch.setenv("USER_URL", f"{upstream.url}/v1")
+    result = pytester.runpytest_subprocess(*PLUGIN)
+    result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*1 request(s) had no recording (the test caught the error, the run does not)*",
-            "*runs in replay mode*",
+            "*no recorded response*",
         ]
     )
     assert "GET /v1/models is never recorded" in result.stdout.str()
-    assert upstream.calls == []
+    assert [c.json() for c in upstream.calls] == [  # only the unmarked test's, as sent
+        {"model": "gpt-test", "messages": [{"role": "user", "content": "not recorded"}]}
+    ]
+    assert not (pytester.path / "cassettes").exists()
+
+
+VCR_SUITE = """
+import openai
+import pytest
+
+
+@pytest.mark.vcr
+def test_vcr():
+    reply = openai.OpenAI().chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert reply.choices[0].message.content
+"""
+
+
+def test_a_pytest_recording_suite_records_and_replays_as_without_seedproxy(
+    pytester, upstream, bg, monkeypatch
+):
+    import yaml
+
+    pytester.makepyfile(test_vcr=VCR_SUITE)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{upstream.url}/v1")
+    written = pytester.path / "cassettes" / "test_vcr" / "test_vcr.yaml"
+
+    def record(*plugin: str) -> dict[str, object]:
+        written.unlink(missing_ok=True)
+        pytester.runpytest_subprocess(*plugin, "--record-mode=once").assert_outcomes(passed=1)
+        (interaction,) = yaml.safe_load(written.read_text())["interactions"]
+        return interaction["request"]
+
+    assert record(*PLUGIN) == record("-p", "no:seedproxy")
+    recorded = written.read_bytes()
+    bg.run(upstream.stop())
+    for plugin in (PLUGIN, ["-p", "no:seedproxy"]):
+        result = pytester.runpytest_subprocess(*plugin, "--record-mode=none")
+        result.assert_outcomes(passed=1)
+        assert written.read_bytes() == recorded
 
 
 def test_unused_recordings_are_listed_and_can_fail_the_run(suite, pytester, upstream, bg):
@@ -198,14 +340,48 @@ def test_each_xdist_worker_has_its_own_proxy(suite, pytester, upstream, bg, monk
     assert cassettes(pytester.path) == written
 
 
-def test_cassette_names_are_safe_and_bounded():
+def name_of(test_id: str, cassette: str | None = None) -> str:
     from proxy.pytest_plugin import cassette_name
 
     class Item:
         cls = None
-        name = "test_x[" + "a/b:c" * 60 + "]"
+        name = test_id
 
-    long = cassette_name(Item(), None)  # type: ignore[arg-type]
-    assert len(long) <= 205 and "/" not in long and ":" not in long
-    assert long != cassette_name(Item(), "test_x[other]")  # type: ignore[arg-type]
-    assert cassette_name(Item(), "mine.json") == "mine.json"  # type: ignore[arg-type]
+    return cassette_name(Item(), cassette)  # type: ignore[arg-type]
+
+
+def test_lossy_cassette_names_never_collide_and_stay_bounded_in_bytes():
+    ids = [f"test_summarise_file[docs{c}a{d}b.md]" for c in "/ ?" for d in " /?"]
+    names = [name_of(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    assert all("/" not in n and " " not in n and "?" not in n for n in names)
+    # a safe name is kept as it is (existing cassettes keep loading)
+    assert name_of("test_topics[a-b]") == "test_topics[a-b].json"
+    assert name_of("x", "mine.json") == name_of("x", "mine") == "mine.json"
+    assert name_of("test_x[\u00e9t\u00e9]") == "test_x[\u00e9t\u00e9].json"
+    long = name_of("test_x[" + "a/b:c" * 60 + "]")
+    assert long != name_of("test_x[" + "a/b:c" * 59 + "a/b:d]")
+    for wide in ("\u00e9" * 300, "\u65e5\u672c" * 200, "\U0001f600" * 100):
+        name = name_of(f"test_x[{wide}]")
+        assert len(name.encode()) <= 255 and name.endswith(".json")
+        assert name != name_of(f"test_x[{wide}x]")
+        name.encode().decode()  # cut on a character boundary
+
+
+def test_a_long_non_ascii_test_name_records(pytester, upstream, monkeypatch):
+    pytester.makepyfile(
+        test_wide="""
+        import openai, pytest
+
+        @pytest.mark.seedproxy
+        @pytest.mark.parametrize("topic", ["\u65e5\u672c\u8a9e" * 40])
+        def test_wide(topic):
+            openai.OpenAI().chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": topic[:9]}])
+        """
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{upstream.url}/v1")
+    pytester.runpytest_subprocess(*PLUGIN).assert_outcomes(passed=1)
+    (written,) = (pytester.path / "cassettes" / "test_wide").iterdir()
+    assert len(written.name.encode()) <= 255

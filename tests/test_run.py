@@ -199,3 +199,46 @@ def test_failures_have_their_own_statuses(seedproxy_run, tmp_path):
     assert result.returncode == 2 and "--mode" in result.stderr
     killed, _ = seedproxy_run("--", "sh", "-c", "kill -TERM $$")
     assert killed.returncode == 128 + 15
+
+
+def test_the_users_openai_base_url_is_the_default_upstream(programs, tmp_path, upstream):
+    """Without --upstream, the program's own OPENAI_BASE_URL is where answers come from,
+    and the start-up line says so; the program itself is pointed at the proxy."""
+    env = clean_env() | {"OPENAI_API_KEY": FAKE_KEY, "OPENAI_BASE_URL": f"{upstream.url}/v1"}
+    command = [*programs["curl"](), "hello", "0"]
+    cassette = ["--cassette", str(tmp_path / "llm.json")]
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", *cassette, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"upstream {upstream.url}/v1 (from OPENAI_BASE_URL) | mode record" in result.stderr
+    assert len(upstream.chat_calls) == 1
+    env.pop("OPENAI_BASE_URL")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--mode", "replay", *cassette, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "upstream https://api.openai.com/v1 (from default) | mode replay" in result.stderr
+
+
+def test_a_proxy_of_this_process_is_never_its_own_upstream():
+    from proxy.run import Session, chosen_upstream
+
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    assert chosen_upstream(None, "--upstream", env) == ("http://127.0.0.1:9/v1", "OPENAI_BASE_URL")
+    assert chosen_upstream("http://x/v1", "--upstream", env) == ("http://x/v1", "--upstream")
+    Session.serving.add("http://127.0.0.1:9/v1")
+    try:
+        assert chosen_upstream(None, "--upstream", env) == (None, "upstream.base_url")
+    finally:
+        Session.serving.discard("http://127.0.0.1:9/v1")

@@ -1,0 +1,32 @@
+"""The names a test session shares with the pytest plugin, kept free of heavy imports: the
+plugin is loaded into every pytest run in the environment, and one that uses no proxy
+must not pay for importing one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+MODES = ("once", "replay", "record", "rewrite", "refresh")
+# What SDKs are given as OPENAI_API_KEY when replaying without one: they refuse to start
+# without a key, and a replay needs none. Plainly not a key, so it is never mistaken for one.
+PLACEHOLDER_KEY = "seedproxy-replay-no-key"
+BASE_URL = "OPENAI_BASE_URL"  # the user's upstream when set; the proxy's for a session
+ENV = (BASE_URL, "OPENAI_API_BASE", "OPENAI_API_KEY")  # what a session points at the proxy
+
+
+def effective_mode(mode: str, exists: bool) -> str:
+    """The proxy's cache mode for a run mode, given whether the cassette exists."""
+    if mode == "once":
+        return "replay" if exists else "record"
+    if mode == "rewrite":
+        return "record"
+    return mode
+
+
+def pointed(base: Mapping[str, str], base_url: str, mode: str) -> dict[str, str]:
+    """The variables that point a program at the proxy: its URL under the names the SDKs
+    read, and a placeholder key when replaying without one."""
+    env = {BASE_URL: base_url, "OPENAI_API_BASE": base_url}
+    if mode == "replay" and not base.get("OPENAI_API_KEY"):
+        env["OPENAI_API_KEY"] = PLACEHOLDER_KEY
+    return env
