@@ -20,11 +20,11 @@ from aiohttp import web
 from . import cassette
 from .app import COUNTS, PIPELINE, create_app
 from .config import Settings, UpstreamSettings, load_settings, with_overrides
-from .human import masked_url
 from .keys import canonical_query
 from .runmodes import BASE_URL, effective_mode, pointed
 from .store import Entry, Store, open_store
 from .store.memory import MemoryStore
+from .urls import masked_url
 
 PROXY_FAILED = 125  # like `docker run`: seedproxy itself failed, CMD's status is not known
 NOT_EXECUTABLE, NOT_FOUND = 126, 127  # as a shell reports them
