@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .keys import KeyRules, Rewrite, parse_path
+from .patterns import compile_bytes
 from .redact import Redactor
 from .urls import masked_url
 
@@ -94,8 +95,8 @@ def parse_rewrites(value: Any) -> tuple[Rewrite, ...]:
     for n, table in enumerate(value, 1):
         try:
             rules.append(Rewrite.parse(table))
-        except ValueError as exc:
-            raise ValueError(f"table {n}: {exc}") from None
+        except ValueError as exc:  # "cache.normalize[1].pattern: ..." once the key is named
+            raise ValueError(f"[{n}]{'' if str(exc).startswith('.') else ': '}{exc}") from None
     return tuple(rules)
 
 
@@ -192,9 +193,9 @@ class RedactSettings:
     def __post_init__(self) -> None:
         for pattern in self.patterns:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise FieldError("patterns", f"{pattern!r} does not compile: {exc}") from None
+                compile_bytes(pattern.encode())
+            except ValueError as exc:
+                raise FieldError("patterns", f"{pattern!r} is {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -391,8 +392,9 @@ def _checked(section: str, given: Mapping[str, _Given]) -> dict[str, Any]:
         parser = known[key].metadata.get("parse")
         try:
             out[key] = _coerce(hints[key], parser, g.value, g.from_text)
-        except ValueError as exc:
-            raise ConfigError(f"{g.source}: {exc}") from None
+        except ValueError as exc:  # a table in an array names itself: "[2].pattern: ..."
+            where = "" if str(exc).startswith("[") else ": "
+            raise ConfigError(f"{g.source}{where}{exc}") from None
     return out
 
 

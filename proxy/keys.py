@@ -13,6 +13,7 @@ import orjson
 
 from . import strictjson
 from .errors import ProxyError
+from .patterns import Match, Pattern, compile_str, template
 from .redact import Redactor
 
 _MAX_EXACT = 2**53
@@ -116,11 +117,13 @@ def drop_path(body: Any, steps: tuple[Step, ...]) -> Any:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """A ``[[cache.normalize]]`` table: ``pattern`` replaced by ``replace`` (``re.sub``
-    syntax, ``\\1`` for a group) in string values, all of them or those under ``paths``."""
+    """A ``[[cache.normalize]]`` table: ``pattern`` (RE2 syntax: it runs on what clients
+    send) replaced by ``replace`` (``\\1`` or ``\\g<name>`` for a group) in string values,
+    all of them or those under ``paths``."""
 
-    pattern: re.Pattern[str]
+    pattern: Pattern[str]
     replace: str
+    expand: Callable[[Match[str]], str] = field(compare=False, repr=False)  # ``replace``, compiled
     paths: tuple[tuple[Step, ...], ...] = ()
 
     @classmethod
@@ -137,17 +140,20 @@ class Rewrite:
             table.get("paths", []),
         )
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError("pattern: expected a regular expression")
+            raise ValueError(".pattern: expected a regular expression")
         if not isinstance(replace, str):
-            raise ValueError("replace: expected a string")
+            raise ValueError(".replace: expected a string")
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise ValueError("paths: expected a list of JSON paths")
+            raise ValueError(".paths: expected a list of JSON paths")
         try:
-            compiled = re.compile(pattern)
-            compiled.sub(replace, "")  # a bad group reference shows only when used
-        except re.error as exc:
-            raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
-        return cls(compiled, replace, tuple(parse_path(p) for p in paths))
+            compiled = compile_str(pattern)
+        except ValueError as exc:
+            raise ValueError(f".pattern: {pattern!r} is {exc}") from None
+        try:
+            expand = template(replace, compiled)
+        except ValueError as exc:
+            raise ValueError(f".replace: {replace!r}: {exc}") from None
+        return cls(compiled, replace, expand, tuple(parse_path(p) for p in paths))
 
     def apply(self, body: Any) -> Any:
         if not self.paths:
@@ -162,7 +168,7 @@ class Rewrite:
 
     def _strings(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self.pattern.sub(self.replace, value)
+            return self.pattern.sub(self.expand, value)
         if isinstance(value, list):
             return [self._strings(v) for v in value]
         if isinstance(value, dict):

@@ -3,57 +3,261 @@
 Everything seedproxy writes (entries, cassettes, exports, drift events, logs) passes
 through a :class:`Redactor` first, so a key pasted into a prompt, or echoed by a model,
 never reaches a file that gets committed or shared. A secret becomes
-``[REDACTED:<kind>]``, which no detector matches again, so redacting twice changes nothing
-(a cassette's keys, computed again from its redacted requests, stay the same)."""
+``[REDACTED:<kind>:<digest>]``, the digest being the first 12 hex characters of the
+SHA-256 of the secret: two requests that differ only in a secret keep two cache keys, and
+the same secret gives the same placeholder on any machine (cassettes stay portable). No
+detector matches a placeholder, so redacting twice changes nothing (a cassette's keys,
+computed again from its redacted requests, stay the same).
+
+All matching is on RE2 (:mod:`proxy.patterns`): linear in the text, whatever it holds."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+import hashlib
+import string
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
-# (kind, pattern). Each pattern stays inside a JSON string: none matches a quote or a
-# backslash, except the PEM block, whose lines a JSON string holds as ``\n``.
-BUILTIN: tuple[tuple[str, str], ...] = (
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}"),
-    ("openai_key", r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"),
-    ("aws_access_key_id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
-    ("slack_token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
-    (
-        "private_key",
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+from .patterns import Pattern, compile_bytes
+
+Check = Callable[[bytes], bool]
+
+
+def _has(chars: str) -> Check:
+    table = chars.encode()
+    return lambda value: len(value.translate(None, table)) < len(value)
+
+
+def _all(*checks: Check) -> Check:
+    return lambda value: all(check(value) for check in checks)
+
+
+_DIGIT, _UPPER, _LOWER = (
+    _has(string.digits),
+    _has(string.ascii_uppercase),
+    _has(string.ascii_lowercase),
+)
+_RANDOM = _all(_DIGIT, _UPPER, _LOWER)  # what a generated key shows and prose does not
+
+
+def _two(value: bytes) -> bool:
+    """At least two of digits, capitals and small letters: any generated token, but not
+    "token-based-authentication" or "xxxxxxxx"."""
+    return _DIGIT(value) + _UPPER(value) + _LOWER(value) >= 2
+
+
+def _varied(least: int) -> Check:
+    """At least ``least`` different characters: not a run of ``X`` in documentation."""
+    return lambda value: len(set(value)) >= least
+
+
+def _after(prefix: int, check: Check) -> Check:
+    """``check`` on what follows the detector's fixed start (``hf_``, ``AIzaSy``)."""
+    return lambda value: check(value[prefix:])
+
+
+def _openai(value: bytes) -> bool:
+    return not value.startswith(b"sk-ant-") and _RANDOM(value)  # sk-ant- is Anthropic's
+
+
+def _any(value: bytes) -> bool:
+    return True
+
+
+class Detector(NamedTuple):
+    """One kind of secret. ``pattern`` (RE2) finds it; a capture group in it, if there is
+    one, is the secret and the rest only context (``Bearer``, ``aws_secret_access_key =``),
+    which stays readable. ``check`` refuses look-alikes by what the secret must contain
+    (generated keys mix digits and cases; "sk-learn-compatible" does not). It must refuse
+    every part of a refused match too (a "contains ..." test does), because the search goes
+    on after it. ``quick`` is what raw JSON holding such a secret always contains: the
+    cheap test that spares a clean body the walk."""
+
+    kind: str
+    pattern: str
+    quick: str
+    check: Check = _any
+
+
+_PEM_LABEL = r"[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?"
+_PEM_GAP = r"(?:\r?\n|\\r\\n|\\n|[ \t])+"  # line breaks, also as escaped in raw JSON
+# The header, then only what a key block holds (header fields, base64 lines, its END
+# line): a header without a block after it is redacted alone, never the prompt after it.
+_PEM = (
+    rf"-----BEGIN {_PEM_LABEL}-----"
+    rf"(?:{_PEM_GAP}(?:Proc-Type|DEK-Info|Comment|Version): [^\r\n\\]*)*"
+    rf"(?:{_PEM_GAP}[A-Za-z0-9+/=]{{16,}})*"
+    rf"(?:(?:{_PEM_GAP}[A-Za-z0-9+/=]{{1,15}})?{_PEM_GAP}-----END {_PEM_LABEL}-----)?"
+)
+
+BUILTIN: tuple[Detector, ...] = (
+    Detector("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", r"sk-ant-", _RANDOM),
+    Detector(
+        "openai_key",
+        r"\bsk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_-]{20,}",
+        r"sk-[A-Za-z0-9_-]{20}",
+        _openai,
     ),
-    ("bearer_token", r"\bBearer\s+[A-Za-z0-9._~+/=-]{16,}"),
-    ("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    Detector(
+        "aws_access_key_id",
+        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+        r"AKIA|ASIA",
+        _after(4, _varied(6)),
+    ),
+    Detector(
+        "aws_secret_access_key",
+        r"(?i:(?:aws_?)?secret_?access_?key)[\"']?[ \t]*[:=][ \t]*[\"']?"
+        r"([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)",
+        r"(?i:secret_?access_?key)",
+        _two,
+    ),
+    Detector(
+        "github_token",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+        r"gh[pousr]_[A-Za-z0-9]{36}|github_pat_",
+        _after(4, _two),
+    ),
+    Detector("gitlab_token", r"\bglpat-[A-Za-z0-9_-]{20,}", r"glpat-", _after(6, _two)),
+    Detector(  # exactly 35 after AIza: a longer run is something else
+        "google_api_key",
+        r"\b(AIza[A-Za-z0-9_-]{35})(?:[^A-Za-z0-9_-]|\z)",
+        r"AIza",
+        _after(6, _two),
+    ),
+    Detector(
+        "stripe_key",
+        r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+        r"k_(?:live|test)_",
+        _after(8, _two),
+    ),
+    Detector("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}", r"hf_[A-Za-z0-9]{30}", _after(3, _two)),
+    Detector("slack_token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}", r"xox[abprs]-", _after(5, _two)),
+    Detector("private_key", _PEM, r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY"),
+    Detector(
+        "bearer_token",
+        r"\bBearer[ \t]+([A-Za-z0-9._~+/=-]{16,})",
+        r"Bearer",
+        _two,
+    ),
+    Detector(
+        "jwt",
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        r"eyJ[A-Za-z0-9_-]{8,}\.eyJ",
+    ),
+)
+
+# The detectors as they were before placeholders carried a digest, each replacing its
+# whole match (context included) with ``[REDACTED:<kind>]``: ``Redactor(legacy=True)``
+# reproduces what cassettes and stores written then hold, so their keys can be found.
+LEGACY: tuple[Detector, ...] = (
+    Detector("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", ""),
+    Detector(
+        "openai_key",
+        r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+        "",
+        lambda value: not value.startswith(b"sk-ant-"),
+    ),
+    Detector("aws_access_key_id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", ""),
+    Detector("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})", ""),
+    Detector("slack_token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}", ""),
+    Detector(
+        "private_key",
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?"
+        r"(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+        "",
+    ),
+    Detector("bearer_token", r"\bBearer\s+[A-Za-z0-9._~+/=-]{16,}", ""),
+    Detector("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", ""),
 )
 CUSTOM = "custom"  # the kind a user pattern reports
 
+# A placeholder, this form or the legacy one: never matched again, by anything.
+_PLACEHOLDER = r"\[REDACTED:[a-z0-9_]+(?::[0-9a-f]{12})?\]"
+
 # Raw JSON bytes that may hold a secret: a detector's start, or an escape (``\u0073k-``,
 # ``\/``) that could spell one out of sight of the others.
-_QUICK = re.compile(
-    rb"sk-[A-Za-z0-9_-]{20}|(?:AKIA|ASIA)[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|github_pat_"
-    rb"|xox[abprs]-|-----BEGIN [A-Z0-9 ]*PRIVATE KEY|Bearer|eyJ[A-Za-z0-9_-]{8,}\.eyJ"
-    rb"|\\u[0-9a-fA-F]{4}|\\/"
+_QUICK = compile_bytes(
+    "|".join([*(d.quick for d in BUILTIN), r"\\u[0-9a-fA-F]{4}", r"\\/"]).encode()
 )
+
+Span = tuple[str | None, int, int]  # (kind, start, end) in UTF-8 bytes; None: a placeholder
+
+
+class _Detectors:
+    """Detectors compiled into one RE2 alternation, after the placeholder (so one pass
+    over a text finds them all and steps over what is already redacted)."""
+
+    def __init__(self, detectors: Sequence[Detector]) -> None:
+        parts = [f"({_PLACEHOLDER})"]
+        table: list[tuple[int, int, Detector]] = []
+        group = 2
+        for detector in detectors:
+            inner = compile_bytes(detector.pattern.encode()).groups
+            if inner > 1:
+                raise ValueError(f"{detector.kind}: at most one capture group")
+            parts.append(f"({detector.pattern})")
+            table.append((group, group + inner, detector))
+            group += 1 + inner
+        self._regex = compile_bytes("|".join(parts).encode())
+        self._table = tuple(table)
+
+    def spans(self, data: bytes, checked: bool = True) -> list[Span]:
+        """Placeholders and secrets in ``data``, in order (without ``checked``, shapes
+        that a detector's check would refuse count too)."""
+        out: list[Span] = []
+        search, pos = self._regex.search, 0
+        while (m := search(data, pos)) is not None:
+            pos = m.end()
+            if m.start(1) >= 0:
+                out.append((None, m.start(), pos))
+                continue
+            for outer, secret, detector in self._table:
+                if m.start(outer) >= 0:
+                    start, end = m.start(secret), m.end(secret)
+                    if not checked or detector.check(data[start:end]):
+                        out.append((detector.kind, start, end))
+                        pos = end  # what follows a secret may start the next one
+                    break
+        return out
+
+
+def _placeholder(kind: str, value: bytes, legacy: bool) -> bytes:
+    if legacy:
+        return f"[REDACTED:{kind}]".encode()
+    return f"[REDACTED:{kind}:{hashlib.sha256(value).hexdigest()[:12]}]".encode()
+
+
+def _custom_spans(pattern: Pattern[bytes], data: bytes, taken: list[Span]) -> list[Span]:
+    """Where ``pattern`` matches between the ``taken`` spans (placeholders and secrets
+    found before): a user's pattern never cuts into a placeholder."""
+    out: list[Span] = []
+    start = 0
+    for gap_end, next_start in [*((s, e) for _, s, e in taken), (len(data), len(data))]:
+        pos = start
+        while pos < gap_end and (m := pattern.search(data, pos, gap_end)) is not None:
+            if m.end() > m.start():
+                out.append((CUSTOM, m.start(), m.end()))
+                pos = m.end()
+            else:  # an empty match: step over one character
+                pos = m.end() + 1
+                while pos < gap_end and data[pos] & 0xC0 == 0x80:
+                    pos += 1
+        start = next_start
+    return out
 
 
 class Found(NamedTuple):
-    """One secret in a text: its kind and where it is."""
+    """One secret in a text: its kind and the secret itself."""
 
     kind: str
-    start: int
-    end: int
+    value: str
 
 
-# Anything shaped like key material in an upstream's error text: the detectors above, and
-# key prefixes followed by what an upstream shows of a key ("sk-proj-****9f3k").
-_KEY_MATERIAL = re.compile(
-    b"|".join(f"(?:{source})".encode() for _, source in BUILTIN)
-    + rb"|\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}"
-)
+_MATERIAL = _Detectors(
+    (*BUILTIN, Detector("key", r"\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}", ""))
+)  # also key prefixes followed by what an upstream shows of a key ("sk-proj-****9f3k")
 MASKED = b"[REDACTED:key]"
 
 
@@ -63,7 +267,21 @@ def mask_key_material(raw: bytes, known: Sequence[str] = (), shapes: bool = True
     for secret in known:
         if secret:
             raw = raw.replace(secret.encode(), MASKED)
-    return _KEY_MATERIAL.sub(MASKED, raw) if shapes else raw
+    if not shapes:
+        return raw
+    spans = [s for s in _MATERIAL.spans(raw, checked=False) if s[0] is not None]
+    return _replace(raw, spans, lambda kind, value: MASKED) if spans else raw
+
+
+def _replace(data: bytes, spans: Sequence[Span], make: Callable[[str, bytes], bytes]) -> bytes:
+    parts: list[bytes] = []
+    last = 0
+    for kind, start, end in spans:
+        if kind is not None:
+            parts += (data[last:start], make(kind, data[start:end]))
+            last = end
+    parts.append(data[last:])
+    return b"".join(parts)
 
 
 def mask(secret: str) -> str:
@@ -72,38 +290,57 @@ def mask(secret: str) -> str:
 
 
 class Redactor:
-    """The detectors (``builtin``) plus the user's ``patterns``, and how to apply them to
-    text, JSON values, JSON bytes and server-sent events."""
+    """The detectors (``builtin``) plus the user's ``patterns`` (RE2 syntax; ValueError
+    naming the reason when one does not compile), and how to apply them to text, JSON
+    values, JSON bytes and server-sent events.
 
-    def __init__(self, builtin: bool = True, patterns: Sequence[str] = ()) -> None:
-        alternatives = [f"(?P<{kind}>{source})" for kind, source in BUILTIN] if builtin else []
-        self._builtin = re.compile("|".join(alternatives)) if alternatives else None
-        self._custom = tuple(re.compile(p) for p in patterns)
-        self.active = builtin or bool(patterns)
+    ``legacy=True`` gives what seedproxy wrote before placeholders carried a digest: the
+    old detectors, each whole match replaced by ``[REDACTED:<kind>]``. Nothing is stored
+    that way any more; it exists so that a key can also be computed the old way, to find
+    entries and cassettes recorded then (see :meth:`legacy_form`)."""
+
+    def __init__(
+        self, builtin: bool = True, patterns: Sequence[str] = (), legacy: bool = False
+    ) -> None:
+        self.builtin, self.patterns, self.legacy = builtin, tuple(patterns), legacy
+        self._detectors = _Detectors((LEGACY if legacy else BUILTIN) if builtin else ())
+        self._custom = tuple(compile_bytes(p.encode()) for p in self.patterns)
+        self.active = builtin or bool(self.patterns)
+
+    def legacy_form(self) -> Redactor:
+        """This redactor as it worked before placeholders carried a digest."""
+        return Redactor(self.builtin, self.patterns, legacy=True)
+
+    def _spans(self, data: bytes) -> list[Span]:
+        spans = self._detectors.spans(data)
+        for pattern in self._custom:
+            spans = sorted(spans + _custom_spans(pattern, data, spans), key=lambda s: s[1])
+        return spans
 
     def find(self, text: str) -> Iterator[Found]:
-        """Every secret in ``text``, in order; user patterns after the detectors'."""
-        if self._builtin is not None:
-            for m in self._builtin.finditer(text):
-                yield Found(m.lastgroup or CUSTOM, m.start(), m.end())
-        for pattern in self._custom:
-            for m in pattern.finditer(text):
-                if m.end() > m.start():
-                    yield Found(CUSTOM, m.start(), m.end())
+        """Every secret in ``text``, in order."""
+        data = text.encode("utf-8", "surrogatepass")
+        for kind, start, end in self._spans(data):
+            if kind is not None:
+                yield Found(kind, data[start:end].decode("utf-8", "surrogatepass"))
 
     def text(self, text: str) -> str:
-        """``text`` with each secret replaced by ``[REDACTED:<kind>]``."""
-        if self._builtin is not None:
-            text = self._builtin.sub(lambda m: f"[REDACTED:{m.lastgroup}]", text)
-        for pattern in self._custom:
-            text = pattern.sub(f"[REDACTED:{CUSTOM}]", text)
-        return text
+        """``text`` with each secret replaced by its placeholder."""
+        if not self.active:
+            return text
+        data = text.encode("utf-8", "surrogatepass")
+        spans = self._spans(data)
+        if all(kind is None for kind, _, _ in spans):
+            return text
+        legacy = self.legacy
+        out = _replace(data, spans, lambda kind, value: _placeholder(kind, value, legacy))
+        return out.decode("utf-8", "surrogatepass")
 
     def might(self, raw: bytes) -> bool:
         """Whether raw JSON bytes can hold a secret: a regex over the bytes, so a body
         without one costs no JSON walk. User patterns may match what JSON escapes, so with
         them every body is walked."""
-        return bool(self._custom) or (self._builtin is not None and bool(_QUICK.search(raw)))
+        return bool(self._custom) or (self.builtin and _QUICK.search(raw) is not None)
 
     def value(self, value: Any) -> Any:
         """A JSON value with its strings (and object keys) redacted; the very same object

@@ -68,7 +68,7 @@ class Scanner:
     def _in(self, file: str, entry: str, texts: Iterator[str]) -> Iterator[Finding]:
         for text in texts:
             for found in self.redactor.find(text):
-                yield Finding(file, entry, found.kind, mask(text[found.start : found.end]))
+                yield Finding(file, entry, found.kind, mask(found.value))
 
     def file(self, path: Path) -> Iterator[Finding]:
         """A cassette (its interactions), a JSON Lines export (its lines), or any file."""

@@ -155,7 +155,7 @@ def test_without_tokens_the_clients_own_error_is_relayed_as_sent(proxy, upstream
 
 def test_key_shaped_text_is_masked_and_ordinary_words_are_not():
     masked = mask_key_material(b"key sk-abc***9f3k, Bearer abcdefghijklmnopqrst; pw", ["pw"])
-    assert masked == b"key [REDACTED:key], [REDACTED:key]; [REDACTED:key]"
+    assert masked == b"key [REDACTED:key], Bearer [REDACTED:key]; [REDACTED:key]"
     plain = b"task-based risk-free desk-top sk-1"
     assert mask_key_material(plain) == plain
     assert mask_key_material(b"sk-abc***9f3k", ["secret"], shapes=False) == b"sk-abc***9f3k"

@@ -115,16 +115,27 @@ def test_normalize_rules_apply_in_order_and_only_under_their_paths():
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [
-        ("[[cache.normalize]]\npattern = '('\n", "cache.normalize: table 1: pattern '(' does not"),
+        (
+            "[[cache.normalize]]\npattern = '('\n",
+            "cache.normalize[1].pattern: '(' is not RE2 syntax",
+        ),
         (
             "[[cache.normalize]]\npattern = 'a'\n[[cache.normalize]]\npattern = 'b'\nreplace = 1\n",
-            "cache.normalize: table 2: replace: expected a string",
+            "cache.normalize[2].replace: expected a string",
         ),
         ("[[cache.normalize]]\npattern = 'a'\npaths = ['x[']\n", "bad JSON path 'x['"),
-        ("[[cache.normalize]]\npattern = '(a)'\nreplace = '\\2'\n", "invalid group reference"),
-        ("[[cache.normalize]]\npatern = 'a'\n", "unknown key 'patern'"),
+        ("[[cache.normalize]]\npattern = '(a)'\nreplace = '\\2'\n", "the pattern has no group 2"),
+        (  # RE2 has no look-around: it could not promise linear time
+            "[[cache.normalize]]\npattern = 'x'\n[[cache.normalize]]\npattern = 'a(?=b)'\n",
+            "cache.normalize[2].pattern: 'a(?=b)' is not RE2 syntax: invalid perl operator: (?=",
+        ),
+        (
+            "[redact]\npatterns = ['(?<!x)key-[0-9]+']\n",
+            "redact.patterns: '(?<!x)key-[0-9]+' is not RE2 syntax: invalid perl operator: (?<",
+        ),
+        ("[[cache.normalize]]\npatern = 'a'\n", "cache.normalize[1]: unknown key 'patern'"),
         ("[cache]\nrepeat = 'twice'\n", "cache.repeat: must be one of same, sequence"),
-        ("[redact]\npatterns = ['[']\n", "redact.patterns: '[' does not compile"),
+        ("[redact]\npatterns = ['[']\n", "redact.patterns: '[' is not RE2 syntax"),
     ],
 )
 def test_bad_rules_stop_the_proxy_with_one_line(tmp_path, toml, expected):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import subprocess
 import sys
@@ -24,7 +25,7 @@ SECRETS = {
     "github_token": "ghp_" + "a1" * 18,
     "slack_token": "xoxb-1234567890-abcdefghij",
     "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
-    "bearer_token": "Bearer abcdefghijklmnopqrstuvwx",
+    "bearer_token": "Bearer abcdefghijklmnopq0123456789",
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
 }
 
@@ -34,10 +35,16 @@ def backend() -> str:
     return "disk"
 
 
+def placeholder(kind: str, secret: str) -> str:
+    return f"[REDACTED:{kind}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}]"
+
+
 @pytest.mark.parametrize(("kind", "secret"), SECRETS.items())
 def test_each_detector_redacts_its_kind(kind, secret):
     redactor = Redactor()
-    assert redactor.text(f"use {secret} now") == f"use [REDACTED:{kind}] now"
+    value = secret.removeprefix("Bearer ")  # the scheme is context, not the secret
+    shown = placeholder(kind, value)
+    assert redactor.text(f"use {secret} now") == f"use {secret[: -len(value)]}{shown} now"
     assert redactor.might(orjson.dumps({"content": f"use {secret}"}))
     assert Redactor(builtin=False).text(secret) == secret
 
@@ -54,14 +61,16 @@ def test_plain_text_is_left_alone_and_costs_no_walk():
 def test_escaped_secrets_are_found_and_redaction_is_idempotent():
     raw = b'{"content":"\\u0073k-proj-' + b"Ab3d" * 12 + b'"}'
     once = Redactor().json_bytes(raw)
-    assert orjson.loads(once) == {"content": "[REDACTED:openai_key]"}
+    assert orjson.loads(once) == {"content": placeholder("openai_key", OPENAI)}
     assert Redactor().json_bytes(once) is once
 
 
 def test_user_patterns():
     redactor = Redactor(builtin=False, patterns=[r"ACME-\d{6}"])
-    assert redactor.text("id ACME-123456") == "id [REDACTED:custom]"
-    assert redactor.sse(b'data: {"t":"ACME-123456"}\n\n') == b'data: {"t":"[REDACTED:custom]"}\n\n'
+    shown = placeholder("custom", "ACME-123456")
+    assert redactor.text("id ACME-123456") == f"id {shown}"
+    event = b'data: {"t":"ACME-123456"}\n\n'
+    assert redactor.sse(event) == b'data: {"t":"' + shown.encode() + b'"}\n\n'
 
 
 def _files(directory) -> bytes:
@@ -84,11 +93,12 @@ def test_secrets_never_reach_the_cache_but_reach_the_upstream_and_the_client(
         )
     assert live.choices[0].message.content == answer  # as the upstream sent it
     assert hit.headers["x-cache"] == "HIT"  # the same request is still a hit, redacted
-    assert hit.parse().choices[0].message.content == "your key is [REDACTED:aws_access_key_id]"
+    shown = placeholder("aws_access_key_id", SECRETS["aws_access_key_id"])
+    assert hit.parse().choices[0].message.content == f"your key is {shown}"
     assert OPENAI in upstream.chat_calls[0].body.decode()
     proxy.stop()
     stored = _files(cache_dir)
-    assert b"[REDACTED:openai_key]" in stored
+    assert placeholder("openai_key", OPENAI).encode() in stored
     for secret in (OPENAI, SECRETS["aws_access_key_id"]):
         assert secret.encode() not in stored
         assert secret not in logs.text
@@ -107,7 +117,7 @@ def test_drift_events_show_no_secret(make_proxy, upstream, cache_dir):
             )
     _, _, raw = http(proxy.url, "GET", "/_seedproxy/drift")
     _, _, page = http(proxy.url, "GET", "/_seedproxy/")
-    assert b"[REDACTED:github_token]" in raw
+    assert placeholder("github_token", SECRETS["github_token"]).encode() in raw
     assert SECRETS["github_token"].encode() not in raw + page
 
 

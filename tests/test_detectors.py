@@ -1,0 +1,172 @@
+"""The secret detectors: what they find, what they leave alone, placeholders that keep two
+requests apart, and the corpus whose counts README's Secrets section shows."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from proxy.keys import KeyRules, Rewrite, cache_key, parse_path
+from proxy.redact import BUILTIN, Redactor
+from tests.secrets_corpus import FAKES, LOOK_ALIKES, prose
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def placeholder(kind: str, secret: str) -> str:
+    return f"[REDACTED:{kind}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}]"
+
+
+def exact_hits(redactor: Redactor) -> int:
+    """Fakes found as exactly one secret of the right kind, spanning exactly the key."""
+    return sum(
+        [(f.kind, f.value) for f in redactor.find(text)] == [(kind, secret)]
+        for kind, text, secret in FAKES
+    )
+
+
+def flagged(redactor: Redactor) -> int:
+    return sum(bool(list(redactor.find(sentence))) for sentence in prose())
+
+
+@pytest.mark.parametrize(("kind", "text", "secret"), FAKES, ids=[f[0] for f in FAKES])
+def test_each_fake_becomes_a_placeholder_with_its_digest(kind, text, secret):
+    redactor = Redactor()
+    before, _, after = text.partition(secret)
+    assert redactor.text(text) == before + placeholder(kind, secret) + after
+    assert redactor.text(redactor.text(text)) == redactor.text(text)
+
+
+def test_every_detector_is_in_the_corpus():
+    assert {d.kind for d in BUILTIN} == {kind for kind, _, _ in FAKES}
+
+
+@pytest.mark.parametrize("sentence", LOOK_ALIKES)
+def test_look_alikes_are_left_alone(sentence):
+    assert Redactor().text(sentence) == sentence
+
+
+def test_corpus_counts_are_the_readme_s():
+    """README's table is measured, not written by hand: this test recomputes it."""
+    new, old = Redactor(), Redactor(legacy=True)
+    assert exact_hits(new) == len(FAKES)
+    assert flagged(new) == 0
+    text = README.read_text()
+    rows = {
+        m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5)))
+        for m in re.finditer(
+            r"^\| (\w+)[^|]*\| (\d+) of (\d+) \| (\d+) of (\d+) \|$", text, re.MULTILINE
+        )
+    }
+    total = len(prose())
+    assert rows["Now"] == (exact_hits(new), len(FAKES), flagged(new), total)
+    assert rows["Before"] == (exact_hits(old), len(FAKES), flagged(old), total)
+
+
+def test_same_secret_same_placeholder_and_different_secrets_different_ones():
+    redactor = Redactor()
+    a, b = "AKIA" + "FAKE2EXAMPLE3456", "AKIA" + "FAKE2EXAMPLE3457"
+    assert redactor.text(a) == redactor.text(a) == placeholder("aws_access_key_id", a)
+    assert redactor.text(a) != redactor.text(b)
+
+
+def test_a_pem_header_without_its_end_hides_only_itself():
+    redactor = Redactor()
+    head = "-----BEGIN PRIVATE KEY-----"
+    for rest in (" Now, unrelated: what is the capital of France?", "\nwhat is 2+2?"):
+        assert redactor.text(head + rest) == placeholder("private_key", head) + rest
+    # a block cut short keeps its base64 lines hidden, and nothing after them
+    block = head + "\n" + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" * 2
+    assert redactor.text(block + "\nThanks!") == placeholder("private_key", block) + "\nThanks!"
+
+
+def test_context_stays_readable():
+    redactor = Redactor()
+    token = "FAKEtok3n.abc123_def456"
+    assert redactor.text(f"Bearer {token}") == f"Bearer {placeholder('bearer_token', token)}"
+
+
+def test_legacy_form_is_what_seedproxy_wrote_before():
+    """The old placeholder and the old detectors, whole matches replaced: what cassettes
+    written before the digest hold, so the legacy key of a request finds them."""
+    legacy = Redactor(legacy=True)
+    openai = "sk-" + "proj-" + "Ab3d" * 12
+    assert legacy.text(f"use {openai} now") == "use [REDACTED:openai_key] now"
+    assert legacy.text("x Bearer abcdefghijklmnopqrstuvwx") == "x [REDACTED:bearer_token]"
+    assert legacy.text("-----BEGIN PRIVATE KEY----- what is 2+2?") == "[REDACTED:private_key]"
+    assert legacy.text("xoxb-your-token-here") == "[REDACTED:slack_token]"
+    assert Redactor().legacy_form().text(openai) == "[REDACTED:openai_key]"
+    for form in ("[REDACTED:openai_key]", "[REDACTED:custom]", placeholder("jwt", "x")):
+        assert Redactor(patterns=[r"[a-f0-9]{4,}", r"REDACTED", r"\w+"]).text(form) == form
+        assert legacy.text(form) == form
+
+
+# Pieces a text is made of: secrets, look-alikes, placeholders (ours and the old form),
+# and the characters detectors stop at.
+_PIECES = st.one_of(
+    st.sampled_from([secret for _, _, secret in FAKES]),
+    st.sampled_from(LOOK_ALIKES),
+    st.sampled_from(
+        ["[REDACTED:openai_key]", "[REDACTED:jwt:0123456789ab]", "[REDACTED:", "]", "Bearer "]
+    ),
+    st.sampled_from(["-", "_", " ", "\n", "\\n", "=", '"', ":", "sk-", "eyJ", "AKIA", "é"]),
+    st.text(max_size=8),
+)
+_TEXTS = st.lists(_PIECES, max_size=8).map("".join)
+_CUSTOM = [r"[0-9a-f]{6}", r"REDACTED", r"\w+-\d+", r"[:\]]+"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXTS, custom=st.lists(st.sampled_from(_CUSTOM), max_size=2))
+def test_redaction_is_idempotent(text, custom):
+    """No detector or user pattern matches a placeholder: redacting again changes nothing,
+    so a key computed from a cassette's redacted request is the live request's key."""
+    redactor = Redactor(patterns=custom)
+    once = redactor.text(text)
+    assert redactor.text(once) == once
+    assert redactor.legacy_form().text(redactor.legacy_form().text(text)) == (
+        redactor.legacy_form().text(text)
+    )
+
+
+_RULES = KeyRules(
+    ignore_fields=("user", "stream"),
+    ignore_paths=(parse_path("messages[*].name"),),
+    normalize=(Rewrite.parse({"pattern": r"req-[0-9]+", "replace": "req-N"}),),
+    redactor=Redactor(),
+)
+
+
+def _key(body: dict[str, object]) -> str:
+    return cache_key("/v1/chat/completions", "", "", "http://up", _RULES.canonical(body))
+
+
+def _body(content: str, user: str = "u", name: str = "n") -> dict[str, object]:
+    message = {"role": "user", "content": content, "name": name}
+    return {"model": "m", "seed": 1, "user": user, "messages": [message]}
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=_TEXTS, b=_TEXTS, ignored=st.text(max_size=5))
+@example(
+    a="-----BEGIN PRIVATE KEY----- Now, unrelated: what is the capital of France?",
+    b="-----BEGIN PRIVATE KEY----- Now, unrelated: what is 2+2?",
+    ignored="",
+)
+@example(
+    a="Decode this token: " + FAKES[-1][2],
+    b="Decode this token: " + FAKES[-1][2][:-1] + "d",
+    ignored="",
+)
+@example(a="sk-learn-compatible-estimator", b="sk-learn-compatible-transform", ignored="")
+def test_two_requests_that_differ_never_share_a_key(a, b, ignored):
+    """Requests differing anywhere the key does not deliberately ignore (an ignored field,
+    an ignored path, a normalize rule) keep apart, secrets and look-alikes included."""
+    same_after_rules = re.sub(r"req-[0-9]+", "req-N", a) == re.sub(r"req-[0-9]+", "req-N", b)
+    keys_equal = _key(_body(a)) == _key(_body(b, user=ignored, name=ignored))
+    assert keys_equal == same_after_rules
