@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 
 import orjson
 from aiohttp import web
@@ -22,20 +20,19 @@ from .call import (
     ENDPOINTS,
     Endpoint,
     endpoint_for,
-    header_bytes,
     namespace,
     read_json,
     seeded,
 )
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
-from .flight import event_owner
 from .health import unavailable
 from .keys import canonical_query
 from .observe import COUNTERS, Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import Pipeline
 from .policy import SEED_MODE_HEADER, seed_mode
+from .scope import BASIC, BEARER, authorization, event_owner
 from .store import Store, StoreError, open_store
 from .traffic import Traffic
 from .upstream import Upstream
@@ -63,11 +60,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _answering(handler: Handler, route: str) -> Handler:
     """What every route answers through: with ``auth.tokens``, the proxy token check
     (everything but /healthz); errors in the OpenAI shape, never a bare 500; and a count
-    of every answer, errors included, by route and cache result (X-Cache). A wrapper per
-    route rather than middleware, which costs every cache hit a few percent."""
+    of every answer, errors included, by route and cache result (X-Cache); an admin page
+    never framed. A wrapper per route rather than middleware, which costs every cache hit a
+    few percent."""
+    admin = route.startswith(ADMIN_PAGES)
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
+        close = False
         try:
             _check_browser(request)
             if request.app[TOKENS] and request.path != "/healthz":
@@ -75,8 +75,7 @@ def _answering(handler: Handler, route: str) -> Handler:
             response = await handler(request)
         except ProxyError as exc:
             response = error_response(exc)
-            if exc.status == 408:
-                await _answer_and_close(request, response)
+            close = exc.status == 408
         except StoreError as exc:  # a page that needs the store (requests never get here)
             request.app[PIPELINE].health.failed(exc)
             response = error_response(unavailable(exc))
@@ -113,13 +112,34 @@ def _answering(handler: Handler, route: str) -> Handler:
                     500, "seedproxy hit an internal error; see its log.", code="internal_error"
                 )
             )
+        if admin:
+            unframed(response.headers)
+        if close:
+            await _answer_and_close(request, response)
         request.app[METRICS].requests[route, response.headers.get("X-Cache", "NONE")] += 1
         return response
 
     return answer
 
 
-async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+FRAME_ANCESTORS = "frame-ancestors 'none'"
+
+
+def unframed(headers: MutableMapping[str, str]) -> None:
+    """Forbid every site to frame the page (clickjacking: a decoy page over the dashboard,
+    which the user's browser opens with its Basic credentials): ``X-Frame-Options`` for
+    old browsers, CSP ``frame-ancestors`` for the rest, replacing any such directive of a
+    policy the page already has and keeping its others."""
+    headers["X-Frame-Options"] = "DENY"
+    kept = [
+        directive.strip()
+        for directive in headers.get("Content-Security-Policy", "").split(";")
+        if directive.strip() and directive.split()[0].lower() != "frame-ancestors"
+    ]
+    headers["Content-Security-Policy"] = "; ".join([*kept, FRAME_ANCESTORS])
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
     """Send ``response`` now and close the connection once it is out: a body that did not
     arrive in time is not waited for any longer (aiohttp would linger up to 10 s reading
     it), nor would what is left of it be read as the next request."""
@@ -152,16 +172,12 @@ def _check_browser(request: web.Request) -> None:
 def _check_token(request: web.Request) -> None:
     """``Authorization: Bearer <token>``; on the admin pages a browser's Basic auth too
     (any user name, the token as password), so a person can open the dashboard."""
-    given = header_bytes(request.headers, "Authorization")
-    scheme, _, token = given.partition(b" ")
-    scheme = scheme.lower()
+    scheme, token = authorization(request.headers)
     page = request.method == "GET" and request.path.startswith(ADMIN_PAGES)
-    if scheme == b"basic" and page:
-        scheme, token = b"bearer", _basic_password(token)
     ok = False
     for candidate in request.app[TOKENS]:  # no early exit: timing does not tell which matched
-        ok |= hmac.compare_digest(token.strip(), candidate.encode())
-    if scheme != b"bearer" or not ok:
+        ok |= hmac.compare_digest(token, candidate.encode())
+    if not (scheme == BEARER or (scheme == BASIC and page)) or not ok:
         raise ProxyError(
             401,
             "Missing or invalid proxy token: send "
@@ -171,14 +187,6 @@ def _check_token(request: web.Request) -> None:
             if page
             else None,
         )
-
-
-def _basic_password(credentials: bytes) -> bytes:
-    """The password of HTTP Basic credentials (empty when they are not valid base64)."""
-    try:
-        return base64.b64decode(credentials.strip(), validate=True).partition(b":")[2]
-    except binascii.Error:
-        return b""
 
 
 async def _unrouted(request: web.Request) -> web.StreamResponse:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +21,7 @@ from .kinds import KINDS, Kind
 from .memo import Ident, Memo, Parsed
 from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request
 from .policy import seed_mode as request_seed_mode
+from .scope import credential_scope
 from .upstream import forward_request_headers
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -168,8 +167,8 @@ async def read_json(
 
 
 def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
-    """The cache namespace: the ``X-Seedproxy-Namespace`` header, plus a credential hash
-    when ``cache.scope = "per-key"``."""
+    """The cache namespace: the ``X-Seedproxy-Namespace`` header, plus the credential's
+    hash (:func:`~proxy.scope.credential_scope`) when ``cache.scope = "per-key"``."""
     name = headers.get("X-Seedproxy-Namespace", "")
     if name and not _NAMESPACE.fullmatch(name):
         raise ProxyError(
@@ -178,20 +177,8 @@ def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
             code="invalid_namespace",
         )
     if scope == "per-key":
-        credential = header_bytes(headers, "Authorization") or header_bytes(headers, "api-key")
-        name += "|key:" + hashlib.sha256(credential).hexdigest()[:32]
+        name += "|key:" + credential_scope(headers)
     return name
-
-
-def header_bytes(headers: Mapping[str, str], name: str) -> bytes:
-    """A request header's value as UTF-8 bytes (``b""`` when absent). aiohttp hands other
-    bytes on as surrogates, which encode to nothing: such a value is the client's 400."""
-    try:
-        return headers.get(name, "").encode()
-    except UnicodeEncodeError:
-        raise ProxyError(
-            400, f"Invalid {name} header: it is not UTF-8 text.", code="invalid_header"
-        ) from None
 
 
 def seeded(

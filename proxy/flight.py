@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from .fetch import Live
 from .health import StoreHealth
@@ -18,21 +17,10 @@ LOCK_POLL = 0.02  # seconds between looks for an entry another process is fetchi
 Go = Callable[[], Awaitable[Live]]
 
 
-def credential_scope(headers: Mapping[str, str]) -> str:
-    """A hash of the client's credential: a live answer in flight (its Set-Cookie, a 401
-    naming its key) is handed only to requests sent with the same one."""
-    credential = headers.get("Authorization") or headers.get("api-key") or ""
-    return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-
-
-def event_owner(headers: Mapping[str, str], scope: str) -> str | None:
-    """In per-key scope (``cache.scope``), the credential scope whose drift events these
-    headers' sender makes and may see; in a shared scope, None: everyone's."""
-    return credential_scope(headers) if scope == "per-key" else None
-
-
 class Flights:
-    """The upstream calls in progress, by key and credential scope. ``shared``: other
+    """The upstream calls in progress, by key and credential scope
+    (:func:`~proxy.scope.credential_scope`: a live answer in flight, its Set-Cookie or a
+    401 naming its key, is handed only to requests sent with the same credential). ``shared``: other
     processes use the store too, so a call also holds the marker of its key and scope in
     it."""
 

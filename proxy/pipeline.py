@@ -13,7 +13,7 @@ from . import answers, repeats
 from .call import Call, Endpoint, parse
 from .config import Settings
 from .fetch import Fetcher, Live, Tee
-from .flight import Flights, credential_scope
+from .flight import Flights
 from .health import StoreHealth, unavailable
 from .keys import occurrence_key
 from .memo import Memo
@@ -32,6 +32,7 @@ from .policy import (
 )
 from .recorder import Recorder, Verifier
 from .registry import Registry
+from .scope import credential_scope
 from .store import Entry, Store, StoreError
 from .traffic import Traffic
 from .upstream import Upstream

@@ -18,11 +18,11 @@ from .call import Call
 from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
-from .flight import event_owner
 from .health import StoreHealth
 from .observe import Counters
 from .redact import Redactor
 from .registry import Registry
+from .scope import event_owner
 from .store import Entry, Note, Store, StoreError
 
 log = logging.getLogger("seedproxy.pipeline")

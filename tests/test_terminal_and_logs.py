@@ -1,6 +1,7 @@
-"""Issue 18, item 8 (the rest): a non-UTF-8 ``Authorization`` is the client's 400, log lines
-escape what a terminal or a log viewer would act on (C1 controls, U+2028/U+2029; in text
-lines also C0 controls), and aiohttp's own lines go through seedproxy's formatter."""
+"""Issue 18, item 8 (the rest): a non-UTF-8 ``Authorization`` is no proxy token and a
+credential of its own bytes (issue 28, item 11), log lines escape what a terminal or a log
+viewer would act on (C1 controls, U+2028/U+2029; in text lines also C0 controls), and
+aiohttp's own lines go through seedproxy's formatter."""
 
 from __future__ import annotations
 
@@ -39,18 +40,25 @@ HEAD = (
 )
 
 
-@pytest.mark.parametrize(
-    "sections",
-    [{"auth": {"tokens": ("tok-a",)}}, {"cache": {"scope": "per-key"}}],
-    ids=["token-check", "per-key"],
-)
-def test_a_non_utf8_authorization_is_a_400(make_proxy, upstream, monkeypatch, sections):
+def test_a_non_utf8_authorization_is_never_a_proxy_token(make_proxy, upstream, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-upstream-key-for-bytes")
-    proxy = make_proxy(**sections)
+    proxy = make_proxy(auth={"tokens": ("tok-a",)})
     status, body = raw_request(proxy.url, HEAD, CHAT)
-    assert status == 400, body
-    assert orjson.loads(body)["error"]["code"] == "invalid_header"
+    assert status == 401, body
+    assert orjson.loads(body)["error"]["code"] == "invalid_proxy_token"
     assert not upstream.chat_calls
+
+
+def test_a_non_utf8_credential_is_a_per_key_scope_of_its_own_bytes(make_proxy, upstream):
+    """The credential is its bytes as sent: the same bytes share a scope, other bytes
+    (one byte apart, or its Latin-1 reading as UTF-8) do not."""
+    proxy = make_proxy(cache={"scope": "per-key"})
+    other = HEAD.replace(b"\xff\xfe", b"\xff\xfd")
+    utf8 = HEAD.replace(b"\xff\xfe", "\N{LATIN SMALL LETTER Y WITH DIAERESIS}".encode())
+    assert [raw_request(proxy.url, head, CHAT)[0] for head in (HEAD, HEAD, other, utf8)] == [
+        200
+    ] * 4
+    assert len(upstream.chat_calls) == 3  # the second is a hit
 
 
 def test_a_non_utf8_authorization_the_proxy_does_not_read_is_forwarded(proxy, upstream):
