@@ -19,6 +19,7 @@ from .errors import ProxyError
 from .fetch import Live, Tee
 from .keys import cache_key, canonical_query, nearest
 from .lru import Lru
+from .policy import SERVER_STATE
 from .registry import Registry
 from .store import Entry, Store
 from .urls import masked_url
@@ -161,7 +162,14 @@ async def replay_miss(
     call: Call, reason: str, store: Store, registry: Registry, settings: Settings
 ) -> ProxyError:
     """The 504 ``cache_miss`` for a request that may not go live: why, and what is nearest."""
-    if reason == "refused":
+    if reason == "refused" and call.plan.refused == SERVER_STATE:
+        message = (
+            f"seedproxy runs in replay mode and never calls the upstream, and this "
+            f"{call.endpoint.path} request (key {call.key}) has no recording to replay: "
+            f"{call.endpoint.kind.unrecorded}. Send it without that to have it recorded and "
+            "replayed, or let it reach the upstream (any mode but replay)."
+        )
+    elif reason == "refused":
         message = (
             f"seedproxy runs in replay mode and never calls the upstream, but this "
             f"{call.endpoint.path} request (key {call.key}) needs a live answer "

@@ -19,8 +19,9 @@ credential can reach a cassette.
 Keys are not trusted from the file but computed again on load, from the request and the
 current settings (seed policy, ``cache.ignore_fields``, ignore paths, normalize rules,
 redaction, upstream URL), so a cassette survives a change of either. With
-``cache.repeat = "sequence"`` the n-th interaction with the same request gets the n-th
-repeat's key, so the order of the interactions is the order of the answers. Today's
+``cache.repeat = "sequence"`` (and for Responses requests naming a ``conversation``) the
+n-th interaction with the same request gets the n-th repeat's key, so the order of the
+interactions is the order of the answers. Today's
 JSON Lines exports (one entry per line, version 1) are still read, keys and all."""
 
 from __future__ import annotations
@@ -108,22 +109,23 @@ def _stream(events: list[dict[str, Any]]) -> bytes:
 
 class Repeats:
     """Which repeat of its request each interaction is, counted in file order, on writing
-    as on loading (``cache.repeat = "sequence"``; with ``same`` every one is the first)."""
+    as on loading (``cache.repeat = "sequence"``, and a request its kind counts per
+    occurrence, see :meth:`~proxy.kinds.Kind.per_occurrence`; else each is the first)."""
 
     def __init__(self, settings: Settings) -> None:
         self.sequence = settings.cache.repeat == "sequence"
         self.seen: Counter[str] = Counter()
 
-    def key(self, base: str) -> str:
+    def key(self, base: str, counted: bool = False) -> str:
         """The key of the next interaction whose request has key ``base``."""
-        if not self.sequence:
+        if not (self.sequence or counted):
             return base
         self.seen[base] += 1
         return occurrence_key(base, self.seen[base] - 1)
 
-    def expected(self, base: str) -> str:
+    def expected(self, base: str, counted: bool = False) -> str:
         """The key :meth:`key` would give, without counting it."""
-        return occurrence_key(base, self.seen[base]) if self.sequence else base
+        return occurrence_key(base, self.seen[base]) if self.sequence or counted else base
 
 
 def interaction(
@@ -148,11 +150,12 @@ def interaction(
         record["namespace"] = namespace
     try:
         derived = key_for(entry.endpoint, request, query, namespace, settings)
+        counted = endpoint_for(entry.endpoint).kind.per_occurrence(request)
     except ProxyError:
-        derived = ""
+        derived, counted = "", False
     repeats = repeats or Repeats(settings)
-    if derived and repeats.expected(derived) == entry.key:
-        repeats.key(derived)
+    if derived and repeats.expected(derived, counted) == entry.key:
+        repeats.key(derived, counted)
     else:
         record["key"] = entry.key
     response: dict[str, Any] = {
@@ -185,9 +188,11 @@ def _recording(record: Any, settings: Settings, repeats: Repeats) -> Recording:
     endpoint, query = str(record["endpoint"]), str(record.get("query", ""))
     namespace = str(record.get("namespace", ""))
     created = dt.datetime.fromisoformat(record["recorded_at"]).timestamp()
-    key = record.get("key") or repeats.key(key_for(endpoint, request, query, namespace, settings))
-    body = response["body"]
     kind = endpoint_for(endpoint).kind
+    key = record.get("key") or repeats.key(
+        key_for(endpoint, request, query, namespace, settings), kind.per_occurrence(request)
+    )
+    body = response["body"]
     prompt_tokens, completion_tokens = kind.usage(body) if isinstance(body, dict) else (0, 0)
     model = request.get("model")
     entry = Entry(

@@ -129,6 +129,7 @@ class Kind:
     usage_fields: tuple[str, str | None] = ("prompt_tokens", "completion_tokens")
     outputs = staticmethod(drift.outputs)  # what an answer said, for drift
     answer_field = "choices"  # the list every answer of the endpoint has
+    unrecorded = ""  # why a stateful() request's answer is not in any recording
 
     def is_answer(self, answer: dict[str, Any]) -> bool:
         """Whether a 2xx body is an answer of this endpoint (not ``{}``, not an error
@@ -136,7 +137,14 @@ class Kind:
         return isinstance(answer.get(self.answer_field), list) and answer.get("error") is None
 
     def stateful(self, body: dict[str, Any]) -> bool:
-        """Whether the answer depends on server-side state, so it must not be cached."""
+        """Whether the answer is kept by the server to be fetched later (what
+        :attr:`unrecorded` says), so it is never recorded."""
+        return False
+
+    def per_occurrence(self, body: dict[str, Any]) -> bool:
+        """Whether identical requests may rightly get different answers because the server
+        state they name grows with each (a conversation): the n-th is then recorded and
+        replayed as the n-th, as with ``cache.repeat = "sequence"``."""
         return False
 
     def fold(self) -> StreamFold:
@@ -187,13 +195,18 @@ class ResponseKind(Kind):
     usage_fields = ("input_tokens", "output_tokens")
     outputs = staticmethod(drift.response_outputs)
     answer_field = "output"
+    unrecorded = (
+        "a background response (background: true) is kept by the server and fetched "
+        "later by its id, so seedproxy never records one"
+    )
 
+    # previous_response_id names an immutable response: the same body with the same id is
+    # the same conversation, so such a request is keyed (the id included) like any other.
     def stateful(self, body: dict[str, Any]) -> bool:
-        return (
-            body.get("previous_response_id") is not None
-            or body.get("conversation") is not None
-            or body.get("background") is True
-        )
+        return body.get("background") is True
+
+    def per_occurrence(self, body: dict[str, Any]) -> bool:
+        return body.get("conversation") is not None
 
     def fold(self) -> StreamFold:
         return ResponseFold()

@@ -76,7 +76,8 @@ class Pipeline:
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         call = await parse(request, endpoint, self.settings, self.mode, self.credential, self.memo)
-        first, n = call.key, self.repeats.next(call.key)
+        counted = call.endpoint.kind.per_occurrence(call.body)
+        first, n = call.key, self.repeats.next(call.key, counted)
         if n:  # a repeat is its own key, so it is neither served nor coalesced as another
             call = dataclasses.replace(call, key=occurrence_key(first, n))
         self.counters.add("requests")
@@ -105,7 +106,8 @@ class Pipeline:
                 )
                 if n:
                     recorded = await repeats.recorded(self.store, first, n)
-                    error.message = f"{repeats.miss_note(n, recorded)} {error.message}"
+                    note = repeats.miss_note(n, recorded, counted and not self.repeats.sequence)
+                    error.message = f"{note} {error.message}"
                 raise error
             case Bypass():
                 self.counters.add("bypasses")

@@ -107,16 +107,19 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
     return directives
 
 
+SERVER_STATE = "server-side state"  # Plan.refused of a stateful request
+
+
 @functools.lru_cache(maxsize=256)  # nearly every request asks the same question
 def plan_request(mode: str, cache_control: str | None, stateful: bool = False) -> Plan:
     """Combine ``cache.mode`` with the request's directives, as an HTTP cache would.
-    ``stateful``: the answer depends on state kept by the server, so it is never cached.
+    ``stateful``: the server keeps the answer to be fetched later, so it is never cached.
     Replay mode is offline whatever the request asks: what needs the network is refused."""
     d = parse_cache_control(cache_control)
     raw = d.get("max-age")
     max_age = float(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
     live = (
-        "server-side state"
+        SERVER_STATE
         if stateful
         else next((f"Cache-Control: {name}" for name in ("no-store", "no-cache") if name in d), "")
     )

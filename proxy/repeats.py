@@ -1,8 +1,10 @@
 """``cache.repeat = "sequence"``: the n-th identical request is answered by the n-th
 recording of it, so an unseeded sampler gets N different cached samples and an agent
-that repeats a call gets the answers it got when recorded, in order. The n-th repeat is
-just another key (:func:`keys.occurrence_key`), so stores, coalescing and cassettes need
-nothing new; only the counting lives here."""
+that repeats a call gets the answers it got when recorded, in order. A request naming
+server state that grows with each call (a Responses ``conversation``) is counted so
+whatever ``cache.repeat`` says. The n-th repeat is just another key
+(:func:`keys.occurrence_key`), so stores, coalescing and cassettes need nothing new; only
+the counting lives here."""
 
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ class Occurrences:
         self.limit = limit
         self._counts: OrderedDict[str, int] = OrderedDict()
 
-    def next(self, key: str) -> int:
-        """Which repeat (from 0) this request for ``key`` is; always 0 with ``same``."""
-        if not self.sequence:
+    def next(self, key: str, counted: bool = False) -> int:
+        """Which repeat (from 0) this request for ``key`` is; always 0 with ``same`` unless
+        the request is ``counted`` (one per occurrence whatever ``cache.repeat`` says)."""
+        if not (self.sequence or counted):
             return 0
         n = self._counts.pop(key, 0)
         self._counts[key] = n + 1
@@ -46,11 +49,17 @@ async def recorded(store: Store, key: str, asked: int) -> int:
     return n
 
 
-def miss_note(asked: int, recorded: int) -> str:
-    """What a replay miss of a repeat says first."""
+def miss_note(asked: int, recorded: int, counted: bool = False) -> str:
+    """What a replay miss of a repeat says first; ``counted``: counted because it names a
+    conversation, not because of ``cache.repeat``."""
     answers = "1 answer was" if recorded == 1 else f"{recorded} answers were"
+    why = (
+        "a request naming a conversation is recorded once per occurrence"
+        if counted
+        else 'cache.repeat = "sequence"'
+    )
     return (
         f"This is repeat {asked + 1} of an identical request since the proxy (or the run, "
-        f"or the test) started, and {answers} recorded for it (cache.repeat = "
-        f'"sequence"); answer {asked + 1} was asked for.'
+        f"or the test) started, and {answers} recorded for it ({why}); answer {asked + 1} "
+        "was asked for."
     )

@@ -29,8 +29,13 @@ def test_response_drift_compares_messages_and_function_calls():
     assert result is not None and "-a" in result.diff and '+tool_call f({"x":1})' in result.diff
 
 
-def test_only_responses_depend_on_server_state():
-    assert KINDS["response"].stateful({"previous_response_id": "r"})
-    assert KINDS["response"].stateful({"background": True})
-    assert not KINDS["response"].stateful({"background": False, "input": "x"})
-    assert not KINDS["chat"].stateful({"previous_response_id": "r"})
+def test_which_requests_kinds_count_or_keep_live():
+    response, chat = KINDS["response"], KINDS["chat"]
+    assert not response.stateful({"previous_response_id": "r"})
+    assert not response.per_occurrence({"previous_response_id": "r"})
+    assert response.stateful({"background": True})
+    assert not response.stateful({"background": False, "input": "x"})
+    assert response.per_occurrence({"conversation": "c"})
+    assert response.per_occurrence({"conversation": {"id": "c"}})
+    assert not response.per_occurrence({"conversation": None})
+    assert not chat.stateful({"background": True}) and not chat.per_occurrence({"conversation": 1})

@@ -56,6 +56,9 @@ WORDS = [
 ]
 
 
+KEPT = 10_000  # Responses API answers the fake server remembers for previous_response_id
+
+
 def tokens(text: str) -> list[str]:
     """Text cut the way a tokenizer streams it: each word with its leading space."""
     return re.findall(r"\s*\S+|\s+", text)
@@ -151,6 +154,8 @@ class FakeUpstream:
         self.keep_calls = True  # False for load tests: only count them
         self.call_count = 0
         self.calls: list[Received] = []
+        self.kept: dict[str, list[Any]] = {}  # Responses API: id -> the items up to it
+        self.conversations: dict[str, list[Any]] = {}  # conversation id -> its items
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -514,13 +519,32 @@ class FakeUpstream:
             }
         )
 
+    def history(self, req: dict[str, Any]) -> list[Any]:
+        """What the server holds for the request: the items up to the response named by
+        ``previous_response_id``, or those of the ``conversation`` (made on first use here;
+        the API wants it created first)."""
+        previous = req.get("previous_response_id")
+        if previous is not None:
+            return self.kept[previous]
+        conversation = req.get("conversation")
+        if isinstance(conversation, dict):
+            conversation = conversation["id"]
+        return self.conversations.get(conversation, []) if conversation is not None else []
+
     def response(self, req: dict[str, Any]) -> dict[str, Any]:
-        """A Responses API answer built from the chat answer to the same input."""
+        """A Responses API answer built from the chat answer to the input after what the
+        server holds for it (:meth:`history`); kept, as the API keeps it, under its id
+        (random, as the API's are) and in its conversation. After a function call's
+        output the answer is text, so a tool loop ends."""
         text_input = req.get("input")
-        messages = (
+        items = (
             [{"role": "user", "content": text_input}] if isinstance(text_input, str) else text_input
         )
-        chat = self.completion({**req, "messages": messages, "n": 1})
+        messages = [*self.history(req), *(items or [])]
+        answered = bool(messages) and messages[-1].get("type") == "function_call_output"
+        chat = self.completion(
+            {**req, "messages": messages, "n": 1} | ({"tools": []} if answered else {})
+        )
         message = chat["choices"][0]["message"]
         rid = f"resp_{uuid.uuid4().hex[:16]}"
         if message.get("tool_calls"):
@@ -552,9 +576,17 @@ class FakeUpstream:
                     ],
                 }
             ]
+        self.kept[rid] = [*messages, *output]
+        if len(self.kept) > KEPT:  # the oldest first, so load tests stay bounded
+            del self.kept[next(iter(self.kept))]
+        conversation = req.get("conversation")
+        if conversation is not None:
+            name = conversation["id"] if isinstance(conversation, dict) else conversation
+            self.conversations[name] = self.kept[rid]
         return {
             "id": rid,
             "object": "response",
+            "previous_response_id": req.get("previous_response_id"),
             "created_at": chat["created"],
             "status": "completed",
             "model": chat["model"],
@@ -576,6 +608,19 @@ class FakeUpstream:
         if self.scripts:
             return await self._scripted(request, self.scripts.popleft())
         req = received.json()
+        previous = req.get("previous_response_id")
+        if previous is not None and previous not in self.kept:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"Previous response with id '{previous}' not found.",
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": "previous_response_not_found",
+                    }
+                },
+                status=400,
+            )
         answer = self.response(req)
         if not req.get("stream"):
             return web.json_response(answer)
