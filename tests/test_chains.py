@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import openai
 import orjson
@@ -286,6 +287,28 @@ def test_conversation_requests_are_recorded_per_occurrence_and_replayed_in_order
     assert "3 answers were recorded" in miss.value.message
     assert "conversation is recorded once per occurrence" in miss.value.message
     assert "cache.repeat" not in miss.value.message
+
+
+def test_conversation_hits_are_never_verified_live(make_proxy, upstream):
+    proxy = make_proxy(cache={"verify_rate": 1.0})
+    ask = {"model": "gpt-test", "input": "more", "conversation": "conv_v"}
+    plain = {"model": "gpt-test", "input": "more"}
+    with sdk(proxy) as client:
+        client.responses.create(**ask)
+        client.responses.create(**plain)
+    proxy.restart()  # counts from the first occurrence again: the next one is a hit
+    with sdk(proxy) as client:
+        for body in (ask, plain):  # the plain hit is verified, after the conversation's
+            assert client.responses.with_raw_response.create(**body).headers["x-cache"] == "HIT"
+    deadline = time.monotonic() + 30
+    while len(responses_calls(upstream)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)  # waits for the plain hit's verification; decides nothing
+    assert [c.get("conversation") for c in responses_calls(upstream)] == [
+        "conv_v",
+        None,
+        None,
+    ]
+    assert len(upstream.conversations["conv_v"]) == 2  # its question and one answer
 
 
 def test_conversation_occurrences_survive_a_cassette_and_count_per_segment(
