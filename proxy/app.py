@@ -239,9 +239,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE] if STORE in app else open_store(settings, traffic)
     await store.start()
     credential = upstream_credential(settings, os.environ, app[TOKENS])
-    upstream = Upstream(settings.upstream, app[METRICS].upstream_latency, credential)
+    metrics = app[METRICS]
+    upstream = Upstream(settings.upstream, metrics.upstream_latency, credential)
     await upstream.start()
-    pipeline = Pipeline(settings, store, upstream, app[COUNTS], traffic, credential)
+    pipeline = Pipeline(
+        settings, store, upstream, app[COUNTS], traffic, metrics.divergence, credential
+    )
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
     flusher = asyncio.create_task(_flusher(app))
     try:

@@ -353,7 +353,8 @@ async def _drift_show(store: Store, settings: Settings, event_id: str, as_json: 
             f"same: {human.yes_no(event['same_fingerprint'])}"
         )
     )
-    click.echo(safe(f"similarity {event['similarity']:.4f}  key {event['key']}") + "\n")
+    click.echo(safe(f"similarity {event['similarity']:.4f}  key {event['key']}"))
+    click.echo(human.divergence(event) + "\n")
     click.echo(colored_diff(event["diff"]))
 
 
@@ -465,6 +466,7 @@ async def determinism(
                     "identical",
                     "identical rate",
                     "95% interval",
+                    "median divergence (chars)",
                     "across fingerprints",
                 ],
                 [
@@ -475,6 +477,7 @@ async def determinism(
                         r["identical"],
                         percent(r["rate"]),
                         interval(r),
+                        human.count(r["median_divergence_chars"]),
                         across(r),
                     ]
                     for r in rows

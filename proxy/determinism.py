@@ -9,14 +9,17 @@ name carries what it counts::
 the list JSON-encoded (ASCII only), so any character in a model or fingerprint name, and a
 ``null`` fingerprint, survive a round trip. ``measure`` is ``identical``, ``differed`` or
 ``similarity`` (the summed similarity of differing answers, in millionths: counters are
-integers). ``source`` is ``traffic`` (the proxy) or ``probe`` (``seedproxy probe``)."""
+integers) or ``diverged_at:<position>``: how many differing answers first diverged at a
+character position in the bucket that starts at ``<position>`` (see
+:func:`position_bucket`). ``source`` is ``traffic`` (the proxy) or ``probe``
+(``seedproxy probe``)."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .policy import Sighting
@@ -27,6 +30,9 @@ MICRO: Final = 1_000_000
 Z95: Final = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 SOURCES: Final = ("traffic", "probe")
 MEASURES: Final = ("identical", "differed", "similarity")
+DIVERGED_AT: Final = "diverged_at:"
+EXACT_POSITIONS: Final = 32  # first-divergence positions up to this are counted one by one
+STEPS_PER_DOUBLING: Final = 8  # past it, buckets are each at most 2 ** (1 / 8) - 1 = 9% wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,29 @@ def counter_name(cell: Cell, measure: str) -> str:
     )
 
 
+def position_bucket(chars: int) -> int:
+    """The first position of the bucket a first-divergence position is counted in: each
+    position up to :data:`EXACT_POSITIONS` on its own, then :data:`STEPS_PER_DOUBLING`
+    buckets per doubling. So a cell holds at most a few hundred counters whatever the
+    answers' length, and a median read from them is exact below 33 characters and at most
+    9% low above."""
+    if chars <= EXACT_POSITIONS:
+        return max(chars, 1)
+    step = math.floor(STEPS_PER_DOUBLING * math.log2(chars))
+    return max(EXACT_POSITIONS + 1, math.ceil(2 ** (step / STEPS_PER_DOUBLING)))
+
+
+def _position(measure: str) -> int | None:
+    """The bucket a ``diverged_at:`` measure counts, if it is one."""
+    if not measure.startswith(DIVERGED_AT):
+        return None
+    digits = measure[len(DIVERGED_AT) :]
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 12:
+        return None
+    position = int(digits)
+    return position if position >= 1 and position_bucket(position) == position else None
+
+
 def parse_name(name: str) -> tuple[Cell, str] | None:
     """The cell and measure a counter name encodes; None for any other counter."""
     if not name.startswith(PREFIX):
@@ -65,7 +94,8 @@ def parse_name(name: str) -> tuple[Cell, str] | None:
         or not isinstance(endpoint, str)
         or not isinstance(model, str)
         or not all(fp is None or isinstance(fp, str) for fp in (stored, live))
-        or measure not in MEASURES
+        or not isinstance(measure, str)
+        or (measure not in MEASURES and _position(measure) is None)
     ):
         return None
     return Cell(hour, source, endpoint, model, stored, live), measure
@@ -79,15 +109,20 @@ def counts(
     live: str | None,
     similarity: float | None,
     source: str = "traffic",
+    divergence_chars: int | None = None,
 ) -> dict[str, int]:
-    """The counter increments of one comparison; ``similarity`` None means identical."""
+    """The counter increments of one comparison; ``similarity`` None means identical;
+    ``divergence_chars`` is where differing outputs first differ, if known."""
     cell = Cell(int(when // HOUR) * HOUR, source, endpoint, model, stored, live)
     if similarity is None:
         return {counter_name(cell, "identical"): 1}
-    return {
+    out = {
         counter_name(cell, "differed"): 1,
         counter_name(cell, "similarity"): round(similarity * MICRO),
     }
+    if divergence_chars is not None:
+        out[counter_name(cell, DIVERGED_AT + str(position_bucket(divergence_chars)))] = 1
+    return out
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -107,6 +142,8 @@ class Tally:
     compared: int = 0
     identical: int = 0
     similarity_micro: int = 0  # summed over the differing answers
+    # first-divergence position bucket (see position_bucket) -> differing answers in it
+    positions: dict[int, int] = field(default_factory=dict)
 
     def add(self, measure: str, value: int) -> None:
         if measure == "identical":
@@ -114,13 +151,26 @@ class Tally:
             self.identical += value
         elif measure == "differed":
             self.compared += value
-        else:
+        elif measure == "similarity":
             self.similarity_micro += value
+        elif (position := _position(measure)) is not None:
+            self.positions[position] = self.positions.get(position, 0) + value
 
     def merge(self, other: Tally) -> None:
         self.compared += other.compared
         self.identical += other.identical
         self.similarity_micro += other.similarity_micro
+        for position, n in other.positions.items():
+            self.positions[position] = self.positions.get(position, 0) + n
+
+    def median_position(self) -> int | None:
+        """The (lower) median first-divergence position, as its bucket's first position."""
+        remaining = (sum(self.positions.values()) + 1) // 2
+        for position in sorted(self.positions):
+            remaining -= self.positions[position]
+            if remaining <= 0:
+                return position
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """``compared``, ``identical``, ``rate`` with its 95% Wilson interval, and the mean
@@ -137,6 +187,7 @@ class Tally:
             "mean_similarity": round(self.similarity_micro / MICRO / differed, 4)
             if differed
             else None,
+            "median_divergence_chars": self.median_position(),
         }
 
 
@@ -241,7 +292,11 @@ def metric_samples(counters: Mapping[str, int]) -> dict[tuple[str, str, str], in
     out: dict[tuple[str, str, str], int] = {}
     for name, value in counters.items():
         parsed = parse_name(name)
-        if parsed is None or parsed[1] == "similarity" or parsed[0].source != "traffic":
+        if (
+            parsed is None
+            or parsed[1] not in ("identical", "differed")
+            or parsed[0].source != "traffic"
+        ):
             continue
         cell, measure = parsed
         fingerprint = fingerprint_label(cell.live)

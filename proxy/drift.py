@@ -8,6 +8,7 @@ import difflib
 import math
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,60 +55,6 @@ def render(outs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    similarity: float
-    diff: str
-
-
-DIFF_CHARS = 64_000  # per side a drift diff keeps: comparing costs more than linearly
-TRUNCATED = "… diff truncated"
-
-
-def bounded(lines: list[str], budget: int = DIFF_CHARS) -> list[str]:
-    """``lines`` up to ``budget`` characters, then a :data:`TRUNCATED` line: what is stored,
-    compared and drawn stays small whatever an upstream answered."""
-    out: list[str] = []
-    for line in lines:
-        if len(line) >= budget:
-            if line:
-                out.append(line[:budget])
-            out.append(TRUNCATED)
-            return out
-        budget -= len(line) + 1
-        out.append(line)
-    return out
-
-
-def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | None:
-    """None when two answers' outputs are equal; else their similarity and a unified diff
-    (of at most :data:`DIFF_CHARS` per side)."""
-    if a == b:
-        return None
-    la, lb = bounded(render(a)), bounded(render(b))
-    ratio = difflib.SequenceMatcher(None, "\n".join(la), "\n".join(lb)).ratio()
-    # Full context: the diff holds both outputs whole, so both sides can be shown again.
-    diff = "\n".join(
-        difflib.unified_diff(la, lb, "cached", "live", lineterm="", n=max(len(la), len(lb)))
-    )
-    return Comparison(round(ratio, 4), diff)
-
-
-def sides(diff: str) -> tuple[list[str], list[str]]:
-    """The (cached, live) lines a full-context unified diff was made from."""
-    cached: list[str] = []
-    live: list[str] = []
-    for line in diff.splitlines():
-        if line.startswith(("---", "+++", "@@")):
-            continue
-        tag, text = line[:1], line[1:]
-        if tag in (" ", "-"):
-            cached.append(text)
-        if tag in (" ", "+"):
-            live.append(text)
-    return cached, live
-
-
 def text(outs: list[dict[str, Any]]) -> str:
     """What the outputs say, the text a divergence is measured in: per choice its content,
     refusal and tool calls (``name(arguments)``), one line each, choices in index order.
@@ -148,9 +95,10 @@ class Divergence:
 _BLOCK = 4096  # characters compared at once (at C speed) before narrowing down one by one
 
 
-def shared_prefix(a: str, b: str) -> int:
-    """How many characters ``a`` and ``b`` share at their start. Linear, and mostly slice
-    comparisons: no Python-level step per character but the last block's."""
+def shared_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many items (characters of a string, lines of a list) ``a`` and ``b`` share at
+    their start. Linear, and mostly slice comparisons: no Python-level step per item but
+    the last block's."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i : min(i + _BLOCK, n)] == b[i : min(i + _BLOCK, n)]:
@@ -173,6 +121,138 @@ def divergence(a: str, b: str) -> Divergence | None:
 
 def _continues(s: str, n: int) -> bool:
     return n < len(s) and not s[n].isspace()
+
+
+def _affixes(a: Sequence[Any], b: Sequence[Any]) -> tuple[int, int]:
+    """The lengths of what ``a`` and ``b`` share at their start and, after that, at their end."""
+    head = shared_prefix(a, b)
+    tail = shared_prefix(a[head:][::-1], b[head:][::-1])
+    return head, tail
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    similarity: float
+    diff: str
+    divergence: Divergence | None = None  # where the output texts first differ, if they do
+
+
+DIFF_CHARS = 64_000  # per side a drift diff keeps: comparing costs more than linearly
+TRUNCATED = "… diff truncated"
+# difflib's matcher costs up to quadratic time in what it is given (two 63,000-character
+# answers took 39 s): it is only given parts this small, the rest is bounded work.
+MATCH_LINES = 2_000  # differing lines per side aligned line by line; more are one change
+MATCH_CHARS = 2_000  # differing characters per side matched within a changed block
+MATCH_BUDGET = 16_000  # characters matched within changed blocks per comparison, in all
+
+
+def bounded(lines: list[str], budget: int = DIFF_CHARS) -> list[str]:
+    """``lines`` up to ``budget`` characters, then a :data:`TRUNCATED` line: what is stored,
+    compared and drawn stays small whatever an upstream answered."""
+    out: list[str] = []
+    for line in lines:
+        if len(line) >= budget:
+            if line:
+                out.append(line[:budget])
+            out.append(TRUNCATED)
+            return out
+        budget -= len(line) + 1
+        out.append(line)
+    return out
+
+
+def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | None:
+    """None when two answers' outputs are equal; else their similarity and a unified diff
+    (of at most :data:`DIFF_CHARS` per side)."""
+    if a == b:
+        return None
+    where = divergence(text(a), text(b))
+    la, lb = bounded(render(a)), bounded(render(b))
+    codes = opcodes(la, lb)
+    return Comparison(round(similarity(la, lb, codes), 4), unified(la, lb, codes), where)
+
+
+Opcode = tuple[str, int, int, int, int]  # as difflib's: tag, a[i1:i2], b[j1:j2]
+
+
+def opcodes(a: list[str], b: list[str]) -> list[Opcode]:
+    """How lines ``a`` become lines ``b``, in bounded time: the lines both start and end
+    with are equal; between them, up to :data:`MATCH_LINES` a side are aligned by difflib,
+    more are replaced whole (a correct diff, if not the shortest)."""
+    head, tail = _affixes(a, b)
+    ea, eb = len(a) - tail, len(b) - tail
+    codes: list[Opcode] = [("equal", 0, head, 0, head)] if head else []
+    if ea - head <= MATCH_LINES and eb - head <= MATCH_LINES:
+        matcher = difflib.SequenceMatcher(None, a[head:ea], b[head:eb])
+        codes += [
+            (tag, i1 + head, i2 + head, j1 + head, j2 + head)
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        ]
+    elif ea > head or eb > head:  # too many to align: one block, cheap to write out
+        codes.append(("replace", head, ea, head, eb))
+    if tail:
+        codes.append(("equal", ea, len(a), eb, len(b)))
+    return codes
+
+
+def similarity(a: list[str], b: list[str], codes: list[Opcode]) -> float:
+    """As difflib's ratio, 2 * matching characters / all characters of the lines joined,
+    where what matches is: equal lines (as ``codes`` aligned them) and, within changed
+    blocks, the characters their ends share and those difflib matches in the first
+    :data:`MATCH_CHARS` of the rest, up to :data:`MATCH_BUDGET` in all. A common
+    subsequence, so never above the true share; bounded time whatever the answers."""
+    total = sum(map(len, a)) + sum(map(len, b)) + max(len(a) - 1, 0) + max(len(b) - 1, 0)
+    if not total:
+        return 1.0
+    matched, budget = 0, MATCH_BUDGET
+    for tag, i1, i2, j1, j2 in codes:
+        if tag == "equal":
+            matched += sum(map(len, a[i1:i2])) + i2 - i1 - 1  # the lines, the breaks between
+        elif tag == "replace":
+            x, y = "\n".join(a[i1:i2]), "\n".join(b[j1:j2])
+            head, tail = _affixes(x, y)
+            mx, my = x[head : len(x) - tail][:MATCH_CHARS], y[head : len(y) - tail][:MATCH_CHARS]
+            matched += head + tail
+            if budget > 0 and mx and my:
+                budget -= len(mx) + len(my)
+                blocks = difflib.SequenceMatcher(None, mx, my).get_matching_blocks()
+                matched += sum(block.size for block in blocks)
+    return min(1.0, 2 * matched / total)
+
+
+def unified(a: list[str], b: list[str], codes: list[Opcode]) -> str:
+    """The unified diff of lines ``a`` (cached) and ``b`` (live) with full context, as
+    difflib writes it: it holds both sides whole, so both can be shown again (:func:`sides`)."""
+    if all(tag == "equal" for tag, *_ in codes):
+        return ""
+    lines = ["--- cached", "+++ live", f"@@ -{_range(len(a))} +{_range(len(b))} @@"]
+    for tag, i1, i2, j1, j2 in codes:
+        if tag == "equal":
+            lines.extend(" " + line for line in a[i1:i2])
+            continue
+        lines.extend("-" + line for line in a[i1:i2])
+        lines.extend("+" + line for line in b[j1:j2])
+    return "\n".join(lines)
+
+
+def _range(length: int) -> str:
+    """A hunk's range from the first line, as difflib's ``_format_range_unified``."""
+    return "1" if length == 1 else f"{1 if length else 0},{length}"
+
+
+def sides(diff: str) -> tuple[list[str], list[str]]:
+    """The (cached, live) lines a full-context unified diff was made from."""
+    cached: list[str] = []
+    live: list[str] = []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        tag, text = line[:1], line[1:]
+        if tag in (" ", "-"):
+            cached.append(text)
+        if tag in (" ", "+"):
+            live.append(text)
+    return cached, live
 
 
 def response_outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
@@ -266,6 +346,11 @@ class DriftEvent:
     diff: str
     kind: str = "drift"
     owner: str | None = None  # per-key scope: the credential scope that may see it
+    # where the output texts first differ (see Divergence); None for embeddings, and when
+    # only a finish_reason differs
+    divergence_chars: int | None = None
+    divergence_words: int | None = None
+    shared_prefix_chars: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,6 +27,24 @@ def seed(value: int | None) -> str:
     return "no seed" if value is None else f"seed {value}"
 
 
+def count(value: int | None) -> str:
+    """A count, or ``-`` where there is nothing to count."""
+    return "-" if value is None else str(value)
+
+
+def divergence(event: Mapping[str, Any]) -> str:
+    """Where a drift event's outputs first differ, as ``seedproxy drift show`` prints it
+    (events stored before positions were recorded have none)."""
+    chars = event.get("divergence_chars")
+    if chars is None:
+        recorded = "divergence_chars" in event
+        return "first divergence: " + ("none in the text" if recorded else "not recorded")
+    return (
+        f"first divergence at character {chars}, word {event.get('divergence_words')} "
+        f"({plural(event.get('shared_prefix_chars') or 0, 'character')} shared)"
+    )
+
+
 def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 

@@ -293,6 +293,46 @@ class Counters:
                 raise
 
 
+MODEL_LABELS = 100  # models given series of their own in a metric; later ones share OTHER
+OTHER = "(other)"
+
+
+class ModelLabels:
+    """Model names as metric labels. They come from clients, and each label value is a
+    series kept for the life of the process: the first :data:`MODEL_LABELS` names seen are
+    their own label, any later one is :data:`OTHER`."""
+
+    def __init__(self, limit: int = MODEL_LABELS) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, model: str) -> str:
+        if model in self._seen:
+            return model
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(model)
+        return model
+
+
+class DivergenceMetric:
+    """``seedproxy_divergence_chars``: where drifted outputs first differ, per model."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.labels = ModelLabels()
+        self.histogram = Histogram(
+            "seedproxy_divergence_chars",
+            "Character position (from 1) where a live answer's output first differs from "
+            "the stored one's, per drift event.",
+            ["model"],
+            registry=registry,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000),
+        )
+
+    def observe(self, model: str, chars: int) -> None:
+        self.histogram.labels(self.labels(model)).observe(chars)
+
+
 class Metrics:
     """Prometheus metrics of one app, in a registry of its own; every counter of
     :class:`Counters` is exported too, as ``seedproxy_<name>_total``."""
@@ -312,6 +352,7 @@ class Metrics:
         self.bytes = Gauge(
             "seedproxy_cache_bytes", "Bytes the cache occupies.", registry=self.registry
         )
+        self.divergence = DivergenceMetric(self.registry)
         self.registry.register(_CountersCollector(counters, self.requests))
 
 

@@ -17,7 +17,7 @@ from .flight import Flights
 from .health import StoreHealth, unavailable
 from .keys import occurrence_key
 from .memo import Memo
-from .observe import Counters
+from .observe import Counters, DivergenceMetric
 from .passthrough import relay
 from .policy import (
     Action,
@@ -50,6 +50,7 @@ class Pipeline:
         upstream: Upstream,
         counters: Counters,
         traffic: Traffic,
+        divergence: DivergenceMetric,
         credential: tuple[str, str] | None = None,
     ) -> None:
         self.settings = settings
@@ -67,7 +68,7 @@ class Pipeline:
         shared = cache.backend == "redis" or settings.server.workers > 1
         self.flights = Flights(store, counters, traffic, self.health, cache.lock_ttl, shared)
         self.recorder = Recorder(
-            cache, store, counters, self.registry, self.health, settings.redactor
+            cache, store, counters, self.registry, self.health, settings.redactor, divergence
         )
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
         self.repeats = repeats.Occurrences(cache.repeat == "sequence")
@@ -187,4 +188,5 @@ class Pipeline:
         """Stop background verification (in-flight misses finish on their own) and write
         what was gathered for the store."""
         await self.verifier.close()
+        self.recorder.close()
         await self.registry.flush()

@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -19,7 +20,8 @@ from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
 from .health import StoreHealth
-from .observe import Counters
+from .kinds import Kind
+from .observe import Counters, DivergenceMetric
 from .redact import Redactor
 from .registry import Registry
 from .scope import event_owner
@@ -42,6 +44,7 @@ class Recorder:
         registry: Registry,
         health: StoreHealth,
         redactor: Redactor,
+        divergence: DivergenceMetric,
     ) -> None:
         self.cache = cache
         self.store = store
@@ -49,6 +52,15 @@ class Recorder:
         self.registry = registry
         self.health = health
         self.redactor = redactor
+        self.divergence = divergence
+        # Comparing costs more than linearly in the answers' size (7 s for two 64,000
+        # character answers): one thread does it, so the loop serves on meanwhile and at
+        # most one core goes to it whatever the number of refreshes.
+        self._compare_pool = ThreadPoolExecutor(1, thread_name_prefix="seedproxy-compare")
+
+    def close(self) -> None:
+        """Let the comparing thread end once the comparisons asked for are done."""
+        self._compare_pool.shutdown(wait=False)
 
     async def record(
         self, call: Call, live: Live, stored: Sequence[Entry], reason: str, keep: bool = True
@@ -112,18 +124,20 @@ class Recorder:
         same = [e for e in stored if e.fingerprint == live.fingerprint]
         previous = same[0] if same else stored[0]
         try:
-            cached = orjson.loads(previous.body)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._compare_pool, _measure, call.endpoint.kind, previous.body, parsed, self.cache
+            )
         except orjson.JSONDecodeError:
             return
-        result = call.endpoint.kind.compare(cached, parsed, self.cache)
-        similarity = None if result is None else result.similarity
+        where = None if result is None else result.divergence
         for name, n in determinism.counts(
             live.created,
             call.endpoint.path,
             live.model,
             previous.fingerprint,
             live.fingerprint,
-            similarity,
+            None if result is None else result.similarity,
+            divergence_chars=None if where is None else where.chars,
         ).items():
             self.counters.add(name, n)
         if result is None:
@@ -142,13 +156,25 @@ class Recorder:
             result.similarity,
             result.diff,
             owner=event_owner(call.client_headers, self.cache.scope),
+            divergence_chars=None if where is None else where.chars,
+            divergence_words=None if where is None else where.words,
+            shared_prefix_chars=None if where is None else where.shared_prefix_chars,
         )
         self.counters.add("drift_events")
+        if where is not None:
+            self.divergence.observe(live.model, where.chars)
         drift_log.warning("drift", extra={"data": event.to_dict()})
         try:
             await self.store.add_event(event.to_dict())
         except StoreError as exc:  # logged above all the same
             self.health.failed(exc)
+
+
+def _measure(
+    kind: Kind, cached: bytes, live: dict[str, Any], settings: CacheSettings
+) -> drift.Comparison | None:
+    """How a stored answer (its bytes) and a live one differ; in a worker thread."""
+    return kind.compare(orjson.loads(cached), live, settings)
 
 
 class Verifier:

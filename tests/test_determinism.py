@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from html import escape
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import determinism as d
 from proxy.cli import main
 from proxy.errors import ProxyError
+from proxy.observe import MODEL_LABELS, OTHER, DivergenceMetric
 from proxy.policy import Sighting, seed_mode
 from tests.conftest import sdk
 from tests.harness import ProxyServer, http
@@ -102,6 +104,7 @@ def test_report_separates_fingerprints_changes_and_probes():
         "wilson_low": 0.0,
         "wilson_high": pytest.approx(0.7935, abs=1e-4),
         "mean_similarity": 0.1,
+        "median_divergence_chars": None,
     }
     assert gpt["changes"] == [{"from": "fp1", "to": "fp2", **gpt["cross_fingerprint"]}]
     fp1, fp2 = gpt["fingerprints"]
@@ -116,6 +119,49 @@ def test_report_separates_fingerprints_changes_and_probes():
     assert rows[2]["fingerprints"][0]["fingerprint"] is None
     empty = rows[2]["cross_fingerprint"]
     assert empty["compared"] == 0 and empty["rate"] is None and empty["wilson_low"] is None
+
+
+def test_position_buckets_are_exact_then_at_most_9_percent_wide():
+    assert [d.position_bucket(n) for n in range(1, 34)] == list(range(1, 34))
+    starts = sorted({d.position_bucket(n) for n in range(1, 1_000_000)})
+    assert len(starts) < 200  # a cell holds a few hundred counters at most
+    for low, high in itertools.pairwise(starts):
+        assert d.position_bucket(low) == low and d.position_bucket(high - 1) == low
+        assert (high - low) / low <= 2 ** (1 / 8) - 1 + 1 / low
+    assert d.position_bucket(10**12) <= 10**12
+
+
+def test_median_divergence_per_model_and_fingerprint():
+    hour = 3600 * 7
+
+    def differed(fp_live, at):
+        return d.counts(hour, CHAT, "gpt", "fp1", fp_live, 0.5, divergence_chars=at)
+
+    counters = merged(
+        differed("fp1", 3),
+        differed("fp1", 3),
+        differed("fp1", 17),
+        differed("fp1", 40_000),
+        differed("fp1", 5),
+        differed("fp2", 1000),
+        d.counts(hour, CHAT, "gpt", "fp1", "fp1", None),  # identical: no position
+        d.counts(hour, CHAT, "gpt", "fp1", "fp1", 0.1),  # a difference outside the text
+    )
+    (row,) = d.report(d.tallies(counters), {})
+    assert row["median_divergence_chars"] == 5  # of 3, 3, 5, 17, 40000
+    assert row["fingerprints"][0]["median_divergence_chars"] == 5
+    change = row["changes"][0]
+    assert change["median_divergence_chars"] == d.position_bucket(1000)
+    assert 0.91 * 1000 <= change["median_divergence_chars"] <= 1000
+    # position counters are neither comparisons nor metric samples
+    assert row["compared"] == 7 and row["differed"] == 6
+    assert sum(d.metric_samples(counters).values()) == 8
+
+
+@pytest.mark.parametrize("measure", ["diverged_at:0", "diverged_at:34", "diverged_at:x", "at:5"])
+def test_bad_position_counters_are_ignored(measure):
+    name = d.counter_name(d.Cell(0, "traffic", CHAT, "m", None, None), measure)
+    assert d.parse_name(name) is None
 
 
 def test_since_and_model_filters_work_by_the_hour():
@@ -461,3 +507,47 @@ def test_probe_comparisons_count_beside_real_traffic(
     assert "probe" in run("determinism").stdout
     # a probe is an experiment, not traffic: the gate reads traffic only
     assert run("determinism", "--fail-under", "0.8").returncode == 0
+
+
+def test_divergence_positions_in_drift_determinism_and_metrics(compared, run):
+    """Issue 32, item 3: the differing refresh's first divergence, wherever it is shown."""
+    changed, event = orjson.loads(run("drift", "--json").stdout)  # newest first
+    assert (changed["cached_fingerprint"], changed["live_fingerprint"]) == ("fp_one", "fp_two")
+    for e in (changed, event):
+        chars, words = e["divergence_chars"], e["divergence_words"]
+        assert chars >= 1 and e["shared_prefix_chars"] == chars - 1 and words >= 1
+    at = event["divergence_chars"]
+    listed = orjson.loads(http(compared[1].url, "GET", "/_seedproxy/drift")[2])["drift"]
+    assert [e["divergence_chars"] for e in listed] == [changed["divergence_chars"], at]
+    shown = run("drift", "show", event["id"]).stdout
+    line = f"first divergence at character {at}, word {event['divergence_words']}"
+    assert line in shown and shown.index(line) < shown.index("--- cached")
+
+    (row,) = orjson.loads(run("determinism", "--json").stdout)["models"]
+    fp_one = row["fingerprints"][0]
+    assert row["median_divergence_chars"] == fp_one["median_divergence_chars"]
+    assert fp_one["median_divergence_chars"] == d.position_bucket(at)
+    change = row["changes"][0]["median_divergence_chars"]
+    assert change == d.position_bucket(changed["divergence_chars"])
+    table = run("determinism").stdout
+    assert "median divergence (chars)" in table
+
+    counted: dict[str, float] = {}
+    for proxy in compared:  # the replica that refreshed it observed it
+        metrics = http(proxy.url, "GET", "/metrics")[2].decode()
+        for family in text_string_to_metric_families(metrics):
+            for s in family.samples:
+                if s.name == "seedproxy_divergence_chars_count":
+                    counted[s.labels["model"]] = counted.get(s.labels["model"], 0) + s.value
+    assert counted == {"gpt-d": 2}  # the differing refresh and the fingerprint change
+
+
+def test_metric_labels_for_client_chosen_models_are_bounded():
+    from prometheus_client import CollectorRegistry
+
+    metric = DivergenceMetric(CollectorRegistry())
+    for i in range(MODEL_LABELS + 50):
+        metric.observe(f"model-{i}", i + 1)
+    metric.observe("model-0", 7)  # a model already labelled keeps its label
+    labels = {s.labels["model"] for s in metric.histogram.collect()[0].samples}
+    assert len(labels) == MODEL_LABELS + 1 and OTHER in labels and "model-0" in labels

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
+import threading
 import time
 from typing import Any
 
+import openai
 import orjson
 
-from proxy import reports
+from proxy import drift, reports
 from proxy.drift import DIFF_CHARS, TRUNCATED, bounded, compare
 from proxy.store.memory import MemoryStore
 from tests.conftest import sdk
-from tests.harness import http
+from tests.harness import FAKE_KEY, Serve, chat_completion, free_port, http
+from tests.upstream import Scripted
 
 
 def _outputs(text: str) -> list[dict[str, Any]]:
@@ -107,3 +111,115 @@ def test_the_drift_endpoint_pages(make_proxy, upstream):
     assert len(ids) == 3
     status, _, _ = http(proxy.url, "GET", "/_seedproxy/drift?offset=x")
     assert status == 400
+
+
+# -- issue 29, item 3: comparing is bounded work, in a thread of its own -------------------
+
+
+def _cjk(seed: int, n: int) -> str:
+    """``n`` characters from 500 common-looking CJK ones: each repeats too rarely for
+    difflib's junk heuristic, which is what made comparing quadratic."""
+    rng = random.Random(seed)
+    return "".join(chr(0x4E00 + rng.randrange(500)) for _ in range(n))
+
+
+def test_comparing_gives_difflib_small_parts_only(monkeypatch):
+    sizes: list[tuple[int, int]] = []
+    real = drift.difflib.SequenceMatcher
+
+    def measured(junk: Any, a: Any, b: Any, *args: Any) -> Any:
+        sizes.append((len(a), len(b)))
+        return real(junk, a, b, *args)
+
+    monkeypatch.setattr(drift.difflib, "SequenceMatcher", measured)
+    many_lines = "\n".join(str(i % 160) for i in range(30_000))
+    for a, b in [
+        (_cjk(1, 64_000), _cjk(2, 64_000)),  # one line each
+        (many_lines, many_lines[::-1]),  # thousands of short lines
+    ]:
+        sizes.clear()
+        result = compare(_outputs(a), _outputs(b))
+        assert result is not None and 0 <= result.similarity < 0.1
+        cached, live = drift.sides(result.diff)  # a correct diff, both sides whole
+        assert cached == bounded(drift.render(_outputs(a)))
+        assert live == bounded(drift.render(_outputs(b)))
+        assert sizes and all(
+            max(x, y) <= max(drift.MATCH_LINES, drift.MATCH_CHARS) for x, y in sizes
+        )
+        assert sum(x + y for x, y in sizes) <= drift.MATCH_BUDGET + 2 * drift.MATCH_LINES
+
+
+def test_one_edit_in_a_long_answer_is_still_nearly_identical():
+    text = " ".join(f"word{i % 97}" for i in range(10_000))
+    edited = text[:30_000] + "#" + text[30_001:]
+    result = compare(_outputs(text), _outputs(edited))
+    assert result is not None and result.similarity > 0.999
+    assert result.divergence == drift.divergence(text, edited)
+    assert result.divergence.chars == 30_001
+
+
+def test_a_verify_sample_is_compared_in_the_comparing_thread(make_proxy, upstream, monkeypatch):
+    threads: list[str] = []
+    real = drift.compare
+
+    def watched(a: Any, b: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(a, b)
+
+    monkeypatch.setattr(drift, "compare", watched)
+    proxy = make_proxy(cache={"verify_rate": 1.0})
+    with sdk(proxy) as client:
+        ask = {"model": "gpt-v", "messages": [{"role": "user", "content": "verify me"}]}
+        client.chat.completions.create(**ask)  # recorded
+        upstream.nondeterministic = True
+        client.chat.completions.create(**ask, extra_headers={"Cache-Control": "no-cache"})
+        client.chat.completions.create(**ask)  # a hit, verified in the background
+    deadline = time.monotonic() + 30
+    while len(threads) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the verify sample runs after the hit was answered
+    assert len(threads) == 2 and all(t.startswith("seedproxy-compare") for t in threads)
+
+
+def test_a_refresh_of_a_huge_nondeterministic_answer_does_not_stall_healthz(upstream, tmp_path):
+    """A real `seedproxy serve`: one refresh of a 64,000-character CJK answer that differs
+    from the stored one (difflib froze the loop 7 s on it) while /healthz is polled."""
+    first, second = _cjk(1, 64_000), _cjk(1, 100) + _cjk(3, 63_900)
+    upstream.script(
+        Scripted(200, chat_completion(first, model="gpt-cjk")),
+        Scripted(200, chat_completion(second, model="gpt-cjk")),
+    )
+    served = Serve(free_port(), upstream, {}, "--cache-dir", str(tmp_path / "cache"))
+    url = f"http://127.0.0.1:{served.port}"
+    try:
+        ask = {"model": "gpt-cjk", "messages": [{"role": "user", "content": "write"}]}
+        with openai.OpenAI(base_url=url + "/v1", api_key=FAKE_KEY) as client:
+            client.chat.completions.create(**ask)  # recorded
+            polls: list[tuple[float, float]] = []
+            done = threading.Event()
+
+            def poll() -> None:
+                while not done.is_set():
+                    began = time.monotonic()
+                    assert http(url, "GET", "/healthz", timeout=30)[0] == 200
+                    polls.append((began, time.monotonic()))
+                    time.sleep(0.01)
+
+            poller = threading.Thread(target=poll)
+            poller.start()
+            began = time.monotonic()
+            raw = client.chat.completions.with_raw_response.create(
+                **ask, extra_headers={"Cache-Control": "no-cache"}
+            )
+            ended = time.monotonic()
+            done.set()
+            poller.join()
+        assert raw.headers["X-Cache"] == "REFRESH"
+        assert raw.parse().choices[0].message.content == second
+        assert any(began <= start <= ended for start, _ in polls)  # polled meanwhile
+        waits = [end - start for start, end in polls]
+        assert max(waits) < 1.0, waits  # a liveness bound, not a speed figure
+        (event,) = orjson.loads(http(url, "GET", "/_seedproxy/drift")[2])["drift"]
+    finally:
+        served.stop()
+    assert (event["divergence_chars"], event["shared_prefix_chars"]) == (101, 100)
+    assert event["divergence_words"] == 1 and event["similarity"] < 0.1

@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from ..determinism import fingerprint_label
+from ..human import count
 from ..reports import iso
 from .html import drift_event, page, table
 
@@ -23,6 +24,7 @@ RATE_HEADERS = [
     "identical rate",
     "95% interval",
     "mean similarity (differing)",
+    "median divergence (chars)",
     "first seen (UTC)",
     "last seen (UTC)",
 ]
@@ -60,6 +62,7 @@ def rate_rows(row: Mapping[str, Any]) -> list[list[object]]:
                 percent(fp["rate"]),
                 interval(fp),
                 similarity(fp["mean_similarity"]),
+                count(fp["median_divergence_chars"]),
                 iso(fp["first_seen"]),
                 iso(fp["last_seen"]),
             ]
@@ -74,6 +77,7 @@ def rate_rows(row: Mapping[str, Any]) -> list[list[object]]:
                 percent(change["rate"]),
                 interval(change),
                 similarity(change["mean_similarity"]),
+                count(change["median_divergence_chars"]),
                 "-",
                 "-",
             ]
