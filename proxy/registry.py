@@ -9,6 +9,7 @@ import time
 
 from . import drift
 from .health import StoreHealth
+from .lru import Lru
 from .observe import Counters
 from .policy import Sighting, merge_sightings, observe_sighting
 from .store import Note, Seen, Store, StoreError
@@ -16,17 +17,19 @@ from .store import Note, Seen, Store, StoreError
 drift_log = logging.getLogger("seedproxy.drift")
 
 SIGHTINGS_TTL = 1.0  # seconds a process trusts its copy of a model's fingerprint registry
+MODELS = 512  # models whose registry a process keeps a copy of; model names are the clients'
 
 
 class Registry:
-    """Per-model sightings, read from the store at most once per :data:`SIGHTINGS_TTL`,
-    and what this process saw since its last :meth:`flush`, which readers see at once."""
+    """Per-model sightings, read from the store at most once per :data:`SIGHTINGS_TTL`
+    (kept for the :data:`MODELS` models used last), and what this process saw since its
+    last :meth:`flush`, which readers see at once."""
 
     def __init__(self, store: Store, counters: Counters, health: StoreHealth) -> None:
         self.store = store
         self.counters = counters
         self.health = health
-        self._memo: dict[str, tuple[float, dict[str | None, Sighting]]] = {}
+        self._memo: Lru[str, tuple[float, dict[str | None, Sighting]]] = Lru(entries=MODELS)
         self._unnoted: list[Note] = []  # gathered for the next flush()
         self._noting: list[Note] = []  # being written by it
         self._lock = asyncio.Lock()
@@ -43,7 +46,7 @@ class Registry:
         for note in self.unwritten():  # what this process saw live and has not written yet
             if note.see and note.model == model:  # (a count may run one ahead; only the
                 table = observe_sighting(table, note.fingerprint, note.now)[0]  # store's shown)
-        self._memo[model] = (now, table)
+        self._memo.put(model, (now, table))
         return table
 
     def note(self, note: Note) -> None:
@@ -51,7 +54,7 @@ class Registry:
         memo = self._memo.get(note.model)
         if note.see and memo is not None:
             table = observe_sighting(memo[1], note.fingerprint, note.now)[0]
-            self._memo[note.model] = (memo[0], table)
+            self._memo.put(note.model, (memo[0], table))
         self._unnoted.append(note)
 
     async def flush(self) -> None:
@@ -80,7 +83,7 @@ class Registry:
         for model, seen in latest.items():
             memo = self._memo.get(model)  # may already know of later sightings
             table = seen.sightings if memo is None else merge_sightings(seen.sightings, memo[1])
-            self._memo[model] = (time.time(), table)
+            self._memo.put(model, (time.time(), table))
 
     async def _changed(
         self, model: str, previous: str | None, fingerprint: str | None, now: float

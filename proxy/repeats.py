@@ -8,9 +8,8 @@ the counting lives here."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from .keys import occurrence_key
+from .lru import Lru
 from .store import Store
 
 LIMIT = 100_000  # keys counted at once; the least recently asked is forgotten first
@@ -22,18 +21,15 @@ class Occurrences:
 
     def __init__(self, sequence: bool, limit: int = LIMIT) -> None:
         self.sequence = sequence
-        self.limit = limit
-        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._counts: Lru[str, int] = Lru(entries=limit)
 
     def next(self, key: str, counted: bool = False) -> int:
         """Which repeat (from 0) this request for ``key`` is; always 0 with ``same`` unless
         the request is ``counted`` (one per occurrence whatever ``cache.repeat`` says)."""
         if not (self.sequence or counted):
             return 0
-        n = self._counts.pop(key, 0)
-        self._counts[key] = n + 1
-        if len(self._counts) > self.limit:
-            self._counts.popitem(last=False)
+        n = self._counts.get(key) or 0
+        self._counts.put(key, n + 1)
         return n
 
     def reset(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from pathlib import Path
 from unittest import mock
 
@@ -20,7 +21,7 @@ from proxy import strictjson
 from proxy.call import ENDPOINTS, parse
 from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError
-from proxy.memo import Memo, Parsed
+from proxy.memo import Memo, Parsed, held
 
 CHAT = ENDPOINTS[0]
 SECRET = "sk-proj-" + "Q7d2" * 12  # a key-shaped value: redaction rewrites it
@@ -218,7 +219,7 @@ def test_repeats_are_served_from_the_memo_and_scopes_stay_apart(tmp_path: Path) 
 
 def test_memo_is_bounded_by_entries_and_bytes() -> None:
     parsed = Parsed({}, "", "k", "m", None, False)
-    memo = Memo(entries=3, budget=100, largest=40)
+    memo = Memo(entries=3, budget=400, largest=160)  # a character counts 4 bytes
     for i in range(5):
         memo.put(("/p", "", "", None, b"%d" % i), parsed)
     assert len(memo) == 3
@@ -228,4 +229,41 @@ def test_memo_is_bounded_by_entries_and_bytes() -> None:
     assert memo.get(("/p", "", "", None, b"x" * 41)) is None
     for i in range(3):
         memo.put(("/p", "", "", None, b"%d" % i + b"y" * 39), parsed)
-    assert memo.held <= 100 and len(memo) == 2
+    assert memo.held <= 400 and len(memo) == 2
+
+
+SHAPES = {  # 60 KB bodies, each parsing into another kind of structure
+    "dicts": b"[" + b",".join([b"{}"] * 20_000) + b"]",
+    "lists": b"[" + b",".join([b"[]"] * 20_000) + b"]",
+    "floats": b"[" + b",".join([b"0.5"] * 15_000) + b"]",
+    "ints": b"[" + b",".join([b"123456"] * 9_000) + b"]",
+    "strings": b"[" + b",".join([b'"ab"'] * 12_000) + b"]",
+    "keys": b"{" + b",".join(b'"k%d":0' % i for i in range(6_000)) + b"}",
+    "objects": b"[" + b",".join([b'{"a":[1]}'] * 6_000) + b"]",
+    "wide text": b'["' + b"a" * 60_000 + "\U0001f600".encode() + b'"]',
+    "chat": orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi " * 20_000}]}),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_what_an_entry_holds_is_never_undercounted(shape: str) -> None:
+    """The issue's case: 300 distinct 60 KB bodies of ``[{},{},...]`` pinned ~200 MiB
+    while the memo counted 18 MB of bytes."""
+    raw = SHAPES[shape]
+    tracemalloc.start()
+    try:
+        value = orjson.loads(raw)
+        parsed_bytes = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert value is not None
+    assert held(("/p", "", "", None, raw), Parsed({}, "", "k", "m", None, False)) >= parsed_bytes
+
+
+def test_a_body_that_parses_into_much_is_not_memoized() -> None:
+    memo = Memo()
+    parsed = Parsed({}, "", "k", "m", None, False)
+    memo.put(("/p", "", "", None, SHAPES["dicts"]), parsed)
+    assert len(memo) == 0
+    memo.put(("/p", "", "", None, SHAPES["chat"]), parsed)  # text holds what it weighs
+    assert len(memo) == 1
