@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
-from .call import Call, namespace
-from .config import Settings
+from .call import ENDPOINTS, Call, namespace
+from .config import CacheSettings, Settings
+from .echoes import Echoes
 from .errors import ProxyError
 from .fetch import Live, Tee
 from .keys import cache_key, canonical_query, nearest
+from .kinds import Echo, Kind, same
 from .lru import Lru
 from .policy import SERVER_STATE
 from .registry import Registry
@@ -30,27 +37,128 @@ NEAREST_SCAN = 20  # recorded requests compared when explaining a replay miss
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
+# Streamed hits: entries up to SMALL stored bytes get their whole SSE body made once and
+# kept (in a byte budget); larger ones are written CHUNK by CHUNK as they are made, so a
+# client holds about a chunk, not the entry (nor the several times larger stream).
+SMALL = 32 * 1024
+CHUNK = 64 * 1024
+
+
 def _length(key: object, body: bytes) -> int:
     return len(body)
 
 
-class Replays(Lru[tuple[str, str | None, float, bool], bytes]):
-    """The SSE bodies of streamed hits, kept by the stored entry they replay: making one
-    parses the stored JSON and writes every event, which cost a streamed hit more than
-    half its time. Bounded by bytes; an entry is never changed in place (another answer
-    is another fingerprint or time), so a kept body is always the one it would make."""
+def _digest(entry: Entry) -> bytes:
+    """What a stored answer replays, in 32 bytes."""
+    h = hashlib.sha256(entry.body)
+    h.update(b"\0")
+    h.update(entry.stream)
+    return h.digest()
 
-    def __init__(self, budget: int = 8 * 1024 * 1024) -> None:
-        super().__init__(budget, budget // 16, _length)
 
-    def body(self, call: Call, entry: Entry) -> bytes:
-        key = (entry.key, entry.fingerprint, entry.created, call.include_usage)
-        body = self.get(key)
-        if body is None:
-            answer = orjson.loads(entry.body)
-            body = call.endpoint.kind.replay(answer, entry.stream, call.include_usage)
-            self.put(key, body)
-        return body
+class _Source:
+    """A stored answer being streamed, shared by the clients streaming it at once: each
+    holds this and its place, not a copy."""
+
+    __slots__ = ("__weakref__", "answer", "events")
+
+    def __init__(self, answer: dict[str, Any], events: bytes) -> None:
+        self.answer, self.events = answer, events
+
+
+class Replays:
+    """What a hit sends: stored JSON with the caller's echoes, and streamed hits' SSE. A
+    small entry's SSE body is kept by the content it replays (a digest of the stored
+    answer and events, the caller's echoes and include_usage), never by key and time, so
+    an import, a rewrite or a refresh that changes an entry changes what streams. Bounded
+    by bytes; a large entry's stream is made as it is written, from one parsed copy
+    shared by the clients streaming it at the same time."""
+
+    def __init__(self, cache: CacheSettings, budget: int = 8 * 1024 * 1024) -> None:
+        self._kept: Lru[tuple[str, bytes, bool, bytes], bytes] = Lru(budget, budget // 16, _length)
+        self._shared: weakref.WeakValueDictionary[tuple[str, bytes], _Source] = (
+            weakref.WeakValueDictionary()
+        )
+        self._echoes = {
+            e.path: Echoes(e.kind.echoed, cache.ignore_fields, cache.ignore_paths)
+            for e in ENDPOINTS
+        }
+
+    @property
+    def held(self) -> int:
+        return self._kept.held
+
+    def echoes(self, call: Call) -> Echoes:
+        return self._echoes[call.endpoint.path]
+
+    def json(self, call: Call, body: bytes) -> bytes:
+        """A stored JSON answer as this caller gets it."""
+        echoes = self._echoes[call.endpoint.path]
+        return echoes.json(body, echoes.mine(call.body)) if echoes.fields else body
+
+    async def sse(self, call: Call, entry: Entry) -> bytes | Payload:
+        """The SSE body of a streamed hit on ``entry``."""
+        kind, path = call.endpoint.kind, call.endpoint.path
+        echoes = self._echoes[path]
+        mine = echoes.mine(call.body)
+        if len(entry.body) + len(entry.stream) <= SMALL:
+            key = (path, _digest(entry), call.include_usage, orjson.dumps(mine))
+            body = self._kept.get(key)
+            if body is None:
+                answer = orjson.loads(entry.body)
+                events = kind.replay(answer, entry.stream, call.include_usage, echo(echoes, mine))
+                body = b"".join(events)
+                self._kept.put(key, body)
+            return body
+        digest = await asyncio.to_thread(_digest, entry)  # hashlib lets go of the GIL
+        source = self._shared.get((path, digest))
+        if source is None:
+            keeps = kind.keeps_events and entry.stream
+            source = _Source({} if keeps else orjson.loads(entry.body), entry.stream)
+            self._shared[path, digest] = source
+        return _streamed(source, kind, call.include_usage, echo(echoes, mine))
+
+    def live(self, call: Call, answer: Live, own: bool) -> bytes | Payload:
+        """The SSE body replaying a live answer read in full; ``own``: fetched for this
+        very request, so its echoes are already the caller's."""
+        echoes = self._echoes[call.endpoint.path]
+        assert answer.parsed is not None
+        owner = same if own else echo(echoes, echoes.mine(call.body))
+        source = _Source(answer.parsed, answer.events)
+        if len(answer.body) + len(answer.events) <= SMALL:
+            return b"".join(_events(source, call.endpoint.kind, call.include_usage, owner))
+        return _streamed(source, call.endpoint.kind, call.include_usage, owner)
+
+
+def echo(echoes: Echoes, mine: dict[str, Any]) -> Echo:
+    """The :data:`Echo` giving an answer the caller's echoed fields."""
+    return functools.partial(echoes.own, mine=mine) if echoes.fields else same
+
+
+def _events(source: _Source, kind: Kind, include_usage: bool, owner: Echo) -> Iterator[bytes]:
+    return kind.replay(source.answer, source.events, include_usage, owner)
+
+
+def _streamed(source: _Source, kind: Kind, include_usage: bool, owner: Echo) -> Payload:
+    """A body written in chunks of about CHUNK as they are made: aiohttp awaits each
+    write's drain past 64 KiB, so a slow reader holds the writer back, and the loop is let
+    go between chunks."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        pending: list[bytes] = []
+        size = 0
+        for event in _events(source, kind, include_usage, owner):
+            pending.append(event)
+            size += len(event)
+            if size >= CHUNK:
+                yield b"".join(pending)
+                pending.clear()
+                size = 0
+                await asyncio.sleep(0)
+        if pending:
+            yield b"".join(pending)
+
+    return AsyncIterablePayload(chunks(), content_type="text/event-stream")
 
 
 def header_text(value: str) -> str:
@@ -78,28 +186,36 @@ def our_headers(
     return headers
 
 
-def stored(call: Call, entry: Entry, now: float, replays: Replays) -> web.Response:
-    """A hit: the entry as stored, or as SSE synthesized from it for a streamed request."""
+async def stored(call: Call, entry: Entry, now: float, replays: Replays) -> web.Response:
+    """A hit: the entry as stored, or as SSE synthesized from it for a streamed request,
+    with the caller's echoes. Nothing here holds the entry once this returns."""
     headers = our_headers(call, entry.fingerprint, "HIT")
     headers["Age"] = str(max(0, int(now - entry.created)))
     if call.stream:
         headers.update(_SSE_HEADERS)
-        return web.Response(status=entry.status, body=replays.body(call, entry), headers=headers)
+        body = await replays.sse(call, entry)
+        return web.Response(status=entry.status, body=body, headers=headers)
     headers["Content-Type"] = entry.content_type
-    return web.Response(status=entry.status, body=entry.body, headers=headers)
+    return web.Response(status=entry.status, body=replays.json(call, entry.body), headers=headers)
 
 
-def live(call: Call, answer: Live, label: str, shared: bool = False) -> web.Response:
+def live(
+    call: Call, answer: Live, label: str, replays: Replays, shared: bool = False
+) -> web.Response:
     """A live answer read in full, replayed as SSE if the client asked for a stream;
-    ``shared``: another request's, whose cookies are not this client's."""
+    ``shared``: another request's (coalesced, or stored by another process meanwhile),
+    whose cookies and echoed fields are not this client's."""
     headers = our_headers(call, answer.fingerprint, label, answer.headers.copy())
     if shared:
         headers.popall("Set-Cookie", None)
-    if call.stream and answer.parsed is not None:
+    if answer.parsed is None:
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+    if call.stream:
         headers.update(_SSE_HEADERS)
-        body = call.endpoint.kind.replay(answer.parsed, answer.events, call.include_usage)
+        body = replays.live(call, answer, own=not shared)
         return web.Response(status=answer.status, body=body, headers=headers)
-    return web.Response(status=answer.status, body=answer.body, headers=headers)
+    body = replays.json(call, answer.body) if shared else answer.body
+    return web.Response(status=answer.status, body=body, headers=headers)
 
 
 async def streamed(
@@ -109,13 +225,15 @@ async def streamed(
     tee: Tee,
     label: str,
     complete_on_disconnect: bool,
+    replays: Replays,
 ) -> web.StreamResponse:
     """Forward the upstream events to the client as soon as the fetch task has them."""
     response = None
     try:
         await tee.wait(request)
         if tee.head is None:  # the upstream did not stream: an error, or plain JSON
-            return live(call, await asyncio.shield(task), label)
+            answer = await asyncio.shield(task)
+            return live(call, answer, label, replays, shared=answer.borrowed)
         head = tee.head
         our_headers(call, head.fingerprint, label, head.headers)
         response = web.StreamResponse(status=head.status, headers=head.headers)

@@ -39,6 +39,7 @@ class Live:
     parsed: dict[str, Any] | None  # the JSON object of a 2xx answer
     events: bytes = b""  # the raw events, for kinds that replay them as recorded
     final: bytes = b""  # a stream's closing event, held back until the answer is stored
+    borrowed: bool = False  # stored by another process for another client meanwhile
 
     @property
     def fingerprint(self) -> str | None:
@@ -50,7 +51,9 @@ class Live:
     def of(cls, entry: Entry) -> Live:
         """A stored entry as if it had just come from the upstream (another process's)."""
         headers = CIMultiDict({"Content-Type": entry.content_type})
-        return cls(entry.status, headers, entry.body, orjson.loads(entry.body), entry.stream)
+        return cls(
+            entry.status, headers, entry.body, orjson.loads(entry.body), entry.stream, borrowed=True
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +89,9 @@ class Tee:
         self._wake()
 
     def event(self, raw: bytes) -> None:
-        self._chunks.append(raw)
-        self._wake()
+        if not self.gone:  # nobody will take it
+            self._chunks.append(raw)
+            self._wake()
 
     def end(self, final: bytes) -> None:
         self._chunks.append(final)

@@ -3,14 +3,30 @@ where usage is, how outputs are compared, which requests depend on server state.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import orjson
 
 from . import drift
 from .config import CacheSettings
-from .sse import CompletionAccumulator, encode_event, pieces, synthesize
+from .redact import Redactor
+from .sse import (
+    CompletionAccumulator,
+    encode_event,
+    iter_events,
+    parse_event,
+    pieces,
+    synthesized,
+)
+
+# The caller's copy of an answer object (its echoed fields the caller's own; see echoes.py).
+Echo = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def same(answer: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`Echo` of a client's own answer."""
+    return answer
 
 
 class StreamFold(Protocol):
@@ -130,6 +146,8 @@ class Kind:
     outputs = staticmethod(drift.outputs)  # what an answer said, for drift
     answer_field = "choices"  # the list every answer of the endpoint has
     unrecorded = ""  # why a stateful() request's answer is not in any recording
+    # Top-level answer fields that repeat a request field (the API's documented echoes).
+    echoed: frozenset[str] = frozenset({"metadata"})
 
     def is_answer(self, answer: dict[str, Any]) -> bool:
         """Whether a 2xx body is an answer of this endpoint (not ``{}``, not an error
@@ -150,9 +168,17 @@ class Kind:
     def fold(self) -> StreamFold:
         return CompletionFold(chat=True)
 
-    def replay(self, answer: dict[str, Any], events: bytes, include_usage: bool) -> bytes:
-        """The SSE body of a streamed hit."""
-        return synthesize(answer, include_usage)
+    def synthesized(self, answer: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
+        """The events of a stream that folds back into ``answer``, made one at a time."""
+        return synthesized(answer, include_usage)
+
+    def replay(
+        self, answer: dict[str, Any], events: bytes, include_usage: bool, echo: Echo = same
+    ) -> Iterator[bytes]:
+        """The SSE events of a streamed hit, one at a time: ``events`` as recorded if this
+        kind keeps them, else synthesized; every answer object in them passed through
+        ``echo``."""
+        return self.synthesized(echo(answer), include_usage)
 
     def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
         """(prompt, completion) tokens, from the fields this kind reports them in."""
@@ -170,6 +196,7 @@ class Kind:
 
 class CompletionKind(Kind):
     name = "completion"
+    echoed = frozenset()
 
     def fold(self) -> StreamFold:
         return CompletionFold(chat=False)
@@ -181,6 +208,7 @@ class EmbeddingKind(Kind):
     streams = False
     usage_fields = ("prompt_tokens", None)
     answer_field = "data"
+    echoed = frozenset()
 
     def compare(
         self, cached: dict[str, Any], live: dict[str, Any], settings: CacheSettings
@@ -199,6 +227,34 @@ class ResponseKind(Kind):
         "a background response (background: true) is kept by the server and fetched "
         "later by its id, so seedproxy never records one"
     )
+    # The request fields a Response object repeats as sent (not ``model`` or
+    # ``service_tier``, which say what served it).
+    echoed = frozenset(
+        {
+            "background",
+            "conversation",
+            "instructions",
+            "max_output_tokens",
+            "max_tool_calls",
+            "metadata",
+            "parallel_tool_calls",
+            "previous_response_id",
+            "prompt",
+            "prompt_cache_key",
+            "prompt_cache_retention",
+            "reasoning",
+            "safety_identifier",
+            "store",
+            "temperature",
+            "text",
+            "tool_choice",
+            "tools",
+            "top_logprobs",
+            "top_p",
+            "truncation",
+            "user",
+        }
+    )
 
     # previous_response_id names an immutable response: the same body with the same id is
     # the same conversation, so such a request is keyed (the id included) like any other.
@@ -211,8 +267,48 @@ class ResponseKind(Kind):
     def fold(self) -> StreamFold:
         return ResponseFold()
 
-    def replay(self, answer: dict[str, Any], events: bytes, include_usage: bool) -> bytes:
-        return events or b"".join(response_events(answer))
+    def synthesized(self, answer: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
+        return response_events(answer)
+
+    def replay(
+        self, answer: dict[str, Any], events: bytes, include_usage: bool, echo: Echo = same
+    ) -> Iterator[bytes]:
+        if not events:
+            return self.synthesized(echo(answer), include_usage)
+        return iter_events(events) if echo is same else _echoed(events, echo)
+
+
+def _echoed(events: bytes, echo: Echo) -> Iterator[bytes]:
+    """Recorded events, each response object in them (``response.created``,
+    ``response.in_progress``, ``response.completed``...) passed through ``echo``."""
+    for raw in iter_events(events):
+        # a JSON string escapes its quotes: only a "response" key spells this
+        if b'"response":' in raw:
+            name, payload = parse_event(raw)
+            try:
+                event = orjson.loads(payload or b"")
+            except orjson.JSONDecodeError:
+                event = None
+            if isinstance(event, dict) and isinstance(event.get("response"), dict):
+                response = echo(event["response"])
+                if response is not event["response"]:
+                    raw = encode_event({**event, "response": response}, name)
+        yield raw
+
+
+def scrubbed(kind: Kind, redactor: Redactor, body: bytes, events: bytes) -> tuple[bytes, bytes]:
+    """An answer's body and kept events as they may be written: redacted, and when that
+    changes either, the events rebuilt from the redacted body. Redacting events one by
+    one would leave a secret the upstream split across deltas (``"AK"``, ``"IAIOSF"``...),
+    which no detector sees whole, while the done events said ``[REDACTED...]``."""
+    redacted = redactor.json_bytes(body)
+    if not events or (redacted is body and redactor.sse(events) is events):
+        return redacted, events
+    try:
+        answer = orjson.loads(redacted)
+    except orjson.JSONDecodeError:  # nothing to rebuild them from: a hit synthesizes
+        return redacted, b""
+    return redacted, b"".join(kind.synthesized(answer, False)) if isinstance(answer, dict) else b""
 
 
 def _int(value: Any) -> int:

@@ -73,7 +73,7 @@ class Pipeline:
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
         self.repeats = repeats.Occurrences(cache.repeat == "sequence")
         self.memo = Memo()  # a request's bytes seen before: its key without parsing
-        self.replays = answers.Replays()  # streamed hits' bodies, by stored entry
+        self.replays = answers.Replays(cache)  # what hits send: echoes, streams
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         call = await parse(request, endpoint, self.settings, self.mode, self.credential, self.memo)
@@ -99,7 +99,7 @@ class Pipeline:
                 self.health.ok()
         match decide(plan, variants, sightings, now, cache):
             case Hit(entry):
-                return self._hit(call, entry, now)
+                return await self._hit(call, entry, now)
             case ReplayMiss(reason):
                 self.counters.add("replay_misses")
                 error = await answers.replay_miss(
@@ -129,7 +129,7 @@ class Pipeline:
         self.counters.add("misses")
         return await self._bypass(request, call, "MISS")
 
-    def _hit(self, call: Call, entry: Entry, now: float) -> web.Response:
+    async def _hit(self, call: Call, entry: Entry, now: float) -> web.Response:
         counters = self.counters
         counters.add("hits")
         counters.add("prompt_tokens_saved", entry.prompt_tokens)
@@ -137,7 +137,7 @@ class Pipeline:
         counters.add(f"saved_prompt:{entry.model}", entry.prompt_tokens)
         counters.add(f"saved_completion:{entry.model}", entry.completion_tokens)
         self.verifier.sample(call, entry)
-        return answers.stored(call, entry, now, self.replays)
+        return await answers.stored(call, entry, now, self.replays)
 
     async def _bypass(self, request: web.Request, call: Call, label: str) -> web.StreamResponse:
         """Live, stored nowhere; a stream is relayed byte for byte."""
@@ -147,7 +147,7 @@ class Pipeline:
             return await relay(
                 request, self.upstream, url, call.headers, call.upstream_body, headers
             )
-        return answers.live(call, await self.fetcher.fetch(call), label)
+        return answers.live(call, await self.fetcher.fetch(call), label, self.replays)
 
     async def _miss(
         self, request: web.Request, call: Call, stored: list[Entry], reason: str, label: str
@@ -162,7 +162,8 @@ class Pipeline:
         while (waiting := self.flights.joined(call.key, scope)) is not None:
             shared = await asyncio.shield(waiting)
             if shared.parsed is not None:  # an answer fit to store, redacted as a hit is
-                return answers.live(call, self.recorder.redacted(shared), label, shared=True)
+                redacted = self.recorder.redacted(call, shared)
+                return answers.live(call, redacted, label, self.replays, shared=True)
 
         async def go(tee: Tee | None = None) -> Live:
             live = await self.fetcher.fetch(call, tee)
@@ -174,11 +175,12 @@ class Pipeline:
 
         complete = self.settings.cache.complete_on_disconnect
         if not call.stream:  # fetched in this request's task: no hop to another and back
-            return answers.live(call, await self.flights.fly(call.key, scope, go), label)
+            live = await self.flights.fly(call.key, scope, go)
+            return answers.live(call, live, label, self.replays, shared=live.borrowed)
         tee = Tee()
         task = self.flights.launch(call.key, scope, lambda: go(tee))
         task.add_done_callback(lambda t: tee.close())
-        return await answers.streamed(request, call, task, tee, label, complete)
+        return await answers.streamed(request, call, task, tee, label, complete, self.replays)
 
     async def flush(self) -> None:
         """Write what was gathered for the store (registry notes)."""

@@ -44,6 +44,25 @@ class EventSplitter:
         return self._buf
 
 
+def iter_events(data: bytes) -> Iterator[bytes]:
+    """The raw events of a whole recorded stream, one at a time (what follows the last
+    separator, if anything, last): a long recording is never split into a list, and a
+    separator it does not use is looked for once, not once per event."""
+    after = {sep: data.find(sep) for sep in _SEPARATORS}  # where each is next; -1: no more
+    start = 0
+    while start < len(data):
+        cut, sep = -1, b""
+        for candidate in _SEPARATORS:
+            at = after[candidate]
+            if at != -1 and at < start:
+                at = after[candidate] = data.find(candidate, start)
+            if at != -1 and (cut == -1 or at < cut):
+                cut, sep = at, candidate
+        end = len(data) if cut == -1 else cut + len(sep)
+        yield data[start:end]
+        start = end
+
+
 def parse_event(raw: bytes) -> tuple[str | None, bytes | None]:
     """(event name, data) of one raw event; data lines are joined with newlines."""
     name = None
@@ -191,8 +210,8 @@ class CompletionAccumulator:
 def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
     """``text`` cut at whitespace into pieces of about ``size`` characters; joined, equal."""
     current = ""
-    for token in _PIECE.findall(text):
-        current += token
+    for match in _PIECE.finditer(text):  # not findall: a long text is never listed whole
+        current += match.group()
         if len(current) >= size:
             yield current
             current = ""
@@ -258,13 +277,22 @@ def chunk_bases(
 
 def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
     """SSE events, ending in ``[DONE]``, that a client folds back into ``completion``."""
+    return b"".join(synthesized(completion, include_usage))
+
+
+def synthesized(completion: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
+    """The events of :func:`synthesize` one at a time, made as they are asked for: a
+    streamed hit holds one event, never the whole stream."""
     chat = completion.get("object") != "text_completion"
     first, base = chunk_bases(completion, chat, include_usage)
     choices = completion.get("choices") or []
-    events: list[bytes] = []
+    opened = False
 
-    def chunk(choice_deltas: list[dict[str, Any]]) -> None:
-        events.append(encode_event({**(base if events else first), "choices": choice_deltas}))
+    def chunk(choice_deltas: list[dict[str, Any]]) -> bytes:
+        nonlocal opened
+        head = base if opened else first
+        opened = True
+        return encode_event({**head, "choices": choice_deltas})
 
     if chat:
         opening = []
@@ -286,7 +314,7 @@ def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
                     "finish_reason": None,
                 }
             )
-        chunk(opening)
+        yield chunk(opening)
     for choice in choices:
         index = choice.get("index", 0)
         extra = {
@@ -296,8 +324,10 @@ def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
         }
         if chat:
             for delta in _message_deltas(choice.get("message") or {}):
-                chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
-            chunk(
+                yield chunk(
+                    [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]
+                )
+            yield chunk(
                 [
                     {
                         "index": index,
@@ -311,10 +341,10 @@ def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
         else:
             for piece in pieces(choice.get("text") or ""):
                 if piece:
-                    chunk(
+                    yield chunk(
                         [{"index": index, "text": piece, "logprobs": None, "finish_reason": None}]
                     )
-            chunk(
+            yield chunk(
                 [
                     {
                         "index": index,
@@ -327,6 +357,5 @@ def synthesize(completion: dict[str, Any], include_usage: bool) -> bytes:
             )
     if include_usage:
         usage: dict[str, Any] = {"choices": [], "usage": completion.get("usage")}
-        events.append(encode_event({**(base if events else first), **usage}))
-    events.append(DONE)
-    return b"".join(events)
+        yield encode_event({**(base if opened else first), **usage})
+    yield DONE

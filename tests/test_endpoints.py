@@ -140,7 +140,9 @@ def test_responses_cached_without_seed(client, upstream):
 
 
 def test_streamed_response_hit_replays_the_recorded_events_in_order(proxy, upstream):
-    body = {"model": "gpt-test", "input": "Stream me", "stream": True}
+    # the fields the answer echoes as the recording's: the same caller's, byte for byte
+    echoed = {"user": "u-1", "metadata": {"run": "1"}, "store": True}
+    body = {"model": "gpt-test", "input": "Stream me", "stream": True, **echoed}
     _, miss_headers, miss = post_raw(proxy, body)
     _, hit_headers, hit = post_raw(proxy, body)
     assert (miss_headers["X-Cache"], hit_headers["X-Cache"]) == ("MISS", "HIT")

@@ -144,6 +144,10 @@ class FakeUpstream:
         self.stream_fault: str | None = None  # "drop" | "stall" | "no_done" | "error_event"
         self.fault_after = 2  # events sent before the fault
         self.extra_fields: dict[str, Any] = {}  # added to every message, e.g. reasoning_content
+        self.reply: str | None = None  # the text every answer says, instead of random words
+        # Responses streams: text deltas of these sizes in turn (a secret split across
+        # events), instead of a word each
+        self.delta_sizes: tuple[int, ...] = ()
         # Set to a threading.Event to hold answers until it is set (streams: after their
         # first event).
         self.gate: threading.Event | None = None
@@ -217,7 +221,7 @@ class FakeUpstream:
                     start = fresh.randrange(len(words))
                     words[start:] = [fresh.choice(WORDS) for _ in words[start:]]
                 lines = [" ".join(words[k : k + 6]) for k in range(0, len(words), 6)]
-                message["content"] = "\n".join(lines)
+                message["content"] = self.reply if self.reply is not None else "\n".join(lines)
                 finish = "stop"
             message.update(self.extra_fields)
             completion_tokens += 18
@@ -246,6 +250,7 @@ class FakeUpstream:
             "model": req.get("model", "gpt-test"),
             "service_tier": "default",
             "system_fingerprint": self.fingerprint,
+            **({"metadata": req["metadata"]} if "metadata" in req else {}),  # echoed as sent
             "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -583,7 +588,13 @@ class FakeUpstream:
         if conversation is not None:
             name = conversation["id"] if isinstance(conversation, dict) else conversation
             self.conversations[name] = self.kept[rid]
+        # the request fields a Response repeats as the API does (its defaults when not sent)
+        echoed = {"user": None, "metadata": {}, "store": True}
+        for name in ("prompt_cache_key", "safety_identifier", *echoed):
+            if name in req:
+                echoed[name] = req[name]
         return {
+            **echoed,
             "id": rid,
             "object": "response",
             "previous_response_id": req.get("previous_response_id"),
@@ -602,6 +613,17 @@ class FakeUpstream:
                 "output_tokens_details": {"reasoning_tokens": 0},
             },
         }
+
+    def deltas(self, text: str) -> list[str]:
+        """A Responses stream's text deltas: a word each, or pieces of ``delta_sizes``."""
+        if not self.delta_sizes:
+            return tokens(text)
+        out, at = [], 0
+        while at < len(text):
+            size = self.delta_sizes[len(out) % len(self.delta_sizes)]
+            out.append(text[at : at + size])
+            at += size
+        return out
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
@@ -623,6 +645,8 @@ class FakeUpstream:
             )
         answer = self.response(req)
         if not req.get("stream"):
+            if self.gate is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
             return web.json_response(answer)
         seq = iter(range(10**6))
 
@@ -652,7 +676,7 @@ class FakeUpstream:
                     ),
                     *[
                         event("response.output_text.delta", **where, delta=t, logprobs=[])
-                        for t in tokens(text)
+                        for t in self.deltas(text)
                     ],
                     event("response.output_text.done", **where, text=text, logprobs=[]),
                     event("response.content_part.done", **where, part=item["content"][0]),

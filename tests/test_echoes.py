@@ -1,0 +1,180 @@
+"""What a hit returns belongs to the caller (issue 28 item 3): fields the key leaves out
+that the answer repeats (Responses ``user``, ``metadata``, ``store``...; chat
+``metadata``) carry the caller's own values, or are absent when it sent none, in JSON
+hits, streamed hits (every event holding the response object) and coalesced answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from proxy.echoes import Echoes
+from proxy.kinds import KINDS
+from tests.conftest import sdk
+from tests.harness import ProxyServer
+from tests.upstream import FakeUpstream
+
+ALICE = {
+    "user": "alice@corp.example",
+    "metadata": {"customer_id": "c-alice", "note": "refund for Alice"},
+    "store": True,
+    "prompt_cache_key": "alice-cache",
+    "safety_identifier": "alice-hash",
+}
+BOB = {"user": "bob@corp.example", "metadata": {"customer_id": "c-bob"}, "store": False}
+IGNORED = ["stream", "stream_options", "user", "metadata", "store"]
+# the two other echoes left out of the key, one as a field and one through a path
+CACHE = {"ignore_fields": [*IGNORED, "prompt_cache_key"], "ignore_paths": ["safety_identifier"]}
+ALICE_TEXT = b"alice"  # in every value of Alice's that Bob must never see
+RESPONSE_OBJECT_EVENTS = {"response.created", "response.in_progress", "response.completed"}
+
+
+@pytest.fixture
+def backend() -> str:
+    return "disk"
+
+
+def no_alice(raw: Any) -> None:
+    """Nothing Alice sent (her address, her metadata, her keys) is in ``raw``."""
+    data = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    assert ALICE_TEXT not in data.lower()
+
+
+def bobs(response: dict[str, Any], sent: dict[str, Any]) -> None:
+    """The echoed fields are what Bob sent, and absent where he sent none."""
+    for name in ("user", "metadata", "store", "prompt_cache_key", "safety_identifier"):
+        if name in sent:
+            assert response[name] == sent[name], name
+        else:
+            assert name not in response, name
+    no_alice(response)
+
+
+def ask(client: openai.OpenAI, who: dict[str, Any], **extra: Any) -> Any:
+    return client.responses.with_raw_response.create(
+        model="gpt-test", input="What is 2+2?", **who, **extra
+    )
+
+
+def test_a_responses_json_hit_carries_the_callers_echoes(make_proxy, upstream):
+    proxy = make_proxy(cache=CACHE)
+    with sdk(proxy) as client:
+        first = ask(client, ALICE)
+        assert first.headers["x-cache"] == "MISS"
+        assert first.parse().user == ALICE["user"]  # Alice's own live answer, as sent
+        for bob in (BOB, {}, {"user": "bob@corp.example"}):
+            hit = ask(client, bob)
+            assert hit.headers["x-cache"] == "HIT"
+            bobs(orjson.loads(hit.content), bob)
+            assert hit.parse().output_text == first.parse().output_text
+    assert len(upstream.calls) == 1
+
+
+def stream_events(client: openai.OpenAI, who: dict[str, Any]) -> tuple[str, list[Any]]:
+    with client.responses.with_streaming_response.create(
+        model="gpt-test", input="What is 2+2?", stream=True, **who
+    ) as response:
+        return response.headers["x-cache"], list(response.parse())
+
+
+@pytest.mark.parametrize("recorded_streaming", [True, False])
+def test_every_streamed_event_holding_the_response_carries_the_callers_echoes(
+    make_proxy, upstream, recorded_streaming
+):
+    proxy = make_proxy(cache=CACHE)
+    with sdk(proxy) as client:
+        if recorded_streaming:  # replayed as recorded, events rewritten
+            label, _ = stream_events(client, ALICE)
+        else:  # recorded as JSON, events synthesized
+            label = ask(client, ALICE).headers["x-cache"]
+        assert label == "MISS"
+        for bob in (BOB, {}):
+            label, events = stream_events(client, bob)
+            assert label == "HIT"
+            holding = [e for e in events if e.type in RESPONSE_OBJECT_EVENTS]
+            assert {e.type for e in holding} == RESPONSE_OBJECT_EVENTS
+            for event in events:
+                no_alice(event.model_dump_json().encode())
+            for event in holding:
+                bobs(event.response.model_dump(exclude_unset=True), bob)
+    assert len(upstream.calls) == 1
+
+
+def test_a_chat_hit_carries_the_callers_metadata(make_proxy, upstream):
+    proxy = make_proxy()
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    with sdk(proxy) as client:
+        create = client.chat.completions.with_raw_response.create
+        first = create(model="gpt-test", messages=messages, metadata=ALICE["metadata"])
+        assert orjson.loads(first.content)["metadata"] == ALICE["metadata"]  # echoed live
+        hit = create(model="gpt-test", messages=messages, metadata=BOB["metadata"])
+        assert hit.headers["x-cache"] == "HIT"
+        assert orjson.loads(hit.content)["metadata"] == BOB["metadata"]
+        bare = create(model="gpt-test", messages=messages)
+        assert "metadata" not in orjson.loads(bare.content)
+        stream = client.chat.completions.create(
+            model="gpt-test", messages=messages, metadata=BOB["metadata"], stream=True
+        )
+        chunks = [c.model_dump(exclude_unset=True) for c in stream]
+        assert chunks[0]["metadata"] == BOB["metadata"]
+        no_alice(orjson.dumps(chunks))
+    assert len(upstream.calls) == 1
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_coalesced_answer_carries_the_waiters_own_echoes(
+    make_proxy, upstream: FakeUpstream, stream: bool
+):
+    proxy: ProxyServer = make_proxy(cache=CACHE)
+    upstream.gate = threading.Event()  # Alice's call waits at the upstream
+    with sdk(proxy) as client, ThreadPoolExecutor(2) as pool:
+
+        def call(who: dict[str, Any]) -> Any:
+            if stream:
+                return stream_events(client, who)
+            return ask(client, who)
+
+        alice = pool.submit(call, ALICE)
+        until(lambda: len(upstream.calls) == 1, "Alice's call reaches the upstream")
+        bob = pool.submit(call, BOB)
+        until(lambda: proxy.counters.get("coalesced", 0) == 1, "Bob waits for Alice's call")
+        upstream.gate.set()
+        alice.result(30)
+        if stream:
+            _, events = bob.result(30)
+            holding = [e for e in events if e.type in RESPONSE_OBJECT_EVENTS]
+            assert holding
+            for event in events:
+                no_alice(event.model_dump_json().encode())
+            for event in holding:
+                bobs(event.response.model_dump(exclude_unset=True), BOB)
+        else:
+            bobs(orjson.loads(bob.result(30).content), BOB)
+    assert len(upstream.calls) == 1
+
+
+def test_only_echoed_fields_the_key_ignores_are_the_callers() -> None:
+    echoes = Echoes(KINDS["response"].echoed, IGNORED, ["metadata.customer_id", "input[*].id"])
+    assert echoes.fields == {"user", "metadata", "store"}  # stream is not echoed; input not
+    answer = {"id": "r", "user": "alice", "metadata": {"a": 1}, "store": True, "tools": []}
+    assert echoes.own(answer, {"user": "bob"}) == {"id": "r", "tools": [], "user": "bob"}
+    assert echoes.json(orjson.dumps(answer), {}) == b'{"id":"r","tools":[]}'
+    plain = orjson.dumps({"id": "r", "output": []})
+    assert echoes.json(plain, {}) is plain  # nothing to do: the bytes as stored, unparsed
+    assert Echoes(KINDS["chat"].echoed, IGNORED, []).fields == {"metadata"}
+    assert not Echoes(KINDS["embedding"].echoed, IGNORED, []).fields
+    assert not Echoes(KINDS["response"].echoed, [], []).fields  # all keyed: nothing to swap
