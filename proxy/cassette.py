@@ -43,6 +43,7 @@ from .call import endpoint_for, seeded
 from .config import Settings
 from .errors import ProxyError
 from .keys import cache_key, occurrence_key
+from .kinds import scrubbed
 from .redact import Redactor
 from .sse import EventSplitter, parse_event
 from .store import Entry
@@ -217,8 +218,8 @@ def _redacted(recording: Recording, redactor: Redactor) -> Recording:
     """A recording with no secret left in it: a file written by hand, or before redaction
     was on, is cleaned before it is imported into a store or written back."""
     entry = recording.entry
-    request, body = redactor.json_bytes(entry.request), redactor.json_bytes(entry.body)
-    stream = redactor.sse(entry.stream)
+    request = redactor.json_bytes(entry.request)
+    body, stream = scrubbed(endpoint_for(entry.endpoint).kind, redactor, entry.body, entry.stream)
     if request is entry.request and body is entry.body and stream is entry.stream:
         return recording
     model = redactor.text(entry.model)

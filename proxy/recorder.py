@@ -20,7 +20,7 @@ from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
 from .health import StoreHealth
-from .kinds import Kind
+from .kinds import Kind, scrubbed
 from .observe import Counters, DivergenceMetric
 from .redact import Redactor
 from .registry import Registry
@@ -71,6 +71,7 @@ class Recorder:
         now = time.time()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
         redactor = self.redactor
+        body, events = scrubbed(call.endpoint.kind, redactor, live.body, live.events)
         entry = Entry(
             call.key,
             live.fingerprint,
@@ -82,9 +83,9 @@ class Recorder:
             call.seed,
             prompt_tokens,
             completion_tokens,
-            redactor.json_bytes(live.body),
+            body,
             redactor.json_bytes(call.upstream_body),
-            redactor.sse(live.events),
+            events,
         )
         # Durably stored before anyone is answered. The recent-keys index and the registry
         # are written with the next flush; this process's copy of the registry learns at once.
@@ -103,10 +104,10 @@ class Recorder:
             parsed = live.parsed if entry.body is live.body else orjson.loads(entry.body)
             await self._compare(call, stored, parsed, entry, reason)
 
-    def redacted(self, live: Live) -> Live:
+    def redacted(self, call: Call, live: Live) -> Live:
         """A live answer as it would be stored: for clients other than the one whose
         request fetched it (coalesced waiters), who must not see that one's secrets."""
-        body, events = self.redactor.json_bytes(live.body), self.redactor.sse(live.events)
+        body, events = scrubbed(call.endpoint.kind, self.redactor, live.body, live.events)
         if body is live.body and events is live.events:
             return live
         parsed = orjson.loads(body) if live.parsed is not None else None
