@@ -6,17 +6,25 @@ bounded; a large entry is streamed as it is made, never kept."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
+import pytest
 from aiohttp.payload import Payload
 
 from proxy.answers import CHUNK, SMALL, Replays
 from proxy.call import ENDPOINTS, Endpoint
 from proxy.config import CacheSettings
 from proxy.store import Entry
-from tests.harness import chat_completion
+from tests.conftest import sdk
+from tests.harness import FAKE_KEY, chat_completion, clean_env
+from tests.test_plugin import PLUGIN
 
 CHAT = ENDPOINTS[0]
 
@@ -96,3 +104,105 @@ def test_a_large_entry_streams_in_chunks_and_is_never_kept() -> None:
     assert all(len(c) < CHUNK + 1024 for c in chunks)  # about a chunk each, never the whole
     assert b"".join(chunks) == synthesized(asked, big)
     assert replays.held == 0
+
+
+# -- end to end: what changes an entry changes what streams -------------------------------
+
+PROMPT = [{"role": "user", "content": "What is the answer?"}]
+
+
+def said(client: openai.OpenAI) -> tuple[str, str]:
+    """(the JSON hit's content, the streamed hit's content) of PROMPT."""
+    plain = client.chat.completions.create(model="gpt-test", messages=PROMPT)
+    chunks = client.chat.completions.create(model="gpt-test", messages=PROMPT, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return plain.choices[0].message.content or "", streamed
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        cwd=cwd,
+    )
+
+
+def answering(cassette: Path, content: str, recorded_at: str | None = None) -> None:
+    """Make each interaction of ``cassette`` answer ``content`` (recorded at ``recorded_at``)."""
+    document = orjson.loads(cassette.read_bytes())
+    for interaction in document["interactions"]:
+        interaction["response"]["body"]["choices"][0]["message"]["content"] = content
+        if recorded_at is not None:
+            interaction["recorded_at"] = recorded_at
+    cassette.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+
+@pytest.mark.parametrize("backend", ["disk"])
+def test_an_import_replacing_an_entry_changes_what_streams(proxy, upstream, cache_dir, tmp_path):
+    upstream.reply = "OLD ANSWER"
+    with sdk(proxy) as client:
+        client.chat.completions.create(model="gpt-test", messages=PROMPT)  # recorded
+        out = tmp_path / "cassette.json"
+        assert cli("export", str(out), "--cache-dir", str(cache_dir), cwd=tmp_path).returncode == 0
+        # imported back: the entry's time is now the cassette's, to the microsecond
+        assert cli("import", str(out), "--cache-dir", str(cache_dir), cwd=tmp_path).returncode == 0
+        assert said(client) == ("OLD ANSWER", "OLD ANSWER")  # the stream made and kept
+        answering(out, "FIXED ANSWER")  # same request, fingerprint and time: only the answer
+        result = cli("import", str(out), "--cache-dir", str(cache_dir), cwd=tmp_path)
+        assert result.returncode == 0 and "1 replaced" in result.stdout, result
+        assert said(client) == ("FIXED ANSWER", "FIXED ANSWER")
+    assert len(upstream.chat_calls) == 1
+
+
+PLUGIN_SUITE = """
+import openai
+import pytest
+
+client = openai.OpenAI()
+PROMPT = [{"role": "user", "content": "What is the answer?"}]
+
+
+def said():
+    plain = client.chat.completions.create(model="gpt-test", messages=PROMPT)
+    chunks = client.chat.completions.create(model="gpt-test", messages=PROMPT, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return plain.choices[0].message.content, streamed
+
+
+@pytest.mark.seedproxy
+def test_one():
+    assert said() == ("ANSWER ONE", "ANSWER ONE")
+
+
+@pytest.mark.seedproxy
+def test_two():
+    assert said() == ("ANSWER TWO", "ANSWER TWO")
+"""
+
+
+def test_the_next_plugin_test_streams_its_own_cassettes_answer(
+    pytester: pytest.Pytester, upstream, monkeypatch: pytest.MonkeyPatch
+):
+    # two cassettes with one request, fingerprint and time, and different answers
+    upstream.reply = "ANSWER ONE"
+    pytester.makepyfile(test_llm=PLUGIN_SUITE)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    run = functools.partial(
+        pytester.runpytest_subprocess,
+        *PLUGIN,
+        "--seedproxy-upstream",
+        f"{upstream.url}/v1",
+        timeout=180,
+    )
+    run("-k", "test_one").assert_outcomes(passed=1)
+    folder = pytester.path / "cassettes" / "test_llm"
+    one = orjson.loads((folder / "test_one.json").read_bytes())
+    recorded_at = one["interactions"][0]["recorded_at"]
+    (folder / "test_two.json").write_bytes((folder / "test_one.json").read_bytes())
+    answering(folder / "test_two.json", "ANSWER TWO", recorded_at)
+    run("--seedproxy-mode", "replay", "-p", "no:randomly").assert_outcomes(passed=2)
