@@ -95,6 +95,7 @@ class Recorder:
             except StoreError as exc:  # the client still gets its answer, uncached
                 self.health.failed(exc)
                 return
+            self.health.wrote()  # what ends a write outage: caching works again
             self.counters.add("stores")
         fingerprinted = call.endpoint.kind.fingerprinted
         self.registry.note(

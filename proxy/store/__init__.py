@@ -56,6 +56,12 @@ class StoreError(RuntimeError):
     """The store cannot be used; the message says which one, why, and what to do."""
 
 
+class StoreWriteError(StoreError):
+    """The store refuses writes though it may answer reads: a full disk, a read-only
+    directory, Redis out of memory under ``noeviction`` or a read-only replica. The store
+    is degraded until a write succeeds again."""
+
+
 class CorruptStoreError(StoreError):
     """The store's files cannot be read; the message names them and how to recover."""
 

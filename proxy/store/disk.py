@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -15,7 +16,7 @@ import diskcache
 
 from ..policy import Sighting
 from ..traffic import Traffic
-from . import CorruptStoreError, Entry, Note, Seen, StoreError
+from . import CorruptStoreError, Entry, Note, Seen, StoreError, StoreWriteError
 from .diskmeta import Meta  # the limits every backend keeps
 from .hot import HotRecords
 from .record import RecordError, decode, encode
@@ -44,6 +45,20 @@ def _corrupt(path: Path, exc: Exception) -> str:
         f"the proxy and move the directory {path} aside (or delete it) to start with an "
         "empty cache; recordings exported with `seedproxy export` can be imported again"
     )
+
+
+# Why a write fails when the store is whole but cannot grow or change: no space (or
+# quota), a read-only file system, permissions; SQLite's own codes for the same.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EPERM, errno.EACCES})
+_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_PERM = 13, 8, 3
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` says the cache directory cannot be written (not that it is damaged)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _WRITE_ERRNOS
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_PERM)
 
 
 def _open(path: Path, **settings: Any) -> diskcache.Cache:
@@ -112,7 +127,10 @@ class DiskStore:
         self._checkpointed = time.monotonic()
 
     def _store_error(self, exc: sqlite3.DatabaseError | OSError) -> StoreError:
-        """SQLite and file errors as the store's own: a damaged file names the recovery."""
+        """SQLite and file errors as the store's own: one that refuses a write says so (the
+        store reads on, degraded); a damaged file names the recovery."""
+        if refuses_writes(exc):
+            return StoreWriteError(f"cache.dir {self.directory} cannot be written: {exc}")
         if isinstance(exc, sqlite3.DatabaseError):
             return CorruptStoreError(_corrupt(self.directory, exc))
         return StoreError(f"cache.dir {self.directory}: {exc}")  # a large value is a file

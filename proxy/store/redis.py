@@ -32,11 +32,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisClusterException, RedisError, WatchError
+from redis.exceptions import (
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 
 from ..policy import Sighting, observe_sighting
 from ..urls import masked_url
-from . import Entry, Note, Seen, StoreError
+from . import Entry, Note, Seen, StoreError, StoreWriteError
 from .disk import MAX_VARIANTS
 from .diskmeta import MAX_EVENTS, MAX_RECENT
 from .record import RecordError, decode, encode
@@ -82,6 +89,21 @@ def _connect(url: str, cluster: bool) -> aioredis.Redis | RedisCluster:
     return aioredis.Redis.from_url(url, **options)
 
 
+# Redis answering reads and refusing writes: out of memory under noeviction, a read-only
+# replica, or a failing snapshot with stop-writes-on-bgsave-error (also inside a MULTI).
+_REFUSALS = ("OOM ", "READONLY ", "MISCONF ")
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write, not failing."""
+    if isinstance(exc, (OutOfMemoryError, ReadOnlyError)):
+        return True
+    text = str(exc)  # a pipeline's error names the command first: "... caused error: OOM ..."
+    return isinstance(exc, ResponseError) and any(
+        text.startswith(r) or f"error: {r}" in text for r in _REFUSALS
+    )
+
+
 class RedisStore:
     """The Store interface over ``redis.asyncio``; safe for any number of processes.
     ``cluster``: ``url`` names one node of a Redis Cluster, which leads to the others."""
@@ -107,7 +129,10 @@ class RedisStore:
         try:
             yield
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise StoreError(message.format(where=masked_url(self.url), error=exc)) from None
+            text = message.format(where=masked_url(self.url), error=exc)
+            if refuses_writes(exc):
+                raise StoreWriteError(text) from None
+            raise StoreError(text) from None
 
     async def start(self) -> None:
         """Check the connection and the kind of server; apply the memory bound if one is
