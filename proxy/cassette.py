@@ -21,8 +21,11 @@ current settings (seed policy, ``cache.ignore_fields``, ignore paths, normalize 
 redaction, upstream URL), so a cassette survives a change of either. With
 ``cache.repeat = "sequence"`` (and for Responses requests naming a ``conversation``) the
 n-th interaction with the same request gets the n-th repeat's key, so the order of the
-interactions is the order of the answers. Today's
-JSON Lines exports (one entry per line, version 1) are still read, keys and all."""
+interactions is the order of the answers.
+
+A file named ``*.jsonl`` holds the same interactions as JSON Lines, one a line, for tools
+that stream records; JSON Lines exports of version 1 (one entry per line) are still read,
+keys and all."""
 
 from __future__ import annotations
 
@@ -180,6 +183,17 @@ def dumps(interactions: Iterable[dict[str, Any]]) -> bytes:
     )
 
 
+def dumps_lines(interactions: Iterable[dict[str, Any]]) -> bytes:
+    """JSON Lines: each interaction, as a cassette has it, on a line of its own."""
+    return b"".join(orjson.dumps(i) + b"\n" for i in interactions)
+
+
+def dumps_for(name: str, interactions: Iterable[dict[str, Any]]) -> bytes:
+    """What a file named ``name`` holds: JSON Lines for ``*.jsonl``, else the document."""
+    lines = name.lower().endswith(".jsonl")
+    return dumps_lines(interactions) if lines else dumps(interactions)
+
+
 def _recording(record: Any, settings: Settings, repeats: Repeats) -> Recording:
     if not isinstance(record, dict):
         raise TypeError("not an object")
@@ -239,11 +253,7 @@ def _loads(data: bytes, settings: Settings) -> list[Recording]:
     except orjson.JSONDecodeError:
         document = None
     if not isinstance(document, dict) or "interactions" not in document:
-        return [
-            Recording(from_line(line, n))
-            for n, line in enumerate(data.splitlines(), 1)
-            if line.strip()
-        ]
+        return _lines(data, settings)
     if document.get("version") != VERSION:
         raise CassetteError(
             f"version {document.get('version')!r} is not one this seedproxy reads ({VERSION})"
@@ -251,16 +261,39 @@ def _loads(data: bytes, settings: Settings) -> list[Recording]:
     interactions = document["interactions"]
     if not isinstance(interactions, list):
         raise CassetteError("interactions: expected a list")
-    recordings = []
     repeats = Repeats(settings)
-    for n, record in enumerate(interactions, 1):
+    return [
+        _numbered(f"interaction {n}", record, settings, repeats)
+        for n, record in enumerate(interactions, 1)
+    ]
+
+
+def _numbered(where: str, record: Any, settings: Settings, repeats: Repeats) -> Recording:
+    """One interaction; CassetteError says ``where`` it is and what is wrong with it."""
+    try:
+        return _recording(record, settings, repeats)
+    except ProxyError as exc:
+        raise CassetteError(f"{where}: {exc.message}") from None
+    except (KeyError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        problem = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CassetteError(f"{where}: not a recording ({problem})") from None
+
+
+def _lines(data: bytes, settings: Settings) -> list[Recording]:
+    """JSON Lines: a cassette's interactions one a line (:func:`dumps_lines`), or entries of
+    a version 1 export (keys and all)."""
+    recordings, repeats = [], Repeats(settings)
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            recordings.append(_recording(record, settings, repeats))
-        except ProxyError as exc:
-            raise CassetteError(f"interaction {n}: {exc.message}") from None
-        except (KeyError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
-            problem = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise CassetteError(f"interaction {n}: not a recording ({problem})") from None
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise CassetteError(f"line {n}: not JSON ({exc})") from None
+        if isinstance(record, dict) and "recorded_at" in record:
+            recordings.append(_numbered(f"line {n}", record, settings, repeats))
+        else:
+            recordings.append(Recording(from_line(line, n)))
     return recordings
 
 

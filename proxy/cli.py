@@ -520,8 +520,9 @@ async def determinism(
 async def export_cmd(
     store: Store, settings: Settings, file: str, model: str | None, since: str | None
 ) -> None:
-    """Write entries as a cassette (readable JSON, no credentials) to FILE (- for stdout);
-    an unchanged FILE is left as it is."""
+    """Write entries as a cassette (readable JSON, no credentials) to FILE (- for stdout),
+    as JSON Lines (one interaction a line) when FILE ends in .jsonl; an unchanged FILE is
+    left as it is."""
     after = _since(since)
     entries = [
         entry
@@ -531,7 +532,9 @@ async def export_cmd(
     ]
     entries.sort(key=lambda e: e.created)  # recording order
     repeats = cassette.Repeats(settings)
-    data = cassette.dumps(cassette.interaction(e, settings, repeats=repeats) for e in entries)
+    data = cassette.dumps_for(
+        file, (cassette.interaction(e, settings, repeats=repeats) for e in entries)
+    )
     if file == "-":
         sys.stdout.buffer.write(data)
     else:

@@ -368,6 +368,8 @@ def test_a_cassettes_conversation_interactions_get_occurrence_keys():
     repeats = cassette.Repeats(settings)
     written = [cassette.interaction(r.entry, settings, repeats=repeats) for r in loaded]
     assert all("key" not in w for w in written)  # computed again, in file order
+    as_lines = cassette.loads(cassette.dumps_lines(written), settings)  # JSON Lines alike
+    assert [r.entry.key for r in as_lines] == keys
 
 
 # -- background ------------------------------------------------------------------------------

@@ -193,6 +193,32 @@ def test_export_import_replay_in_ci(busy, run, run_json, tmp_path, make_proxy, b
     assert raw.headers["x-cache"] == "HIT"
 
 
+def test_export_to_jsonl_writes_json_lines_and_import_reads_both(busy, run, tmp_path):
+    same_upstream = {"SEEDPROXY_UPSTREAM_BASE_URL": busy.settings.upstream.base_url}
+    document, lines = tmp_path / "llm.json", tmp_path / "llm.jsonl"
+    for path in (document, lines):
+        assert run("export", str(path), env=same_upstream).returncode == 0
+    data = lines.read_bytes()
+    records = [orjson.loads(line) for line in data.splitlines()]  # one object a line
+    assert data.endswith(b"\n") and data.count(b"\n") == len(records) == 3
+    assert records == orjson.loads(document.read_bytes())["interactions"]
+    assert document.read_bytes().startswith(b'{\n  "version": 2,')  # the readable one
+    written = lines.stat().st_mtime_ns
+    assert run("export", str(lines), env=same_upstream).returncode == 0
+    assert lines.stat().st_mtime_ns == written  # unchanged: not rewritten
+
+    ci = same_upstream | {
+        "SEEDPROXY_CACHE_BACKEND": "disk",
+        "SEEDPROXY_CACHE_DIR": str(tmp_path / "ci"),
+    }
+    assert ": 3 added, 0 already there" in run("import", str(lines), env=ci).stdout
+    assert ": 0 added, 3 already there" in run("import", str(document), env=ci).stdout
+    edited = tmp_path / "edited.jsonl"  # a hand-edited line is named
+    edited.write_bytes(data + b"\n" + b'{"recorded_at": "2026-01-31T12:00:00Z"}\n')
+    result = run("import", str(edited), env=ci)
+    assert result.returncode == 2 and "line 5: not a recording (missing 'request')" in result.stderr
+
+
 def test_import_rejects_garbage(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": "k"}\n')
