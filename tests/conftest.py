@@ -99,10 +99,23 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     cluster.stop()
 
 
-@pytest.fixture(params=["disk", "redis"])
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """Every test that touches the store runs against both backends."""
-    return request.param
+    """The store a test runs against (parametrized by ``pytest_generate_tests``)."""
+    return str(request.param)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of what the store does (modules marked ``every_store``) run against disk and
+    Redis; the rest, which only need somewhere to keep entries, run once, on disk. A test
+    that names its backends itself (``parametrize("backend", ...)``) keeps them."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        if mark.args and "backend" in str(mark.args[0]):
+            return
+    every = metafunc.definition.get_closest_marker("every_store") is not None
+    metafunc.parametrize("backend", ["disk", "redis"] if every else ["disk"], indirect=True)
 
 
 @pytest.fixture

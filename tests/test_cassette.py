@@ -21,6 +21,8 @@ from proxy.store.disk import DiskStore
 from proxy.store.memory import MemoryStore
 from tests.harness import clean_env
 
+pytestmark = pytest.mark.every_store
+
 SETTINGS = load_settings(None, {}, {"upstream.base_url": "http://127.0.0.1:9/v1"})
 REQUEST = {"model": "gpt-test", "messages": [{"role": "user", "content": "hé"}], "seed": 7}
 ANSWER = {

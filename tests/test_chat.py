@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import async_sdk, sdk
 from tests.harness import FAKE_KEY, stored_bytes
 
+pytestmark = pytest.mark.every_store
+
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 

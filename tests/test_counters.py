@@ -8,6 +8,8 @@ import pytest
 
 from proxy.observe import Counters
 
+pytestmark = pytest.mark.every_store
+
 
 async def test_a_flush_waits_for_the_one_already_writing():
     """The once-a-second flush may be mid-write when /_seedproxy/stats or the dashboard

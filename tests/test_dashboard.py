@@ -11,6 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, http
 
+pytestmark = pytest.mark.every_store
+
 MESSAGES = [{"role": "user", "content": "Describe the sea"}]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

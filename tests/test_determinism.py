@@ -23,6 +23,8 @@ from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from tests.test_tools import cli, wait_for
 from tests.upstream import Scripted
 
+pytestmark = pytest.mark.every_store
+
 CHAT = "/v1/chat/completions"
 HOSTILE = ['a|b"c', "<script>", "ünï\u2028", '[1,"x"]', "null", "", "\\"]
 

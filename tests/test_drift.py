@@ -3,6 +3,8 @@ import pytest
 from proxy.drift import Divergence, divergence, outputs, shared_prefix, text
 from proxy.drift import compare as compare_outputs
 
+pytestmark = pytest.mark.every_store
+
 
 def compare(a, b):
     return compare_outputs(outputs(a), outputs(b))

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 
 from proxy.call import MAX_MODEL_NAME
@@ -15,6 +16,8 @@ from proxy.store import Note, diskmeta
 from proxy.store.disk import DiskStore
 from proxy.store.redis import META_TTL, RedisStore
 from tests.harness import http, stored_bytes
+
+pytestmark = pytest.mark.every_store
 
 CHAT = "/v1/chat/completions"
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from proxy import strictjson
 from proxy.keys import canonical_query
 from tests.harness import http
 from tests.upstream import Scripted
+
+pytestmark = pytest.mark.every_store
 
 BODY = {"model": "gpt-one", "messages": [{"role": "user", "content": "one meaning"}]}
 JSON = {"Content-Type": "application/json"}

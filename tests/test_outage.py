@@ -12,6 +12,8 @@ from tests.harness import http
 from tests.test_chat import MESSAGES, create
 from tests.test_faults import proxy_tasks, settled
 
+pytestmark = pytest.mark.every_store
+
 
 @pytest.fixture
 def redis_down_and_up(tmp_path):

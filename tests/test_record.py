@@ -4,6 +4,8 @@ from proxy.store import Entry
 from proxy.store.hot import SEEN, HotRecords
 from proxy.store.record import RecordError, decode, encode
 
+pytestmark = pytest.mark.every_store
+
 
 def entry(fp, body=b'{"a":1}'):
     return Entry(

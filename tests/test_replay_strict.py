@@ -9,6 +9,8 @@ from tests.conftest import sdk
 from tests.test_chat import create
 from tests.test_tools import cli
 
+pytestmark = pytest.mark.every_store
+
 
 def miss(client: openai.OpenAI, **kw) -> openai.APIStatusError:
     with pytest.raises(openai.APIStatusError) as err:

@@ -26,6 +26,8 @@ from tests.conftest import sdk
 from tests.harness import FAKE_KEY, chat_completion, clean_env
 from tests.test_plugin import PLUGIN
 
+pytestmark = pytest.mark.every_store
+
 CHAT = ENDPOINTS[0]
 
 

@@ -14,6 +14,8 @@ import pytest
 from tests.harness import FAKE_KEY, clean_env, http, serve_argv, stored_bytes
 from tests.upstream import Scripted
 
+pytestmark = pytest.mark.every_store
+
 TOKEN = "tok-planted-proxy-token-5b1e"
 UPSTREAM_KEY = "sk-planted-upstream-key-77c2"
 MESSAGES = [{"role": "user", "content": "Secret-free answer please"}]

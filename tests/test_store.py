@@ -28,6 +28,8 @@ from tests.conftest import sdk
 from tests.harness import FAKE_KEY, free_port, http, proxy_settings, stored_bytes
 from tests.rediscluster import Cluster
 
+pytestmark = pytest.mark.every_store
+
 ALL = pytest.mark.parametrize("backend", ["disk", "redis", "cluster"], indirect=True)
 REDIS = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 CLUSTER = pytest.mark.parametrize("backend", ["cluster"], indirect=True)

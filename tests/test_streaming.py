@@ -16,6 +16,8 @@ from proxy.sse import EventSplitter, parse_event
 from tests.conftest import async_sdk, sdk
 from tests.harness import http
 
+pytestmark = pytest.mark.every_store
+
 MESSAGES = [{"role": "user", "content": "Tell me something"}]
 TOOLS = [
     {

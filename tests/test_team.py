@@ -27,6 +27,8 @@ from tests.conftest import sdk
 from tests.harness import FAKE_KEY, Serve, clean_env, free_port, http, proxy_settings, serve_argv
 from tests.upstream import FakeUpstream
 
+pytestmark = pytest.mark.every_store
+
 MESSAGES = [{"role": "user", "content": "Team question"}]
 UPSTREAM_KEY = "sk-upstream-team-key-do-not-leak"
 TOKEN = "team-token-1"

@@ -15,6 +15,8 @@ from proxy.cli import colored_diff, main
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, clean_env, http
 
+pytestmark = pytest.mark.every_store
+
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
