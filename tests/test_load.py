@@ -26,7 +26,11 @@ from tests.harness import clean_env, free_port, http
 SECONDS = float(os.environ.get("LOAD_SECONDS", "15"))
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "200"))
 WARM_UP = 0.4  # share of the run before memory is measured (SQLite's caches fill up)
-pytestmark = [pytest.mark.load, pytest.mark.parametrize("backend", ["disk"], indirect=True)]
+pytestmark = [
+    pytest.mark.load,
+    pytest.mark.serial,
+    pytest.mark.parametrize("backend", ["disk"], indirect=True),
+]
 
 
 def rss_kib(pid: int) -> int:

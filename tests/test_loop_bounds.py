@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import orjson
+import pytest
 
 from proxy import drift, reports
 from proxy.drift import DIFF_CHARS, TRUNCATED, bounded, compare
@@ -20,6 +21,8 @@ from proxy.store.memory import MemoryStore
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, Serve, chat_completion, free_port, http
 from tests.upstream import Scripted
+
+pytestmark = pytest.mark.serial
 
 
 def _outputs(text: str) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ import pytest
 from proxy.config import load_settings
 from tests.harness import ProxyServer, http
 
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def backend() -> str:
