@@ -36,9 +36,9 @@ def test_server_side_state_is_refused_in_replay(make_proxy, upstream):
         sdk(make_proxy(cache={"mode": "replay"})) as offline,
         pytest.raises(openai.APIStatusError) as err,
     ):
-        offline.responses.create(model="gpt-test", input="hi", previous_response_id="resp_1")
-    assert err.value.status_code == 504 and "server-side state" in err.value.message
-    assert upstream.calls == []
+        offline.responses.create(model="gpt-test", input="hi", background=True)
+    assert err.value.status_code == 504 and "never records one" in err.value.message
+    assert upstream.calls == []  # a chain (previous_response_id) replays: tests/test_chains.py
 
 
 def test_only_if_cached_in_record_mode_does_not_claim_replay_mode(proxy, upstream):
