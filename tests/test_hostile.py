@@ -34,6 +34,7 @@ FIELDS = [
     "encoding_format",
     "previous_response_id",
     "background",
+    "conversation",
     "max_tokens",
     "logprobs",
     "metadata",
