@@ -19,6 +19,7 @@ from .browser import Guard
 from .call import (
     ENDPOINTS,
     Endpoint,
+    client_seed_mode,
     endpoint_for,
     namespace,
     read_json,
@@ -31,7 +32,7 @@ from .keys import canonical_query
 from .observe import COUNTERS, Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import Pipeline
-from .policy import SEED_MODE_HEADER, seed_mode
+from .policy import SEED_MODE_HEADER
 from .scope import BASIC, BEARER, authorization, event_owner
 from .store import Store, StoreError, open_store
 from .traffic import Traffic
@@ -358,7 +359,8 @@ async def _explain(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
     _, body = await read_json(request, settings.server.body_timeout, settings.server.max_body)
-    mode = seed_mode(request.headers.get(SEED_MODE_HEADER), settings.seed.mode)
+    header = request.headers.get(SEED_MODE_HEADER)
+    mode = settings.seed.mode if header is None else client_seed_mode(header, settings)
     seed, _ = seeded(endpoint, body, settings.seed, mode)
     query = canonical_query(request.query.get("query", ""))
     info = keys.explain(

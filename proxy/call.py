@@ -19,7 +19,7 @@ from .errors import ProxyError
 from .keys import cache_key, canonical_query
 from .kinds import KINDS, Kind
 from .memo import Ident, Memo, Parsed
-from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request
+from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request, uncached
 from .policy import seed_mode as request_seed_mode
 from .scope import credential_scope
 from .upstream import forward_request_headers
@@ -82,6 +82,9 @@ class Call:
     seed: int | None
     plan: Plan
     raw_query: str
+    # whose seed policy applied, as determinism counts it: "traffic" (the operator's) or
+    # "client" (X-Seedproxy-Seed-Mode), which no --fail-under gate reads
+    source: str = "traffic"
 
     @functools.cached_property
     def upstream_body(self) -> bytes:
@@ -193,10 +196,16 @@ def seeded(
     return used, body.get("seed", _MISSING) is not before
 
 
+def client_seed_mode(header: str, settings: Settings) -> str:
+    """The seed policy an ``X-Seedproxy-Seed-Mode`` header asks for, if the operator lets
+    clients choose (``seed.allow_client_mode``); 403 otherwise."""
+    return request_seed_mode(header, settings.seed.mode, settings.client_seed_mode)
+
+
 def parse_body(ident: Ident, endpoint: Endpoint, settings: Settings) -> Parsed:
     """What the request :data:`~proxy.memo.Ident` says, through ``settings``: its body
     parsed, the seed policy applied, its key computed."""
-    path, raw_query, name, seed_header, raw = ident
+    path, raw_query, name, client_mode, raw = ident
     body = json_object(raw)
     model = body.get("model")  # before any work on the body
     if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
@@ -208,9 +217,7 @@ def parse_body(ident: Ident, endpoint: Endpoint, settings: Settings) -> Parsed:
             param="model",
         )
     had_seed = "seed" in body
-    seed, changed = seeded(
-        endpoint, body, settings.seed, request_seed_mode(seed_header, settings.seed.mode)
-    )
+    seed, changed = seeded(endpoint, body, settings.seed, client_mode)
     key = cache_key(
         path,
         canonical_query(raw_query),
@@ -239,14 +246,16 @@ async def parse(
     """The client's request as a Call: seed policy applied, key computed (or found in
     ``memo`` for the same request seen before), cache plan made from ``mode``
     (``cache.mode``, or a session's) and the request's directives."""
-    raw = await read_body(request, settings.server.body_timeout, settings.server.max_body)
     headers = request.headers
+    header = headers.get(SEED_MODE_HEADER)  # refused (403) before the body is read
+    client_mode = None if header is None else client_seed_mode(header, settings)
+    raw = await read_body(request, settings.server.body_timeout, settings.server.max_body)
     raw_query = request.rel_url.raw_query_string
     ident: Ident = (
         endpoint.path,
         raw_query,
         namespace(headers, settings.cache.scope),
-        headers.get(SEED_MODE_HEADER),
+        client_mode,
         raw,
     )
     parsed = memo.get(ident) if memo is not None else None
@@ -264,6 +273,11 @@ async def parse(
         parsed.key,
         parsed.model,
         parsed.seed,
-        plan_request(mode, headers.get("Cache-Control"), parsed.stateful),
+        plan_request(
+            mode,
+            headers.get("Cache-Control"),
+            uncached(parsed.stateful, endpoint.seeded, parsed.seed, settings.seed.mode),
+        ),
         raw_query,
+        "traffic" if client_mode is None else "client",
     )

@@ -815,7 +815,14 @@ def probe(
     import openai
 
     from . import experiment
-    from .probe import SeedMismatch, comparison_counts, html_report, report, request_args
+    from .probe import (
+        SeedMismatch,
+        api_failure,
+        comparison_counts,
+        html_report,
+        report,
+        request_args,
+    )
     from .probe import probe as run_probe
 
     if concurrency and max(concurrency) > runs:
@@ -850,7 +857,7 @@ def probe(
         else:
             results = run_probe(client, args, runs, sent_seed)
     except openai.APIError as exc:
-        _fail(f"probe: the API failed: {exc}")
+        _fail(f"probe: {api_failure(exc)}")
     except SeedMismatch as exc:
         _fail(f"probe: {exc}")
     settings = {

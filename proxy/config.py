@@ -198,10 +198,23 @@ class RedactSettings:
                 raise FieldError("patterns", f"{pattern!r} is {exc}") from None
 
 
+def parse_auto(value: Any) -> bool | None:
+    """``true``, ``false``, or ``"auto"`` (None): what other settings imply."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        return _bool(value, from_text=True)
+    except ValueError:
+        raise ValueError(f'expected true, false or "auto", got {value!r}') from None
+
+
 @dataclass(frozen=True)
 class SeedSettings:
     mode: Literal["force", "override", "require", "passthrough"] = "force"
     default: int = 12345
+    # honour X-Seedproxy-Seed-Mode; None ("auto"): yes without proxy tokens, no with them
+    # (Settings.client_seed_mode)
+    allow_client_mode: bool | None = field(default=None, metadata={"parse": parse_auto})
 
     def __post_init__(self) -> None:
         if not -(2**63) <= self.default < 2**63:
@@ -267,6 +280,16 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return Path(self.cache.dir).expanduser()
+
+    @property
+    def client_seed_mode(self) -> bool:
+        """Whether a request may choose its own seed policy (``X-Seedproxy-Seed-Mode``):
+        ``seed.allow_client_mode`` if set, else only without proxy tokens, as a proxy with
+        tokens serves clients that must not step past the operator's policy."""
+        allowed = self.seed.allow_client_mode
+        if allowed is not None:
+            return allowed
+        return not (self.auth.tokens or self.auth.tokens_file)
 
     def proxy_tokens(self) -> tuple[str, ...]:
         """Tokens from ``auth.tokens`` plus the non-blank lines of ``auth.tokens_file``; a

@@ -11,8 +11,10 @@ the list JSON-encoded (ASCII only), so any character in a model or fingerprint n
 ``similarity`` (the summed similarity of differing answers, in millionths: counters are
 integers) or ``diverged_at:<position>``: how many differing answers first diverged at a
 character position in the bucket that starts at ``<position>`` (see
-:func:`position_bucket`). ``source`` is ``traffic`` (the proxy) or ``probe``
-(``seedproxy probe``)."""
+:func:`position_bucket`). ``source`` is ``traffic`` (the proxy, under the operator's seed
+policy), ``probe`` (``seedproxy probe``) or ``client`` (a request that chose its own seed
+policy with ``X-Seedproxy-Seed-Mode``): only traffic is gated (``--fail-under``) and
+exported as a metric, so no client can move another's gate."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ PREFIX: Final = "cmp:"
 HOUR: Final = 3600
 MICRO: Final = 1_000_000
 Z95: Final = 1.959963984540054  # the normal quantile of a two-sided 95% interval
-SOURCES: Final = ("traffic", "probe")
+SOURCES: Final = ("traffic", "probe", "client")
 MEASURES: Final = ("identical", "differed", "similarity")
 DIVERGED_AT: Final = "diverged_at:"
 EXACT_POSITIONS: Final = 32  # first-divergence positions up to this are counted one by one

@@ -17,7 +17,7 @@ from typing import Any
 
 from .lru import Lru
 
-# (endpoint path, raw query, namespace, seed-mode header, body bytes)
+# (endpoint path, raw query, namespace, seed mode the client chose (None: none), body bytes)
 Ident = tuple[str, str, str, str | None, bytes]
 
 ENTRIES = 4096

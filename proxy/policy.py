@@ -50,11 +50,22 @@ SEED_MODE_HEADER: Final = "X-Seedproxy-Seed-Mode"
 SEED_MODES: Final = ("force", "override", "require", "passthrough")
 
 
-def seed_mode(header: str | None, configured: str) -> str:
+def seed_mode(header: str | None, configured: str, allowed: bool) -> str:
     """The seed policy of one request: ``X-Seedproxy-Seed-Mode`` if sent (so a probe can
-    reach the upstream with exactly the seed it chose, or none), else ``seed.mode``."""
+    reach the upstream with exactly the seed it chose, or none), else ``seed.mode``. The
+    operator's policy wins: a header ``seed.allow_client_mode`` does not ``allowed`` is
+    403, never quietly ignored (the client would measure what it did not ask for)."""
     if header is None:
         return configured
+    if not allowed:
+        raise ProxyError(
+            403,
+            f"This proxy does not let clients choose their seed policy: {SEED_MODE_HEADER} "
+            f"is refused while seed.allow_client_mode is false (the default with auth.tokens). "
+            f"Send the request without it, or ask the operator to set "
+            f"seed.allow_client_mode = true.",
+            code="seed_mode_not_allowed",
+        )
     mode = header.strip().lower()
     if mode not in SEED_MODES:
         raise ProxyError(
@@ -107,25 +118,34 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
     return directives
 
 
-SERVER_STATE = "server-side state"  # Plan.refused of a stateful request
+SERVER_STATE: Final = "server-side state"  # Plan.refused of a stateful request
+UNSEEDED: Final = 'no seed, while seed.mode is "require"'
+
+
+def uncached(stateful: bool, seeded: bool, seed: int | None, configured: str) -> str:
+    """Why a request's answer is never cached ("" when it may be): the server keeps it to
+    be fetched later (``stateful``), or it goes upstream without a seed while
+    ``seed.mode`` (``configured``) is ``require`` (only a client's own seed mode can send
+    one): the operator's policy keeps it out of the cache whatever the client asked."""
+    if stateful:
+        return SERVER_STATE
+    return UNSEEDED if seeded and seed is None and configured == "require" else ""
 
 
 @functools.lru_cache(maxsize=256)  # nearly every request asks the same question
-def plan_request(mode: str, cache_control: str | None, stateful: bool = False) -> Plan:
+def plan_request(mode: str, cache_control: str | None, never: str = "") -> Plan:
     """Combine ``cache.mode`` with the request's directives, as an HTTP cache would.
-    ``stateful``: the server keeps the answer to be fetched later, so it is never cached.
+    ``never``: why the answer is never cached (:func:`uncached`), "" when it may be.
     Replay mode is offline whatever the request asks: what needs the network is refused."""
     d = parse_cache_control(cache_control)
     raw = d.get("max-age")
     max_age = float(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
-    live = (
-        SERVER_STATE
-        if stateful
-        else next((f"Cache-Control: {name}" for name in ("no-store", "no-cache") if name in d), "")
+    live = never or next(
+        (f"Cache-Control: {name}" for name in ("no-store", "no-cache") if name in d), ""
     )
     if mode == "replay":
         return Plan(Action.REPLAY, max_age, refused=live)
-    if stateful:
+    if never:
         return Plan(Action.BYPASS)
     if "only-if-cached" in d:
         return Plan(Action.REPLAY, max_age, asked="only-if-cached")

@@ -101,6 +101,19 @@ def check_seed(echoed: str | None, seed: int | None) -> str | None:
     )
 
 
+def api_failure(exc: Exception) -> str:
+    """What an API error a probe got means; a seedproxy in the way that keeps its seed
+    policy to itself (403 ``seed_mode_not_allowed``) is named as such."""
+    if getattr(exc, "code", None) == "seed_mode_not_allowed":
+        return (
+            f"the proxy at the base URL refuses {SEED_MODE_HEADER} (seed.allow_client_mode "
+            "is false there, the default with auth.tokens), so the probe cannot send the seed "
+            "it chose. Ask its operator to set seed.allow_client_mode = true, or point "
+            "--base-url at the upstream itself."
+        )
+    return f"the API failed: {exc}"
+
+
 def probe(client: Any, args: dict[str, Any], runs: int, seed: int | None) -> list[Run]:
     """Send the same request (``args``, see :func:`request_args`) ``runs`` times, one after
     the other, live (:data:`PROBE_HEADERS`)."""

@@ -139,6 +139,7 @@ class Recorder:
             previous.fingerprint,
             live.fingerprint,
             None if result is None else result.similarity,
+            call.source,
             divergence_chars=None if where is None else where.chars,
         ).items():
             self.counters.add(name, n)
@@ -163,7 +164,7 @@ class Recorder:
             shared_prefix_chars=None if where is None else where.shared_prefix_chars,
         )
         self.counters.add("drift_events")
-        if where is not None:
+        if where is not None and call.source == "traffic":  # as comparisons_total: no probe
             self.divergence.observe(live.model, where.chars)
         drift_log.warning("drift", extra={"data": event.to_dict()})
         try:

@@ -9,6 +9,8 @@ import pytest
 
 from proxy.config import CacheSettings
 from proxy.policy import (
+    SERVER_STATE,
+    UNSEEDED,
     Bypass,
     Hit,
     Miss,
@@ -17,6 +19,7 @@ from proxy.policy import (
     decide,
     looks_up,
     plan_request,
+    uncached,
     wants_sightings,
 )
 
@@ -92,9 +95,22 @@ def test_current_serves_anything_when_nothing_was_seen_live_lately():
 
 @pytest.mark.parametrize("mode", ["record", "refresh", "passthrough", "replay"])
 def test_server_side_state_is_never_served_from_the_cache(mode):
-    plan = plan_request(mode, None, stateful=True)
+    plan = plan_request(mode, None, SERVER_STATE)
     expected = ReplayMiss("refused") if mode == "replay" else Bypass()
     assert decide(plan, [LIVE_FP], {}, NOW, cache()) == expected
+
+
+def test_what_is_never_cached():
+    assert uncached(True, False, None, "force") == SERVER_STATE
+    assert uncached(False, True, None, "require") == UNSEEDED  # a client's own seed mode
+    assert uncached(False, True, 7, "require") == ""
+    assert uncached(False, False, None, "require") == ""  # embeddings take no seed
+    assert uncached(False, True, None, "passthrough") == ""  # the operator allows it
+    for mode in ("record", "refresh", "passthrough"):
+        assert decide(plan_request(mode, None, UNSEEDED), [LIVE_FP], {}, NOW, cache()) == Bypass()
+    replay = plan_request("replay", None, UNSEEDED)
+    assert replay.refused == UNSEEDED
+    assert decide(replay, [LIVE_FP], {}, NOW, cache()) == ReplayMiss("refused")
 
 
 def test_what_decide_needs_is_known_before_any_lookup():

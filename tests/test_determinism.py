@@ -209,13 +209,19 @@ def test_metric_samples_keep_changes_apart_and_leave_probes_out():
 
 
 def test_seed_mode_header():
-    assert seed_mode(None, "force") == "force"
-    assert seed_mode(" Passthrough ", "force") == "passthrough"
-    assert seed_mode("require", "passthrough") == "require"
+    assert seed_mode(None, "force", True) == "force"
+    assert seed_mode(" Passthrough ", "force", True) == "passthrough"
+    assert seed_mode("require", "passthrough", True) == "require"
     with pytest.raises(ProxyError) as err:
-        seed_mode("<none>", "force")
+        seed_mode("<none>", "force", True)
     assert err.value.status == 400 and err.value.code == "invalid_seed_mode"
     assert "passthrough" in err.value.message
+    assert seed_mode(None, "require", False) == "require"  # no header: the operator's
+    for header in ("passthrough", "require", "<none>"):  # not allowed: refused, even if valid
+        with pytest.raises(ProxyError) as err:
+            seed_mode(header, "require", False)
+        assert err.value.status == 403 and err.value.code == "seed_mode_not_allowed"
+        assert "seed.allow_client_mode" in err.value.message
 
 
 # -- end to end: the proxy counts, the CLI reports, /metrics and the dashboard show ---------

@@ -47,6 +47,11 @@ patterns = ["tok-[a-z]+"]
 [seed]
 mode = "passthrough"
 """,
+    "the operator's seed policy": """
+[seed]
+mode = "require"
+allow_client_mode = false
+""",
 }
 
 
@@ -88,6 +93,7 @@ async def outcome(settings: Settings, raw: bytes, headers: dict[str, str], memo:
         call.plan,
         call.stream,
         call.include_usage,
+        call.source,
     )
 
 
