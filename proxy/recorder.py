@@ -164,7 +164,7 @@ class Recorder:
             shared_prefix_chars=None if where is None else where.shared_prefix_chars,
         )
         self.counters.add("drift_events")
-        if where is not None and call.source == "traffic":  # as comparisons_total: no probe
+        if where is not None and call.source == "traffic":  # traffic only, as comparisons
             self.divergence.observe(live.model, where.chars)
         drift_log.warning("drift", extra={"data": event.to_dict()})
         try:
