@@ -235,10 +235,12 @@ class Session:
         if path is not None and memory is not None and result.mode != "replay":
             entries = memory.entries()
             repeats = cassette.Repeats(self.settings)
-            data = cassette.dumps(
-                cassette.interaction(e, self.settings, *self._where.get(e.key, ("", "")), repeats)
+            where = self._where
+            interactions = (
+                cassette.interaction(e, self.settings, *where.get(e.key, ("", "")), repeats)
                 for e in entries
             )
+            data = cassette.dumps_for(path.name, interactions)
             result.written = await asyncio.get_running_loop().run_in_executor(
                 None, _save, path, data, bool(entries)
             )

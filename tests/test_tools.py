@@ -7,11 +7,14 @@ import sys
 import threading
 import time
 
+import openai
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from proxy.cli import colored_diff, main
+from proxy.config import load_settings
+from proxy.run import Result, Session
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, clean_env, http
 
@@ -219,6 +222,36 @@ def test_export_to_jsonl_writes_json_lines_and_import_reads_both(busy, run, tmp_
     edited.write_bytes(data + b"\n" + b'{"recorded_at": "2026-01-31T12:00:00Z"}\n')
     result = run("import", str(edited), env=ci)
     assert result.returncode == 2 and "line 5: not a recording (missing 'request')" in result.stderr
+
+
+def test_a_run_cassette_named_jsonl_is_json_lines(tmp_path, upstream, bg):
+    settings = load_settings(None, {}, {"upstream.base_url": f"{upstream.url}/v1"})
+    session, path = Session(settings, cassettes=True), tmp_path / "llm.jsonl"
+
+    async def segment() -> Result:
+        await session.begin(path, "once")
+        async with openai.AsyncOpenAI(base_url=session.base_url, api_key="x") as client:
+            for question in ("one", "two"):
+                messages = [{"role": "user", "content": question}]
+                await client.chat.completions.create(model="gpt-test", messages=messages)
+        return await session.end()
+
+    async def scenario() -> tuple[Result, Result]:
+        await session.start()
+        try:
+            return await segment(), await segment()
+        finally:
+            await session.stop()
+
+    recorded, replayed = bg.run(scenario())
+    assert (recorded.recorded, replayed.hits, replayed.mode, replayed.written) == (
+        2,
+        2,
+        "replay",
+        False,
+    )
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [i["request"]["messages"][0]["content"] for i in lines] == ["one", "two"]
 
 
 def test_import_rejects_garbage(tmp_path):
