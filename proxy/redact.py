@@ -87,7 +87,7 @@ _PEM_GAP = r"(?:\r?\n|\\r\\n|\\n|[ \t])+"  # line breaks, also as escaped in raw
 # line): a header without a block after it is redacted alone, never the prompt after it.
 _PEM = (
     rf"-----BEGIN {_PEM_LABEL}-----"
-    rf"(?:{_PEM_GAP}(?:Proc-Type|DEK-Info|Comment|Version): [^\r\n\\]*)*"
+    rf"(?:{_PEM_GAP}(?:Proc-Type|DEK-Info|Comment|Version): [^\r\n\\\x00]*)*"
     rf"(?:{_PEM_GAP}[A-Za-z0-9+/=]{{16,}})*"
     rf"(?:(?:{_PEM_GAP}[A-Za-z0-9+/=]{{1,15}})?{_PEM_GAP}-----END {_PEM_LABEL}-----)?"
 )
@@ -191,35 +191,36 @@ class _Detectors:
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         parts = [f"({_PLACEHOLDER})"]
-        table: list[tuple[int, int, Detector]] = []
+        table: dict[int, tuple[int, Detector]] = {}  # outer group: (secret's group, detector)
         group = 2
         for detector in detectors:
             inner = compile_bytes(detector.pattern.encode()).groups
             if inner > 1:
                 raise ValueError(f"{detector.kind}: at most one capture group")
             parts.append(f"({detector.pattern})")
-            table.append((group, group + inner, detector))
+            table[group] = (group + inner, detector)
             group += 1 + inner
         self._regex = compile_bytes("|".join(parts).encode())
-        self._table = tuple(table)
+        self._table = table
 
     def spans(self, data: bytes, checked: bool = True) -> list[Span]:
         """Placeholders and secrets in ``data``, in order (without ``checked``, shapes
         that a detector's check would refuse count too)."""
         out: list[Span] = []
-        search, pos = self._regex.search, 0
-        while (m := search(data, pos)) is not None:
-            pos = m.end()
-            if m.start(1) >= 0:
-                out.append((None, m.start(), pos))
+        matches = self._regex.finditer(data)
+        while (m := next(matches, None)) is not None:
+            # the matching alternative: its group ends last (an inner one ends with it at
+            # most, and the first of equal ends is the outer one)
+            index = m.lastindex or 1
+            if index == 1:
+                out.append((None, *m.span()))
                 continue
-            for outer, secret, detector in self._table:
-                if m.start(outer) >= 0:
-                    start, end = m.start(secret), m.end(secret)
-                    if not checked or detector.check(data[start:end]):
-                        out.append((detector.kind, start, end))
-                        pos = end  # what follows a secret may start the next one
-                    break
+            group, detector = self._table[index]
+            start, end = m.span(group)
+            if not checked or detector.check(data[start:end]):
+                out.append((detector.kind, start, end))
+                if end < m.end():  # what follows a secret may start the next one
+                    matches = self._regex.finditer(data, end)
         return out
 
 
@@ -332,9 +333,7 @@ class Redactor:
         spans = self._spans(data)
         if all(kind is None for kind, _, _ in spans):
             return text
-        legacy = self.legacy
-        out = _replace(data, spans, lambda kind, value: _placeholder(kind, value, legacy))
-        return out.decode("utf-8", "surrogatepass")
+        return self._replaced(data, spans)
 
     def might(self, raw: bytes) -> bool:
         """Whether raw JSON bytes can hold a secret: a regex over the bytes, so a body
@@ -345,19 +344,41 @@ class Redactor:
     def value(self, value: Any) -> Any:
         """A JSON value with its strings (and object keys) redacted; the very same object
         when nothing was found, so callers can tell by identity."""
-        if isinstance(value, str):
-            out = self.text(value)
-            return value if out == value else out
-        if isinstance(value, list):
-            items = [self.value(v) for v in value]
-            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-        if isinstance(value, dict):
-            pairs = [(self.value(k), self.value(v)) for k, v in value.items()]
-            same = all(
-                a is k and b is v for (a, b), (k, v) in zip(pairs, value.items(), strict=True)
-            )
-            return value if same else dict(pairs)
-        return value
+        strings: list[str] = []
+        _gather(value, strings)
+        changed = self._strings(strings)
+        return _rebuild(value, changed, iter(range(len(strings)))) if changed else value
+
+    def _strings(self, strings: list[str]) -> dict[int, str]:
+        """The redacted form of those ``strings`` that hold a secret, by index. The built-in
+        detectors run once over all of them joined by NUL, which none of them matches (one
+        pass instead of one call per string: a body may hold millions of short strings);
+        user patterns and the legacy form see each string alone."""
+        if not self.active:
+            return {}
+        if self._custom or self.legacy:
+            out = ((i, self.text(text)) for i, text in enumerate(strings))
+            return {i: new for i, new in out if new is not strings[i]}
+        pieces = [text.encode("utf-8", "surrogatepass") for text in strings]
+        secrets = [s for s in self._detectors.spans(b"\0".join(pieces)) if s[0] is not None]
+        changed: dict[int, str] = {}
+        index, offset, found = 0, 0, 0
+        while found < len(secrets):
+            while secrets[found][1] > offset + len(pieces[index]):  # not in this string
+                offset += len(pieces[index]) + 1
+                index += 1
+            local = []
+            while found < len(secrets) and secrets[found][1] <= offset + len(pieces[index]):
+                kind, start, end = secrets[found]
+                local.append((kind, start - offset, end - offset))
+                found += 1
+            changed[index] = self._replaced(pieces[index], local)
+        return changed
+
+    def _replaced(self, data: bytes, spans: Sequence[Span]) -> str:
+        legacy = self.legacy
+        out = _replace(data, spans, lambda kind, value: _placeholder(kind, value, legacy))
+        return out.decode("utf-8", "surrogatepass")
 
     def json_bytes(self, raw: bytes) -> bytes:
         """A JSON document's bytes redacted; the same bytes when there is nothing to redact
@@ -387,3 +408,33 @@ class Redactor:
                     lines[i] = b"data: " + redacted
         out = b"\n".join(lines)
         return raw if out == raw else out
+
+
+def _gather(value: Any, out: list[str]) -> None:
+    """Every string in a JSON value, object keys too, in the order :func:`_rebuild` visits."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _gather(item, out)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            out.append(key)
+            _gather(item, out)
+
+
+def _rebuild(value: Any, changed: dict[int, str], order: Iterator[int]) -> Any:
+    """``value`` with its n-th string replaced by ``changed[n]``; containers without a
+    change under them are the very same objects."""
+    if isinstance(value, str):
+        return changed.get(next(order), value)
+    if isinstance(value, list):
+        items = [_rebuild(v, changed, order) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if isinstance(value, dict):
+        pairs = [
+            (changed.get(next(order), k), _rebuild(v, changed, order)) for k, v in value.items()
+        ]
+        same = all(a is k and b is v for (a, b), (k, v) in zip(pairs, value.items(), strict=True))
+        return value if same else dict(pairs)
+    return value
