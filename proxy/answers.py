@@ -336,7 +336,8 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
                 request = orjson.loads(entry.request)
                 if settings.cache.scope != "per-key" or _own(call, key, request, settings):
                     recorded.append((key, request))
-    found = nearest(call.body, recorded, settings.rules)
+    # shaping the bodies (their redaction) and diffing them grow with their size: a thread
+    found = await asyncio.to_thread(nearest, call.body, recorded, settings.rules)
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."
     key, fields = found

@@ -21,6 +21,7 @@ from .kinds import KINDS, Kind
 from .memo import Ident, Memo, Parsed
 from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request, uncached
 from .policy import seed_mode as request_seed_mode
+from .redact import ON_LOOP
 from .scope import credential_scope
 from .upstream import forward_request_headers
 
@@ -259,7 +260,9 @@ async def parse(
         raw,
     )
     parsed = memo.get(ident) if memo is not None else None
-    if parsed is None:
+    if parsed is None and len(raw) > ON_LOOP:  # too big for the memo, too slow for the loop
+        parsed = await asyncio.to_thread(parse_body, ident, endpoint, settings)
+    elif parsed is None:
         parsed = parse_body(ident, endpoint, settings)
         if memo is not None:
             memo.put(ident, parsed)

@@ -22,7 +22,7 @@ from .fetch import Fetcher, Live
 from .health import StoreHealth
 from .kinds import Kind, scrubbed
 from .observe import Counters, DivergenceMetric
-from .redact import Redactor
+from .redact import ON_LOOP, Redactor
 from .registry import Registry
 from .scope import event_owner
 from .store import Entry, Note, Store, StoreError
@@ -71,7 +71,15 @@ class Recorder:
         now = time.time()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
         redactor = self.redactor
-        body, events = scrubbed(call.endpoint.kind, redactor, live.body, live.events)
+        kind, request = call.endpoint.kind, call.upstream_body
+        if len(live.body) + len(live.events) > ON_LOOP:
+            body, events = await asyncio.to_thread(scrubbed, kind, redactor, live.body, live.events)
+        else:
+            body, events = scrubbed(kind, redactor, live.body, live.events)
+        if len(request) > ON_LOOP:
+            request = await asyncio.to_thread(redactor.json_bytes, request)
+        else:
+            request = redactor.json_bytes(request)
         entry = Entry(
             call.key,
             live.fingerprint,
@@ -84,7 +92,7 @@ class Recorder:
             prompt_tokens,
             completion_tokens,
             body,
-            redactor.json_bytes(call.upstream_body),
+            request,
             events,
         )
         # Durably stored before anyone is answered. The recent-keys index and the registry

@@ -182,6 +182,10 @@ _QUICK = compile_bytes(
     "|".join([*(d.quick for d in BUILTIN), r"\\u[0-9a-fA-F]{4}", r"\\/"]).encode()
 )
 
+# Redacting costs up to ~1 µs a byte (a body made of key-shaped runs): a larger body is
+# parsed and redacted in a worker thread, so the loop never waits more than ~50 ms on one.
+ON_LOOP = 64 * 1024
+
 Span = tuple[str | None, int, int]  # (kind, start, end) in UTF-8 bytes; None: a placeholder
 
 
