@@ -185,6 +185,7 @@ _QUICK = compile_bytes(
 # Redacting costs up to ~1 µs a byte (a body made of key-shaped runs): a larger body is
 # parsed and redacted in a worker thread, so the loop never waits more than ~50 ms on one.
 ON_LOOP = 64 * 1024
+_PASSES = 3  # passes over a redacted text at most (one changes nothing nearly always)
 
 Span = tuple[str | None, int, int]  # (kind, start, end) in UTF-8 bytes; None: a placeholder
 
@@ -337,7 +338,19 @@ class Redactor:
         spans = self._spans(data)
         if all(kind is None for kind, _, _ in spans):
             return text
-        return self._replaced(data, spans)
+        return self._settled(self._replaced(data, spans))
+
+    def _settled(self, text: str) -> str:
+        """Redacted ``text`` redacted again until nothing changes: a placeholder can end a
+        run that a detector needed ended (a Google key right before a PEM header or a
+        user pattern's match), and what is written must redact to itself."""
+        for _ in range(_PASSES):
+            data = text.encode("utf-8", "surrogatepass")
+            spans = self._spans(data)
+            if all(kind is None for kind, _, _ in spans):
+                break
+            text = self._replaced(data, spans)
+        return text
 
     def might(self, raw: bytes) -> bool:
         """Whether raw JSON bytes can hold a secret: a regex over the bytes, so a body
@@ -376,7 +389,7 @@ class Redactor:
                 kind, start, end = secrets[found]
                 local.append((kind, start - offset, end - offset))
                 found += 1
-            changed[index] = self._replaced(pieces[index], local)
+            changed[index] = self._settled(self._replaced(pieces[index], local))
         return changed
 
     def _replaced(self, data: bytes, spans: Sequence[Span]) -> str:
