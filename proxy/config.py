@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from .keys import KeyRules, Rewrite, parse_path
 from .patterns import compile_bytes
@@ -183,6 +184,21 @@ class CacheSettings:
                 parse_path(path)
             except ValueError as exc:
                 raise FieldError("ignore_paths", str(exc)) from None
+        _check_redis_url(self.redis_url)
+
+
+def _check_redis_url(url: str) -> None:
+    """One line (the URL masked) for a Redis URL redis-py could not read, rather than its
+    traceback when the store opens."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access: a port that is no number raises
+    except ValueError as exc:
+        raise FieldError("redis_url", f"{masked_url(url)!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise FieldError(
+            "redis_url", f"must be a redis://, rediss:// or unix:// URL, got {masked_url(url)!r}"
+        )
 
 
 @dataclass(frozen=True)

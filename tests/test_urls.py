@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis
 
+from proxy.config import ConfigError, load_settings
 from proxy.urls import masked_url
 from tests.conftest import start_redis
 from tests.harness import Serve, clean_env, free_port, http, serve_argv
@@ -156,3 +157,40 @@ def test_a_store_that_refuses_the_user_slot_token_fails_without_showing_it(own_r
     assert result.returncode == 2
     assert f"cannot reach redis://***@127.0.0.1:{port}/0" in result.stderr
     assert TOKEN not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (f"http://{TOKEN}@127.0.0.1:1/0", "must be a redis://, rediss:// or unix:// URL"),
+        (f"{TOKEN}@127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL"),
+        (f"redis://{TOKEN}@127.0.0.1:port/0", "is not a URL: Port could not be cast"),
+        (f"redis://:{TOKEN}@[::1/0", "is not a URL: Invalid IPv6 URL"),
+        (f"rediss://u:{TOKEN}@h:99999/0", "is not a URL: Port out of range"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_read_is_one_masked_line(url, problem):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"SEEDPROXY_CACHE_REDIS_URL": url})
+    message = str(caught.value)
+    assert message.startswith("SEEDPROXY_CACHE_REDIS_URL: ") and problem in message
+    assert TOKEN not in message and "***@" in message and "\n" not in message
+
+
+def test_serve_with_an_unreadable_redis_url_stops_with_one_line(tmp_path):
+    result = subprocess.run(
+        serve_argv(free_port(), "--cache-dir", str(tmp_path / "c")),
+        env=clean_env()
+        | {
+            "SEEDPROXY_CACHE_BACKEND": "redis",
+            "SEEDPROXY_CACHE_REDIS_URL": f"http://{TOKEN}@127.0.0.1:1/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "seedproxy: SEEDPROXY_CACHE_REDIS_URL: must be a redis://, rediss:// or unix:// URL, "
+        "got 'http://***@127.0.0.1:1/0'"
+    ]
