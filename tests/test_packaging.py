@@ -1,7 +1,8 @@
 """Issue 30, item 9: ``python -m build`` makes a wheel and an sdist that install into a
-fresh virtual environment and run ``seedproxy serve``; the README installs nothing by a
-name no registry serves. Marked ``build``: it builds in isolation and installs the
-dependencies from PyPI into a new venv (about a minute; pip's cache makes reruns quicker)."""
+fresh virtual environment and run ``seedproxy serve``, as does the README's set-up in a
+clone; the README installs nothing by a name no registry serves. Marked ``build``: it
+builds in isolation and installs the dependencies from PyPI into a new venv (a minute or
+two; pip's cache makes reruns quicker)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,10 @@ def test_the_wheel_and_the_sdist_install_into_a_fresh_venv_and_serve(tmp_path):
     pip = (venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q")
     run(*pip, wheel[0])
     serves(venv, tmp_path)
-    run(*pip, "--force-reinstall", "--no-deps", sdist[0])  # built from source, as a clone is
+    run(*pip, "--force-reinstall", "--no-deps", sdist[0])  # built from the sdist's source
+    serves(venv, tmp_path)
+    run(*pip, "--force-reinstall", ".[fast]", cwd=source)  # the README's set-up, in a clone
+    assert "uvloop" in run(venv / "bin" / "python", "-m", "pip", "list")
     serves(venv, tmp_path)
     listing = run("tar", "tzf", sdist[0])  # the whole source, tests with their helpers
     for name in ("tests/conftest.py", "tests/upstream.py", "config.example.toml"):
