@@ -96,17 +96,19 @@ def test_with_tokens_the_header_is_a_403_naming_the_setting(proxies, upstream):
 
 def test_the_probe_says_the_proxy_refuses_its_seed_mode(proxies, upstream):
     proxy = proxies()
-    result = subprocess.run(
-        [*PROBE, "--base-url", f"{proxy.url}/v1"],
-        env=clean_env() | {"OPENAI_API_KEY": TOKEN},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "refuses X-Seedproxy-Seed-Mode" in result.stderr
-    assert "seed.allow_client_mode = true" in result.stderr
-    assert "Traceback" not in result.stderr and not upstream.chat_calls
+    for load in ([], ["--concurrency", "1,2"]):  # one run after another, and the experiment
+        result = subprocess.run(
+            [*PROBE, "--base-url", f"{proxy.url}/v1", *load],
+            env=clean_env() | {"OPENAI_API_KEY": TOKEN},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        line = result.stderr.strip()
+        assert line.startswith("seedproxy: probe: the proxy at the base URL refuses X-Seedproxy")
+        assert "seed.allow_client_mode = true" in line and "\n" not in line
+    assert not upstream.chat_calls
 
 
 def test_with_tokens_an_operator_may_allow_client_seed_modes(proxies, upstream):

@@ -11,6 +11,8 @@ import pytest
 import redis
 
 from proxy.config import ConfigError, load_settings
+from proxy.store import StoreError
+from proxy.store.redis import RedisStore
 from proxy.urls import masked_url
 from tests.conftest import start_redis
 from tests.harness import Serve, clean_env, free_port, http, serve_argv
@@ -194,3 +196,17 @@ def test_serve_with_an_unreadable_redis_url_stops_with_one_line(tmp_path):
         "seedproxy: SEEDPROXY_CACHE_REDIS_URL: must be a redis://, rediss:// or unix:// URL, "
         "got 'http://***@127.0.0.1:1/0'"
     ]
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+async def test_store_errors_mask_the_user_slot(cluster):
+    """A Redis (or Redis Cluster) store whose node cannot be reached says which, masked."""
+    url = f"redis://{TOKEN}@127.0.0.1:{free_port()}/0"
+    store = RedisStore(url, cluster=cluster)
+    try:
+        with pytest.raises(StoreError) as caught:
+            await store.start()
+    finally:
+        await store.close()
+    shown = f"{caught.value} {caught.value!r} {caught.value.__cause__!r}"
+    assert TOKEN not in shown and "redis://***@127.0.0.1:" in shown
