@@ -2,14 +2,30 @@
 errors, ``/healthz``, stats, explain, the CLI) goes through :func:`masked_url`. Pure.
 
 A URL's user name is as secret as its password: ``redis://tok3n@host/0`` carries a token
-in the user slot, ``redis://:pw@host`` one in the password slot; both are masked whole."""
+in the user slot, ``redis://:pw@host`` one in the password slot; both are masked whole. So
+is the value of a query parameter that carries a credential (redis-py reads
+``?password=``; gateways take ``?api_key=``)."""
 
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import unquote
+
+from .patterns import Match, compile_str
 
 MASK: Final = "***"
 _AUTHORITY_ENDS: Final = frozenset("/?#")
+# Query parameters whose value is a credential (compared lower-cased, percent-decoded).
+CREDENTIAL_PARAMETERS: Final = frozenset(
+    (
+        *("password", "passwd", "pass", "pwd", "secret", "client_secret"),
+        *("token", "access_token", "refresh_token", "id_token", "auth", "authorization"),
+        *("api_key", "api-key", "apikey", "key", "sig", "signature", "code"),
+    )
+)
+# One parameter: what starts it, its name, its value up to the next separator (a comma
+# or a space may be part of a value: masked with it, even if it ends the URL)
+_PARAMETER = compile_str(r"([?&;])([^=&#?;,\s]*)=([^&#;]*)")
 
 
 def masked_url(text: str) -> str:
@@ -21,7 +37,8 @@ def masked_url(text: str) -> str:
     from the text's start, up to the first ``/``, ``?`` or ``#``, its user-info ending at
     the last ``@`` in it. So whatever a client would send as a credential is masked,
     percent-encoded or not, and an ``@`` in a path or query is left alone. Linear in the
-    text: authorities never overlap."""
+    text: authorities never overlap. Then every credential query parameter's value
+    (:data:`CREDENTIAL_PARAMETERS`) reads ``***``."""
     out: list[str] = []
     done = 0  # text[:done] is in out
     start = 0  # where the next authority starts
@@ -34,7 +51,14 @@ def masked_url(text: str) -> str:
         after = text.find("//", end)
         start = after + 2 if after >= 0 else -1
     out.append(text[done:])
-    return "".join(out)
+    return _PARAMETER.sub(_masked_parameter, "".join(out))
+
+
+def _masked_parameter(match: Match[str]) -> str:
+    start, name, value = match.group(1), match.group(2) or "", match.group(3)
+    if value and unquote(name).strip().lower() in CREDENTIAL_PARAMETERS:
+        return f"{start}{name}={MASK}"
+    return match.group(0) or ""
 
 
 def _authority_end(text: str, start: int) -> int:

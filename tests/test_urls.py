@@ -52,6 +52,17 @@ TOKEN = "tok3n-in-the-user-slot"
         ("redis://%74ok%40en@host", "redis://***@host"),
         ("redis://user:p%2Fw@host", "redis://***@host"),
         ("redis://:p@ss@host/0", "redis://***@host/0"),
+        # a credential in the query: redis-py reads ?password=, gateways ?api_key=
+        ("redis://h:6379/0?password=pw", "redis://h:6379/0?password=***"),
+        ("redis://h?socket_timeout=3&PassWord=pw", "redis://h?socket_timeout=3&PassWord=***"),
+        ("redis://h?pass%77ord=pw", "redis://h?pass%77ord=***"),
+        (
+            "https://h/v1?api-version=1&api_key=sk-x#top",
+            "https://h/v1?api-version=1&api_key=***#top",
+        ),
+        ("https://h/v1?key=", "https://h/v1?key="),
+        ("https://h/v1?x=1&keys=2", "https://h/v1?x=1&keys=2"),
+        ("redis://h?password=a,b c&db=1", "redis://h?password=***&db=1"),
     ],
 )
 def test_masked_url(url, shown):
@@ -69,6 +80,9 @@ def test_masked_url(url, shown):
         ("http://x:s3cr3t@[2001:db8::1]:80/v1", "s3cr3t"),
         ("redis://n1:7000,redis://s3cr3t@n2:7001,redis://n3:7002", "s3cr3t"),
         ("redis://u:s3cr3t%40more@h", "s3cr3t"),
+        ("redis://h?password=s3cr3t", "s3cr3t"),
+        ("redis://:a@h1?password=x,s3cr3t,redis://h2?token=c", "s3cr3t"),
+        ("https://h/v1?access_token=s3cr3t&x=1", "s3cr3t"),
     ],
 )
 def test_no_credential_survives(url, secret):
@@ -96,8 +110,8 @@ def own_redis(tmp_path):
 
 def test_a_token_in_the_redis_user_slot_is_never_shown(own_redis, upstream, tmp_path):
     port, redis_proc = own_redis
-    url = f"redis://{TOKEN}@127.0.0.1:{port}/0"
-    shown = f"redis://***@127.0.0.1:{port}/0"
+    url = f"redis://{TOKEN}@127.0.0.1:{port}/0?password=pw-{TOKEN}"  # nopass takes any
+    shown = f"redis://***@127.0.0.1:{port}/0?password=***"
     env = {
         "SEEDPROXY_CACHE_BACKEND": "redis",
         "SEEDPROXY_CACHE_REDIS_URL": url,
@@ -199,9 +213,10 @@ def test_serve_with_an_unreadable_redis_url_stops_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
-async def test_store_errors_mask_the_user_slot(cluster):
+@pytest.mark.parametrize("slot", ["{}@", ":{}@", "u:{}@"], ids=["user", "password", "both"])
+async def test_store_errors_mask_the_user_slot(cluster, slot):
     """A Redis (or Redis Cluster) store whose node cannot be reached says which, masked."""
-    url = f"redis://{TOKEN}@127.0.0.1:{free_port()}/0"
+    url = f"redis://{slot.format(TOKEN)}127.0.0.1:{free_port()}/0?password={TOKEN}"
     store = RedisStore(url, cluster=cluster)
     try:
         with pytest.raises(StoreError) as caught:
