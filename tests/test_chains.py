@@ -232,32 +232,35 @@ def test_a_chain_replays_under_the_pytest_plugin(pytester, upstream, bg, monkeyp
     assert run("replay") == recorded
 
 
-def test_a_chain_replays_from_a_plain_serve_with_the_disk_store(tmp_path, upstream, bg):
+def test_chains_replay_from_a_plain_serve_with_the_disk_store(tmp_path, upstream, bg):
     (tmp_path / "chain.py").write_text(CHAIN)
+    (tmp_path / "agent.py").write_text(AGENT)
     cache_dir, port = tmp_path / "cache", free_port()
     env = clean_env() | {
         "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
         "OPENAI_API_KEY": FAKE_KEY,
     }
-    outputs = []
+    outputs: dict[str, list[str]] = {"chain.py": [], "agent.py": []}
     for mode in ("record", "replay"):
         served = Serve(port, upstream, {}, "--cache-dir", str(cache_dir), "--mode", mode)
         try:
-            result = subprocess.run(
-                [sys.executable, "chain.py"],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            for program, seen in outputs.items():
+                result = subprocess.run(
+                    [sys.executable, program],
+                    cwd=tmp_path,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert result.returncode == 0, result.stderr
+                seen.append(result.stdout)
         finally:
             served.stop()
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout)
-        bg.run(upstream.stop())  # the replay is offline
-    assert outputs[0] == outputs[1] and len(links(outputs[0])) == 3
-    assert len(responses_calls(upstream)) == 3
+        bg.run(upstream.stop())  # the replay is offline: nothing answers there
+    for recorded, replayed in outputs.values():
+        assert replayed == recorded and len(links(recorded)) >= 2
+    assert len(links(outputs["chain.py"][0])) == 3
 
 
 # -- conversation ----------------------------------------------------------------------------
