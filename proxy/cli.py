@@ -629,9 +629,11 @@ async def purge(
 @click.option("--config", "config", metavar="FILE", help="TOML config file ([redact] patterns).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def scan(paths: tuple[Path, ...], config: str | None, as_json: bool) -> None:
-    """List the secrets in cassettes, exports and cache directories (a directory is
-    searched for *.json, *.jsonl and caches). Exit 1 when there is any: for a pre-commit
-    hook or CI. The built-in detectors always run, with any [redact] patterns."""
+    """List the secrets in cassettes (ours and vcrpy's YAML), exports and cache
+    directories (a directory is searched for *.json, *.jsonl, *.yaml, *.yml and caches;
+    what is skipped is listed, with why). Streamed deltas are joined before they are
+    searched. Exit 1 when there is any secret: for a pre-commit hook or CI. The built-in
+    detectors always run, with any [redact] patterns."""
     from .redact import Redactor
     from .scan import Scanner
 
@@ -649,6 +651,9 @@ def scan(paths: tuple[Path, ...], config: str | None, as_json: bool) -> None:
     else:
         for f in found:
             click.echo(f"{f.file}: {f.entry}: {f.kind}: {f.excerpt}")
+    for skipped in scanner.skipped:
+        click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    if not as_json:
         click.echo(f"{human.plural(len(found), 'secret', 'secrets')} found", err=True)
     sys.exit(1 if found else 0)
 
