@@ -18,7 +18,7 @@ from .config import SeedSettings, Settings
 from .errors import ProxyError
 from .keys import cache_key, canonical_query
 from .kinds import KINDS, Kind
-from .memo import Ident, Memo, Parsed
+from .memo import NODES_ON_LOOP, Ident, Memo, Parsed, shape
 from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request, uncached
 from .policy import seed_mode as request_seed_mode
 from .redact import ON_LOOP
@@ -260,7 +260,9 @@ async def parse(
         raw,
     )
     parsed = memo.get(ident) if memo is not None else None
-    if parsed is None and len(raw) > ON_LOOP:  # too big for the memo, too slow for the loop
+    # too big for the memo, too slow for the loop: many bytes, or a structure (the seed
+    # policy, key rules and redaction walk it) of many small parts
+    if parsed is None and (len(raw) > ON_LOOP or sum(shape(raw)) > NODES_ON_LOOP):
         parsed = await asyncio.to_thread(parse_body, ident, endpoint, settings)
     elif parsed is None:
         parsed = parse_body(ident, endpoint, settings)

@@ -27,6 +27,7 @@ LARGEST = 256 * 1024  # a larger entry is parsed every time: rarely repeated, co
 # comma or colon): at least an empty dict and a pointer, a float or a short string.
 CONTAINER = 100
 ITEM = 60
+NODES_ON_LOOP = 4096  # containers and items a body's parse may have to be walked on the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +45,21 @@ class Parsed:
     stateful: bool
 
 
+def shape(raw: bytes) -> tuple[int, int]:
+    """At least how many containers (``{`` or ``[``) and items (a comma or colon) a JSON
+    body parses into, counted at C speed without parsing it (a brace in a string counts
+    too: an overestimate). What walking the parse costs grows with these, not with bytes:
+    60 KB of ``[{},{},...]`` is 40,000 of them."""
+    return raw.count(b"{") + raw.count(b"["), raw.count(b",") + raw.count(b":")
+
+
 def held(ident: Ident, parsed: Parsed) -> int:
-    """At least the memory an entry holds, from its bytes alone (counted at C speed, no
-    walk of the parse): 60 KB of ``[{},{},...]`` parse into 1.4 MB of dicts, so raw bytes
-    are no measure. A character takes up to 4 bytes in a Python string."""
+    """At least the memory an entry holds, from its bytes alone (no walk of the parse):
+    60 KB of ``[{},{},...]`` parse into 1.4 MB of dicts, so raw bytes are no measure. A
+    character takes up to 4 bytes in a Python string."""
     raw = ident[4]
-    return (
-        4 * (len(raw) + len(ident[1]) + len(ident[2]))
-        + CONTAINER * (raw.count(b"{") + raw.count(b"["))
-        + ITEM * (raw.count(b",") + raw.count(b":"))
-    )
+    containers, items = shape(raw)
+    return 4 * (len(raw) + len(ident[1]) + len(ident[2])) + CONTAINER * containers + ITEM * items
 
 
 class Memo(Lru[Ident, Parsed]):
