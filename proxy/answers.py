@@ -26,7 +26,7 @@ from .fetch import Live, Tee
 from .keys import cache_key, canonical_query, nearest
 from .kinds import Echo, Kind, same
 from .lru import Lru
-from .policy import SERVER_STATE
+from .policy import SERVER_STATE, UNSEEDED
 from .registry import Registry
 from .store import Entry, Store
 from .urls import masked_url
@@ -286,6 +286,13 @@ async def replay_miss(
             f"{call.endpoint.path} request (key {call.key}) has no recording to replay: "
             f"{call.endpoint.kind.unrecorded}. Send it without that to have it recorded and "
             "replayed, or let it reach the upstream (any mode but replay)."
+        )
+    elif reason == "refused" and call.plan.refused == UNSEEDED:
+        message = (
+            f"seedproxy runs in replay mode and never calls the upstream, and this "
+            f"{call.endpoint.path} request (key {call.key}) has no recording to replay: it "
+            'has no seed while seed.mode is "require", so it is never recorded. Send it with '
+            "a seed to have it recorded and replayed."
         )
     elif reason == "refused":
         message = (

@@ -194,3 +194,18 @@ def test_under_require_nothing_unseeded_is_ever_stored(proxies, upstream):
     )
     assert export.returncode == 0 and "exported 1 entry" in export.stderr, export.stderr
     assert prompt not in export.stdout
+    replay = Proxy(  # the same cache, offline
+        upstream,
+        proxy.cache,
+        SEEDPROXY_SEED_MODE="require",
+        SEEDPROXY_SEED_ALLOW_CLIENT_MODE="true",
+        SEEDPROXY_CACHE_MODE="replay",
+    )
+    try:
+        status, _, body = replay.post(chat(prompt), **{HEADER: "passthrough"})
+        assert status == 504 and body["error"]["code"] == "cache_miss"
+        assert "never recorded" in body["error"]["message"]
+        assert replay.post(seeded, **{HEADER: "passthrough"})[1]["X-Cache"] == "HIT"
+    finally:
+        replay.stop()
+    assert len(upstream.chat_calls) == 6
