@@ -226,3 +226,15 @@ def test_a_page_of_another_site_cannot_frame_the_dashboard(team):
             assert frame.locator("text=Stats").count() == 0  # ...and not rendered
         finally:
             browser.close()
+
+
+def test_per_key_scope_does_not_isolate_what_the_upstream_keeps(team, upstream):
+    """As the README says: with proxy tokens every pass-through request (files, stored
+    completions, batches) reaches the upstream with the one team key, whichever token sent
+    it, so the upstream answers every token holder alike."""
+    for token in ("tok-alice", "tok-bob"):
+        for path in ("/v1/files", "/v1/chat/completions?limit=5"):
+            status, _, _ = http(team, "GET", path, headers={"Authorization": f"Bearer {token}"})
+            assert status == 200, path
+    sent = [call.headers.get("Authorization") for call in upstream.calls]
+    assert sent == [f"Bearer {UPSTREAM_KEY}"] * 4
