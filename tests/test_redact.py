@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import sys
 
+import openai
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -226,3 +227,42 @@ def test_a_cassette_with_a_secret_is_redacted_on_load():
     (loaded,) = cassette.loads(data, settings)
     assert OPENAI.encode() not in loaded.entry.request + loaded.entry.body
     assert loaded.entry.key == cassette.key_for("/v1/chat/completions", request, "", "", settings)
+
+
+def test_requests_that_differ_in_a_secret_never_share_an_answer(upstream, tmp_path):
+    """Through a real `seedproxy serve` and the SDK: two users' tokens in "Decode this
+    token", prompts after a PEM header with no END line, look-alikes that differ: each its
+    own answer; the same secret again: a hit."""
+    from tests.harness import FAKE_KEY, Serve, free_port
+    from tests.secrets_corpus import FAKES
+
+    jwt = FAKES[-1][2]
+    other = jwt[:-4] + "AbCd"
+    head = "-----BEGIN PRIVATE KEY----- Now, unrelated: "
+    pairs = [
+        (f"Decode this token: {jwt}", f"Decode this token: {other}"),
+        (head + "what is the capital of France?", head + "what is 2+2?"),
+        ("Is sk-learn-compatible-estimator fine?", "Is sk-learn-compatible-transform fine?"),
+        ("Use Bearer token-based-authentication", "Use Bearer token-based-authorization"),
+    ]
+    served = Serve(free_port(), upstream, {}, "--cache-dir", str(tmp_path / "cache"))
+    try:
+        base = f"http://127.0.0.1:{served.port}/v1"
+        with openai.OpenAI(base_url=base, api_key=FAKE_KEY) as client:
+
+            def ask(prompt: str) -> tuple[str, str, str]:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+                )
+                answer = raw.parse().choices[0].message.content or ""
+                return raw.headers["X-Cache"], raw.headers["X-Seedproxy-Key"], answer
+
+            for a, b in pairs:
+                first, second = ask(a), ask(b)
+                assert (first[0], second[0]) == ("MISS", "MISS")
+                assert first[1] != second[1] and first[2] != second[2]
+                again = ask(a)
+                assert again[0] == "HIT" and again[1:] == first[1:]
+    finally:
+        served.stop()
+    assert jwt.encode() not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
