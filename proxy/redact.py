@@ -207,6 +207,13 @@ class _Detectors:
             group += 1 + inner
         self._regex = compile_bytes("|".join(parts).encode())
         self._table = table
+        # the detectors alone: "no match" is one scan, not a step per placeholder
+        bare = "|".join(f"(?:{d.pattern})" for d in detectors) or r"[^\x00-\x{10FFFF}]"
+        self._bare = compile_bytes(bare.encode())
+
+    def none(self, data: bytes) -> bool:
+        """Whether no detector matches anywhere in ``data`` (checks aside)."""
+        return self._bare.search(data) is None
 
     def spans(self, data: bytes, checked: bool = True) -> list[Span]:
         """Placeholders and secrets in ``data``, in order (without ``checked``, shapes
@@ -346,6 +353,8 @@ class Redactor:
         user pattern's match), and what is written must redact to itself."""
         for _ in range(_PASSES):
             data = text.encode("utf-8", "surrogatepass")
+            if not self._custom and self._detectors.none(data):
+                break
             spans = self._spans(data)
             if all(kind is None for kind, _, _ in spans):
                 break

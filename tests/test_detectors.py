@@ -146,9 +146,22 @@ def _key(body: dict[str, object]) -> str:
     return cache_key("/v1/chat/completions", "", "", "http://up", _RULES.canonical(body))
 
 
-def _body(content: str, user: str = "u", name: str = "n") -> dict[str, object]:
-    message = {"role": "user", "content": content, "name": name}
-    return {"model": "m", "seed": 1, "user": user, "messages": [message]}
+def _body(text: str, user: str = "u", name: str = "n") -> dict[str, object]:
+    """``text`` in a message, in a tool's description and as a parameter's name (an object
+    key); ``user`` and ``name`` where the rules ignore them."""
+    message = {"role": "user", "content": f"Look: {text}", "name": name}
+    function = {
+        "name": "f",
+        "description": text,
+        "parameters": {"type": "object", "properties": {text: {"type": "string"}}},
+    }
+    return {
+        "model": "m",
+        "seed": 1,
+        "user": user,
+        "messages": [message],
+        "tools": [{"type": "function", "function": function}],
+    }
 
 
 @settings(max_examples=400, deadline=None)
