@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -260,11 +260,17 @@ class AccessLogger(AbstractAccessLogger):
 
 
 class Counters:
-    """Counts kept in memory on the hot path and flushed to the shared store in batches."""
+    """Counts kept in memory on the hot path and flushed to the shared store in batches.
+    Once written, only what this process reports of itself is kept: the plain counters
+    (:data:`COUNTERS`) and the comparison metric's samples, by a bounded set of model
+    labels. Other names (per model, per hour) are the store's to keep, or a long-running
+    process would keep one for every model and hour it ever saw."""
 
     def __init__(self) -> None:
-        self.flushed: Counter[str] = Counter()
+        self.flushed: Counter[str] = Counter()  # COUNTERS names only
         self.pending: Counter[str] = Counter()
+        self._compared: Counter[tuple[str, str, str]] = Counter()  # flushed metric samples
+        self.labels = ModelLabels()  # shared with the other metrics labelled by model
         self._flushing = asyncio.Lock()
 
     def add(self, name: str, n: int = 1) -> None:
@@ -272,8 +278,26 @@ class Counters:
 
     @property
     def total(self) -> Counter[str]:
-        """Everything this process counted."""
+        """The plain counters this process counted, and whatever it has not flushed yet."""
         return self.flushed + self.pending
+
+    def comparisons(self) -> Counter[tuple[str, str, str]]:
+        """``seedproxy_comparisons_total`` samples of what this process compared."""
+        return self._compared + self._samples(self.pending)
+
+    def _samples(self, counts: Mapping[str, int]) -> Counter[tuple[str, str, str]]:
+        samples: Counter[tuple[str, str, str]] = Counter()
+        for (model, fingerprint, result), n in metric_samples(counts).items():
+            samples[self.labels(model), fingerprint, result] += n
+        return samples
+
+    def _keep(self, counts: Mapping[str, int], sign: int) -> None:
+        """Add (``sign`` 1) or take back (-1) what a flush wrote to what is kept of it."""
+        for name in COUNTERS:
+            if name in counts:
+                self.flushed[name] += sign * counts[name]
+        for labels, n in self._samples(counts).items():
+            self._compared[labels] += sign * n
 
     async def flush(self, write: Callable[[dict[str, int]], Awaitable[None]]) -> None:
         """Hand what was counted since the last flush to ``write``; if it fails, the counts
@@ -284,11 +308,11 @@ class Counters:
             if not self.pending:
                 return
             pending, self.pending = dict(self.pending), Counter()
-            self.flushed.update(pending)
+            self._keep(pending, 1)
             try:
                 await write(pending)
             except Exception:  # not on cancel: a write in a thread may still land
-                self.flushed.subtract(pending)
+                self._keep(pending, -1)
                 self.pending.update(pending)
                 raise
 
@@ -318,8 +342,8 @@ class ModelLabels:
 class DivergenceMetric:
     """``seedproxy_divergence_chars``: where drifted outputs first differ, per model."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.labels = ModelLabels()
+    def __init__(self, registry: CollectorRegistry, labels: ModelLabels) -> None:
+        self.labels = labels
         self.histogram = Histogram(
             "seedproxy_divergence_chars",
             "Character position (from 1) where a live answer's output first differs from "
@@ -352,7 +376,7 @@ class Metrics:
         self.bytes = Gauge(
             "seedproxy_cache_bytes", "Bytes the cache occupies.", registry=self.registry
         )
-        self.divergence = DivergenceMetric(self.registry)
+        self.divergence = DivergenceMetric(self.registry, counters.labels)
         self.registry.register(_CountersCollector(counters, self.requests))
 
 
@@ -376,7 +400,7 @@ class _CountersCollector(Collector):
             "Live answers compared with the stored one, by model, fingerprint and result.",
             labels=["model", "fingerprint", "result"],
         )
-        for labels, value in sorted(metric_samples(total).items()):
+        for labels, value in sorted(self.counters.comparisons().items()):
             comparisons.add_metric(labels, value)
         yield comparisons
         for name in COUNTERS:

@@ -6,7 +6,10 @@ import asyncio
 
 import pytest
 
-from proxy.observe import Counters
+from proxy.determinism import counts
+from proxy.observe import MODEL_LABELS, OTHER, Counters
+
+CHAT = "/v1/chat/completions"
 
 pytestmark = pytest.mark.every_store
 
@@ -70,3 +73,37 @@ async def test_a_cancelled_flush_does_not_count_twice():
     with pytest.raises(asyncio.CancelledError):
         await flush
     assert not counters.pending and counters.total == {"hits": 2}
+
+
+async def test_what_a_process_keeps_of_flushed_counts_is_bounded():
+    """Per model and per hour names are the store's: a process keeps its plain counters
+    and the comparison samples, by at most MODEL_LABELS model labels."""
+    counters = Counters()
+
+    async def write(counts: dict[str, int]) -> None:
+        pass
+
+    for i in range(MODEL_LABELS + 400):
+        counters.add("hits")
+        counters.add(f"saved_prompt:model-{i}", 3)
+        for name, n in counts(3600.0 * i, CHAT, f"model-{i}", "fp", "fp", 0.5).items():
+            counters.add(name, n)
+        await counters.flush(write)
+    assert counters.total == {"hits": MODEL_LABELS + 400}
+    samples = counters.comparisons()
+    assert len({model for model, _, _ in samples}) == MODEL_LABELS + 1
+    assert samples["model-0", "fp", "differed"] == 1
+    assert samples[OTHER, "fp", "differed"] == 400
+
+
+async def test_comparison_samples_go_back_with_a_failed_flush():
+    counters = Counters()
+
+    async def failing(counts: dict[str, int]) -> None:
+        raise OSError("store down")
+
+    for name, n in counts(0.0, CHAT, "m", "fp", "fp", None).items():
+        counters.add(name, n)
+    with pytest.raises(OSError):
+        await counters.flush(failing)
+    assert counters.comparisons() == {("m", "fp", "identical"): 1}  # pending, not twice

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import determinism as d
 from proxy.cli import main
 from proxy.errors import ProxyError
-from proxy.observe import MODEL_LABELS, OTHER, DivergenceMetric
+from proxy.observe import MODEL_LABELS, OTHER, DivergenceMetric, ModelLabels
 from proxy.policy import Sighting, seed_mode
 from tests.conftest import sdk
 from tests.harness import ProxyServer, http
@@ -553,7 +553,7 @@ def test_divergence_positions_in_drift_determinism_and_metrics(compared, run):
 def test_metric_labels_for_client_chosen_models_are_bounded():
     from prometheus_client import CollectorRegistry
 
-    metric = DivergenceMetric(CollectorRegistry())
+    metric = DivergenceMetric(CollectorRegistry(), ModelLabels())
     for i in range(MODEL_LABELS + 50):
         metric.observe(f"model-{i}", i + 1)
     metric.observe("model-0", 7)  # a model already labelled keeps its label
