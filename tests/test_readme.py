@@ -37,3 +37,30 @@ def test_the_start_up_line_shown_is_the_default_one():
         return re.sub(r"^seedproxy \S+ (.*) \| loop \w+ \|", r"seedproxy V \1 | loop L |", line)
 
     assert general(shown) == general(banner(load_settings(None, {})))
+
+
+def test_the_limits_table_names_real_settings_with_their_defaults():
+    """Issue 29, item 6: each bound with a setting says the setting's real default."""
+    start = README.index("\n### Limits and timeouts\n")
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in README[start : README.index("\n#", start + 1)].splitlines()
+        if line.startswith("| ") and not line.startswith(("| what", "| ---"))
+    ]
+    defaults = load_settings(None, {})
+    units = {"s": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "": 1}
+    named = 0
+    for what, default, setting in rows:
+        found = re.fullmatch(r"`(\w+)\.(\w+)`", setting)
+        if found is None:
+            assert setting.startswith("fixed (`proxy/"), (what, setting)
+            assert (ROOT / setting.split("`")[1]).exists(), setting
+            continue
+        value = getattr(getattr(defaults, found[1]), found[2])
+        if default.startswith("no bound"):
+            assert value == 0, what
+        else:
+            number, unit = re.match(r"([\d,.]+) ?(s|KiB|MiB|GiB|)\b", default).groups()
+            assert float(number.replace(",", "")) * units[unit] == value, (what, value)
+        named += 1
+    assert named >= 10
