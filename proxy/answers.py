@@ -280,23 +280,28 @@ async def replay_miss(
     call: Call, reason: str, store: Store, registry: Registry, settings: Settings
 ) -> ProxyError:
     """The 504 ``cache_miss`` for a request that may not go live: why, and what is nearest."""
+    offline = (
+        "this request asked only-if-cached, so seedproxy does not call the upstream"
+        if call.plan.asked == "only-if-cached"
+        else "seedproxy runs in replay mode and never calls the upstream"
+    )
     if reason == "refused" and call.plan.refused == SERVER_STATE:
         message = (
-            f"seedproxy runs in replay mode and never calls the upstream, and this "
+            f"{offline}, and this "
             f"{call.endpoint.path} request (key {call.key}) has no recording to replay: "
             f"{call.endpoint.kind.unrecorded}. Send it without that to have it recorded and "
-            "replayed, or let it reach the upstream (any mode but replay)."
+            "replayed, or let it reach the upstream (any mode but replay, without only-if-cached)."
         )
     elif reason == "refused" and call.plan.refused == UNSEEDED:
         message = (
-            f"seedproxy runs in replay mode and never calls the upstream, and this "
+            f"{offline}, and this "
             f"{call.endpoint.path} request (key {call.key}) has no recording to replay: it "
             'has no seed while seed.mode is "require", so it is never recorded. Send it with '
             "a seed to have it recorded and replayed."
         )
     elif reason == "refused":
         message = (
-            f"seedproxy runs in replay mode and never calls the upstream, but this "
+            f"{offline}, but this "
             f"{call.endpoint.path} request (key {call.key}) needs a live answer "
             f"({call.plan.refused}). Send it without that in replay mode, or record it in "
             "record mode."

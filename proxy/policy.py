@@ -136,7 +136,8 @@ def uncached(stateful: bool, seeded: bool, seed: int | None, configured: str) ->
 def plan_request(mode: str, cache_control: str | None, never: str = "") -> Plan:
     """Combine ``cache.mode`` with the request's directives, as an HTTP cache would.
     ``never``: why the answer is never cached (:func:`uncached`), "" when it may be.
-    Replay mode is offline whatever the request asks: what needs the network is refused."""
+    Replay mode, and ``only-if-cached``, are offline whatever else the request asks: what
+    needs the network is refused."""
     d = parse_cache_control(cache_control)
     raw = d.get("max-age")
     max_age = float(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
@@ -145,10 +146,10 @@ def plan_request(mode: str, cache_control: str | None, never: str = "") -> Plan:
     )
     if mode == "replay":
         return Plan(Action.REPLAY, max_age, refused=live)
+    if "only-if-cached" in d:  # offline for this request, even for what is never cached
+        return Plan(Action.REPLAY, max_age, asked="only-if-cached", refused=never)
     if never:
         return Plan(Action.BYPASS)
-    if "only-if-cached" in d:
-        return Plan(Action.REPLAY, max_age, asked="only-if-cached")
     if "no-store" in d:
         return Plan(Action.BYPASS, max_age, asked="no-store")
     if "no-cache" in d:

@@ -393,3 +393,17 @@ def test_background_responses_stay_live_and_their_replay_miss_says_why(make_prox
     assert "background response (background: true)" in message
     assert "never records" in message and "record mode" not in message
     assert len(responses_calls(upstream)) == 2
+
+
+def test_only_if_cached_keeps_what_is_never_cached_offline_too(make_proxy, upstream):
+    """only-if-cached asks for no network, in record mode too: a background response, which
+    is never recorded, is a 504 saying so, not a live call."""
+    proxy = make_proxy()
+    body = {"model": "gpt-test", "input": "a long job", "background": True}
+    offline = {"Cache-Control": "only-if-cached"}
+    with sdk(proxy, max_retries=0) as client, pytest.raises(openai.APIStatusError) as miss:
+        client.responses.create(**body, extra_headers=offline)
+    assert miss.value.status_code == 504 and miss.value.code == "cache_miss"
+    assert "asked only-if-cached" in miss.value.message
+    assert "replay mode" not in miss.value.message.split(",")[0]
+    assert responses_calls(upstream) == []

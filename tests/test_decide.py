@@ -111,6 +111,10 @@ def test_what_is_never_cached():
     replay = plan_request("replay", None, UNSEEDED)
     assert replay.refused == UNSEEDED
     assert decide(replay, [LIVE_FP], {}, NOW, cache()) == ReplayMiss("refused")
+    for never in (UNSEEDED, SERVER_STATE):  # only-if-cached is offline for these too
+        asked = plan_request("record", "only-if-cached", never)
+        assert (asked.refused, asked.asked) == (never, "only-if-cached")
+        assert decide(asked, [LIVE_FP], {}, NOW, cache()) == ReplayMiss("refused")
 
 
 def test_what_decide_needs_is_known_before_any_lookup():
