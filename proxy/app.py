@@ -363,7 +363,8 @@ async def _explain(request: web.Request) -> web.Response:
     mode = settings.seed.mode if header is None else client_seed_mode(header, settings)
     seed, _ = seeded(endpoint, body, settings.seed, mode)
     query = canonical_query(request.query.get("query", ""))
-    info = keys.explain(
+    info = await asyncio.to_thread(  # redacting and hashing grow with the body
+        keys.explain,
         endpoint.path,
         query,
         namespace(request.headers, settings.cache.scope),

@@ -125,3 +125,12 @@ def test_normalize_replace_keeps_re_sub_meaning(pattern, replace, text, expected
 def test_normalize_replace_is_checked_at_load(replace, problem):
     with pytest.raises(ValueError, match=problem):
         Rewrite.parse({"pattern": r"(a)(b)", "replace": replace})
+
+
+def test_explain_of_a_body_built_to_backtrack_leaves_healthz_answering(served):
+    url = f"http://127.0.0.1:{served.port}"
+    body = orjson.dumps({"model": "m", "messages": [{"content": _content("jwt-ish", MB)}]})
+    with Poller(url) as poller:
+        status, _, answer = http(url, "POST", "/_seedproxy/explain", body, timeout=300)
+    assert status == 200 and "[REDACTED:jwt:" in orjson.loads(answer)["canonical"]
+    assert len(poller.waits) >= 2 and max(poller.waits) < 1.0, poller.waits
