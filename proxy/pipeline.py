@@ -162,7 +162,7 @@ class Pipeline:
         while (waiting := self.flights.joined(call.key, scope)) is not None:
             shared = await asyncio.shield(waiting)
             if shared.parsed is not None:  # an answer fit to store, redacted as a hit is
-                redacted = self.recorder.redacted(call, shared)
+                redacted = await self.recorder.redacted(call, shared)
                 return answers.live(call, redacted, label, self.replays, shared=True)
 
         async def go(tee: Tee | None = None) -> Live:

@@ -71,11 +71,8 @@ class Recorder:
         now = time.time()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
         redactor = self.redactor
-        kind, request = call.endpoint.kind, call.upstream_body
-        if len(live.body) + len(live.events) > ON_LOOP:
-            body, events = await asyncio.to_thread(scrubbed, kind, redactor, live.body, live.events)
-        else:
-            body, events = scrubbed(kind, redactor, live.body, live.events)
+        body, events = await self._scrubbed(call, live)
+        request = call.upstream_body
         if len(request) > ON_LOOP:
             request = await asyncio.to_thread(redactor.json_bytes, request)
         else:
@@ -113,10 +110,17 @@ class Recorder:
             parsed = live.parsed if entry.body is live.body else orjson.loads(entry.body)
             await self._compare(call, stored, parsed, entry, reason)
 
-    def redacted(self, call: Call, live: Live) -> Live:
+    async def _scrubbed(self, call: Call, live: Live) -> tuple[bytes, bytes]:
+        """The answer's body and events redacted; in a worker thread when large."""
+        kind, redactor = call.endpoint.kind, self.redactor
+        if len(live.body) + len(live.events) > ON_LOOP:
+            return await asyncio.to_thread(scrubbed, kind, redactor, live.body, live.events)
+        return scrubbed(kind, redactor, live.body, live.events)
+
+    async def redacted(self, call: Call, live: Live) -> Live:
         """A live answer as it would be stored: for clients other than the one whose
         request fetched it (coalesced waiters), who must not see that one's secrets."""
-        body, events = scrubbed(call.endpoint.kind, self.redactor, live.body, live.events)
+        body, events = await self._scrubbed(call, live)
         if body is live.body and events is live.events:
             return live
         parsed = orjson.loads(body) if live.parsed is not None else None
