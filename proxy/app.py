@@ -21,8 +21,10 @@ from .call import (
     Endpoint,
     client_seed_mode,
     endpoint_for,
+    json_object,
     namespace,
-    read_json,
+    on_loop,
+    read_body,
     seeded,
 )
 from .config import Settings, upstream_credential
@@ -346,7 +348,8 @@ async def _drift(request: web.Request) -> web.Response:
         "next_offset": after,
         "next_changes_offset": changes_after,
     }
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    text = await asyncio.to_thread(orjson.dumps, body)  # up to 8 M diff characters a kind
+    return web.Response(body=text, content_type="application/json")
 
 
 def _owner(request: web.Request) -> str | None:
@@ -358,24 +361,26 @@ async def _explain(request: web.Request) -> web.Response:
     """POST a request body: its canonical form, ignored fields, namespace and key."""
     settings = request.app[SETTINGS]
     endpoint = endpoint_for(request.query.get("path", "/v1/chat/completions"))
-    _, body = await read_json(request, settings.server.body_timeout, settings.server.max_body)
+    raw = await read_body(request, settings.server.body_timeout, settings.server.max_body)
     header = request.headers.get(SEED_MODE_HEADER)
     mode = settings.seed.mode if header is None else client_seed_mode(header, settings)
-    seed, _ = seeded(endpoint, body, settings.seed, mode)
     query = canonical_query(request.query.get("query", ""))
-    info = await asyncio.to_thread(  # redacting and hashing grow with the body
-        keys.explain,
-        endpoint.path,
-        query,
-        namespace(request.headers, settings.cache.scope),
-        settings.upstream.base_url,
-        body,
-        settings.rules,
-    )
-    info["seed"] = seed
-    info["upstream"] = masked_url(info["upstream"])
-    info["seed_mode"] = mode if endpoint.seeded else None
-    return web.Response(body=orjson.dumps(info), content_type="application/json")
+    space = namespace(request.headers, settings.cache.scope)
+
+    def explained() -> bytes:
+        body = json_object(raw)
+        seed, _ = seeded(endpoint, body, settings.seed, mode)
+        info = keys.explain(
+            endpoint.path, query, space, settings.upstream.base_url, body, settings.rules
+        )
+        info["seed"] = seed
+        info["upstream"] = masked_url(info["upstream"])
+        info["seed_mode"] = mode if endpoint.seeded else None
+        return orjson.dumps(info)
+
+    # parsing and walking a large body is the request parse's work: off the loop alike
+    text = explained() if on_loop(raw) else await asyncio.to_thread(explained)
+    return web.Response(body=text, content_type="application/json")
 
 
 async def _dashboard(request: web.Request) -> web.Response:

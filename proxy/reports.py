@@ -70,6 +70,7 @@ async def stats(
 
 
 EVENT_BATCH = 100  # events read at a time while filtering
+PAGE_DIFF_CHARS = 8_000_000  # diff characters in one page at most (a diff has up to 128,000)
 
 
 async def drift_page(
@@ -84,8 +85,9 @@ async def drift_page(
     """Events of ``kind``, newest first, filtered by model, time and ``owner`` (per-key
     scope: only that credential scope's drift), from the ``offset`` newest on; and the
     offset of the next page (None at the end). Events are read a batch at a time, never
-    all that are kept."""
+    all that are kept, and a page ends early once its diffs hold :data:`PAGE_DIFF_CHARS`."""
     out: list[dict[str, Any]] = []
+    held = 0
     filtered = model is not None or owner is not None
     size = EVENT_BATCH if filtered else min(EVENT_BATCH, limit)
     while True:
@@ -98,7 +100,8 @@ async def drift_page(
                 owner is None or event.get("owner") == owner
             ):
                 out.append(event)
-                if len(out) >= limit:
+                held += len(event.get("diff") or "")
+                if len(out) >= limit or held >= PAGE_DIFF_CHARS:
                     return out, offset
         if len(batch) < size:
             return out, None

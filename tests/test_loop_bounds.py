@@ -226,3 +226,34 @@ def test_a_refresh_of_a_huge_nondeterministic_answer_does_not_stall_healthz(upst
         served.stop()
     assert (event["divergence_chars"], event["shared_prefix_chars"]) == (101, 100)
     assert event["divergence_words"] == 1 and event["similarity"] < 0.1
+
+
+def test_a_drift_page_ends_once_its_diffs_are_large():
+    store = MemoryStore()
+    diff = "-" + "x" * (reports.PAGE_DIFF_CHARS // 5)
+    for i in range(20):
+        asyncio.run(store.add_event({"kind": "drift", "id": str(i), "time": i, "diff": diff}))
+    page, after = asyncio.run(reports.drift_page(store, limit=100))
+    assert [e["id"] for e in page] == ["19", "18", "17", "16", "15"] and after == 5
+    page, after = asyncio.run(reports.drift_page(store, limit=100, offset=after))
+    assert page[0]["id"] == "14" and after == 10
+
+
+def test_explaining_a_body_of_many_parts_is_done_off_the_loop(proxy, monkeypatch):
+    threaded: list[str] = []
+    real = asyncio.to_thread
+
+    async def to_thread(fn: Any, *args: Any) -> Any:
+        threaded.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args)
+
+    monkeypatch.setattr("proxy.app.asyncio.to_thread", to_thread)
+    many = b'{"model":"gpt-a","messages":[%s]}' % b",".join([b'{"role":"user"}'] * 3_000)
+    small = orjson.dumps({"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]})
+    answers = {}
+    for name, body in (("small", small), ("many", many)):
+        status, _, raw = http(proxy.url, "POST", "/_seedproxy/explain", body)
+        assert status == 200, raw
+        answers[name] = orjson.loads(raw)
+    assert threaded == ["explained"]  # the small body was explained on the loop
+    assert answers["many"]["key"] != answers["small"]["key"]
