@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 
 from aiohttp import web
 
 from . import answers, repeats
 from .call import Call, Endpoint, parse
+from .clock import Clock
 from .config import Settings
 from .fetch import Fetcher, Live, Tee
 from .flight import Flights
@@ -67,8 +67,16 @@ class Pipeline:
         # Other processes use this store too: coalesce misses through it, not only here.
         shared = cache.backend == "redis" or settings.server.workers > 1
         self.flights = Flights(store, counters, traffic, self.health, cache.lock_ttl, shared)
+        self.clock = Clock()  # what decides by time reads it; tests move it forward
         self.recorder = Recorder(
-            cache, store, counters, self.registry, self.health, settings.redactor, divergence
+            cache,
+            store,
+            counters,
+            self.registry,
+            self.health,
+            settings.redactor,
+            divergence,
+            self.clock,
         )
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
         self.repeats = repeats.Occurrences(cache.repeat == "sequence")
@@ -85,7 +93,7 @@ class Pipeline:
         plan, cache = call.plan, self.settings.cache
         variants: list[Entry] = []
         sightings: dict[str | None, Sighting] = {}
-        now = time.time()
+        now = self.clock()
         if looks_up(plan):
             try:
                 variants = await self.store.variants(call.key)

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,6 +15,7 @@ import orjson
 
 from . import determinism, drift
 from .call import Call
+from .clock import Clock
 from .config import CacheSettings
 from .errors import ProxyError
 from .fetch import Fetcher, Live
@@ -45,7 +45,9 @@ class Recorder:
         health: StoreHealth,
         redactor: Redactor,
         divergence: DivergenceMetric,
+        clock: Clock,
     ) -> None:
+        self.clock = clock
         self.cache = cache
         self.store = store
         self.counters = counters
@@ -68,7 +70,7 @@ class Recorder:
         """Store (if ``keep``) a complete answer, note it for the registry, and compare it
         with ``stored``, the variants there were before."""
         assert live.parsed is not None
-        now = time.time()
+        now = self.clock()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
         redactor = self.redactor
         body, events = await self._scrubbed(call, live)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 
 import openai
 import orjson
@@ -23,7 +25,7 @@ def create(client, **kw):
     return raw.headers, raw.parse()
 
 
-def test_second_identical_call_is_a_hit_without_upstream_call(client, upstream):
+def test_second_identical_call_is_a_hit_without_upstream_call(client, upstream, proxy):
     h1, c1 = create(client)
     h2, c2 = create(client)
     assert (h1["x-cache"], h2["x-cache"]) == ("MISS", "HIT")
@@ -32,7 +34,9 @@ def test_second_identical_call_is_a_hit_without_upstream_call(client, upstream):
     assert len(upstream.chat_calls) == 1
     assert h2["x-seedproxy-key"] == h1["x-seedproxy-key"]
     assert h2["x-seedproxy-fingerprint"] == "fp_one"
-    assert int(h2["age"]) >= 0
+    assert int(h2["age"]) < 60
+    proxy.pipeline.clock.advance(100)
+    assert 100 <= int(create(client)[0]["age"]) < 160  # seconds since it was stored
 
 
 async def test_async_sdk_hit(proxy, upstream):
@@ -156,10 +160,13 @@ def test_cache_control_directives(client, upstream, proxy):
     assert r.headers["x-cache"] == "HIT"
     # max-age: an entry older than that is not accepted
     calls = len(upstream.chat_calls)
-    time.sleep(1.1)
-    r = raw.create(
-        model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "max-age=0"}
+    young = {"Cache-Control": "max-age=10"}
+    assert (
+        raw.create(model="gpt-test", messages=MESSAGES, extra_headers=young).headers["x-cache"]
+        == "HIT"
     )
+    proxy.pipeline.clock.advance(11)
+    r = raw.create(model="gpt-test", messages=MESSAGES, extra_headers=young)
     assert r.headers["x-cache"] == "MISS" and len(upstream.chat_calls) == calls + 1
     r = raw.create(
         model="gpt-test", messages=MESSAGES, extra_headers={"Cache-Control": "max-age=3600"}
@@ -261,14 +268,14 @@ def test_registry_updates_not_yet_written_still_count(make_proxy, upstream, monk
 
 
 def test_current_policy_drops_a_fingerprint_after_the_window(make_proxy, upstream):
-    proxy = make_proxy(cache={"fingerprint": "current", "fingerprint_window": 1.0})
+    proxy = make_proxy(cache={"fingerprint": "current", "fingerprint_window": 60.0})
     with sdk(proxy) as client:
         create(client)
         upstream.fingerprint = "fp_two"
         create(client, messages=[{"role": "user", "content": "b"}])
         # both fingerprints are live within the window: the fp_one entry is still served
         assert create(client)[0]["x-cache"] == "HIT"
-        time.sleep(1.2)
+        proxy.pipeline.clock.advance(61)
         create(client, messages=[{"role": "user", "content": "c"}])  # fp_two seen live again
         headers, _ = create(client)
         assert headers["x-cache"] == "MISS"
@@ -277,10 +284,10 @@ def test_current_policy_drops_a_fingerprint_after_the_window(make_proxy, upstrea
 
 
 def test_current_policy_serves_when_nothing_is_live(make_proxy, upstream):
-    proxy = make_proxy(cache={"fingerprint": "current", "fingerprint_window": 1.0})
+    proxy = make_proxy(cache={"fingerprint": "current", "fingerprint_window": 60.0})
     with sdk(proxy) as client:
         create(client)
-        time.sleep(1.2)
+        proxy.pipeline.clock.advance(61)
         assert create(client)[0]["x-cache"] == "HIT"
 
 
@@ -299,15 +306,27 @@ def test_restart_keeps_entries_and_the_registry(make_proxy, upstream):
     assert len(upstream.chat_calls) == 3
 
 
+async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Wait until ``condition()`` holds (what it reads is updated by the proxy's thread)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
 async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, upstream):
-    upstream.latency = 0.3
+    upstream.gate = threading.Event()  # held until all 49 others are seen waiting
     async with async_sdk(proxy, max_retries=0) as client:
-        results = await asyncio.gather(
-            *[
+        calls = [
+            asyncio.ensure_future(
                 client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-                for _ in range(50)
-            ]
-        )
+            )
+            for _ in range(50)
+        ]
+        await until(lambda: proxy.counters["coalesced"] == 49)
+        assert len(upstream.chat_calls) == 1 and not any(c.done() for c in calls)
+        upstream.gate.set()
+        results = await asyncio.gather(*calls)
     assert len(upstream.chat_calls) == 1
     assert len({r.id for r in results}) == 1
     assert len({r.choices[0].message.content for r in results}) == 1
@@ -317,20 +336,24 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, u
 async def test_a_client_that_hangs_up_mid_miss_stops_neither_the_store_nor_who_waits(
     proxy, upstream
 ):
-    upstream.latency = 0.5
+    upstream.gate = threading.Event()  # the upstream answers once the first has hung up
     async with (
-        async_sdk(proxy, max_retries=0, timeout=0.2) as leaving,
+        async_sdk(proxy, max_retries=0, timeout=0.5) as leaving,
         async_sdk(proxy, max_retries=0) as waiting,
     ):
         first = asyncio.ensure_future(
             leaving.chat.completions.create(model="gpt-test", messages=MESSAGES)
         )
-        await asyncio.sleep(0.1)
-        second = await waiting.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=MESSAGES
+        await until(lambda: len(upstream.chat_calls) == 1)
+        pending = asyncio.ensure_future(
+            waiting.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
         )
+        await until(lambda: proxy.counters["coalesced"] == 1)  # the second is waiting
         with pytest.raises(openai.APITimeoutError):
-            await first  # it hung up after 0.2 s, while the upstream call was under way
+            await first  # it hung up while the upstream call was under way
+        assert not pending.done()
+        upstream.gate.set()
+        second = await pending
         assert second.headers["x-cache"] == "MISS"
         third = await waiting.chat.completions.with_raw_response.create(
             model="gpt-test", messages=MESSAGES
