@@ -137,7 +137,7 @@ BUILTIN: tuple[Detector, ...] = (
     Detector("private_key", _PEM, r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY"),
     Detector(
         "bearer_token",
-        r"\bBearer[ \t]+([A-Za-z0-9._~+/=-]{16,})",
+        r"\bBearer[ \t]+([A-Za-z0-9._~+/=-]{15,}[A-Za-z0-9_~+/=-])",  # not a full stop after
         r"Bearer",
         _two,
     ),

@@ -89,6 +89,8 @@ def test_context_stays_readable():
     redactor = Redactor()
     token = "FAKEtok3n.abc123_def456"
     assert redactor.text(f"Bearer {token}") == f"Bearer {placeholder('bearer_token', token)}"
+    shown = f"Send Bearer {placeholder('bearer_token', token)}."
+    assert redactor.text(f"Send Bearer {token}.") == shown  # the sentence's full stop stays
 
 
 def test_legacy_form_is_what_seedproxy_wrote_before():
