@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from . import determinism, drift
-from .call import Call
+from .call import Call, on_loop
 from .clock import Clock
 from .config import CacheSettings
 from .errors import ProxyError
@@ -75,10 +75,10 @@ class Recorder:
         redactor = self.redactor
         body, events = await self._scrubbed(call, live)
         request = call.upstream_body
-        if len(request) > ON_LOOP:
-            request = await asyncio.to_thread(redactor.json_bytes, request)
-        else:
+        if on_loop(request):  # the rule the request's parse followed
             request = redactor.json_bytes(request)
+        else:
+            request = await asyncio.to_thread(redactor.json_bytes, request)
         entry = Entry(
             call.key,
             live.fingerprint,
