@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +14,7 @@ from .observe import Counters
 from .store import Entry, Store, StoreError
 from .traffic import Traffic
 
+log = logging.getLogger("seedproxy.pipeline")
 LOCK_POLL = 0.02  # seconds between looks for an entry another process is fetching
 Go = Callable[[], Awaitable[Live]]
 
@@ -113,9 +115,13 @@ class Flights:
         """Take the ``marker`` of the key (None), or the entry its holder stored meanwhile."""
         # what was stored before; hosts' clocks differ, so no timestamps are compared
         before = {(e.fingerprint, e.created) for e in await self.store.variants(key)}
+        said = False
         while True:
             if await self.store.lock(marker, token, self.lock_ttl):
                 return None
+            if not said:  # once: what an operator (or a test) sees of a wait across processes
+                said = True
+                log.debug("waiting for another process's answer (key %s)", key)
             entry = await self._other(key, marker, before)
             if entry is not None:
                 return entry

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,6 +59,23 @@ def chat_completion(
         },
         **top,
     }
+
+
+def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Wait for ``condition()`` to hold (set by another thread or process); fail after
+    ``seconds``. What the test asserts next is decided by the condition, not by the wait."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+async def until_async(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """:func:`until` for a test on an event loop."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 def clean_env() -> dict[str, str]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 
 import openai
 import orjson
 import pytest
 
 from tests.conftest import async_sdk, sdk
-from tests.harness import FAKE_KEY, stored_bytes
+from tests.harness import FAKE_KEY, stored_bytes, until_async
 
 pytestmark = pytest.mark.every_store
 
@@ -306,14 +304,6 @@ def test_restart_keeps_entries_and_the_registry(make_proxy, upstream):
     assert len(upstream.chat_calls) == 3
 
 
-async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
-    """Wait until ``condition()`` holds (what it reads is updated by the proxy's thread)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
-
-
 async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, upstream):
     upstream.gate = threading.Event()  # held until all 49 others are seen waiting
     async with async_sdk(proxy, max_retries=0) as client:
@@ -323,7 +313,7 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, u
             )
             for _ in range(50)
         ]
-        await until(lambda: proxy.counters["coalesced"] == 49)
+        await until_async(lambda: proxy.counters["coalesced"] == 49)
         assert len(upstream.chat_calls) == 1 and not any(c.done() for c in calls)
         upstream.gate.set()
         results = await asyncio.gather(*calls)
@@ -344,11 +334,11 @@ async def test_a_client_that_hangs_up_mid_miss_stops_neither_the_store_nor_who_w
         first = asyncio.ensure_future(
             leaving.chat.completions.create(model="gpt-test", messages=MESSAGES)
         )
-        await until(lambda: len(upstream.chat_calls) == 1)
+        await until_async(lambda: len(upstream.chat_calls) == 1)
         pending = asyncio.ensure_future(
             waiting.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
         )
-        await until(lambda: proxy.counters["coalesced"] == 1)  # the second is waiting
+        await until_async(lambda: proxy.counters["coalesced"] == 1)  # the second is waiting
         with pytest.raises(openai.APITimeoutError):
             await first  # it hung up while the upstream call was under way
         assert not pending.done()

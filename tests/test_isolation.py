@@ -6,13 +6,13 @@ drift list describe only the caller's own recordings."""
 from __future__ import annotations
 
 import concurrent.futures
-import time
+import threading
 from typing import Any
 
 import orjson
 
-from tests.harness import chat_completion, http
-from tests.upstream import Scripted
+from tests.harness import chat_completion, http, until
+from tests.upstream import FakeUpstream, Scripted
 
 BODY = {"model": "gpt-iso", "messages": [{"role": "user", "content": "a private prompt 42"}]}
 ALICE = {"Authorization": "Bearer sk-alice-aaaaaaaaaaaaaaaa", "Content-Type": "application/json"}
@@ -23,19 +23,24 @@ def _post(proxy: Any, headers: dict[str, str], body: Any = BODY) -> tuple[int, A
     return http(proxy.url, "POST", "/v1/chat/completions", orjson.dumps(body), headers)
 
 
-def _together(proxy: Any, *clients: dict[str, str]) -> list[tuple[int, Any, bytes]]:
-    """The same request from each client, the later ones sent while the first is upstream."""
+def _together(
+    proxy: Any, upstream: FakeUpstream, *clients: dict[str, str]
+) -> list[tuple[int, Any, bytes]]:
+    """The same request from each client, the later ones sent once the first is upstream;
+    the upstream answers once each is either upstream too or waiting for the first."""
+    upstream.gate = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
         first = pool.submit(_post, proxy, clients[0])
-        time.sleep(0.15)
+        until(lambda: len(upstream.chat_calls) == 1)
         rest = [pool.submit(_post, proxy, c) for c in clients[1:]]
+        until(lambda: len(upstream.chat_calls) + proxy.counters["coalesced"] == len(clients))
+        upstream.gate.set()
         return [first.result(), *(f.result() for f in rest)]
 
 
 def test_misses_with_different_credentials_are_not_coalesced(make_proxy, upstream):
     proxy = make_proxy()
-    upstream.latency = 0.5
-    answers = _together(proxy, ALICE, BOB)
+    answers = _together(proxy, upstream, ALICE, BOB)
     assert [a[0] for a in answers] == [200, 200]
     assert len(upstream.chat_calls) == 2
     sent = {c.headers["Authorization"] for c in upstream.chat_calls}
@@ -50,10 +55,9 @@ def test_an_error_answer_goes_only_to_the_client_that_caused_it(make_proxy, upst
             status=401,
             body={"error": {"message": leak, "type": "invalid_request_error", "code": None}},
             headers={"Set-Cookie": "session=alice-only"},
-            stall=0.5,
         )
     )
-    first, second = _together(proxy, ALICE, ALICE)
+    first, second = _together(proxy, upstream, ALICE, ALICE)
     assert first[0] == 401 and leak.encode() in first[2]
     assert second[0] == 200 and leak.encode() not in second[2]
     assert "Set-Cookie" not in second[1]
@@ -67,10 +71,9 @@ def test_a_coalesced_answer_carries_no_one_elses_cookie(make_proxy, upstream):
             status=200,
             body=chat_completion("shared", model="gpt-iso", id="chatcmpl-x"),
             headers={"Set-Cookie": "session=first-only"},
-            stall=0.5,
         )
     )
-    first, second = _together(proxy, ALICE, ALICE)
+    first, second = _together(proxy, upstream, ALICE, ALICE)
     assert first[0] == second[0] == 200
     assert orjson.loads(first[2]) == orjson.loads(second[2])
     assert first[1]["Set-Cookie"] == "session=first-only"

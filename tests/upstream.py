@@ -351,6 +351,8 @@ class FakeUpstream:
         return received
 
     async def _scripted(self, request: web.Request, item: Scripted) -> web.StreamResponse:
+        if self.gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
         if item.stall:
             await asyncio.sleep(item.stall)
         if item.drop:
