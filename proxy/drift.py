@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .keys import field_diff
+
 
 def outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
     """What a completion said, per choice; ids, timestamps and usage are left out."""
@@ -135,6 +137,7 @@ class Comparison:
     similarity: float
     diff: str
     divergence: Divergence | None = None  # where the output texts first differ, if they do
+    path: str = ""  # where the outputs compared first differ (``outputs[0].content``)
 
 
 DIFF_CHARS = 64_000  # per side a drift diff keeps: comparing costs more than linearly
@@ -169,7 +172,8 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Comparison | No
     where = divergence(text(a), text(b))
     la, lb = bounded(render(a)), bounded(render(b))
     codes = opcodes(la, lb)
-    return Comparison(round(similarity(la, lb, codes), 4), unified(la, lb, codes), where)
+    first = field_diff(a, b, "outputs", limit=1)[0]
+    return Comparison(round(similarity(la, lb, codes), 4), unified(la, lb, codes), where, first)
 
 
 Opcode = tuple[str, int, int, int, int]  # as difflib's: tag, a[i1:i2], b[j1:j2]
@@ -238,6 +242,36 @@ def unified(a: list[str], b: list[str], codes: list[Opcode]) -> str:
 def _range(length: int) -> str:
     """A hunk's range from the first line, as difflib's ``_format_range_unified``."""
     return "1" if length == 1 else f"{1 if length else 0},{length}"
+
+
+SHORT_LINES, SHORT_CHARS = 12, 1_200  # a diff shown in a test report
+
+
+def short_diff(diff: str) -> str:
+    """A stored full-context diff made short for a report: each change with a line of
+    context either side (``…`` for what is left out), at most :data:`SHORT_LINES` lines
+    and :data:`SHORT_CHARS` characters. Bounded work, as :func:`opcodes` is."""
+    cached, live = sides(diff)
+    if not cached and not live:  # not the diff of two texts (embeddings): as it is
+        lines = diff.splitlines()
+    else:
+        lines = ["--- cached", "+++ live"]
+        codes = opcodes(cached, live)
+        for n, (tag, i1, i2, j1, j2) in enumerate(codes):
+            if tag != "equal":
+                lines.extend("-" + line for line in cached[i1:i2])
+                lines.extend("+" + line for line in live[j1:j2])
+                continue
+            block = [" " + line for line in cached[i1:i2]]
+            after, before = int(n > 0), int(n < len(codes) - 1)  # next to a change
+            if len(block) <= after + before:
+                lines.extend(block)
+            else:
+                lines.extend([*block[:after], "…", *block[len(block) - before :]])
+    kept = bounded([line[:200] for line in lines[:SHORT_LINES]], SHORT_CHARS)
+    if len(lines) > SHORT_LINES and kept[-1] != TRUNCATED:
+        kept.append(f"… {len(lines) - SHORT_LINES} more lines")
+    return "\n".join(kept)
 
 
 def sides(diff: str) -> tuple[list[str], list[str]]:
@@ -309,8 +343,8 @@ def compare_embeddings(
     a, b = _vectors(cached), _vectors(live)
     if [len(v) for v in a] != [len(v) for v in b]:
         shape = f"-{[len(v) for v in a]} vectors/dimensions\n+{[len(v) for v in b]}"
-        return Comparison(0.0, f"--- cached\n+++ live\n{shape}")
-    lines, cosines = [], []
+        return Comparison(0.0, f"--- cached\n+++ live\n{shape}", path="data")
+    lines, cosines, moved = [], [], []
     for i, (u, v) in enumerate(zip(a, b, strict=True)):
         deltas = [abs(x - y) for x, y in zip(u, v, strict=True)]
         worst = max(deltas, default=0.0)
@@ -318,6 +352,7 @@ def compare_embeddings(
         cosine = sum(x * y for x, y in zip(u, v, strict=True)) / norm if norm else 1.0
         cosines.append(cosine)
         if worst > tolerance:
+            moved.append(i)
             lines.append(
                 f"embedding {i}: max |delta| {worst:.3g} at dimension "
                 f"{deltas.index(worst)}, cosine similarity {cosine:.6f}"
@@ -325,7 +360,11 @@ def compare_embeddings(
     if not lines:
         return None
     mean = sum(cosines) / len(cosines) if cosines else 1.0
-    return Comparison(round(mean, 6), "--- cached\n+++ live\n" + "\n".join(lines))
+    return Comparison(
+        round(mean, 6),
+        "--- cached\n+++ live\n" + "\n".join(lines),
+        path=f"data[{moved[0]}].embedding",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +390,7 @@ class DriftEvent:
     divergence_chars: int | None = None
     divergence_words: int | None = None
     shared_prefix_chars: int | None = None
+    path: str = ""  # where the outputs first differ (``outputs[0].content``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

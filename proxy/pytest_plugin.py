@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from .runmodes import ENV, MODES, pointed
+from .runmodes import ENV, MODES, drift_line, pointed
 
 if TYPE_CHECKING:
     from .run import Result, Session
@@ -127,11 +128,14 @@ class _State:
     drift: str
     rootpath: Path
     user_env: dict[str, str | None]  # the variables as the user set them
+    started_ns: int  # when the run started (xdist: the controller's clock)
     proxy: _Proxy | None = None
     ours: dict[str, str] = field(default_factory=dict)  # what an early start set for all
-    existed: dict[Path, bool] = field(default_factory=dict)  # at its first use in this run
+    existed: dict[Path, bool] = field(default_factory=dict)  # when the run started
     cassettes: dict[str, _Cassette] = field(default_factory=dict)  # by path, as shown
     lines: set[str] = field(default_factory=set)  # each proxy's report line (xdist: many)
+    drifted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # test -> records
+    unused_files: set[str] = field(default_factory=set)  # cassette files no test uses
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self.proxy is not None
@@ -160,6 +164,8 @@ class _State:
     def to_json(self) -> dict[str, Any]:
         return {
             "lines": sorted(self.lines),
+            "drifted": self.drifted,
+            "unused_files": sorted(self.unused_files),
             "cassettes": {
                 path: {
                     "loaded": seen.loaded,
@@ -172,6 +178,8 @@ class _State:
 
     def merge(self, data: dict[str, Any]) -> None:
         self.lines.update(data["lines"])
+        self.drifted.update(data["drifted"])
+        self.unused_files.update(data["unused_files"])
         for path, seen in data["cassettes"].items():
             mine = self.cassettes.setdefault(path, _Cassette())
             mine.loaded.update(seen["loaded"])
@@ -226,9 +234,36 @@ def _state(config: pytest.Config) -> _State:
         drift,
         config.rootpath,
         {name: os.environ.get(name) for name in ENV},
+        _run_start(config),
     )
     config.stash[STATE] = state
     return state
+
+
+STARTED = pytest.StashKey[int]()
+
+
+def _run_start(config: pytest.Config) -> int:
+    """When this run started: an xdist worker has the controller's time, so that all of
+    them agree on which cassettes this run wrote (their files are newer)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "seedproxy_started_ns" in workerinput:
+        return int(workerinput["seedproxy_started_ns"])
+    return config.stash.setdefault(STARTED, time.time_ns())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: each worker learns when the run started."""
+    node.workerinput["seedproxy_started_ns"] = _run_start(node.config)
+
+
+def _written_since(path: Path, started_ns: int) -> bool:
+    """Whether the cassette file was written during this run (by any process)."""
+    try:
+        return path.stat().st_mtime_ns >= started_ns
+    except FileNotFoundError:
+        return False
 
 
 def _set_env(values: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -405,11 +440,14 @@ def _seedproxy_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     state, proxy = _proxy_for_test(request.config)
     path = cassette_path(item, marker)
     mode = _marker_mode(item, marker) or state.mode
+    # Whether it existed before the run, and whether this run wrote it, whichever process
+    # (xdist worker) did: rewrite empties a cassette once per run, and once records a
+    # missing one; tests sharing it add to it after that.
+    written = _written_since(path, state.started_ns)
     first = path not in state.existed
     if first:
-        state.existed[path] = path.exists()
-    # rewrite empties a cassette once per run: tests sharing it add to it after that
-    mode = "record" if mode == "rewrite" and not first else mode
+        state.existed[path] = path.exists() and not written
+    mode = "record" if mode == "rewrite" and not (first and not written) else mode
     state.call(proxy.session.begin(path, mode, state.existed[path]))
     proxy_mode = state.call(proxy.session.current()).mode
     before = _set_env(pointed(os.environ, proxy.session.base_url, proxy_mode))
@@ -466,14 +504,19 @@ def seedproxy(request: pytest.FixtureRequest, _seedproxy_cassette: None) -> Reco
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A replay miss fails its test, with the reason, even if the test caught the error."""
+    """A replay miss fails its test, with the reason, even if the test caught the error;
+    drift is kept for the summary, and fails its test with ``--seedproxy-drift=fail``."""
     report = yield
     state = item.config.stash.get(STATE, None)
     if call.when != "call" or state is None or state.proxy is None:
         return report
-    if item.get_closest_marker(MARKER) is None:
+    marker = item.get_closest_marker(MARKER)
+    if marker is None:
         return report
-    misses = state.call(state.proxy.session.current()).replay_misses
+    from .run import drift_record
+
+    result = state.call(state.proxy.session.current())
+    misses = result.replay_misses
     if misses:
         text = "\n\n".join(misses)
         report.sections.append(("seedproxy replay misses", text))
@@ -483,7 +526,55 @@ def pytest_runtest_makereport(
                 f"seedproxy: {len(misses)} request(s) had no recording (the test caught "
                 f"the error, the run does not):\n{text}"
             )
+    if result.drifts:
+        cassette = state.shown(cassette_path(item, marker))
+        records = [drift_record(event, cassette) for event in result.drifts]
+        state.drifted[item.nodeid] = records
+        text = _drift_text(records)
+        report.sections.append(("seedproxy drift", text))
+        if state.drift == "fail" and report.passed:
+            report.outcome = "failed"
+            report.longrepr = f"seedproxy: the live answers differ from the recordings:\n{text}"
     return report
+
+
+def _drift_text(records: list[dict[str, Any]]) -> str:
+    """A test's drift records for people: the cassette, then per call its endpoint and
+    model, where the outputs first differ, and a short diff."""
+    lines = [f"cassette {records[0]['cassette']}"]
+    for record in records:
+        lines.append(f"  {drift_line(record)}")
+        lines.extend(f"    {line}" for line in record["diff"].splitlines())
+    return "\n".join(lines)
+
+
+def _narrowed(config: pytest.Config) -> bool:
+    """Whether this run selects some of the tests only (``-k``, ``-m``, node ids,
+    ``--deselect``, ``--lf``): then a cassette no collected test uses may be another's."""
+    o = config.option
+    chosen = (getattr(o, name, None) for name in ("keyword", "markexpr", "deselect", "lf"))
+    return any(chosen) or any("::" in str(arg) for arg in config.args)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With --seedproxy-fail-unused, the cassette files in the collected modules'
+    cassette directories that no collected test uses (a renamed test's old one)."""
+    state = session.config.stash.get(STATE, None)
+    if state is None or not state.fail_unused or _narrowed(session.config):
+        return
+    folders, used = set(), set()
+    for item in session.items:
+        folders.add(item.path.parent / "cassettes" / item.path.stem)
+        marker = item.get_closest_marker(MARKER)
+        if marker is not None:
+            used.add(cassette_path(item, marker))
+    state.unused_files.update(
+        state.shown(path)
+        for folder in folders
+        if folder.is_dir()
+        for path in folder.glob(f"*{SUFFIX}")
+        if path not in used
+    )
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -502,7 +593,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller sums up
         workeroutput["seedproxy"] = state.to_json()
-    elif state.fail_unused and state.unused() and session.exitstatus == pytest.ExitCode.OK:
+        return
+    unused = state.unused() or state.unused_files
+    if unused and state.fail_unused and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -512,17 +605,25 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     written = sorted(path for path, seen in state.cassettes.items() if seen.written)
     unused = state.unused()
-    if not (written or unused or state.lines):
+    if not (written or unused or state.lines or state.drifted or state.unused_files):
         return
     terminalreporter.section("seedproxy")
     for line in sorted(state.lines):
         terminalreporter.line(line)
+    if state.drifted:
+        fails = " (--seedproxy-drift=fail: they failed)" if state.drift == "fail" else ""
+        terminalreporter.line(f"drift in {len(state.drifted)} test(s){fails}:", yellow=True)
+        for nodeid, records in sorted(state.drifted.items()):
+            terminalreporter.line(f"{nodeid}: {_drift_text(records)}")
     for path in written:
         terminalreporter.line(f"cassette written: {path}")
     for what in unused:
         terminalreporter.line(f"recording never played: {what}")
-    if unused and state.fail_unused:
+    for path in sorted(state.unused_files):
+        terminalreporter.line(f"cassette file no test uses: {path}")
+    if (unused or state.unused_files) and state.fail_unused:
         terminalreporter.line(
-            f"seedproxy: {len(unused)} recording(s) never played (--seedproxy-fail-unused)",
+            f"seedproxy: {len(unused)} recording(s) never played, {len(state.unused_files)} "
+            "cassette file(s) no test uses (--seedproxy-fail-unused)",
             red=True,
         )

@@ -176,6 +176,7 @@ class Recorder:
             divergence_chars=None if where is None else where.chars,
             divergence_words=None if where is None else where.words,
             shared_prefix_chars=None if where is None else where.shared_prefix_chars,
+            path=result.path,
         )
         self.counters.add("drift_events")
         if where is not None and call.source == "traffic":  # traffic only, as comparisons

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -17,11 +18,11 @@ from typing import Any, ClassVar, cast
 import orjson
 from aiohttp import web
 
-from . import cassette
+from . import cassette, drift
 from .app import COUNTS, PIPELINE, create_app
 from .config import Settings, UpstreamSettings, load_settings, with_overrides
 from .keys import canonical_query
-from .runmodes import BASE_URL, effective_mode, pointed
+from .runmodes import BASE_URL, drift_line, effective_mode, pointed
 from .store import Entry, Store, open_store
 from .store.memory import MemoryStore
 from .urls import masked_url
@@ -79,6 +80,7 @@ class Result:
     tokens_live: int = 0
     drift: int = 0
     replay_misses: list[str] = field(default_factory=list)  # their messages
+    drifts: list[dict[str, Any]] = field(default_factory=list)  # drift events, as stored
     loaded: dict[str, str] = field(default_factory=dict)  # key -> "#n endpoint model"
     played: set[str] = field(default_factory=set)  # keys served, compared or recorded
     written: bool = False
@@ -101,6 +103,7 @@ class Result:
             "replay_misses": len(self.replay_misses),
             "replay_miss_messages": self.replay_misses,
             "unused_recordings": self.unused,
+            "drift": [drift_record(event, self.cassette) for event in self.drifts],
         }
 
     def text(self) -> str:
@@ -114,20 +117,54 @@ class Result:
         )
         if self.cassette is not None:
             line += f" | cassette {self.cassette} ({'written' if self.written else 'unchanged'})"
-        return "\n".join([line, *(f"seedproxy: unused recording {u}" for u in self.unused)])
+        return "\n".join(
+            [
+                line,
+                *(f"seedproxy: unused recording {u}" for u in self.unused),
+                *(f"seedproxy: drift {drift_line(event)}" for event in self.drifts),
+            ]
+        )
+
+
+# What a report shows of a drift event; the divergence positions where the event has them.
+DRIFT_FIELDS = (
+    "endpoint",
+    "model",
+    "key",
+    "reason",
+    "path",
+    "similarity",
+    "cached_fingerprint",
+    "live_fingerprint",
+    "divergence_chars",
+    "divergence_words",
+    "shared_prefix_chars",
+)
+
+
+def drift_record(event: Mapping[str, Any], cassette: str | None) -> dict[str, Any]:
+    """A drift event as a report gives it: where, what first differs, and a short diff."""
+    shown = {name: event[name] for name in DRIFT_FIELDS if name in event}
+    return {"cassette": cassette, **shown, "diff": drift.short_diff(event.get("diff", ""))}
 
 
 class _Watched:
-    """A store that reports every entry stored through it: what was recorded, and the
-    tokens those live answers cost."""
+    """A store that reports every entry stored through it (what was recorded, and the
+    tokens those live answers cost) and every drift event."""
 
-    def __init__(self, inner: Store, stored: list[Entry]) -> None:
+    def __init__(self, inner: Store, stored: list[Entry], drifts: list[dict[str, Any]]) -> None:
         self._inner = inner
         self._stored = stored
+        self._drifts = drifts
 
     async def put(self, entry: Entry) -> None:
         await self._inner.put(entry)
         self._stored.append(entry)
+
+    async def add_event(self, event: Mapping[str, Any]) -> None:
+        await self._inner.add_event(event)
+        if event.get("kind") == "drift":
+            self._drifts.append(dict(event))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -145,7 +182,9 @@ class Session:
         self.settings = cassette_settings(settings) if cassettes else settings
         inner: Store = self.memory if self.memory is not None else open_store(self.settings)
         self._stored: list[Entry] = []
-        self.app = create_app(self.settings, store=cast(Store, _Watched(inner, self._stored)))
+        self._drifts: list[dict[str, Any]] = []
+        watched = _Watched(inner, self._stored, self._drifts)
+        self.app = create_app(self.settings, store=cast(Store, watched))
         self.app.on_response_prepare.append(self._answered)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -153,6 +192,7 @@ class Session:
         self._path: Path | None = None
         self._where: dict[str, tuple[str, str]] = {}  # key -> (query, namespace)
         self._before: Mapping[str, int] = {}
+        self._dropped: set[tuple[str, bytes]] = set()  # recordings a rewrite did not load
 
     async def start(self) -> str:
         """Listen on a free loopback port; return the base URL clients use (``.../v1``)."""
@@ -177,6 +217,7 @@ class Session:
         ``untouched``: every request goes to the upstream as sent, and nothing is kept).
         ``exists``: whether the cassette counts as existing for ``once``, if not now."""
         proxy_mode, recordings = mode, list[cassette.Recording]()
+        self._dropped = set()
         if path is not None:
             proxy_mode, recordings = await asyncio.get_running_loop().run_in_executor(
                 None, self._load, path, mode, exists
@@ -194,6 +235,7 @@ class Session:
             },
         )
         self._stored.clear()
+        self._drifts.clear()
         self._before = dict(self.app[COUNTS].total)
         pipeline = self.app[PIPELINE]
         pipeline.untouched = proxy_mode == "untouched"
@@ -204,9 +246,14 @@ class Session:
         self, path: Path, mode: str, exists: bool | None
     ) -> tuple[str, list[cassette.Recording]]:
         there = path.exists()
-        load = mode != "rewrite" and there
         proxy_mode = effective_mode(mode, there if exists is None else exists)
-        return proxy_mode, cassette.read(path, self.settings) if load else []
+        if not there:
+            return proxy_mode, []
+        if mode != "rewrite":
+            return proxy_mode, cassette.read(path, self.settings)
+        with contextlib.suppress(cassette.CassetteError):  # an unreadable one is rewritten
+            self._dropped = {_identity(r) for r in cassette.read(path, self.settings)}
+        return proxy_mode, []
 
     def counts(self) -> Result:
         """The current segment's figures so far."""
@@ -222,6 +269,7 @@ class Session:
         result.recorded = len(self._stored)
         result.tokens_live = sum(e.prompt_tokens + e.completion_tokens for e in self._stored)
         result.played |= {e.key for e in self._stored}
+        result.drifts = list(self._drifts)
         return result
 
     async def current(self) -> Result:
@@ -233,21 +281,50 @@ class Session:
         result = self.counts()
         path, memory = self._path, self.memory
         if path is not None and memory is not None and result.mode != "replay":
-            entries = memory.entries()
-            repeats = cassette.Repeats(self.settings)
-            where = self._where
-            interactions = (
-                cassette.interaction(e, self.settings, *where.get(e.key, ("", "")), repeats)
-                for e in entries
-            )
-            data = cassette.dumps_for(path.name, interactions)
             result.written = await asyncio.get_running_loop().run_in_executor(
-                None, _save, path, data, bool(entries)
+                None, self._write, path, memory.entries(), dict(self._where), self._dropped
             )
         self._path = None
         self.app[PIPELINE].mode = self.settings.cache.mode
         self.app[PIPELINE].untouched = False
         return result
+
+    def _write(
+        self,
+        path: Path,
+        entries: list[Entry],
+        where: dict[str, tuple[str, str]],
+        dropped: set[tuple[str, bytes]],
+    ) -> bool:
+        """Write the cassette, merged with what other processes (xdist workers) wrote to
+        it since this segment read it: under a lock on its directory, the file is read
+        again and its recordings this segment neither holds nor dropped (rewrite) are kept
+        after its own. Never a silent loss when two processes record into one file."""
+        with _locked(path.parent):
+            theirs: list[cassette.Recording] = []
+            if path.exists():
+                mine = {e.key for e in entries}
+                with contextlib.suppress(cassette.CassetteError):  # broken since: ours only
+                    theirs = [
+                        r
+                        for r in cassette.read(path, self.settings)
+                        if r.entry.key not in mine and _identity(r) not in dropped
+                    ]
+            repeats = cassette.Repeats(self.settings)
+            data = cassette.dumps_for(
+                path.name,
+                [
+                    *(
+                        cassette.interaction(e, self.settings, *where.get(e.key, ("", "")), repeats)
+                        for e in entries
+                    ),
+                    *(
+                        cassette.interaction(r.entry, self.settings, r.query, r.namespace, repeats)
+                        for r in theirs
+                    ),
+                ],
+            )
+            return _save(path, data, bool(entries or theirs))
 
     async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
         """Every answer, as it is sent: which recording it played, where a key came from
@@ -263,6 +340,25 @@ class Session:
                 error = orjson.loads(cast(bytes, response.body))["error"]
                 if error.get("code") == "cache_miss":
                     self._result.replay_misses.append(str(error["message"]))
+
+
+def _identity(recording: cassette.Recording) -> tuple[str, bytes]:
+    """A recording as itself: its key and its answer (one recorded again differs)."""
+    return recording.entry.key, recording.entry.body
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on a cassette directory for a read-merge-write of one of its
+    files (flock on the directory itself: no lock file left beside the cassettes, and
+    released if the process dies)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _save(path: Path, data: bytes, anything: bool) -> bool:

@@ -5,6 +5,7 @@ must not pay for importing one."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 MODES = ("once", "replay", "record", "rewrite", "refresh")
 # What SDKs are given as OPENAI_API_KEY when replaying without one: they refuse to start
@@ -30,3 +31,12 @@ def pointed(base: Mapping[str, str], base_url: str, mode: str) -> dict[str, str]
     if mode == "replay" and not base.get("OPENAI_API_KEY"):
         env["OPENAI_API_KEY"] = PLACEHOLDER_KEY
     return env
+
+
+def drift_line(event: Mapping[str, Any]) -> str:
+    """A drift event (or its report record) in one line: the call, and where its outputs
+    first differ."""
+    return (
+        f"{event.get('endpoint')} {event.get('model')}: first difference at "
+        f"{event.get('path') or '(outputs)'} (similarity {event.get('similarity')})"
+    )

@@ -117,3 +117,35 @@ def test_text_is_what_the_model_wrote():
     assert divergence(
         text(outputs(completion("hi there"))), text(outputs(completion("hi you")))
     ) == (Divergence(4, 2, 3))
+
+
+def test_a_comparison_says_where_outputs_first_differ_and_a_report_shows_a_short_diff():
+    from proxy import drift
+
+    def answer(*lines: str) -> dict[str, object]:
+        content = "\n".join(lines)
+        return {"choices": [{"index": 0, "message": {"content": content}, "finish_reason": "stop"}]}
+
+    same = [f"line {i}" for i in range(100)]
+    result = drift.compare(
+        drift.outputs(answer(*same)), drift.outputs(answer(*same[:50], "changed", *same[51:]))
+    )
+    assert result is not None and result.path == "outputs[0].content"
+    short = drift.short_diff(result.diff)
+    assert short.splitlines() == [
+        "--- cached",
+        "+++ live",
+        "…",
+        " line 49",
+        "-line 50",
+        "+changed",
+        " line 51",
+        "…",
+    ]
+    huge = drift.compare(
+        drift.outputs(answer(*(f"a{i}" * 500 for i in range(50)))),
+        drift.outputs(answer(*(f"b{i}" * 500 for i in range(50)))),
+    )
+    assert huge is not None
+    capped = drift.short_diff(huge.diff)
+    assert len(capped) <= drift.SHORT_CHARS + 100 and len(capped.splitlines()) <= 14

@@ -312,7 +312,8 @@ def test_unused_recordings_are_listed_and_can_fail_the_run(suite, pytester, upst
     suite().assert_outcomes(passed=6)
     bg.run(upstream.stop())
     source = pytester.path / "test_llm.py"
-    source.write_text(source.read_text().replace('ask("two")', 'ask("one")'))
+    original = source.read_text()
+    source.write_text(original.replace('ask("two")', 'ask("one")'))
     listed = suite("--seedproxy-mode", "replay", expect="replay")
     listed.assert_outcomes(passed=6)
     assert listed.ret == 0
@@ -322,7 +323,89 @@ def test_unused_recordings_are_listed_and_can_fail_the_run(suite, pytester, upst
     failing = suite("--seedproxy-mode", "replay", "--seedproxy-fail-unused", expect="replay")
     failing.assert_outcomes(passed=6)
     assert failing.ret == pytest.ExitCode.TESTS_FAILED
-    failing.stdout.fnmatch_lines(["*1 recording(s) never played (--seedproxy-fail-unused)*"])
+    failing.stdout.fnmatch_lines(
+        ["*1 recording(s) never played, 0 cassette file(s) no test uses (--seedproxy-fail-unused)"]
+    )
+    # a renamed test leaves its old cassette behind: a file no collected test uses
+    source.write_text(original)
+    folder = pytester.path / "cassettes" / "test_llm"
+    (folder / "test_old_name.json").write_bytes((folder / "test_hello.json").read_bytes())
+    orphan = suite("--seedproxy-mode", "replay", "--seedproxy-fail-unused", expect="replay")
+    orphan.assert_outcomes(passed=6)
+    assert orphan.ret == pytest.ExitCode.TESTS_FAILED
+    orphan.stdout.fnmatch_lines(
+        [
+            "cassette file no test uses: cassettes/test_llm/test_old_name.json",
+            "*0 recording(s) never played, 1 cassette file(s) no test uses*",
+        ]
+    )
+    for narrowed in (["-k", "test_hello"], ["-m", "seedproxy"], ["test_llm.py::test_hello"]):
+        result = suite(
+            "--seedproxy-mode", "replay", "--seedproxy-fail-unused", *narrowed, expect="replay"
+        )
+        assert result.ret == 0 and "no test uses" not in result.stdout.str()
+
+
+def test_drift_is_listed_per_test_and_can_fail_it(suite, pytester, upstream):
+    chosen = "test_stream or TestShared"
+    suite("-k", chosen).assert_outcomes(passed=3)
+    upstream.nondeterministic = True
+    warned = suite("-k", chosen, "--seedproxy-mode", "refresh")
+    warned.assert_outcomes(passed=3)
+    warned.stdout.fnmatch_lines(
+        [
+            "*= seedproxy =*",
+            "drift in 3 test(s):",
+            "test_llm.py::TestShared::test_one: cassette cassettes/test_llm/shared.json",
+            "  /v1/chat/completions gpt-test: first difference at outputs[[]0].content *",
+            "    --- cached",
+            "    +++ live",
+            "    @@ -1,4 +1,4 @@",
+            "     [[]choice 0] finish_reason=stop",
+            "    -*",
+            "test_llm.py::TestShared::test_two: cassette cassettes/test_llm/shared.json",
+            "test_llm.py::test_stream: cassette cassettes/test_llm/test_stream.json",
+        ]
+    )
+    failed = suite("-k", "test_stream", "--seedproxy-mode", "refresh", "--seedproxy-drift=fail")
+    failed.assert_outcomes(failed=1)
+    failed.stdout.fnmatch_lines(
+        [
+            "*seedproxy: the live answers differ from the recordings:",
+            "*drift in 1 test(s) (--seedproxy-drift=fail: they failed):",
+        ]
+    )
+
+
+def test_xdist_workers_sharing_one_cassette_lose_nothing(
+    suite, pytester, upstream, bg, monkeypatch
+):
+    pytester.makepyfile(
+        test_shared="""
+        import openai, pytest
+
+        @pytest.mark.seedproxy(cassette="shared")
+        @pytest.mark.parametrize("n", range(8))
+        def test_n(n):
+            reply = openai.OpenAI().chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": f"question {n}"}])
+            assert reply.choices[0].message.content
+        """
+    )
+    shared = pytester.path / "cassettes" / "test_shared" / "shared.json"
+    for mode in ("once", "rewrite"):
+        suite("-n", "2", "--seedproxy-mode", mode, "test_shared.py").assert_outcomes(passed=8)
+        questions = sorted(
+            i["request"]["messages"][0]["content"]
+            for i in orjson.loads(shared.read_bytes())["interactions"]
+        )
+        assert questions == [f"question {n}" for n in range(8)]
+    bg.run(upstream.stop())
+    monkeypatch.delenv("OPENAI_API_KEY")
+    recorded = shared.read_bytes()
+    replayed = suite("-n", "2", "--seedproxy-mode", "replay", "test_shared.py", expect="replay")
+    replayed.assert_outcomes(passed=8)
+    assert shared.read_bytes() == recorded
 
 
 def test_each_xdist_worker_has_its_own_proxy(suite, pytester, upstream, bg, monkeypatch):

@@ -169,6 +169,12 @@ def test_modes(programs, seedproxy_run, tmp_path, upstream):
     before = cassette.read_bytes()
     summary = run("refresh", "two")  # live, compared, updated
     assert (summary["live_calls"], summary["drift_events"], summary["written"]) == (1, 1, True)
+    (drifted,) = summary["drift"]  # per interaction: where, what first differs, a short diff
+    assert drifted["cassette"] == str(cassette) and drifted["reason"] == "refresh"
+    assert (drifted["endpoint"], drifted["model"]) == ("/v1/chat/completions", "gpt-test")
+    assert drifted["path"] == "outputs[0].content"
+    assert drifted["diff"].startswith("--- cached\n+++ live\n")
+    assert any(line.startswith("+") for line in drifted["diff"].splitlines()[2:])
     assert cassette.read_bytes() != before and questions() == ["two"]
 
     calls = len(upstream.calls)
