@@ -10,6 +10,7 @@ import hashlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,7 @@ from .config import CacheSettings, Settings
 from .echoes import Echoes
 from .errors import ProxyError
 from .fetch import Live, Tee
-from .keys import cache_key, canonical_query, nearest
+from .keys import cache_key, canonical_query, nearest, value_at
 from .kinds import Echo, Kind, same
 from .lru import Lru
 from .policy import SERVER_STATE, UNSEEDED
@@ -264,22 +265,40 @@ async def streamed(
     return response or web.Response(status=499)  # nginx's "client closed request"
 
 
-_WHY = {
-    "": "runs in replay mode, so it will not call the upstream",
-    "only-if-cached": "the request asked for a stored answer only (Cache-Control: "
-    "only-if-cached), so the upstream was not called",
-}
-_HOW = {
-    "": "To record it, send the request once through the proxy in record mode "
+@dataclass(frozen=True, slots=True)
+class Language:
+    """How a replay miss tells its reader why the upstream was not called and how to
+    record the request: a server names its own mode flag, a test session its own."""
+
+    why: str  # "runs in replay mode, so it will not call the upstream"
+    how: str  # "To record it, ..."
+
+
+SERVER = Language(
+    "runs in replay mode, so it will not call the upstream",
+    "To record it, send the request once through the proxy in record mode "
     "(seedproxy serve --mode record) with a valid API key.",
-    "only-if-cached": "To record it, send it once without only-if-cached.",
-}
+)
+ONLY_IF_CACHED = Language(
+    "the request asked for a stored answer only (Cache-Control: only-if-cached), so the "
+    "upstream was not called",
+    "To record it, send it once without only-if-cached.",
+)
+SHOWN_FIELDS, SHOWN_CHARS = 8, 80  # fields a miss names, characters of each value it shows
+REDACTED_CHARS = 4_096  # of a value, redacted before it is cut to SHOWN_CHARS
 
 
 async def replay_miss(
-    call: Call, reason: str, store: Store, registry: Registry, settings: Settings
+    call: Call,
+    reason: str,
+    store: Store,
+    registry: Registry,
+    settings: Settings,
+    language: Language = SERVER,
 ) -> ProxyError:
-    """The 504 ``cache_miss`` for a request that may not go live: why, and what is nearest."""
+    """The 504 ``cache_miss`` for a request that may not go live: why, what is nearest,
+    and how to record it in the ``language`` of whoever runs the proxy."""
+    said = ONLY_IF_CACHED if call.plan.asked == "only-if-cached" else language
     offline = (
         "this request asked only-if-cached, so seedproxy does not call the upstream"
         if call.plan.asked == "only-if-cached"
@@ -303,15 +322,14 @@ async def replay_miss(
         message = (
             f"{offline}, but this "
             f"{call.endpoint.path} request (key {call.key}) needs a live answer "
-            f"({call.plan.refused}). Send it without that in replay mode, or record it in "
-            "record mode."
+            f"({call.plan.refused}). Send it without that in replay mode. {said.how}"
         )
     else:
         fresh = " young enough for max-age and cache.ttl" if reason == "expired" else ""
         message = (
             f"seedproxy has no recorded response{fresh} for this {call.endpoint.path} request "
-            f"(key {call.key}) and {_WHY[call.plan.asked]}. "
-            f"{await _nearest(call, store, registry, settings)} {_HOW[call.plan.asked]}"
+            f"(key {call.key}) and {said.why}. "
+            f"{await _nearest(call, store, registry, settings)} {said.how}"
         )
     return ProxyError(
         504,
@@ -353,11 +371,34 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."
     key, fields = found
+    theirs = dict(recorded)[key]
     if not fields:
         return (
             f"A request with the same body is recorded (key {key}) under another "
             f"namespace, query or upstream (the key covers those too; upstream here: "
             f"{masked_url(settings.upstream.base_url)})."
         )
-    shown = ", ".join(fields[:8]) + (f" and {len(fields) - 8} more" if len(fields) > 8 else "")
+    shown = "; ".join(
+        f"{field} (recorded {_shown(theirs, field, settings)}, "
+        f"sent {_shown(call.body, field, settings)})"
+        for field in fields[:SHOWN_FIELDS]
+    )
+    more = len(fields) - SHOWN_FIELDS
+    shown += f"; and {more} more" if more > 0 else ""
     return f"The nearest recorded request for model {model!r} (key {key}) differs in: {shown}."
+
+
+def _shown(body: dict[str, Any], field: str, settings: Settings) -> str:
+    """The value at ``field`` of a request body as JSON, secrets redacted, truncated."""
+    there, found = value_at(body, field)
+    if not there:
+        return "nothing"
+    if isinstance(found, str):  # a long prompt: only its start is shown, or dumped
+        found = found[:REDACTED_CHARS]
+    try:
+        text = orjson.dumps(found).decode()[:REDACTED_CHARS]
+    except orjson.JSONEncodeError:
+        text = str(found)[:REDACTED_CHARS]
+    # Redacted before it is cut, so a secret is never shown in part.
+    text = settings.redactor.text(text)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"

@@ -299,3 +299,21 @@ def nearest(
         if best is None or len(diff) < len(best[1]):
             best = (key, diff)
     return best
+
+
+def value_at(body: Any, path: str) -> tuple[bool, Any]:
+    """Whether ``body`` has a value at a :func:`field_diff` path (``messages[1].content``),
+    and that value: for showing what was recorded and what was sent."""
+    if path == "(body)":
+        return True, body
+    try:
+        steps = parse_path(path)
+    except ValueError:  # a field name no path can spell
+        return False, None
+    at = body
+    for step in steps:
+        reached = next(iter(_children(at, step)), None)  # field_diff paths have no [*]
+        if reached is None:
+            return False, None
+        at = reached[0][reached[1]]
+    return True, at

@@ -59,6 +59,7 @@ class Pipeline:
         self.counters = counters
         self.credential = credential
         self.mode: str = settings.cache.mode
+        self.language = answers.SERVER  # how a replay miss says how to record (see Session)
         self.untouched = False  # a test session's unmarked test: as if no proxy were there
         cache = settings.cache
         self.health = StoreHealth()
@@ -111,7 +112,7 @@ class Pipeline:
             case ReplayMiss(reason):
                 self.counters.add("replay_misses")
                 error = await answers.replay_miss(
-                    call, reason, self.store, self.registry, self.settings
+                    call, reason, self.store, self.registry, self.settings, self.language
                 )
                 if n:
                     recorded = await repeats.recorded(self.store, first, n)

@@ -297,7 +297,7 @@ def _start(config: pytest.Config, state: _State) -> _Proxy:
     except ConfigError as exc:
         raise pytest.UsageError(f"seedproxy: {exc}") from None
     loop = _Loop()
-    session = Session(settings, cassettes=True)
+    session = Session(settings, cassettes=True, caller="pytest")
     loop.run(session.start())
     state.proxy = _Proxy(loop, session, f"{upstream} | mode {state.mode}")
     state.lines.add(state.proxy.line)

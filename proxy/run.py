@@ -18,7 +18,7 @@ from typing import Any, ClassVar, cast
 import orjson
 from aiohttp import web
 
-from . import cassette, drift
+from . import answers, cassette, drift
 from .app import COUNTS, PIPELINE, create_app
 from .config import Settings, UpstreamSettings, load_settings, with_overrides
 from .keys import canonical_query
@@ -148,6 +148,30 @@ def drift_record(event: Mapping[str, Any], cassette: str | None) -> dict[str, An
     return {"cassette": cassette, **shown, "diff": drift.short_diff(event.get("diff", ""))}
 
 
+def miss_language(caller: str, mode: str, path: Path | None) -> answers.Language:
+    """How a replay miss speaks to a session's user: the flags of ``caller`` ("pytest" or
+    "run") that record, for the cassette at ``path`` served in run mode ``mode``."""
+    if caller == "pytest":
+        return answers.Language(
+            f"replays the test's cassette {path} (--seedproxy-mode {mode}), so it will not "
+            "call the upstream",
+            "To record it, run the test with --seedproxy-mode record (adds it to the "
+            "cassette) or --seedproxy-mode rewrite (records the cassette anew), or mark it "
+            '@pytest.mark.seedproxy(mode="record"), with a valid API key.',
+        )
+    if path is not None:
+        return answers.Language(
+            f"replays the cassette {path} (seedproxy run --mode {mode}), so it will not "
+            "call the upstream",
+            "To record it, use seedproxy run --mode record (adds it to the cassette) or "
+            "--mode rewrite (records the cassette anew) with a valid API key.",
+        )
+    return answers.Language(
+        "runs in replay mode (seedproxy run --mode replay), so it will not call the upstream",
+        "To record it, use seedproxy run --mode record with a valid API key.",
+    )
+
+
 class _Watched:
     """A store that reports every entry stored through it (what was recorded, and the
     tokens those live answers cost) and every drift event."""
@@ -176,8 +200,10 @@ class Session:
 
     serving: ClassVar[set[str]] = set()  # base URLs of this process's sessions (no loops)
 
-    def __init__(self, settings: Settings, cassettes: bool) -> None:
-        """``cassettes``: serve cassette files from memory, else the configured store."""
+    def __init__(self, settings: Settings, cassettes: bool, caller: str = "run") -> None:
+        """``cassettes``: serve cassette files from memory, else the configured store;
+        ``caller`` ("run" or "pytest"): whose flags a replay miss names."""
+        self.caller = caller
         self.memory = MemoryStore(max_variants=1) if cassettes else None
         self.settings = cassette_settings(settings) if cassettes else settings
         inner: Store = self.memory if self.memory is not None else open_store(self.settings)
@@ -240,6 +266,7 @@ class Session:
         pipeline = self.app[PIPELINE]
         pipeline.untouched = proxy_mode == "untouched"
         pipeline.mode = "passthrough" if pipeline.untouched else proxy_mode
+        pipeline.language = miss_language(self.caller, mode, path)
         pipeline.repeats.reset()
 
     def _load(
@@ -287,6 +314,7 @@ class Session:
         self._path = None
         self.app[PIPELINE].mode = self.settings.cache.mode
         self.app[PIPELINE].untouched = False
+        self.app[PIPELINE].language = answers.SERVER
         return result
 
     def _write(

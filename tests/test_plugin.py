@@ -134,7 +134,18 @@ def test_a_changed_prompt_fails_in_replay_naming_the_field(suite, pytester, upst
     source.write_text(source.read_text().replace('"Say hello"', '"Say goodbye"'))
     result = suite("-k", "test_hello", "--seedproxy-mode", "replay", expect="replay")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*differs in: messages[[]0].content*"])
+    result.stdout.re_match_lines(
+        [
+            r".*no recorded response for this /v1/chat/completions request \(key \w+\) and "
+            r"replays the test's cassette \S+/cassettes/test_llm/test_hello.json "
+            r"\(--seedproxy-mode replay\), so it will not call the upstream\. The nearest .*"
+            r'differs in: messages\[0\]\.content \(recorded "Say hello", sent "Say goodbye"\)\. '
+            r"To record it, run the test with --seedproxy-mode record \(adds it to the "
+            r"cassette\) or --seedproxy-mode rewrite \(records the cassette anew\), or mark it "
+            r'@pytest\.mark\.seedproxy\(mode="record"\).*'
+        ]
+    )
+    assert "seedproxy serve" not in result.stdout.str()
 
 
 INERT = """
@@ -360,7 +371,6 @@ def test_drift_is_listed_per_test_and_can_fail_it(suite, pytester, upstream):
             "  /v1/chat/completions gpt-test: first difference at outputs[[]0].content *",
             "    --- cached",
             "    +++ live",
-            "    @@ -1,4 +1,4 @@",
             "     [[]choice 0] finish_reason=stop",
             "    -*",
             "test_llm.py::TestShared::test_two: cassette cassettes/test_llm/shared.json",

@@ -180,7 +180,10 @@ def test_modes(programs, seedproxy_run, tmp_path, upstream):
     calls = len(upstream.calls)
     _, summary = seedproxy_run("--cassette", str(cassette), "--", *ask, "three", "0")
     assert summary is not None and summary["replay_misses"] == 1 and summary["mode"] == "replay"
-    assert "differs in: messages[0].content" in summary["replay_miss_messages"][0]
+    message = summary["replay_miss_messages"][0]
+    assert 'differs in: messages[0].content (recorded "two", sent "three")' in message
+    assert f"replays the cassette {cassette} (seedproxy run --mode once)" in message
+    assert "seedproxy run --mode record" in message and "seedproxy serve" not in message
     assert len(upstream.calls) == calls  # once, on an existing cassette: nothing went out
 
 
@@ -248,3 +251,22 @@ def test_a_proxy_of_this_process_is_never_its_own_upstream():
         assert chosen_upstream(None, "--upstream", env) == (None, "upstream.base_url")
     finally:
         Session.serving.discard("http://127.0.0.1:9/v1")
+
+
+def test_a_miss_shows_values_truncated_and_redacted():
+    from proxy.answers import SHOWN_CHARS, _shown
+    from proxy.config import load_settings
+    from proxy.keys import value_at
+
+    settings = load_settings(None, {})
+    body = {"messages": [{"content": "x" * 1_000_000}], "n": 2, "tools": [{"a": [1, 2]}]}
+    assert value_at(body, "messages[0].content") == (True, "x" * 1_000_000)
+    assert value_at(body, "tools[0].a[1]") == (True, 2)
+    assert value_at(body, "messages[1].content") == (False, None)
+    assert value_at(body, "n.x") == (False, None)
+    long = _shown(body, "messages[0].content", settings)
+    assert len(long) == SHOWN_CHARS and long.endswith("…")
+    assert _shown(body, "temperature", settings) == "nothing"
+    secret = {"messages": [{"content": "key sk-proj-" + "A1b2C3d4" * 12}]}
+    shown = _shown(secret, "messages[0].content", settings)
+    assert "A1b2C3d4" not in shown and "REDACTED" in shown

@@ -347,7 +347,10 @@ def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make
                 temperature=0.7,
                 messages=[{"role": "user", "content": "Say hello!"}],
             )
-        assert "differs in: messages[0].content, temperature" in err.value.message
+        assert (
+            'differs in: messages[0].content (recorded "Say hello", sent "Say hello!"); '
+            "temperature (recorded 0.5, sent 0.7)"
+        ) in err.value.message
         with pytest.raises(openai.APIStatusError) as err:
             client.chat.completions.create(model="other-model", messages=MESSAGES)
         assert "Nothing is recorded for model 'other-model'" in err.value.message
