@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 MARKER = "seedproxy"
 SUFFIX = ".json"
+SUFFIXES = (SUFFIX, ".jsonl")
 # A file name's limit is 255 bytes on the common file systems; this leaves room for the
 # suffix and for the temporary name an atomic write uses beside it.
 MAX_NAME_BYTES = 200
@@ -362,20 +363,22 @@ def cassette_name(item: pytest.Item, name: str | None) -> str:
     """A file name for the cassette: ``name``, else the test's (its class's too). A name
     that is not a safe file name as it is (parametrized ids have ``/``, spaces, ``?``) has
     those characters replaced and ends with a digest of the whole name, so two tests never
-    share a file by accident; at most :data:`MAX_NAME_BYTES` bytes before the suffix."""
+    share a file by accident; at most :data:`MAX_NAME_BYTES` bytes before the suffix
+    (``.json``, or ``.jsonl`` for a named cassette written as JSON Lines)."""
     if name is None:
         cls = getattr(item, "cls", None)
         name = (f"{cls.__name__}." if cls is not None else "") + item.name
-    name = name.removesuffix(SUFFIX)
+    suffix = next((end for end in SUFFIXES if name.endswith(end)), SUFFIX)
+    name = name.removesuffix(suffix)
     safe = _UNSAFE.sub("-", name)
     encoded = safe.encode("utf-8", "replace")
     if safe == name and len(encoded) <= MAX_NAME_BYTES and encoded.decode() == safe:
-        return name + SUFFIX
+        return name + suffix
     import hashlib
 
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST]
     head = encoded[: MAX_NAME_BYTES - DIGEST - 1].decode("utf-8", "ignore")
-    return f"{head}-{digest}{SUFFIX}"
+    return f"{head}-{digest}{suffix}"
 
 
 def _marker_mode(item: pytest.Item, marker: pytest.Mark) -> str | None:
@@ -572,8 +575,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         state.shown(path)
         for folder in folders
         if folder.is_dir()
-        for path in folder.glob(f"*{SUFFIX}")
-        if path not in used
+        for path in folder.iterdir()
+        if path.suffix in SUFFIXES and path not in used
     )
 
 

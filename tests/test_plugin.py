@@ -451,6 +451,7 @@ def test_lossy_cassette_names_never_collide_and_stay_bounded_in_bytes():
     # a safe name is kept as it is (existing cassettes keep loading)
     assert name_of("test_topics[a-b]") == "test_topics[a-b].json"
     assert name_of("x", "mine.json") == name_of("x", "mine") == "mine.json"
+    assert name_of("x", "mine.jsonl") == "mine.jsonl"
     assert name_of("test_x[\u00e9t\u00e9]") == "test_x[\u00e9t\u00e9].json"
     long = name_of("test_x[" + "a/b:c" * 60 + "]")
     assert long != name_of("test_x[" + "a/b:c" * 59 + "a/b:d]")
