@@ -27,6 +27,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's proxy package, installed or not
 sys.path.insert(0, str(ROOT / "bench"))  # the modules beside this one, run as a script or not
 
 import portkey  # noqa: E402
+import suites  # noqa: E402
 from drivers import first_chunks_ms, in_turns, sdk_taking_turns  # noqa: E402
 
 LUA = ROOT / "bench" / "chat.lua"
@@ -57,12 +59,14 @@ class Mode:
     sdk_c16: int  # and at c=16
     sdk_turns: int  # the runs those take turns in
     first_byte: int  # requests per kind of hit for the time to the first byte
+    suite_tests: int  # tests in the generated suite replayed by pytest
+    suite_turns: int  # the runs of each way, taking turns
 
 
 MODES = {
-    "full": Mode(10, 10, 1_000_000, "full", 400, 1600, 5, 200),
-    "quick": Mode(5, 6, 100_000, "quick", 200, 800, 4, 100),
-    "smoke": Mode(1, 1, 300, "smoke", 40, 160, 2, 20),
+    "full": Mode(10, 10, 1_000_000, "full", 400, 1600, 5, 200, 300, 5),
+    "quick": Mode(5, 6, 100_000, "quick", 200, 800, 4, 100, 300, 3),
+    "smoke": Mode(1, 1, 300, "smoke", 40, 160, 2, 20, 20, 1),
 }
 
 
@@ -627,6 +631,28 @@ def first_byte_rows(proxy: int, mode: Mode, rows: list[Row]) -> None:
     )
 
 
+def suite_row(upstream: int, mode: Mode, rows: list[Row]) -> None:
+    """A generated suite (one chat call per test) replayed by the pytest plugin, by
+    pytest-recording and mocked with no HTTP, whole pytest runs taking turns
+    (bench/suites.py): the cost per test beyond the mocked floor."""
+    tests = mode.suite_tests
+    seconds = suites.measure(f"http://127.0.0.1:{upstream}/v1", tests, mode.suite_turns)
+    cost = suites.per_test_ms(seconds, tests)
+    ours, theirs = cost["seedproxy"], cost["pytest-recording"]
+    floor = statistics.median(seconds["mocked"])
+    rows.append(
+        Row(
+            f"pytest suite replayed, {tests} tests, per test beyond mocked",
+            f"{ours:+.2f} ms",
+            f"pytest-recording {theirs:+.2f} ms; mocked suite {floor:.2f} s "
+            f"({mode.suite_turns} runs each)",
+            f"{ours / theirs:.2f}x" if theirs > 0 else "",
+            "issue 30: <= pytest-recording's",
+            verdict(ours <= theirs),
+        )
+    )
+
+
 def run(servers: Servers, mode: Mode, entries: int, peers: Peers, rows: list[Row]) -> None:
     t, lt = mode.seconds, mode.latency_seconds
     up0, up50, up30k = servers.upstream(0), servers.upstream(50), servers.upstream(0, LINES_30KB)
@@ -689,6 +715,8 @@ def run(servers: Servers, mode: Mode, entries: int, peers: Peers, rows: list[Row
             f"{big['p50_us'] / small['p50_us']:.2f}x",
         )
     )
+
+    suite_row(up0, mode, rows)
 
     # -- a large store; a tenth of it tells whether memory grows with the entries
     sizes = {"small": 1000, "tenth": max(1000, entries // 10), "large": entries}

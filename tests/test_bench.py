@@ -36,6 +36,7 @@ def test_benchmark_smoke_run_prints_its_table():
         "hit latency with 300 entries, c=1",
         "RSS with 300 entries",
         "peak RSS",
+        "pytest suite replayed, 20 tests, per test beyond mocked",
     ):
         assert metric in table, metric
     assert "req/s" in table and "ms" in table
