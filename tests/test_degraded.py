@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -101,6 +101,7 @@ def test_a_full_disk_is_degraded_until_a_write_succeeds(make_proxy, small_disk, 
         (OSError(errno.ENOSPC, "No space left on device"), True),
         (OSError(errno.EROFS, "Read-only file system"), True),
         (OSError(errno.EACCES, "Permission denied"), True),
+        (OSError(errno.ENOENT, "No such file or directory"), True),  # diskcache's way
         (OSError(errno.EIO, "Input/output error"), False),
     ],
 )
@@ -194,3 +195,43 @@ def test_a_read_only_redis_replica_is_degraded_until_a_write_succeeds(
 )
 def test_which_redis_errors_refuse_writes(exc, refused):
     assert redis_store.refuses_writes(exc) is refused
+
+
+@pytest.fixture
+def read_only_later(
+    tmp_path: Path,
+) -> Iterator[tuple[Path, Callable[[], None], Callable[[], None]]]:
+    """A directory that can be made read-only under a running proxy: a read-only bind
+    mount of it over itself (files the proxy has open stay writable through their old
+    descriptors; every file it creates from then on is refused, as on a read-only file
+    system), and made writable again by unmounting it."""
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    mounted: list[bool] = []
+
+    def freeze() -> None:
+        for args in (["--bind", directory, directory], ["-o", "remount,ro,bind", directory]):
+            done = subprocess.run(["mount", *map(str, args)], capture_output=True)
+            if done.returncode:
+                pytest.fail(f"cannot bind-mount read-only (run as root): {done.stderr.decode()}")
+        mounted.append(True)
+
+    def thaw() -> None:  # lazily: what the proxy opened through it stays open
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+        mounted.pop()
+
+    yield directory, freeze, thaw
+    if mounted:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_a_read_only_cache_directory_is_degraded(make_proxy, upstream, read_only_later, logs):
+    directory, freeze, thaw = read_only_later
+    upstream.content_lines = 1500  # about 60 KB: stored as a file of its own
+    proxy = make_proxy(cache={"dir": str(directory)})
+    assert ask(proxy, "stored before")[1]["X-Cache"] == "MISS"
+    freeze()
+    check_degraded(proxy, logs, "cannot be written")
+    thaw()
+    check_recovered(proxy, logs)

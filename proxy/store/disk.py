@@ -48,8 +48,12 @@ def _corrupt(path: Path, exc: Exception) -> str:
 
 
 # Why a write fails when the store is whole but cannot grow or change: no space (or
-# quota), a read-only file system, permissions; SQLite's own codes for the same.
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EPERM, errno.EACCES})
+# quota), a read-only file system, permissions; SQLite's own codes for the same. diskcache
+# reports a value file it could not create (its directory refused: read-only, full) as
+# ENOENT; a read of a missing value file is a miss to it, never this error.
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EPERM, errno.EACCES, errno.ENOENT}
+)
 _SQLITE_FULL, _SQLITE_READONLY, _SQLITE_PERM = 13, 8, 3
 
 
