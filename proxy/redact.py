@@ -92,6 +92,7 @@ _PEM = (
     rf"(?:(?:{_PEM_GAP}[A-Za-z0-9+/=]{{1,15}})?{_PEM_GAP}-----END {_PEM_LABEL}-----)?"
 )
 
+AWS_SECRET = "aws_secret_access_key"
 BUILTIN: tuple[Detector, ...] = (
     Detector("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", r"sk-ant-", _RANDOM),
     Detector(
@@ -107,7 +108,7 @@ BUILTIN: tuple[Detector, ...] = (
         _after(4, _varied(6)),
     ),
     Detector(
-        "aws_secret_access_key",
+        AWS_SECRET,
         r"(?i:(?:aws_?)?secret_?access_?key)[\"']?[ \t]*[:=][ \t]*[\"']?"
         r"([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)",
         r"(?i:secret_?access_?key)",
@@ -371,8 +372,13 @@ class Redactor:
         """A JSON value with its strings (and object keys) redacted; the very same object
         when nothing was found, so callers can tell by identity."""
         strings: list[str] = []
-        _gather(value, strings)
+        named: list[int] = []  # the values of fields named like a secret access key
+        _gather(value, strings, named)
         changed = self._strings(strings)
+        if self.builtin and not self.legacy:  # "SecretAccessKey": "..." is one in JSON too
+            for i in named:
+                if i not in changed and _aws_secret(strings[i]):
+                    changed[i] = _placeholder(AWS_SECRET, strings[i].encode(), False).decode()
         return _rebuild(value, changed, iter(range(len(strings)))) if changed else value
 
     def _strings(self, strings: list[str]) -> dict[int, str]:
@@ -436,17 +442,36 @@ class Redactor:
         return raw if out == raw else out
 
 
-def _gather(value: Any, out: list[str]) -> None:
-    """Every string in a JSON value, object keys too, in the order :func:`_rebuild` visits."""
+def names_secret(field: str) -> bool:
+    """Whether an object field is named like an AWS secret access key
+    (``aws_secret_access_key``, ``SecretAccessKey``, ``secretAccessKey``)."""
+    if len(field) < 15 or field[-1] not in "yY":  # most fields stop here, at C speed
+        return False
+    return field.lower().replace("_", "").replace("-", "").endswith("secretaccesskey")
+
+
+_AWS_CHARS = string.ascii_letters + string.digits + "/+"
+
+
+def _aws_secret(value: str) -> bool:
+    """Whether a field named like a secret access key holds one: 40 characters of them."""
+    return len(value) == 40 and not value.strip(_AWS_CHARS) and _two(value.encode())
+
+
+def _gather(value: Any, out: list[str], named: list[int]) -> None:
+    """Every string in a JSON value, object keys too, in the order :func:`_rebuild` visits,
+    and in ``named`` the places of string values of fields :func:`names_secret`."""
     if isinstance(value, str):
         out.append(value)
     elif isinstance(value, list):
         for item in value:
-            _gather(item, out)
+            _gather(item, out, named)
     elif isinstance(value, dict):
         for key, item in value.items():
             out.append(key)
-            _gather(item, out)
+            if isinstance(item, str) and names_secret(key):
+                named.append(len(out))
+            _gather(item, out, named)
 
 
 def _rebuild(value: Any, changed: dict[int, str], order: Iterator[int]) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 import yaml
 
-from .redact import Redactor, mask
+from .redact import Redactor, mask, names_secret
 from .sse import iter_events, parse_event
 from .store import Entry
 from .store.disk import DiskStore
@@ -58,6 +58,8 @@ def _strings(value: Any) -> Iterator[str]:
         for key, item in value.items():
             yield key
             yield from _strings(item)
+            if isinstance(item, str) and names_secret(key):  # {"SecretAccessKey": "..."}
+                yield f"{key} = {item}"
 
 
 def _payloads(raw: bytes) -> Iterator[Any]:

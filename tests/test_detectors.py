@@ -7,12 +7,13 @@ import hashlib
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.keys import KeyRules, Rewrite, cache_key, parse_path
-from proxy.redact import BUILTIN, Redactor
+from proxy.redact import BUILTIN, Redactor, _aws_secret, names_secret
 from tests.secrets_corpus import FAKES, LOOK_ALIKES, prose
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -193,7 +194,12 @@ def _naive(redactor: Redactor, value: object) -> object:
     if isinstance(value, list):
         return [_naive(redactor, v) for v in value]
     if isinstance(value, dict):
-        return {redactor.text(k): _naive(redactor, v) for k, v in value.items()}
+        return {
+            redactor.text(k): placeholder("aws_secret_access_key", v)
+            if isinstance(v, str) and names_secret(k) and _aws_secret(v)
+            else _naive(redactor, v)
+            for k, v in value.items()
+        }
     return value
 
 
@@ -215,3 +221,16 @@ def test_a_json_value_is_redacted_as_each_of_its_strings_alone(value):
     out = redactor.value(value)
     assert out == _naive(redactor, value)
     assert (out is value) == (out == value)
+
+
+def test_a_secret_access_key_is_found_by_its_field_name_in_json_too():
+    """boto3's credentials as JSON: the key and its value are two strings."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    redactor = Redactor()
+    for field in ("SecretAccessKey", "aws_secret_access_key", "secretAccessKey"):
+        raw = orjson.dumps({"Credentials": {field: secret, "Note": secret[:20]}})
+        out = orjson.loads(redactor.json_bytes(raw))["Credentials"]
+        assert out == {field: placeholder("aws_secret_access_key", secret), "Note": secret[:20]}
+    assert redactor.value({"SecretAccessKey": "not-forty"}) == {"SecretAccessKey": "not-forty"}
+    plain = {"AccessKey": secret}  # not the secret's name: left as it is
+    assert redactor.value(plain) is plain

@@ -198,3 +198,11 @@ def test_each_secret_is_reported_once(pieces):
     record = interaction({"body": {}, "events": responses_events(pieces)})
     found = list(Scanner(Redactor())._in("x", "interaction 1", _record(record)))
     assert [f.kind for f in found] == ["aws_access_key_id"]
+
+
+def test_a_secret_access_key_in_a_json_field_is_found(tmp_path):
+    body = {"Credentials": {"SecretAccessKey": "FAKEfake0123456789+/abcdefghijABCDEFGHIJ"}}
+    cassette = {"version": 2, "interactions": [interaction({"body": body})]}
+    (tmp_path / "c.json").write_bytes(orjson.dumps(cassette))
+    result = scan(tmp_path / "c.json")
+    assert result.returncode == 1 and ": interaction 1: aws_secret_access_key: " in result.stdout
