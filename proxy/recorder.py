@@ -108,8 +108,9 @@ class Recorder:
         self.registry.note(
             Note(entry.key, entry.endpoint, entry.model, entry.fingerprint, now, fingerprinted)
         )
-        if stored:  # compared as stored, so a diff shows no secret either
-            parsed = live.parsed if entry.body is live.body else orjson.loads(entry.body)
+        if stored:  # compared as stored (parsed in the comparing thread if redacted), so a
+            # diff shows no secret either
+            parsed = live.parsed if entry.body is live.body else entry.body
             await self._compare(call, stored, parsed, entry, reason)
 
     async def _scrubbed(self, call: Call, live: Live) -> tuple[bytes, bytes]:
@@ -132,7 +133,7 @@ class Recorder:
         self,
         call: Call,
         stored: Sequence[Entry],
-        parsed: dict[str, Any],
+        parsed: dict[str, Any] | bytes,
         live: Entry,
         reason: str,
     ) -> None:
@@ -189,10 +190,12 @@ class Recorder:
 
 
 def _measure(
-    kind: Kind, cached: bytes, live: dict[str, Any], settings: CacheSettings
+    kind: Kind, cached: bytes, live: dict[str, Any] | bytes, settings: CacheSettings
 ) -> drift.Comparison | None:
-    """How a stored answer (its bytes) and a live one differ; in a worker thread."""
-    return kind.compare(orjson.loads(cached), live, settings)
+    """How a stored answer (its bytes) and a live one (parsed, or its bytes) differ; in a
+    worker thread."""
+    parsed = orjson.loads(live) if isinstance(live, bytes) else live
+    return kind.compare(orjson.loads(cached), parsed, settings)
 
 
 class Verifier:
