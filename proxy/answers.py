@@ -8,15 +8,17 @@ import contextlib
 import functools
 import hashlib
 import logging
+import socket
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
-from aiohttp.payload import AsyncIterablePayload, Payload
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from multidict import CIMultiDict
 
 from .call import ENDPOINTS, Call, namespace
@@ -42,7 +44,11 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 # kept (in a byte budget); larger ones are written CHUNK by CHUNK as they are made, so a
 # client holds about a chunk, not the entry (nor the several times larger stream).
 SMALL = 32 * 1024
-CHUNK = 64 * 1024
+CHUNK = 16 * 1024
+# A large stream's socket send buffer (the kernel doubles it). Left to autotuning it grows
+# to 4 MiB: each new streaming client would have that much made for it at once, on the
+# loop, before a slow reader holds the writer back.
+SEND_BUFFER = 128 * 1024
 
 
 def _length(key: object, body: bytes) -> int:
@@ -58,13 +64,13 @@ def _digest(entry: Entry) -> bytes:
 
 
 class _Source:
-    """A stored answer being streamed, shared by the clients streaming it at once: each
-    holds this and its place, not a copy."""
+    """A large stored answer being streamed, shared by the clients streaming it at once:
+    each holds this and its place in it, not a copy."""
 
-    __slots__ = ("__weakref__", "answer", "events")
+    __slots__ = ("__weakref__", "answer", "body", "events")
 
-    def __init__(self, answer: dict[str, Any], events: bytes) -> None:
-        self.answer, self.events = answer, events
+    def __init__(self, body: bytes, events: bytes, answer: dict[str, Any]) -> None:
+        self.body, self.events, self.answer = body, events, answer
 
 
 class Replays:
@@ -72,14 +78,14 @@ class Replays:
     small entry's SSE body is kept by the content it replays (a digest of the stored
     answer and events, the caller's echoes and include_usage), never by key and time, so
     an import, a rewrite or a refresh that changes an entry changes what streams. Bounded
-    by bytes; a large entry's stream is made as it is written, from one parsed copy
-    shared by the clients streaming it at the same time."""
+    by bytes. A large entry's stream is made as it is written, from one parsed copy shared
+    by the clients streaming the same content at the same time (found by entry, then
+    compared byte for byte: no hashing of megabytes on the loop)."""
 
     def __init__(self, cache: CacheSettings, budget: int = 8 * 1024 * 1024) -> None:
         self._kept: Lru[tuple[str, bytes, bool, bytes], bytes] = Lru(budget, budget // 16, _length)
-        self._shared: weakref.WeakValueDictionary[tuple[str, bytes], _Source] = (
-            weakref.WeakValueDictionary()
-        )
+        self._shared: weakref.WeakValueDictionary[tuple[str, str, str | None, float], _Source]
+        self._shared = weakref.WeakValueDictionary()
         self._echoes = {
             e.path: Echoes(e.kind.echoed, cache.ignore_fields, cache.ignore_paths)
             for e in ENDPOINTS
@@ -89,15 +95,12 @@ class Replays:
     def held(self) -> int:
         return self._kept.held
 
-    def echoes(self, call: Call) -> Echoes:
-        return self._echoes[call.endpoint.path]
-
     def json(self, call: Call, body: bytes) -> bytes:
         """A stored JSON answer as this caller gets it."""
         echoes = self._echoes[call.endpoint.path]
         return echoes.json(body, echoes.mine(call.body)) if echoes.fields else body
 
-    async def sse(self, call: Call, entry: Entry) -> bytes | Payload:
+    def sse(self, call: Call, entry: Entry) -> bytes | Payload:
         """The SSE body of a streamed hit on ``entry``."""
         kind, path = call.endpoint.kind, call.endpoint.path
         echoes = self._echoes[path]
@@ -111,12 +114,11 @@ class Replays:
                 body = b"".join(events)
                 self._kept.put(key, body)
             return body
-        digest = await asyncio.to_thread(_digest, entry)  # hashlib lets go of the GIL
-        source = self._shared.get((path, digest))
-        if source is None:
-            keeps = kind.keeps_events and entry.stream
-            source = _Source({} if keeps else orjson.loads(entry.body), entry.stream)
-            self._shared[path, digest] = source
+        ident = (path, entry.key, entry.fingerprint, entry.created)
+        source = self._shared.get(ident)
+        if source is None or source.body != entry.body or source.events != entry.stream:
+            answer = {} if kind.keeps_events and entry.stream else orjson.loads(entry.body)
+            source = self._shared[ident] = _Source(entry.body, entry.stream, answer)
         return _streamed(source, kind, call.include_usage, echo(echoes, mine))
 
     def live(self, call: Call, answer: Live, own: bool) -> bytes | Payload:
@@ -125,7 +127,7 @@ class Replays:
         echoes = self._echoes[call.endpoint.path]
         assert answer.parsed is not None
         owner = same if own else echo(echoes, echoes.mine(call.body))
-        source = _Source(answer.parsed, answer.events)
+        source = _Source(answer.body, answer.events, answer.parsed)
         if len(answer.body) + len(answer.events) <= SMALL:
             return b"".join(_events(source, call.endpoint.kind, call.include_usage, owner))
         return _streamed(source, call.endpoint.kind, call.include_usage, owner)
@@ -141,25 +143,45 @@ def _events(source: _Source, kind: Kind, include_usage: bool, owner: Echo) -> It
 
 
 def _streamed(source: _Source, kind: Kind, include_usage: bool, owner: Echo) -> Payload:
-    """A body written in chunks of about CHUNK as they are made: aiohttp awaits each
-    write's drain past 64 KiB, so a slow reader holds the writer back, and the loop is let
-    go between chunks."""
+    return _Chunked(_events(source, kind, include_usage, owner), source)
 
-    async def chunks() -> AsyncIterator[bytes]:
+
+class _Chunked(Payload):
+    """A body written in chunks of about CHUNK as its events are made: aiohttp awaits
+    each write's drain past 64 KiB, so a slow reader holds the writer back, and the loop
+    is let go between chunks. Whatever way the writing ends (the end, a client gone, a
+    connection cut for ``server.write_timeout``), the events and what they are made from
+    are let go at once, not at the next garbage collection."""
+
+    def __init__(self, events: Iterator[bytes], source: _Source) -> None:
+        super().__init__(None, content_type="text/event-stream")
+        self._events: Iterator[bytes] | None = events
+        self._source: _Source | None = source
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        events, source = self._events, self._source  # shared with others while written
+        self._events = self._source = None
+        if events is None:
+            return
         pending: list[bytes] = []
         size = 0
-        for event in _events(source, kind, include_usage, owner):
-            pending.append(event)
-            size += len(event)
-            if size >= CHUNK:
-                yield b"".join(pending)
-                pending.clear()
-                size = 0
-                await asyncio.sleep(0)
-        if pending:
-            yield b"".join(pending)
+        try:
+            for event in events:
+                pending.append(event)
+                size += len(event)
+                if size >= CHUNK:
+                    chunk = b"".join(pending)
+                    pending.clear()
+                    size = 0
+                    await writer.write(chunk)
+                    await asyncio.sleep(0)
+            if pending:
+                await writer.write(b"".join(pending))
+        finally:
+            del events, pending, source
 
-    return AsyncIterablePayload(chunks(), content_type="text/event-stream")
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed body is written once, never decoded")
 
 
 def header_text(value: str) -> str:
@@ -187,17 +209,28 @@ def our_headers(
     return headers
 
 
-async def stored(call: Call, entry: Entry, now: float, replays: Replays) -> web.Response:
+def stored(
+    request: web.Request, call: Call, entry: Entry, now: float, replays: Replays
+) -> web.Response:
     """A hit: the entry as stored, or as SSE synthesized from it for a streamed request,
     with the caller's echoes. Nothing here holds the entry once this returns."""
     headers = our_headers(call, entry.fingerprint, "HIT")
     headers["Age"] = str(max(0, int(now - entry.created)))
     if call.stream:
         headers.update(_SSE_HEADERS)
-        body = await replays.sse(call, entry)
+        body = replays.sse(call, entry)
+        if isinstance(body, Payload):
+            _modest_send_buffer(request)
         return web.Response(status=entry.status, body=body, headers=headers)
     headers["Content-Type"] = entry.content_type
     return web.Response(status=entry.status, body=replays.json(call, entry.body), headers=headers)
+
+
+def _modest_send_buffer(request: web.Request) -> None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):  # a socket that has no such knob
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def live(

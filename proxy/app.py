@@ -40,6 +40,7 @@ from .store import Store, StoreError, open_store
 from .traffic import Traffic
 from .upstream import Upstream
 from .urls import masked_url
+from .writes import WriteWatch
 
 log = logging.getLogger("seedproxy")
 
@@ -51,6 +52,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 TOKENS = web.AppKey("tokens", tuple)
 GUARD = web.AppKey("guard", Guard)
+WRITES = web.AppKey("writes", WriteWatch)
 ADMIN_PAGES = ("/_seedproxy", "/metrics")  # what a person may open in a browser
 
 FLUSH_INTERVAL = 1.0
@@ -60,7 +62,7 @@ DRIFT_PAGE = 1000  # events per kind at most in one /_seedproxy/drift answer
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _answering(handler: Handler, route: str) -> Handler:
+def _answering(handler: Handler, route: str, writes: WriteWatch) -> Handler:
     """What every route answers through: with ``auth.tokens``, the proxy token check
     (everything but /healthz); errors in the OpenAI shape, never a bare 500; and a count
     of every answer, errors included, by route and cache result (X-Cache); an admin page
@@ -71,6 +73,7 @@ def _answering(handler: Handler, route: str) -> Handler:
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
         close = False
+        writes.add(request.transport)  # cut if its client stops reading what it is sent
         try:
             _check_browser(request)
             if request.app[TOKENS] and request.path != "/healthz":
@@ -233,6 +236,16 @@ async def _flusher(app: web.Application) -> None:
             except Exception:
                 log.exception("periodic store work failed")
         flush_logs()
+
+
+async def _watching_writes(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[WRITES].run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -430,7 +443,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[COUNTS] = Counters()
     app[METRICS] = Metrics(app[COUNTS])
     app[TOKENS] = tokens
+    app[WRITES] = writes = WriteWatch(server.write_timeout)
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_watching_writes)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/healthz", _healthz),
         ("GET", "/_seedproxy/stats", _stats),
@@ -444,6 +459,6 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     ]
     for method, path, handler in routes:
         route = path.replace("{tail:.*}", "{tail}")  # its canonical form, as metrics show it
-        app.router.add_route(method, path, _answering(handler, route))
-    app.router.add_route("*", "/{unrouted:.*}", _answering(_unrouted, "unmatched"))
+        app.router.add_route(method, path, _answering(handler, route, writes))
+    app.router.add_route("*", "/{unrouted:.*}", _answering(_unrouted, "unmatched", writes))
     return app

@@ -117,11 +117,12 @@ class ServerSettings:
     max_body: int = _size(32 * 1024**2)
     body_timeout: float = _duration(30.0)
     header_timeout: float = _duration(75.0)
+    write_timeout: float = _duration(60.0)  # a client that reads nothing that long is cut
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback ones
     cors_origins: tuple[str, ...] = ()  # browser origins allowed besides the proxy's own
 
     def __post_init__(self) -> None:
-        for name in ("body_timeout", "header_timeout"):
+        for name in ("body_timeout", "header_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, "must be positive")
         if not 0 <= self.port <= 65535:

@@ -108,7 +108,7 @@ class Pipeline:
                 self.health.ok()
         match decide(plan, variants, sightings, now, cache):
             case Hit(entry):
-                return await self._hit(call, entry, now)
+                return self._hit(request, call, entry, now)
             case ReplayMiss(reason):
                 self.counters.add("replay_misses")
                 error = await answers.replay_miss(
@@ -138,7 +138,7 @@ class Pipeline:
         self.counters.add("misses")
         return await self._bypass(request, call, "MISS")
 
-    async def _hit(self, call: Call, entry: Entry, now: float) -> web.Response:
+    def _hit(self, request: web.Request, call: Call, entry: Entry, now: float) -> web.Response:
         counters = self.counters
         counters.add("hits")
         counters.add("prompt_tokens_saved", entry.prompt_tokens)
@@ -146,7 +146,7 @@ class Pipeline:
         counters.add(f"saved_prompt:{entry.model}", entry.prompt_tokens)
         counters.add(f"saved_completion:{entry.model}", entry.completion_tokens)
         self.verifier.sample(call, entry)
-        return await answers.stored(call, entry, now, self.replays)
+        return answers.stored(request, call, entry, now, self.replays)
 
     async def _bypass(self, request: web.Request, call: Call, label: str) -> web.StreamResponse:
         """Live, stored nowhere; a stream is relayed byte for byte."""
