@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from proxy.config import load_settings
+from proxy.writes import WriteWatch
 from tests.harness import Serve, free_port, http
 from tests.upstream import FakeUpstream
 
@@ -223,3 +224,36 @@ def test_write_timeout_has_a_documented_default_and_must_be_positive():
     assert load_settings(env={}).server.write_timeout == 60.0
     with pytest.raises(ValueError, match="SEEDPROXY_SERVER_WRITE_TIMEOUT: must be positive"):
         load_settings(env={"SEEDPROXY_SERVER_WRITE_TIMEOUT": "0"})
+
+
+class Transport:
+    """What the write watch reads of a connection."""
+
+    def __init__(self) -> None:
+        self.waiting, self.aborted = 0, False
+
+    def get_write_buffer_size(self) -> int:
+        return self.waiting
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_the_watch_cuts_only_a_connection_with_bytes_waiting_and_none_leaving():
+    watch = WriteWatch(timeout=10.0)
+    idle, reading, stuck = Transport(), Transport(), Transport()
+    for transport in (idle, reading, stuck):
+        watch.add(transport)  # type: ignore[arg-type]
+    reading.waiting = stuck.waiting = 5000
+    for now in range(0, 30, 2):  # an injected clock: a sweep every 2 s
+        reading.waiting -= 100  # its client takes a little each time
+        assert watch.sweep(float(now)) == (1 if now == 10 else 0)
+        assert stuck.aborted is (now >= 10)  # waiting, unchanged, since 0: cut at 10
+    assert not idle.aborted and not reading.aborted
+    reading.waiting = 0  # all taken: a cut connection is forgotten, nothing else is due
+    assert watch.sweep(40.0) == 0
+    reading.waiting = 10  # then it stops reading: cut once that lasts
+    assert watch.sweep(42.0) == 0 and watch.sweep(52.0) == 1 and reading.aborted
