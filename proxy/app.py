@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import dashboard, human, keys, reports
+from . import dashboard, heap, human, keys, reports
 from .browser import Guard
 from .call import (
     ENDPOINTS,
@@ -428,6 +428,7 @@ async def _metrics(request: web.Request) -> web.Response:
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     """The proxy as an aiohttp application; resources open and close with it. ``store``
     replaces the one ``cache.backend`` names (a cassette's, in memory)."""
+    heap.return_large_blocks()
     tokens = settings.proxy_tokens()
     # keepalive_timeout closes a connection still short of a request's complete headers
     # that long after it opened or was last answered (aiohttp has no separate knob)
