@@ -194,8 +194,13 @@ def _check_redis_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsed on access: a port that is no number raises
-    except ValueError as exc:
-        raise FieldError("redis_url", f"{masked_url(url)!r} is not a URL: {exc}") from None
+    except ValueError as exc:  # its text may quote the URL (a piece of a password): not shown
+        why = (
+            "its port is no number from 0 to 65535 (percent-encode a '/', '?' or '#' in a password)"
+            if "port" in str(exc).lower()
+            else "its host is malformed"
+        )
+        raise FieldError("redis_url", f"{masked_url(url)!r} is not a URL: {why}") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise FieldError(
             "redis_url", f"must be a redis://, rediss:// or unix:// URL, got {masked_url(url)!r}"

@@ -36,11 +36,15 @@ def authorization(headers: Mapping[str, str]) -> tuple[bytes, bytes]:
 
 
 def basic_password(credentials: bytes) -> bytes:
-    """The password of HTTP Basic credentials (empty when they are not valid base64)."""
+    """The password of HTTP Basic credentials: the token, as the admin pages take it. A user
+    name alone (a gateway's key in the user slot), or what is not base64, is a credential
+    of its own, marked so it is never a token, and never "no credential": it must not share
+    a per-key scope with anonymous clients or with another user name."""
     try:
-        return base64.b64decode(credentials, validate=True).partition(b":")[2]
+        user, _, password = base64.b64decode(credentials, validate=True).partition(b":")
     except binascii.Error:
-        return b""
+        return b"basic " + credentials
+    return password or (b"basic-user " + user if user else b"")
 
 
 def credential(headers: Mapping[str, str]) -> bytes:

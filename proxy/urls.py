@@ -44,11 +44,16 @@ def masked_url(text: str) -> str:
     start = 0  # where the next authority starts
     while start >= 0:
         end = _authority_end(text, start)
+        after = text.find("//", end)
         at = text.rfind("@", start, end)
+        if at < 0 and _bad_port(text[start:end]):
+            # "u:PW5#SECRET@host": a password with an unencoded '/', '?' or '#' ends the
+            # authority early, leaving "u:PW5" (no port); its user-info ends at the URL's
+            # last '@'
+            at = text.rfind("@", end, after if after >= 0 else len(text))
         if at >= 0:
             out += (text[done:start], MASK)
             done = at
-        after = text.find("//", end)
         start = after + 2 if after >= 0 else -1
     out.append(text[done:])
     return _PARAMETER.sub(_masked_parameter, "".join(out))
@@ -59,6 +64,13 @@ def _masked_parameter(match: Match[str]) -> str:
     if value and unquote(name).strip().lower() in CREDENTIAL_PARAMETERS:
         return f"{start}{name}={MASK}"
     return match.group(0) or ""
+
+
+def _bad_port(authority: str) -> bool:
+    """Whether ``authority`` (no ``@`` in it) ends in a port that is no number: what is
+    left of ``user:password`` cut short, since a host never holds a ':' outside ``[]``."""
+    host, colon, port = authority.rpartition(":")
+    return bool(colon) and not host.endswith("]") and not port.isdigit() and "]" not in port
 
 
 def _authority_end(text: str, start: int) -> int:

@@ -70,9 +70,25 @@ def test_scopes_made_before_spellings_merged_keep_their_hash():
     assert credential_scope({}) == hashlib.sha256(b"").hexdigest()[:32]
 
 
-def test_no_credential_and_bad_basic_are_no_credential():
+def test_basic_without_a_password_is_a_credential_of_its_own():
+    """A gateway's key in the user slot, or Basic that is not base64, is neither anonymous
+    nor another client's credential."""
+    others = [
+        basic("alice-key", ""),
+        basic("bob-key", ""),
+        "Basic " + base64.b64encode(b"carol-key").decode(),
+        "Basic !!not-base64!!",
+        "Basic !!other!!",
+    ]
+    scopes = [credential_scope({"Authorization": a}) for a in others]
+    assert len(set(scopes)) == len(others)
+    assert credential_scope({}) not in scopes
+    assert credential_scope({"Authorization": "Bearer alice-key"}) not in scopes
+    assert credential({"Authorization": basic("", "")}) == b""  # nothing in either slot
+
+
+def test_no_credential_is_no_credential():
     assert credential({}) == b""
-    assert credential({"Authorization": "Basic !!not-base64!!"}) == b""
     assert credential({"Authorization": "Bearer"}) == b""
     assert event_owner({"Authorization": "Bearer tok"}, "shared") is None
     assert event_owner({"Authorization": "bearer tok"}, "per-key") == credential_scope(
