@@ -21,6 +21,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 from multidict import CIMultiDict
 
+from . import strictjson
 from .call import ENDPOINTS, Call, namespace
 from .config import CacheSettings, Settings
 from .echoes import Echoes
@@ -106,7 +107,7 @@ class Replays:
         echoes = self._echoes[path]
         mine = echoes.mine(call.body)
         if len(entry.body) + len(entry.stream) <= SMALL:
-            key = (path, _digest(entry), call.include_usage, orjson.dumps(mine))
+            key = (path, _digest(entry), call.include_usage, strictjson.dumps(mine))
             body = self._kept.get(key)
             if body is None:
                 answer = orjson.loads(entry.body)

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from . import strictjson
+
 DONE = b"data: [DONE]\n\n"
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -83,7 +85,7 @@ def parse_event(raw: bytes) -> tuple[str | None, bytes | None]:
 
 def encode_event(payload: Any, name: str | None = None) -> bytes:
     head = f"event: {name}\n".encode() if name else b""
-    return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+    return head + b"data: " + strictjson.dumps(payload) + b"\n\n"  # a caller's echoed huge number
 
 
 # -- accumulation ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from proxy.echoes import Echoes
 from proxy.kinds import KINDS
 from tests.conftest import sdk
-from tests.harness import ProxyServer
+from tests.harness import ProxyServer, http
 from tests.upstream import FakeUpstream
 
 ALICE = {
@@ -178,3 +178,19 @@ def test_only_echoed_fields_the_key_ignores_are_the_callers() -> None:
     assert Echoes(KINDS["chat"].echoed, IGNORED, []).fields == {"metadata"}
     assert not Echoes(KINDS["embedding"].echoed, IGNORED, []).fields
     assert not Echoes(KINDS["response"].echoed, [], []).fields  # all keyed: nothing to swap
+
+
+def test_an_echo_beyond_64_bits_comes_back_exactly(make_proxy, upstream):
+    proxy = make_proxy(cache=CACHE)
+    huge = "123456789012345678901234567890"  # a number orjson alone cannot write
+    url, headers = proxy.url, {"Content-Type": "application/json"}
+    body = '{"model":"gpt-test","input":"What is 2+2?","user":%s%s}'
+    assert http(url, "POST", "/v1/responses", body % (huge, ""), headers)[0] == 200
+    status, got, plain = http(url, "POST", "/v1/responses", body % (huge, ""), headers)
+    assert status == 200 and got["X-Cache"] == "HIT"
+    assert f'"user":{huge}'.encode() in plain
+    status, got, streamed = http(
+        url, "POST", "/v1/responses", body % (huge, ',"stream":true'), headers
+    )
+    assert status == 200 and got["X-Cache"] == "HIT"
+    assert streamed.count(f'"user":{huge}'.encode()) == 3  # created, in_progress, completed
