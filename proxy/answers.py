@@ -27,7 +27,7 @@ from .config import CacheSettings, Settings
 from .echoes import Echoes
 from .errors import ProxyError
 from .fetch import Live, Tee
-from .keys import cache_key, canonical_query, nearest, value_at
+from .keys import Where, value_at
 from .kinds import Echo, Kind, same
 from .lru import Lru
 from .policy import SERVER_STATE, UNSEEDED
@@ -376,11 +376,11 @@ async def replay_miss(
 def _own(call: Call, key: str, request: dict[str, Any], settings: Settings) -> bool:
     """Whether the recording at ``key`` of ``request`` was made with the caller's
     credential (per-key scope): its key again, with the caller's namespace and query. No
-    client learns of another's recordings, prompts or field names."""
-    canonical = settings.rules.canonical(request)  # the key as parse() computes it
+    client learns of another's recordings, prompts or field names. The recorded request
+    is the body as sent upstream, so no seed policy is applied to it again."""
     ns = namespace(call.client_headers, settings.cache.scope)
-    query = canonical_query(call.raw_query)
-    return cache_key(call.endpoint.path, query, ns, settings.upstream.base_url, canonical) == key
+    where = Where(call.endpoint.path, call.raw_query, ns, "passthrough")
+    return settings.keyer.key(where, call.endpoint.seeded, request).key == key
 
 
 async def _nearest(call: Call, store: Store, registry: Registry, settings: Settings) -> str:
@@ -401,7 +401,7 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
                 if settings.cache.scope != "per-key" or _own(call, key, request, settings):
                     recorded.append((key, request))
     # shaping the bodies (their redaction) and diffing them grow with their size: a thread
-    found = await asyncio.to_thread(nearest, call.body, recorded, settings.rules)
+    found = await asyncio.to_thread(settings.keyer.nearest, call.body, recorded)
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."
     key, fields = found

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import dashboard, heap, human, keys, reports
+from . import dashboard, heap, human, reports
 from .browser import Guard
 from .call import (
     ENDPOINTS,
@@ -25,12 +25,11 @@ from .call import (
     namespace,
     on_loop,
     read_body,
-    seeded,
 )
 from .config import Settings, upstream_credential
 from .errors import ProxyError, error_response
 from .health import unavailable
-from .keys import canonical_query
+from .keys import Where
 from .observe import COUNTERS, Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import Pipeline
@@ -377,18 +376,16 @@ async def _explain(request: web.Request) -> web.Response:
     raw = await read_body(request, settings.server.body_timeout, settings.server.max_body)
     header = request.headers.get(SEED_MODE_HEADER)
     mode = settings.seed.mode if header is None else client_seed_mode(header, settings)
-    query = canonical_query(request.query.get("query", ""))
-    space = namespace(request.headers, settings.cache.scope)
+    where = Where(
+        endpoint.path,
+        request.query.get("query", ""),
+        namespace(request.headers, settings.cache.scope),
+        mode,
+    )
 
     def explained() -> bytes:
-        body = json_object(raw)
-        seed, _ = seeded(endpoint, body, settings.seed, mode)
-        info = keys.explain(
-            endpoint.path, query, space, settings.upstream.base_url, body, settings.rules
-        )
-        info["seed"] = seed
+        info = settings.keyer.explain(where, endpoint.seeded, json_object(raw))
         info["upstream"] = masked_url(info["upstream"])
-        info["seed_mode"] = mode if endpoint.seeded else None
         return orjson.dumps(info)
 
     # parsing and walking a large body is the request parse's work: off the loop alike

@@ -14,12 +14,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import strictjson
 from .browser import form_type
-from .config import SeedSettings, Settings
+from .config import Settings
 from .errors import ProxyError
-from .keys import cache_key, canonical_query
+from .keys import Where
 from .kinds import KINDS, Kind
 from .memo import NODES_ON_LOOP, Ident, Memo, Parsed, shape
-from .policy import SEED_MODE_HEADER, Plan, add_seed, apply_seed, plan_request, uncached
+from .policy import SEED_MODE_HEADER, Plan, add_seed, plan_request, uncached
 from .policy import seed_mode as request_seed_mode
 from .redact import ON_LOOP
 from .scope import credential_scope
@@ -29,7 +29,6 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # A model name becomes store keys (registry, recent keys) and is kept in memory per
 # distinct name: bounded, as the namespace is. Real names are a few dozen characters.
 MAX_MODEL_NAME = 256
-_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +85,7 @@ class Call:
     # whose seed policy applied, as determinism counts it: "traffic" (the operator's) or
     # "client" (X-Seedproxy-Seed-Mode), which no --fail-under gate reads
     source: str = "traffic"
+    legacy: str | None = None  # the key it had before placeholders carried a digest
 
     @functools.cached_property
     def upstream_body(self) -> bytes:
@@ -184,18 +184,6 @@ def namespace(headers: CIMultiDictProxy[str], scope: str) -> str:
     return name
 
 
-def seeded(
-    endpoint: Endpoint, body: dict[str, Any], seed: SeedSettings, mode: str | None = None
-) -> tuple[int | None, bool]:
-    """Apply the seed policy (``mode``, else ``seed.mode``) to ``body`` if ``endpoint``
-    takes one: (seed, body changed)."""
-    if not endpoint.seeded:
-        return None, False
-    before = body.get("seed", _MISSING)
-    used = apply_seed(body, mode or seed.mode, seed.default)
-    return used, body.get("seed", _MISSING) is not before
-
-
 def client_seed_mode(header: str, settings: Settings) -> str:
     """The seed policy an ``X-Seedproxy-Seed-Mode`` header asks for, if the operator lets
     clients choose (``seed.allow_client_mode``); 403 otherwise."""
@@ -216,22 +204,16 @@ def parse_body(ident: Ident, endpoint: Endpoint, settings: Settings) -> Parsed:
             code="invalid_model",
             param="model",
         )
-    had_seed = "seed" in body
-    seed, changed = seeded(endpoint, body, settings.seed, client_mode)
-    key = cache_key(
-        path,
-        canonical_query(raw_query),
-        name,
-        settings.upstream.base_url,
-        settings.rules.canonical(body, raw),
-    )
+    where = Where(path, raw_query, name, client_mode)
+    keyed = settings.keyer.key(where, endpoint.seeded, body, raw)
     return Parsed(
         body,
-        ("replaced" if had_seed else "added") if changed else "",
-        key,
+        keyed.seed_edit,
+        keyed.key,
         model if isinstance(model, str) else "",
-        seed,
+        keyed.seed,
         endpoint.kind.stateful(body),
+        keyed.legacy,
     )
 
 
@@ -282,4 +264,5 @@ async def parse(
         ),
         raw_query,
         "traffic" if client_mode is None else "client",
+        parsed.legacy,
     )

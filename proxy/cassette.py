@@ -9,16 +9,19 @@ A cassette is pretty JSON (2-space indent, a final newline)::
        "response": {"status": 200, "content_type": "application/json", "body": {...},
                     "events": [{"event": "response.created", "data": {...}}, ...]}}]}
 
-``events`` (the Responses API's recorded stream) only when kept; ``query`` and
-``namespace`` only when the request had them; ``key`` only when the key cannot be computed
-from the rest (an export of an entry recorded under other settings). Interactions are in
-recording order and each object keeps its key order, so writing what was read gives the
-same bytes: replaying never rewrites a file. Entries never hold request headers, so no
-credential can reach a cassette.
+``events`` (the Responses API's recorded stream) only when kept; ``query``, ``namespace``
+and ``seed_mode`` (``X-Seedproxy-Seed-Mode``'s) only when the request had them.
+Interactions are in recording order and each object keeps its key order, so writing what
+was read gives the same bytes: replaying never rewrites a file. Entries never hold request
+headers, and credentials in a query are redacted, so no credential can reach a cassette.
 
-Keys are not trusted from the file but computed again on load, from the request and the
-current settings (seed policy, ``cache.ignore_fields``, ignore paths, normalize rules,
-redaction, upstream URL), so a cassette survives a change of either. With
+Keys are never taken from the file but computed again on load (:class:`~proxy.keys.Keyer`),
+from the request it shows and the current settings (seed policy, ``cache.ignore_fields``,
+ignore paths, normalize rules, redaction, upstream URL), so a cassette survives a change
+of either and answers exactly the request a reviewer reads: a stated ``key`` that
+disagrees, a value that could not be served (a status outside 200-299, a content type with
+a line break, a body that is not an object, a time that is not finite...) or two answers
+to one request fail the load naming the file, the interaction and the field. With
 ``cache.repeat = "sequence"`` (and for Responses requests naming a ``conversation``) the
 n-th interaction with the same request gets the n-th repeat's key, so the order of the
 interactions is the order of the answers.
@@ -30,23 +33,26 @@ keys and all."""
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
-from .call import endpoint_for, seeded
+from .call import endpoint_for
 from .config import Settings
 from .errors import ProxyError
-from .keys import cache_key, occurrence_key
+from .keys import Where
 from .kinds import scrubbed
+from .policy import SEED_MODES
 from .redact import Redactor
 from .sse import EventSplitter, parse_event
 from .store import Entry
@@ -64,18 +70,29 @@ class Recording(NamedTuple):
     entry: Entry
     query: str = ""
     namespace: str = ""
+    seed_mode: str | None = None  # X-Seedproxy-Seed-Mode's, when the request sent one
+
+    @property
+    def where(self) -> tuple[str, str, str | None]:
+        """(query, namespace, seed mode): what :func:`interaction` takes to show it."""
+        return self.query, self.namespace, self.seed_mode
 
 
 def key_for(
-    endpoint: str, request: dict[str, Any], query: str, namespace: str, settings: Settings
+    endpoint: str,
+    request: dict[str, Any],
+    query: str,
+    namespace: str,
+    settings: Settings,
+    seed_mode: str | None = None,
 ) -> str:
-    """The key the proxy computes for ``request`` (the body as sent upstream): the seed
-    policy applies as it does to a client's body, so a seed the policy would add matches."""
+    """The key the proxy computes for ``request`` (the body as sent upstream), through the
+    one key function: the seed policy (the request's own ``seed_mode``, else
+    ``seed.mode``) applies as it does to a client's body, so a seed the policy would add
+    matches, and a recording made with another mode keeps its key."""
     target = endpoint_for(endpoint)
-    body = dict(request)
-    seeded(target, body, settings.seed)
-    canonical = settings.rules.canonical(body)
-    return cache_key(target.path, query, namespace, settings.upstream.base_url, canonical)
+    where = Where(target.path, query, namespace, seed_mode)
+    return settings.keyer.key(where, target.seeded, dict(request)).key
 
 
 def _time(created: float) -> str:
@@ -117,19 +134,22 @@ class Repeats:
     occurrence, see :meth:`~proxy.kinds.Kind.per_occurrence`; else each is the first)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.sequence = settings.cache.repeat == "sequence"
+        self.keyer = settings.keyer
         self.seen: Counter[str] = Counter()
+        self.shown: set[tuple[str, str | None]] = set()  # (key, fingerprint) written
+        self.rekeyed = 0  # entries written whose key the file's request does not give
 
     def key(self, base: str, counted: bool = False) -> str:
-        """The key of the next interaction whose request has key ``base``."""
-        if not (self.sequence or counted):
-            return base
-        self.seen[base] += 1
-        return occurrence_key(base, self.seen[base] - 1)
+        """The key of the next interaction whose request has key ``base`` (``counted``:
+        one its kind records per occurrence whatever ``cache.repeat`` says)."""
+        key = self.expected(base)
+        if self.keyer.sequence or counted:
+            self.seen[base] += 1
+        return key
 
-    def expected(self, base: str, counted: bool = False) -> str:
+    def expected(self, base: str) -> str:
         """The key :meth:`key` would give, without counting it."""
-        return occurrence_key(base, self.seen[base]) if self.sequence or counted else base
+        return self.keyer.occurrence(base, self.seen[base])
 
 
 def interaction(
@@ -137,11 +157,30 @@ def interaction(
     settings: Settings,
     query: str = "",
     namespace: str = "",
+    seed_mode: str | None = None,
     repeats: Repeats | None = None,
-) -> dict[str, Any]:
-    """One entry as a cassette's interaction; pass one ``repeats`` for the entries of one
-    file, in order, to number repeated requests."""
+) -> dict[str, Any] | None:
+    """One entry as a cassette's interaction: the request that selects its answer, whose
+    key is computed again on load. An entry recorded under other settings (another
+    upstream, namespace, query or seed mode than given) is shown by its request all the
+    same, and so keyed as these settings key it (counted in ``repeats.rekeyed``); None
+    when the file already shows that request with that fingerprint, or the request is
+    one the proxy refuses. Pass one ``repeats`` for the entries of one file, in order,
+    to number repeated requests."""
     request = orjson.loads(entry.request) if entry.request else {}
+    query = settings.keyer.query(query)
+    try:
+        derived = key_for(entry.endpoint, request, query, namespace, settings, seed_mode)
+        counted = endpoint_for(entry.endpoint).kind.per_occurrence(request)
+    except ProxyError:
+        return None
+    repeats = repeats or Repeats(settings)
+    key = repeats.expected(derived)
+    if (key, entry.fingerprint) in repeats.shown:
+        return None
+    repeats.key(derived, counted)
+    repeats.shown.add((key, entry.fingerprint))
+    repeats.rekeyed += key != entry.key
     record: dict[str, Any] = {
         "endpoint": entry.endpoint,
         "model": entry.model,
@@ -152,16 +191,8 @@ def interaction(
         record["query"] = query
     if namespace:
         record["namespace"] = namespace
-    try:
-        derived = key_for(entry.endpoint, request, query, namespace, settings)
-        counted = endpoint_for(entry.endpoint).kind.per_occurrence(request)
-    except ProxyError:
-        derived, counted = "", False
-    repeats = repeats or Repeats(settings)
-    if derived and repeats.expected(derived, counted) == entry.key:
-        repeats.key(derived, counted)
-    else:
-        record["key"] = entry.key
+    if seed_mode is not None:
+        record["seed_mode"] = seed_mode
     response: dict[str, Any] = {
         "status": entry.status,
         "content_type": entry.content_type,
@@ -174,58 +205,192 @@ def interaction(
     return record
 
 
-def dumps(interactions: Iterable[dict[str, Any]]) -> bytes:
-    return (
-        orjson.dumps(
-            {"version": VERSION, "interactions": list(interactions)}, option=orjson.OPT_INDENT_2
-        )
-        + b"\n"
+def dumps(interactions: Iterable[dict[str, Any] | None]) -> bytes:
+    """A cassette of ``interactions`` (a None, an entry :func:`interaction` cannot show, is
+    left out)."""
+    kept = [item for item in interactions if item is not None]
+    return orjson.dumps({"version": VERSION, "interactions": kept}, option=orjson.OPT_INDENT_2) + (
+        b"\n"
     )
 
 
-def dumps_lines(interactions: Iterable[dict[str, Any]]) -> bytes:
-    """JSON Lines: each interaction, as a cassette has it, on a line of its own."""
-    return b"".join(orjson.dumps(i) + b"\n" for i in interactions)
+def dumps_lines(interactions: Iterable[dict[str, Any] | None]) -> bytes:
+    """JSON Lines: each interaction, as a cassette has it, on a line of its own (a None
+    is left out, as :func:`dumps` does)."""
+    return b"".join(orjson.dumps(i) + b"\n" for i in interactions if i is not None)
 
 
-def dumps_for(name: str, interactions: Iterable[dict[str, Any]]) -> bytes:
+def dumps_for(name: str, interactions: Iterable[dict[str, Any] | None]) -> bytes:
     """What a file named ``name`` holds: JSON Lines for ``*.jsonl``, else the document."""
     lines = name.lower().endswith(".jsonl")
     return dumps_lines(interactions) if lines else dumps(interactions)
 
 
+class Bad(ValueError):
+    """A value a cassette must not hold: the field and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+
+
+def _get(
+    record: dict[str, Any],
+    field: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+    at: str = "",
+) -> Any:
+    """``record[field]`` if it is of ``kind``, ``default`` if absent (``...``: required);
+    ``at`` names the object it is in (``response.``)."""
+    if field not in record:
+        if default is ...:
+            raise Bad(at + field, "missing")
+        return default
+    value = record[field]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise Bad(at + field, f"expected {_names(kind)}, got {_shown(value)}")
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer"}
+_NAMES[type(None)] = "null"
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(_NAMES.get(k, k.__name__) for k in _kinds(kind))
+
+
+def _shown(value: Any) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")
+_QUOTED = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+MAX_CONTENT_TYPE = 256
+
+
+def plain_content_type(value: str) -> bool:
+    """Whether ``value`` is a media type a response header can carry as it is:
+    ``type/subtype`` and ``; name=value`` parameters of HTTP tokens (or quoted printable
+    ASCII), nothing else (no CR/LF, no control characters)."""
+    if len(value) > MAX_CONTENT_TYPE:
+        return False
+    media, *parameters = value.split(";")
+    kind, slash, sub = media.strip().partition("/")
+    if not (slash and kind and sub and set(kind) <= _TOKEN and set(sub) <= _TOKEN):
+        return False
+    for parameter in parameters:
+        name, equals, text = parameter.strip().partition("=")
+        quoted = len(text) >= 2 and text[0] == text[-1] == '"'
+        if not (equals and name and set(name) <= _TOKEN and text):
+            return False
+        if not (set(text[1:-1]) <= _QUOTED if quoted else set(text) <= _TOKEN):
+            return False
+    return True
+
+
+_LATEST = dt.datetime(9999, 12, 31, tzinfo=dt.UTC).timestamp()
+MAX_TOKENS = 2**53  # token counts are summed into counters that stores keep as integers
+
+
+def _created(value: float) -> float:
+    """A recording's time as seconds since the epoch: finite, from 1970 to 9999."""
+    if not (math.isfinite(value) and 0 <= value <= _LATEST):
+        raise ValueError(f"{value!r} is not a time from 1970 to 9999")
+    return value
+
+
+def _events_checked(events: Any) -> list[dict[str, Any]]:
+    """A recorded stream's events, each an object with a one-line ``event`` name and its
+    ``data`` (JSON) or one-line ``text``: a line break would split it into other events."""
+    if not isinstance(events, list):
+        raise Bad("response.events", f"expected a list, got {_shown(events)}")
+    for i, item in enumerate(events):
+        at = f"response.events[{i}]"
+        if not isinstance(item, dict) or not ("data" in item or "text" in item):
+            raise Bad(at, "expected an object with data or text")
+        for name in ("event", "text"):
+            text = item.get(name, "")
+            if not isinstance(text, str) or "\n" in text or "\r" in text:
+                raise Bad(f"{at}.{name}", "expected a string on one line")
+    return events
+
+
+def _response(record: dict[str, Any]) -> tuple[int, str, dict[str, Any], list[dict[str, Any]]]:
+    """(status, content type, body, events) of an interaction, each checked: a value that
+    would fail when served fails the load instead."""
+    response = _get(record, "response", dict, ...)
+    status = _get(response, "status", int, ..., "response.")
+    if not 200 <= status <= 299:
+        raise Bad("response.status", f"{status} is not a successful answer (200-299)")
+    content_type = _get(response, "content_type", str, ..., "response.")
+    if not plain_content_type(content_type):
+        raise Bad("response.content_type", f"{_shown(content_type)} is not a plain media type")
+    body = _get(response, "body", dict, ..., "response.")
+    events = _events_checked(response["events"]) if "events" in response else []
+    return status, content_type, body, events
+
+
 def _recording(record: Any, settings: Settings, repeats: Repeats) -> Recording:
+    """One interaction as a recording, every value checked and its key computed from the
+    request it shows; :class:`Bad` names the field that is wrong."""
     if not isinstance(record, dict):
-        raise TypeError("not an object")
-    request, response = record["request"], record["response"]
-    if not isinstance(request, dict) or not isinstance(response, dict):
-        raise TypeError("request and response must be objects")
-    endpoint, query = str(record["endpoint"]), str(record.get("query", ""))
-    namespace = str(record.get("namespace", ""))
-    created = dt.datetime.fromisoformat(record["recorded_at"]).timestamp()
-    kind = endpoint_for(endpoint).kind
-    key = record.get("key") or repeats.key(
-        key_for(endpoint, request, query, namespace, settings), kind.per_occurrence(request)
-    )
-    body = response["body"]
-    prompt_tokens, completion_tokens = kind.usage(body) if isinstance(body, dict) else (0, 0)
+        raise Bad("interaction", f"expected an object, got {_shown(record)}")
+    endpoint = _get(record, "endpoint", str, ...)
+    try:
+        target = endpoint_for(endpoint)
+    except ProxyError as exc:
+        raise Bad("endpoint", exc.message) from None
+    request = _get(record, "request", dict, ...)
+    query = settings.keyer.query(_get(record, "query", str, ""))
+    namespace = _get(record, "namespace", str, "")
+    seed_mode = _get(record, "seed_mode", (str, type(None)), None)
+    if seed_mode is not None and seed_mode not in SEED_MODES:
+        raise Bad("seed_mode", f"{_shown(seed_mode)} is not one of {', '.join(SEED_MODES)}")
+    fingerprint = _get(record, "fingerprint", (str, type(None)), None)
+    recorded_at = _get(record, "recorded_at", str, ...)
+    try:
+        created = _created(dt.datetime.fromisoformat(recorded_at).timestamp())
+    except (ValueError, OverflowError, OSError) as exc:
+        raise Bad("recorded_at", f"{_shown(recorded_at)} is not an ISO 8601 time ({exc})") from None
+    status, content_type, body, events = _response(record)
+    try:
+        derived = key_for(endpoint, request, query, namespace, settings, seed_mode)
+    except ProxyError as exc:
+        raise Bad("request", exc.message) from None
+    key = repeats.key(derived, target.kind.per_occurrence(request))
+    stated = _get(record, "key", str, key)
+    if stated != key:
+        raise Bad(
+            "key",
+            f"{_shown(stated)} is not the key of the request shown ({key}); a cassette's keys "
+            "are computed from its requests: remove the key",
+        )
+    prompt_tokens, completion_tokens = target.kind.usage(body)
+    if not (0 <= prompt_tokens <= MAX_TOKENS and 0 <= completion_tokens <= MAX_TOKENS):
+        raise Bad("response.body.usage", f"token counts must be from 0 to {MAX_TOKENS}")
     model = request.get("model")
     entry = Entry(
-        key=str(key),
-        fingerprint=record.get("fingerprint"),
+        key=key,
+        fingerprint=fingerprint,
         created=created,
-        status=int(response["status"]),
-        content_type=str(response["content_type"]),
-        endpoint=endpoint,
-        model=str(record.get("model", model if isinstance(model, str) else "")),
-        seed=request.get("seed") if endpoint_for(endpoint).seeded else None,
+        status=status,
+        content_type=content_type,
+        endpoint=target.path,
+        model=_get(record, "model", str, model if isinstance(model, str) else ""),
+        seed=request.get("seed") if target.seeded else None,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         body=orjson.dumps(body),
         request=orjson.dumps(request),
-        stream=_stream(response["events"]) if response.get("events") else b"",
+        stream=_stream(events),
     )
-    return Recording(entry, query, namespace)
+    return Recording(entry, query, namespace, seed_mode)
 
 
 def _redacted(recording: Recording, redactor: Redactor) -> Recording:
@@ -241,66 +406,88 @@ def _redacted(recording: Recording, redactor: Redactor) -> Recording:
     return recording._replace(entry=entry)
 
 
-def loads(data: bytes, settings: Settings) -> list[Recording]:
-    """The recordings of a cassette (version 2) or of a JSON Lines export (version 1),
-    secrets redacted."""
-    return [_redacted(r, settings.redactor) for r in _loads(data, settings)]
+def loads(data: bytes, settings: Settings, one_per_key: bool = False) -> list[Recording]:
+    """The recordings of a cassette: the document (version 2), its interactions as JSON
+    Lines, or a JSON Lines export of version 1; every value checked, secrets redacted.
+    Two answers to one (key, fingerprint) fail the load, and with ``one_per_key`` (a
+    proxy serving one cassette keeps one answer per request) two answers to one key.
+    CassetteError names the interaction (or line) and field."""
+    return _recordings(_parse(data), settings, one_per_key)
 
 
-def _loads(data: bytes, settings: Settings) -> list[Recording]:
+def _parse(data: bytes) -> dict[str, Any] | list[bytes]:
+    """A cassette's document, or the lines of a JSON Lines file."""
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
         document = None
-    if not isinstance(document, dict) or "interactions" not in document:
-        return _lines(data, settings)
-    if document.get("version") != VERSION:
+    if isinstance(document, dict) and "interactions" in document:
+        return document
+    return data.splitlines()
+
+
+def _items(parsed: dict[str, Any] | list[bytes]) -> Iterator[tuple[str, int, Any]]:
+    """(unit, number, interaction or version 1 entry) of a parsed cassette. A document's
+    interactions leave it as they are handed out: a large cassette is held about twice
+    while it loads, not three times."""
+    if isinstance(parsed, list):
+        for n, line in enumerate(parsed, 1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise CassetteError(f"line {n}: not JSON ({exc})") from None
+            is_interaction = isinstance(record, dict) and "recorded_at" in record
+            yield "line", n, record if is_interaction else from_line(line, n)
+        return
+    if parsed.get("version") != VERSION:
         raise CassetteError(
-            f"version {document.get('version')!r} is not one this seedproxy reads ({VERSION})"
+            f"version {parsed.get('version')!r} is not one this seedproxy reads ({VERSION})"
         )
-    interactions = document["interactions"]
+    interactions = parsed["interactions"]
     if not isinstance(interactions, list):
         raise CassetteError("interactions: expected a list")
+    for n in range(1, len(interactions) + 1):
+        record, interactions[n - 1] = interactions[n - 1], None
+        yield "interaction", n, record
+
+
+def _recordings(
+    parsed: dict[str, Any] | list[bytes], settings: Settings, one_per_key: bool
+) -> list[Recording]:
+    recordings = []
     repeats = Repeats(settings)
-    return [
-        _numbered(f"interaction {n}", record, settings, repeats)
-        for n, record in enumerate(interactions, 1)
-    ]
-
-
-def _numbered(where: str, record: Any, settings: Settings, repeats: Repeats) -> Recording:
-    """One interaction; CassetteError says ``where`` it is and what is wrong with it."""
-    try:
-        return _recording(record, settings, repeats)
-    except ProxyError as exc:
-        raise CassetteError(f"{where}: {exc.message}") from None
-    except (KeyError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
-        problem = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise CassetteError(f"{where}: not a recording ({problem})") from None
-
-
-def _lines(data: bytes, settings: Settings) -> list[Recording]:
-    """JSON Lines: a cassette's interactions one a line (:func:`dumps_lines`), or entries of
-    a version 1 export (keys and all)."""
-    recordings, repeats = [], Repeats(settings)
-    for n, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
+    first: dict[tuple[str, str | None], int] = {}
+    for unit, n, item in _items(parsed):
         try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise CassetteError(f"line {n}: not JSON ({exc})") from None
-        if isinstance(record, dict) and "recorded_at" in record:
-            recordings.append(_numbered(f"line {n}", record, settings, repeats))
-        else:
-            recordings.append(Recording(from_line(line, n)))
+            recording = (
+                Recording(item)
+                if isinstance(item, Entry)
+                else (_recording(item, settings, repeats))
+            )
+        except Bad as exc:
+            raise CassetteError(f"{unit} {n}: {exc}") from None
+        recording = _redacted(recording, settings.redactor)
+        entry = recording.entry
+        same = (entry.key, None if one_per_key else entry.fingerprint)
+        if same in first:
+            what = "request" if one_per_key else "request and fingerprint"
+            raise CassetteError(
+                f"{unit}s {first[same]} and {n} record the same {what} (key {entry.key}) "
+                'with cache.repeat = "same": remove one, or record with cache.repeat = '
+                '"sequence" to keep both in order'
+            )
+        first[same] = n
+        recordings.append(recording)
     return recordings
 
 
-def read(path: Path, settings: Settings) -> list[Recording]:
-    """The recordings in the cassette at ``path``; CassetteError names the file."""
+def read(path: Path, settings: Settings, one_per_key: bool = False) -> list[Recording]:
+    """The recordings in the cassette at ``path`` (see :func:`loads`); CassetteError
+    names the file. The file's bytes are let go once parsed."""
     try:
-        return loads(path.read_bytes(), settings)
+        return _recordings(_parse(path.read_bytes()), settings, one_per_key)
     except CassetteError as exc:
         raise CassetteError(f"{path}: {exc}") from None
     except OSError as exc:
@@ -335,23 +522,32 @@ def write(path: Path, data: bytes) -> bool:
 
 
 def from_line(line: bytes, number: int = 0) -> Entry:
-    """One entry of a version 1 (JSON Lines) export."""
+    """One entry of a version 1 (JSON Lines) export: a store's backup, keys as the store
+    had them, values checked as a cassette's are."""
     try:
         r = orjson.loads(line)
+        if not isinstance(r, dict):
+            raise Bad("line", "expected an object")
+        created = _get(r, "created", (int, float), ...)
+        status, content_type, body, _ = _response({"response": {**r, "body": r.get("response")}})
+        request = _get(r, "request", (dict, type(None)), None)
+        events = _get(r, "events", (str, type(None)), None)
         return Entry(
-            key=str(r["key"]),
-            fingerprint=r["fingerprint"],
-            created=float(r["created"]),
-            status=int(r["status"]),
-            content_type=str(r["content_type"]),
-            endpoint=str(r["endpoint"]),
-            model=str(r["model"]),
-            seed=r.get("seed"),
-            prompt_tokens=int(r.get("prompt_tokens") or 0),
-            completion_tokens=int(r.get("completion_tokens") or 0),
-            body=orjson.dumps(r["response"]),
-            request=orjson.dumps(r["request"]) if r.get("request") is not None else b"",
-            stream=base64.b64decode(r["events"]) if r.get("events") else b"",
+            key=_get(r, "key", str, ...),
+            fingerprint=_get(r, "fingerprint", (str, type(None)), None),
+            created=_created(float(created)),
+            status=status,
+            content_type=content_type,
+            endpoint=endpoint_for(_get(r, "endpoint", str, ...)).path,
+            model=_get(r, "model", str, ""),
+            seed=_get(r, "seed", (int, type(None)), None),
+            prompt_tokens=_get(r, "prompt_tokens", (int, type(None)), 0) or 0,
+            completion_tokens=_get(r, "completion_tokens", (int, type(None)), 0) or 0,
+            body=orjson.dumps(body),
+            request=orjson.dumps(request) if request is not None else b"",
+            stream=base64.b64decode(events, validate=True) if events else b"",
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except ProxyError as exc:
+        raise CassetteError(f"line {number}: endpoint: {exc.message}") from None
+    except (orjson.JSONDecodeError, ValueError, binascii.Error) as exc:
         raise CassetteError(f"line {number}: not a cassette entry ({exc})") from None

@@ -532,14 +532,27 @@ async def export_cmd(
     ]
     entries.sort(key=lambda e: e.created)  # recording order
     repeats = cassette.Repeats(settings)
-    data = cassette.dumps_for(
-        file, (cassette.interaction(e, settings, repeats=repeats) for e in entries)
-    )
+    shown = [cassette.interaction(e, settings, repeats=repeats) for e in entries]
+    data = cassette.dumps_for(file, shown)
     if file == "-":
         sys.stdout.buffer.write(data)
     else:
         cassette.write(Path(file), data)
-    click.echo(f"exported {human.plural(len(entries), 'entry', 'entries')} to {file}", err=True)
+    kept = sum(item is not None for item in shown)
+    click.echo(f"exported {human.plural(kept, 'entry', 'entries')} to {file}", err=True)
+    if repeats.rekeyed:
+        click.echo(
+            f"{human.plural(repeats.rekeyed, 'entry was', 'entries were')} recorded under "
+            "another upstream, namespace, query or seed mode than these settings give: the "
+            "file shows their requests, and an import keys them as its settings do",
+            err=True,
+        )
+    if kept < len(entries):
+        click.echo(
+            f"left out {human.plural(len(entries) - kept, 'entry', 'entries')} whose request "
+            "the file already shows with the same fingerprint",
+            err=True,
+        )
 
 
 @main.command("import")
@@ -549,7 +562,7 @@ async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
     """Load a cassette, or a JSON Lines export (- for stdin); keys are computed with the
     current settings; importing the same file twice changes nothing."""
     try:
-        recordings = cassette.loads(file.read(), settings)
+        recordings = await asyncio.to_thread(cassette.loads, file.read(), settings)
     except cassette.CassetteError as exc:
         _fail(f"{file.name}: {exc}")
     entries = [recording.entry for recording in recordings]
@@ -686,9 +699,9 @@ def key(
     """Explain the cache key of the request body in FILE (- for stdin), offline, with the
     settings that change a key (--config, --upstream, --seed-mode, SEEDPROXY_*) as the
     running proxy has them."""
-    from .call import endpoint_for, seeded
+    from .call import endpoint_for
     from .errors import ProxyError
-    from .keys import canonical_query, explain
+    from .keys import Where
 
     settings = _settings(config, {"upstream.base_url": upstream, "seed.mode": seed_mode})
     try:
@@ -696,7 +709,7 @@ def key(
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         endpoint = endpoint_for(path)
-        seed, _ = seeded(endpoint, body, settings.seed)
+        info = settings.keyer.explain(Where(endpoint.path, query, namespace), endpoint.seeded, body)
     except (ValueError, ProxyError) as exc:
         _fail(f"{file.name}: {getattr(exc, 'message', exc)}")
     if settings.cache.scope == "per-key":
@@ -705,15 +718,6 @@ def key(
             "credential to the namespace",
             err=True,
         )
-    info = explain(
-        endpoint.path,
-        canonical_query(query),
-        namespace,
-        settings.upstream.base_url,
-        body,
-        settings.rules,
-    )
-    info["seed"] = seed
     info["upstream"] = masked_url(info["upstream"])
     if as_json:
         _emit_json(info)

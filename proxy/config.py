@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from .keys import KeyRules, Rewrite, parse_path
+from .keys import Keyer, KeyRules, Rewrite, parse_path
 from .patterns import compile_bytes
 from .redact import Redactor
 from .urls import masked_url
@@ -292,6 +292,17 @@ class Settings:
             tuple(parse_path(p) for p in cache.ignore_paths),
             cache.normalize,
             self.redactor,
+        )
+
+    @functools.cached_property
+    def keyer(self) -> Keyer:
+        """The one key function, with every setting that changes a key."""
+        return Keyer(
+            self.rules,
+            self.upstream.base_url,
+            self.seed.mode,
+            self.seed.default,
+            self.cache.repeat == "sequence",
         )
 
     @functools.cached_property

@@ -1,20 +1,26 @@
-"""Canonical request -> cache key: ignored fields and paths, normalization rules,
-redaction, repeats. Pure: no I/O."""
+"""Canonical request -> cache key: the seed policy, ignored fields and paths,
+normalization rules, redaction (of the body and of credentials in the query), repeats.
+:class:`Keyer` is the one place a key is made: parsing a live request, loading and writing
+cassettes, the replay miss's nearest recording, ``/_seedproxy/explain`` and
+``seedproxy key`` all call it. Pure: no I/O."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import quote, unquote_plus
 
 import orjson
 
 from . import strictjson
 from .errors import ProxyError
 from .patterns import Match, Pattern, compile_str, template
-from .redact import Redactor
+from .policy import apply_seed
+from .redact import Redactor, is_placeholder, placeholder
 
 _MAX_EXACT = 2**53
 MAX_DEPTH = 254  # what orjson can encode
@@ -191,16 +197,30 @@ class KeyRules:
     def shape(self, body: dict[str, Any], raw: bytes | None = None) -> Any:
         """The body as it is hashed; ``raw`` (the client's bytes), when given, lets a body
         with no secret in it skip the redaction walk."""
+        return self.shaped(body, raw)[0]
+
+    def shaped(
+        self, body: dict[str, Any], raw: bytes | None = None, redactor: Redactor | None = None
+    ) -> tuple[Any, bool]:
+        """:meth:`shape` with ``redactor`` (else the rules' own), and whether redaction
+        changed anything (only then can another placeholder form give another key)."""
+        redactor = redactor or self.redactor
         skip = frozenset(self.ignore_fields)
         shaped: Any = {k: v for k, v in body.items() if k not in skip}
         for steps in self.ignore_paths:
             shaped = drop_path(shaped, steps)
-        redact = self.redactor.active and (raw is None or self.redactor.might(raw))
-        if redact and self.normalize:
-            shaped = self.redactor.value(shaped)
+        if not (redactor.active and (raw is None or redactor.might(raw))):
+            for rule in self.normalize:
+                shaped = rule.apply(shaped)
+            return shaped, False
+        before = shaped
+        if self.normalize:
+            shaped = redactor.value(shaped)
+        changed = shaped is not before
         for rule in self.normalize:
             shaped = rule.apply(shaped)
-        return self.redactor.value(shaped) if redact else shaped
+        redacted = redactor.value(shaped)
+        return redacted, changed or redacted is not shaped
 
     def canonical(self, body: dict[str, Any], raw: bytes | None = None) -> bytes:
         return canonical_body(self.shape(body, raw))
@@ -229,6 +249,68 @@ def canonical_query(raw: str) -> str:
     of a repeated name do, as they may to the upstream, which receives the raw string."""
     pairs = [pair for pair in raw.split("&") if pair]
     return "&".join(sorted(pairs, key=lambda pair: pair.partition("=")[0]))
+
+
+# Query parameters whose value is a credential, by their name in lower case.
+QUERY_CREDENTIALS = frozenset(
+    {
+        "api_key",
+        "api-key",
+        "apikey",
+        "key",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "token",
+        "client_secret",
+        "password",
+        "secret",
+        "sig",
+        "signature",
+        "code",
+    }
+)
+QUERY_CREDENTIAL = "query_credential"  # the redaction kind of such a value
+
+
+def _credential(name: str, value: str) -> bool:
+    """Whether a query parameter carries a credential by its name (and is not redacted)."""
+    return (
+        bool(value)
+        and not is_placeholder(value)
+        and (unquote_plus(name).strip().lower() in QUERY_CREDENTIALS)
+    )
+
+
+def query_credentials(query: str) -> Iterator[str]:
+    """The values of the credential parameters in ``query`` that are not redacted."""
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if _credential(name, value):
+            yield value
+
+
+def redact_query(query: str, redactor: Redactor) -> str:
+    """``query`` with each credential parameter's value (:data:`QUERY_CREDENTIALS`) and
+    each secret a detector finds in a value replaced by a placeholder carrying a digest of
+    what it replaced, so two tokens still give two keys; the same string when nothing
+    changed. Placeholders are left as they are: redacting twice changes nothing."""
+    if not query:
+        return query
+    pairs = query.split("&")
+    changed = False
+    for i, pair in enumerate(pairs):
+        name, _, value = pair.partition("=")
+        if _credential(name, value):
+            pairs[i] = f"{name}={placeholder(QUERY_CREDENTIAL, value)}"
+            changed = True
+        elif value and redactor.active:
+            text = unquote_plus(value)
+            redacted = redactor.text(text)
+            if redacted != text:
+                pairs[i] = f"{name}={quote(redacted, safe='[]:')}"
+                changed = True
+    return "&".join(pairs) if changed else query
 
 
 def cache_key(path: str, query: str, namespace: str, upstream: str, canonical: bytes) -> str:
@@ -261,44 +343,15 @@ def field_diff(a: Any, b: Any, path: str = "", limit: int = 10) -> list[str]:
 _ABSENT = object()
 
 
-def explain(
-    path: str,
-    query: str,
-    namespace: str,
-    upstream: str,
-    body: dict[str, Any],
-    rules: KeyRules,
-) -> dict[str, Any]:
-    """Everything that goes into a request's key (the canonical form after the ignore,
-    normalize and redaction rules), and the key."""
-    ignore = rules.ignore_fields
-    canonical = rules.canonical(body)
-    return {
-        "path": path,
-        "query": query,
-        "namespace": namespace,
-        "upstream": upstream.rstrip("/"),
-        "ignored_fields": sorted(f for f in ignore if f in body),
-        "configured_ignore_fields": list(ignore),
-        "ignore_paths": [show_path(p) for p in rules.ignore_paths],
-        "normalize_rules": len(rules.normalize),
-        "canonical": canonical.decode(),
-        "key": cache_key(path, query, namespace, upstream, canonical),
-    }
+class Where(NamedTuple):
+    """What besides its body selects a request's answer: the endpoint path, the query
+    string as sent, the namespace (with the credential hash under per-key scope) and the
+    seed mode the request asked for (``X-Seedproxy-Seed-Mode``; None: ``seed.mode``)."""
 
-
-def nearest(
-    body: dict[str, Any], recorded: Iterable[tuple[str, dict[str, Any]]], rules: KeyRules
-) -> tuple[str, list[str]] | None:
-    """The recorded (key, body) whose canonical body differs from ``body`` in the fewest
-    fields, with those fields; None if nothing was recorded."""
-    mine = rules.shape(body)
-    best: tuple[str, list[str]] | None = None
-    for key, other in recorded:
-        diff = field_diff(mine, rules.shape(other), limit=50)
-        if best is None or len(diff) < len(best[1]):
-            best = (key, diff)
-    return best
+    path: str
+    query: str = ""
+    namespace: str = ""
+    seed_mode: str | None = None
 
 
 def value_at(body: Any, path: str) -> tuple[bool, Any]:
@@ -317,3 +370,110 @@ def value_at(body: Any, path: str) -> tuple[bool, Any]:
             return False, None
         at = reached[0][reached[1]]
     return True, at
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """A request's key and what went into it. ``seed_edit`` says how the seed policy
+    changed the body ("" not at all, "added", "replaced"); ``query`` is the canonical
+    query, credentials redacted (what a cassette shows). ``legacy`` is the key the
+    request had before placeholders carried a digest and query credentials were
+    redacted, when that differs (only for a body or query with a secret in it): entries
+    and cassettes recorded then are found under it."""
+
+    key: str
+    seed: int | None
+    seed_edit: str
+    seed_mode: str
+    query: str
+    canonical: bytes
+    legacy: str | None = None
+
+
+@dataclass(frozen=True)
+class Keyer:
+    """THE key function, built once from the settings that change a key: the seed policy
+    (``seed.mode``, ``seed.default``), the key rules (``cache.ignore_fields``,
+    ``ignore_paths``, ``normalize``, redaction), the upstream base URL and
+    ``cache.repeat``. Every key in seedproxy comes from :meth:`key` (and
+    :meth:`occurrence` for repeats), so a change to how keys are made is made here once."""
+
+    rules: KeyRules
+    upstream: str
+    seed_mode: str = "force"
+    seed_default: int = 12345
+    sequence: bool = False
+
+    def key(
+        self, where: Where, seeded: bool, body: dict[str, Any], raw: bytes | None = None
+    ) -> Keyed:
+        """The key of ``body`` sent to ``where``, after the seed policy (applied to
+        ``body`` in place when the endpoint is ``seeded``: the body then is what goes
+        upstream). ``raw``, the client's bytes, lets a body without a secret skip the
+        redaction walk. A bad seed is the client's 400."""
+        mode = where.seed_mode or self.seed_mode
+        seed, edit = None, ""
+        if seeded:
+            before = body.get("seed", _ABSENT)
+            seed = apply_seed(body, mode, self.seed_default)
+            if body.get("seed", _ABSENT) is not before:
+                edit = "added" if before is _ABSENT else "replaced"
+        plain = canonical_query(where.query)
+        query = redact_query(plain, self.rules.redactor)
+        shaped, redacted = self.rules.shaped(body, raw)
+        canonical = canonical_body(shaped)
+        key = cache_key(where.path, query, where.namespace, self.upstream, canonical)
+        legacy = None
+        if redacted or query is not plain:  # a secret: it was keyed another way before
+            old = canonical_body(self.rules.shaped(body, raw, self._legacy)[0])
+            legacy = cache_key(where.path, plain, where.namespace, self.upstream, old)
+        return Keyed(key, seed, edit, mode, query, canonical, legacy if legacy != key else None)
+
+    @functools.cached_property
+    def _legacy(self) -> Redactor:
+        return self.rules.redactor.legacy_form()
+
+    def query(self, raw: str) -> str:
+        """The query string as keyed and written: canonical, credentials redacted."""
+        return redact_query(canonical_query(raw), self.rules.redactor)
+
+    def occurrence(self, key: str, n: int) -> str:
+        """The key of the n-th repeat (from 0) of the request with ``key``; n stays 0
+        unless repeats are counted (``cache.repeat = "sequence"``, or a request its kind
+        records per occurrence)."""
+        return occurrence_key(key, n)
+
+    def explain(self, where: Where, seeded: bool, body: dict[str, Any]) -> dict[str, Any]:
+        """Everything that goes into a request's key (the canonical form after the seed
+        policy, ignore, normalize and redaction rules), and the key."""
+        ignore = self.rules.ignore_fields
+        keyed = self.key(where, seeded, body)
+        ignored = sorted(f for f in ignore if f in body)
+        return {
+            "path": where.path,
+            "query": keyed.query,
+            "namespace": where.namespace,
+            "upstream": self.upstream.rstrip("/"),
+            "ignored_fields": ignored,
+            "configured_ignore_fields": list(ignore),
+            "ignore_paths": [show_path(p) for p in self.rules.ignore_paths],
+            "normalize_rules": len(self.rules.normalize),
+            "canonical": keyed.canonical.decode(),
+            "key": keyed.key,
+            "seed": keyed.seed,
+            "seed_mode": keyed.seed_mode if seeded else None,
+        }
+
+    def nearest(
+        self, body: dict[str, Any], recorded: Iterable[tuple[str, dict[str, Any]]]
+    ) -> tuple[str, list[str]] | None:
+        """The recorded (key, body as sent upstream) whose canonical form differs from
+        ``body``'s (also as sent upstream) in the fewest fields, with those fields; None
+        if nothing was recorded."""
+        mine = self.rules.shape(body)
+        best: tuple[str, list[str]] | None = None
+        for key, other in recorded:
+            diff = field_diff(mine, self.rules.shape(other), limit=50)
+            if best is None or len(diff) < len(best[1]):
+                best = (key, diff)
+        return best

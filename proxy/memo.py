@@ -34,8 +34,9 @@ NODES_ON_LOOP = 4096  # containers and items a body's parse may have to be walke
 class Parsed:
     """The parse of one request: its body with the seed policy applied (shared between
     the requests that sent these bytes, so never changed after parsing), how the seed
-    policy changed it, its cache key, model, seed and whether its answer depends on
-    server-side state."""
+    policy changed it, its cache key, model, seed, whether its answer depends on
+    server-side state, and its key as made before placeholders carried a digest (when
+    that differs: see :class:`~proxy.keys.Keyed`)."""
 
     body: dict[str, Any]
     seed_edit: str
@@ -43,6 +44,7 @@ class Parsed:
     model: str
     seed: int | None
     stateful: bool
+    legacy: str | None = None
 
 
 def shape(raw: bytes) -> tuple[int, int]:

@@ -15,7 +15,6 @@ from .config import Settings
 from .fetch import Fetcher, Live, Tee
 from .flight import Flights
 from .health import StoreHealth, unavailable
-from .keys import occurrence_key
 from .memo import Memo
 from .observe import Counters, DivergenceMetric
 from .passthrough import relay
@@ -80,7 +79,7 @@ class Pipeline:
             self.clock,
         )
         self.verifier = Verifier(cache, counters, self.fetcher, self.recorder)
-        self.repeats = repeats.Occurrences(cache.repeat == "sequence")
+        self.repeats = repeats.Occurrences(settings.keyer.sequence)
         self.memo = Memo()  # a request's bytes seen before: its key without parsing
         self.replays = answers.Replays(cache)  # what hits send: echoes, streams
 
@@ -89,7 +88,9 @@ class Pipeline:
         counted = call.endpoint.kind.per_occurrence(call.body)
         first, n = call.key, self.repeats.next(call.key, counted)
         if n:  # a repeat is its own key, so it is neither served nor coalesced as another
-            call = dataclasses.replace(call, key=occurrence_key(first, n))
+            keyer = self.settings.keyer
+            legacy = call.legacy and keyer.occurrence(call.legacy, n)
+            call = dataclasses.replace(call, key=keyer.occurrence(first, n), legacy=legacy)
         self.counters.add("requests")
         plan, cache = call.plan, self.settings.cache
         variants: list[Entry] = []
@@ -98,6 +99,8 @@ class Pipeline:
         if looks_up(plan):
             try:
                 variants = await self.store.variants(call.key)
+                if not variants and call.legacy is not None:  # recorded before digests
+                    variants = await self.store.variants(call.legacy)
                 if variants and wants_sightings(
                     plan, cache.fingerprint, endpoint.kind.fingerprinted
                 ):

@@ -610,6 +610,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     unused = state.unused()
     if not (written or unused or state.lines or state.drifted or state.unused_files):
         return
+    from .run import first_of  # a session ran: run.py is loaded already
+
     terminalreporter.section("seedproxy")
     for line in sorted(state.lines):
         terminalreporter.line(line)
@@ -620,8 +622,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.line(f"{nodeid}: {_drift_text(records)}")
     for path in written:
         terminalreporter.line(f"cassette written: {path}")
-    for what in unused:
-        terminalreporter.line(f"recording never played: {what}")
+    never = [f"recording never played: {what}" for what in unused]
+    for line in first_of(never, "and {} more recordings never played"):
+        terminalreporter.line(line)
     for path in sorted(state.unused_files):
         terminalreporter.line(f"cassette file no test uses: {path}")
     if (unused or state.unused_files) and state.fail_unused:

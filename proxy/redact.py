@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .patterns import Pattern, compile_bytes
+from .patterns import Pattern, compile_bytes, compile_str
 
 Check = Callable[[bytes], bool]
 
@@ -296,6 +296,20 @@ def _replace(data: bytes, spans: Sequence[Span], make: Callable[[str, bytes], by
             last = end
     parts.append(data[last:])
     return b"".join(parts)
+
+
+def placeholder(kind: str, value: str) -> str:
+    """What replaces the secret ``value`` of ``kind`` (outside a detector's own match:
+    a credential in a query string)."""
+    return _placeholder(kind, value.encode("utf-8", "surrogatepass"), False).decode()
+
+
+_ONE_PLACEHOLDER = compile_str(rf"\A{_PLACEHOLDER}\z")
+
+
+def is_placeholder(text: str) -> bool:
+    """Whether ``text`` is one placeholder (either form) and nothing else."""
+    return _ONE_PLACEHOLDER.search(text) is not None
 
 
 def mask(secret: str) -> str:

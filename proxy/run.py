@@ -21,7 +21,8 @@ from aiohttp import web
 from . import answers, cassette, drift
 from .app import COUNTS, PIPELINE, create_app
 from .config import Settings, UpstreamSettings, load_settings, with_overrides
-from .keys import canonical_query
+from .errors import ProxyError
+from .policy import SEED_MODE_HEADER, seed_mode
 from .runmodes import BASE_URL, drift_line, effective_mode, pointed
 from .store import Entry, Store, open_store
 from .store.memory import MemoryStore
@@ -60,6 +61,15 @@ def session_settings(
     if url is None and settings.upstream.base_url == UpstreamSettings.base_url:
         source = "default"
     return settings, f"upstream {masked_url(settings.upstream.base_url)} (from {source})"
+
+
+SHOWN = 20  # lines of a list a summary shows before it says how many more there are
+
+
+def first_of(lines: list[str], more: str) -> list[str]:
+    """The first :data:`SHOWN` of ``lines``, then ``more`` with the count of the rest."""
+    rest = len(lines) - SHOWN
+    return lines if rest <= 0 else [*lines[:SHOWN], more.format(rest)]
 
 
 def cassette_settings(settings: Settings) -> Settings:
@@ -117,10 +127,11 @@ class Result:
         )
         if self.cassette is not None:
             line += f" | cassette {self.cassette} ({'written' if self.written else 'unchanged'})"
+        unused = [f"seedproxy: unused recording {u}" for u in self.unused]
         return "\n".join(
             [
                 line,
-                *(f"seedproxy: unused recording {u}" for u in self.unused),
+                *first_of(unused, "seedproxy: and {} more unused recordings"),
                 *(f"seedproxy: drift {drift_line(event)}" for event in self.drifts),
             ]
         )
@@ -216,7 +227,7 @@ class Session:
         self.base_url = ""
         self._result = Result(None, self.settings.cache.mode)
         self._path: Path | None = None
-        self._where: dict[str, tuple[str, str]] = {}  # key -> (query, namespace)
+        self._where: dict[str, tuple[str, str, str | None]] = {}  # key -> Recording.where
         self._before: Mapping[str, int] = {}
         self._dropped: set[tuple[str, bytes]] = set()  # recordings a rewrite did not load
 
@@ -244,14 +255,12 @@ class Session:
         ``exists``: whether the cassette counts as existing for ``once``, if not now."""
         proxy_mode, recordings = mode, list[cassette.Recording]()
         self._dropped = set()
-        if path is not None:
-            proxy_mode, recordings = await asyncio.get_running_loop().run_in_executor(
-                None, self._load, path, mode, exists
-            )
+        if path is not None:  # reading and checking a file: in a thread, off the loop
+            proxy_mode, recordings = await asyncio.to_thread(self._load, path, mode, exists)
         if self.memory is not None:
             self.memory.replace(r.entry for r in recordings)
         self._path = path
-        self._where = {r.entry.key: (r.query, r.namespace) for r in recordings}
+        self._where = {r.entry.key: r.where for r in recordings}
         self._result = Result(
             str(path) if path is not None else None,
             proxy_mode,
@@ -277,9 +286,11 @@ class Session:
         if not there:
             return proxy_mode, []
         if mode != "rewrite":
-            return proxy_mode, cassette.read(path, self.settings)
+            return proxy_mode, cassette.read(path, self.settings, one_per_key=True)
         with contextlib.suppress(cassette.CassetteError):  # an unreadable one is rewritten
-            self._dropped = {_identity(r) for r in cassette.read(path, self.settings)}
+            self._dropped = {
+                _identity(r) for r in cassette.read(path, self.settings, one_per_key=True)
+            }
         return proxy_mode, []
 
     def counts(self) -> Result:
@@ -308,8 +319,9 @@ class Session:
         result = self.counts()
         path, memory = self._path, self.memory
         if path is not None and memory is not None and result.mode != "replay":
-            result.written = await asyncio.get_running_loop().run_in_executor(
-                None, self._write, path, memory.entries(), dict(self._where), self._dropped
+            # merging and writing a file (and the JSON of every entry): in a thread
+            result.written = await asyncio.to_thread(
+                self._write, path, memory.entries(), dict(self._where), self._dropped
             )
         self._path = None
         self.app[PIPELINE].mode = self.settings.cache.mode
@@ -321,7 +333,7 @@ class Session:
         self,
         path: Path,
         entries: list[Entry],
-        where: dict[str, tuple[str, str]],
+        where: dict[str, tuple[str, str, str | None]],
         dropped: set[tuple[str, bytes]],
     ) -> bool:
         """Write the cassette, merged with what other processes (xdist workers) wrote to
@@ -335,7 +347,7 @@ class Session:
                 with contextlib.suppress(cassette.CassetteError):  # broken since: ours only
                     theirs = [
                         r
-                        for r in cassette.read(path, self.settings)
+                        for r in cassette.read(path, self.settings, one_per_key=True)
                         if r.entry.key not in mine and _identity(r) not in dropped
                     ]
             repeats = cassette.Repeats(self.settings)
@@ -343,11 +355,13 @@ class Session:
                 path.name,
                 [
                     *(
-                        cassette.interaction(e, self.settings, *where.get(e.key, ("", "")), repeats)
+                        cassette.interaction(
+                            e, self.settings, *where.get(e.key, ("", "", None)), repeats=repeats
+                        )
                         for e in entries
                     ),
                     *(
-                        cassette.interaction(r.entry, self.settings, r.query, r.namespace, repeats)
+                        cassette.interaction(r.entry, self.settings, *r.where, repeats=repeats)
                         for r in theirs
                     ),
                 ],
@@ -359,8 +373,9 @@ class Session:
         (its query and namespace, for the cassette), and replay misses with their reasons."""
         key = response.headers.get("X-Seedproxy-Key")
         if key is not None and key not in self._where:
-            query = canonical_query(request.rel_url.raw_query_string)
-            self._where[key] = (query, request.headers.get("X-Seedproxy-Namespace", ""))
+            query = self.settings.keyer.query(request.rel_url.raw_query_string)
+            namespace = request.headers.get("X-Seedproxy-Namespace", "")
+            self._where[key] = (query, namespace, _seed_mode(request))
         if key is not None and response.headers.get("X-Cache") in ("HIT", "REFRESH"):
             self._result.played.add(key)
         if response.status == 504 and isinstance(response, web.Response):
@@ -392,6 +407,15 @@ def _locked(directory: Path) -> Iterator[None]:
 def _save(path: Path, data: bytes, anything: bool) -> bool:
     """Write a cassette unless it would be a new, empty one (nothing was recorded)."""
     return (anything or path.exists()) and cassette.write(path, data)
+
+
+def _seed_mode(request: web.Request) -> str | None:
+    """The seed mode a request asked for with ``X-Seedproxy-Seed-Mode`` (None: none, or
+    one the proxy refused): its recording shows it, so its key is computed as it was."""
+    header = request.headers.get(SEED_MODE_HEADER)
+    with contextlib.suppress(ProxyError):
+        return None if header is None else seed_mode(header, "", allowed=True)
+    return None
 
 
 def child_env(base: Mapping[str, str], base_url: str, mode: str) -> dict[str, str]:

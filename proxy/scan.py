@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 import yaml
 
+from .keys import QUERY_CREDENTIAL, query_credentials
 from .redact import Redactor, mask, names_secret
 from .sse import iter_events, parse_event
 from .store import Entry
@@ -204,6 +205,9 @@ class Scanner:
         if isinstance(document, dict) and isinstance(document.get("interactions"), list):
             for n, record in enumerate(document["interactions"], 1):
                 yield from self._in(name, f"interaction {n}", _record(record))
+                query = record.get("query") if isinstance(record, dict) else None
+                for value in query_credentials(query if isinstance(query, str) else ""):
+                    yield Finding(name, f"interaction {n}", QUERY_CREDENTIAL, mask(value))
             rest = {k: v for k, v in document.items() if k != "interactions"}
             yield from self._in(name, "-", _strings(rest))
             return

@@ -128,13 +128,15 @@ def said(client: openai.OpenAI) -> tuple[str, str]:
     return plain.choices[0].message.content or "", streamed
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=clean_env(),
+        env=clean_env() | (env or {}),
         cwd=cwd,
     )
 
@@ -152,15 +154,22 @@ def answering(cassette: Path, content: str, recorded_at: str | None = None) -> N
 @pytest.mark.parametrize("backend", ["disk"])
 def test_an_import_replacing_an_entry_changes_what_streams(proxy, upstream, cache_dir, tmp_path):
     upstream.reply = "OLD ANSWER"
+    same = {"SEEDPROXY_UPSTREAM_BASE_URL": proxy.settings.upstream.base_url}
+
+    def store(*args: str) -> subprocess.CompletedProcess[str]:
+        """A store command with the proxy's settings: a cassette's keys are computed as
+        they give them."""
+        return cli(*args, "--cache-dir", str(cache_dir), cwd=tmp_path, env=same)
+
     with sdk(proxy) as client:
         client.chat.completions.create(model="gpt-test", messages=PROMPT)  # recorded
         out = tmp_path / "cassette.json"
-        assert cli("export", str(out), "--cache-dir", str(cache_dir), cwd=tmp_path).returncode == 0
+        assert store("export", str(out)).returncode == 0
         # imported back: the entry's time is now the cassette's, to the microsecond
-        assert cli("import", str(out), "--cache-dir", str(cache_dir), cwd=tmp_path).returncode == 0
+        assert store("import", str(out)).returncode == 0
         assert said(client) == ("OLD ANSWER", "OLD ANSWER")  # the stream made and kept
         answering(out, "FIXED ANSWER")  # same request, fingerprint and time: only the answer
-        result = cli("import", str(out), "--cache-dir", str(cache_dir), cwd=tmp_path)
+        result = store("import", str(out))
         assert result.returncode == 0 and "1 replaced" in result.stdout, result
         assert said(client) == ("FIXED ANSWER", "FIXED ANSWER")
     assert len(upstream.chat_calls) == 1

@@ -174,10 +174,13 @@ def test_export_import_replay_in_ci(busy, run, run_json, tmp_path, make_proxy, b
     assert {i["model"] for i in exported} == {"gpt-a", "gpt-b"}
     assert not any("key" in i for i in exported)  # computed again on import
     elsewhere = tmp_path / "elsewhere.json"  # exported with another upstream configured:
-    run("export", str(elsewhere))  # the keys cannot be computed, so they are kept
-    assert all("key" in i for i in interactions(elsewhere))
+    moved = run("export", str(elsewhere))  # shown by their requests, keyed where imported
+    assert len(interactions(elsewhere)) == 3 and not any(
+        "key" in i for i in interactions(elsewhere)
+    )
+    assert "3 entries were recorded under another upstream" in moved.stderr
     only_b = tmp_path / "b.json"
-    run("export", str(only_b), "--model", "gpt-b")
+    run("export", str(only_b), "--model", "gpt-b", env=same_upstream)
     assert {i["model"] for i in interactions(only_b)} == {"gpt-b"}
     assert run("export", str(tmp_path / "none.json"), "--since", "2999-01-01").returncode == 0
     assert interactions(tmp_path / "none.json") == []
