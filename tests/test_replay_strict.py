@@ -66,7 +66,7 @@ def test_an_imported_recording_is_named_by_a_replay_miss(make_proxy, cache_dir, 
     with sdk(make_proxy()) as client:
         create(client)
     cassette, fresh = tmp_path / "c.json", tmp_path / "fresh"
-    env = {"SEEDPROXY_UPSTREAM_BASE_URL": upstream.url}
+    env = {"SEEDPROXY_UPSTREAM_BASE_URL": f"{upstream.url}/v1"}  # the proxy's, keys and all
     assert cli("export", str(cassette), "--cache-dir", str(cache_dir), env=env).returncode == 0
     assert cli("import", str(cassette), "--cache-dir", str(fresh), env=env).returncode == 0
     replayer = make_proxy(cache={"mode": "replay", "dir": str(fresh)})

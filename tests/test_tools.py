@@ -224,7 +224,7 @@ def test_export_to_jsonl_writes_json_lines_and_import_reads_both(busy, run, tmp_
     edited = tmp_path / "edited.jsonl"  # a hand-edited line is named
     edited.write_bytes(data + b"\n" + b'{"recorded_at": "2026-01-31T12:00:00Z"}\n')
     result = run("import", str(edited), env=ci)
-    assert result.returncode == 2 and "line 5: not a recording (missing 'request')" in result.stderr
+    assert result.returncode == 2 and "line 5: endpoint: missing" in result.stderr
 
 
 def test_a_run_cassette_named_jsonl_is_json_lines(tmp_path, upstream, bg):
