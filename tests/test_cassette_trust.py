@@ -342,3 +342,34 @@ def test_a_100_mb_cassette_loads_in_at_most_three_times_its_size(tmp_path: Path)
     assert count == 1000
     assert grown <= 3 * size, f"loading {size} bytes took {grown} bytes more"
     print(f"cassette {size / 1e6:.0f} MB: peak RSS grew {grown / 1e6:.0f} MB ({grown / size:.2f}x)")
+
+
+HOSTILE_SUITE = """
+import openai, pytest
+
+@pytest.mark.seedproxy
+def test_it():
+    openai.OpenAI().chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "a"}]
+    )
+"""
+
+
+def test_the_plugin_names_a_hostile_cassette_instead_of_serving_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    pytester.makepyfile(test_hostile=HOSTILE_SUITE)
+    path = pytester.path / "cassettes" / "test_hostile" / "test_it.json"
+    path.parent.mkdir(parents=True)
+    write(path, recorded("a", **{"response.status": 304}))
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    result = pytester.runpytest_subprocess(
+        *PLUGIN, "--seedproxy-upstream", DEAD, "--seedproxy-mode", "replay", timeout=180
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 0 and outcomes.get("failed", 0) + outcomes.get("errors", 0)
+    text = result.stdout.str()
+    assert "interaction 1: response.status: 304 is not a successful answer" in text
+    assert "test_it.json" in text and "Error code: 500" not in text
