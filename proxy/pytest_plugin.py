@@ -260,9 +260,10 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def _written_since(path: Path, started_ns: int) -> bool:
-    """Whether the cassette file was written during this run (by any process)."""
+    """Whether the cassette file was written during this run (by any process); a time in
+    the future (a checkout from a skewed clock) is not this run's."""
     try:
-        return path.stat().st_mtime_ns >= started_ns
+        return started_ns <= path.stat().st_mtime_ns <= time.time_ns()
     except FileNotFoundError:
         return False
 
