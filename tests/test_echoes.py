@@ -9,14 +9,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import openai
 import orjson
 import pytest
 
+from proxy.answers import Replays, live
+from proxy.call import ENDPOINTS, Endpoint
+from proxy.config import CacheSettings
 from proxy.echoes import Echoes
+from proxy.fetch import Live
 from proxy.kinds import KINDS
+from proxy.store import Entry
 from tests.conftest import sdk
 from tests.harness import ProxyServer, http
 from tests.upstream import FakeUpstream
@@ -194,3 +200,52 @@ def test_an_echo_beyond_64_bits_comes_back_exactly(make_proxy, upstream):
     )
     assert status == 200 and got["X-Cache"] == "HIT"
     assert streamed.count(f'"user":{huge}'.encode()) == 3  # created, in_progress, completed
+
+
+@dataclass
+class Asked:  # what answers.live reads of a Call
+    endpoint: Endpoint
+    body: dict[str, Any]
+    key: str = "k"
+    seed: int | None = None
+
+    @property
+    def stream(self) -> bool:
+        return self.body.get("stream") is True
+
+    @property
+    def include_usage(self) -> bool:
+        return False
+
+
+def test_an_entry_another_process_stored_meanwhile_carries_the_callers_echoes():
+    # a miss coalesced across processes gets the entry the other process stored
+    settings = CacheSettings(
+        ignore_fields=(*IGNORED, "prompt_cache_key"), ignore_paths=("safety_identifier",)
+    )
+    replays = Replays(settings)
+    responses = next(e for e in ENDPOINTS if e.path == "/v1/responses")
+    alices = {"id": "resp_1", "object": "response", "output": [], **ALICE}
+    stored = Entry(
+        "k",
+        None,
+        1.0,
+        200,
+        "application/json",
+        responses.path,
+        "gpt-test",
+        None,
+        1,
+        1,
+        orjson.dumps(alices),
+        b"{}",
+        b"".join(responses.kind.synthesized(alices, False)),
+    )
+    borrowed = Live.of(stored)
+    assert borrowed.borrowed
+    for stream in (False, True):
+        bob = Asked(responses, {**BOB, "stream": stream})
+        answer = live(bob, borrowed, "MISS", replays, shared=borrowed.borrowed)  # type: ignore[arg-type]
+        assert isinstance(answer.body, bytes)
+        no_alice(answer.body)
+        assert b"bob@corp.example" in answer.body
