@@ -373,14 +373,33 @@ async def replay_miss(
     )
 
 
-def _own(call: Call, key: str, request: dict[str, Any], settings: Settings) -> bool:
-    """Whether the recording at ``key`` of ``request`` was made with the caller's
-    credential (per-key scope): its key again, with the caller's namespace and query. No
-    client learns of another's recordings, prompts or field names. The recorded request
-    is the body as sent upstream, so no seed policy is applied to it again."""
-    ns = namespace(call.client_headers, settings.cache.scope)
-    where = Where(call.endpoint.path, call.raw_query, ns, "passthrough")
-    return settings.keyer.key(where, call.endpoint.seeded, request).key == key
+def _recorded(
+    call: Call, stored: list[tuple[str, bytes]], settings: Settings
+) -> list[tuple[str, dict[str, Any]]]:
+    """The recorded requests (key, body as sent upstream) a replay miss may compare with:
+    in per-key scope only those made with the caller's credential, found by keying each
+    again with the caller's namespace and query (no seed policy: it is applied already).
+    No client learns of another's recordings, prompts or field names."""
+    own = None
+    if settings.cache.scope == "per-key":
+        ns = namespace(call.client_headers, settings.cache.scope)
+        own = Where(call.endpoint.path, call.raw_query, ns, "passthrough")
+    recorded = []
+    for key, raw in stored:
+        with contextlib.suppress(orjson.JSONDecodeError, ProxyError):
+            request = orjson.loads(raw)
+            if own is None or settings.keyer.key(own, call.endpoint.seeded, request).key == key:
+                recorded.append((key, request))
+    return recorded
+
+
+def _closest(
+    call: Call, stored: list[tuple[str, bytes]], settings: Settings
+) -> tuple[tuple[str, list[str]] | None, dict[str, Any]]:
+    """The nearest of ``stored`` (see :meth:`~proxy.keys.Keyer.nearest`) and its body."""
+    recorded = _recorded(call, stored, settings)
+    found = settings.keyer.nearest(call.body, recorded)
+    return found, dict(recorded).get(found[0], {}) if found else {}
 
 
 async def _nearest(call: Call, store: Store, registry: Registry, settings: Settings) -> str:
@@ -393,19 +412,16 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
         if note.endpoint == path and note.model == model
     ]
     recent = dict.fromkeys(unwritten + await store.recent(path, model))
-    recorded = []
-    for key in list(recent)[:NEAREST_SCAN]:
-        for entry in (await store.variants(key))[:1]:
-            with contextlib.suppress(orjson.JSONDecodeError, ProxyError):
-                request = orjson.loads(entry.request)
-                if settings.cache.scope != "per-key" or _own(call, key, request, settings):
-                    recorded.append((key, request))
-    # shaping the bodies (their redaction) and diffing them grow with their size: a thread
-    found = await asyncio.to_thread(settings.keyer.nearest, call.body, recorded)
+    stored = [
+        (key, entry.request)
+        for key in list(recent)[:NEAREST_SCAN]
+        for entry in (await store.variants(key))[:1]
+    ]
+    # parsing, keying, shaping (redacting) and diffing the bodies grow with their size
+    found, theirs = await asyncio.to_thread(_closest, call, stored, settings)
     if found is None:
         return f"Nothing is recorded for model {model!r} on {path}."
     key, fields = found
-    theirs = dict(recorded)[key]
     if not fields:
         return (
             f"A request with the same body is recorded (key {key}) under another "
