@@ -373,3 +373,15 @@ def test_the_plugin_names_a_hostile_cassette_instead_of_serving_it(
     text = result.stdout.str()
     assert "interaction 1: response.status: 304 is not a successful answer" in text
     assert "test_it.json" in text and "Error code: 500" not in text
+
+
+def test_the_unused_summary_lists_twenty_and_counts_the_rest():
+    from proxy.run import Result
+
+    loaded = {f"k{n}": f"#{n} /v1/chat/completions gpt-test" for n in range(1, 26)}
+    lines = Result("llm.json", "replay", loaded=loaded, played={"k1"}).text().splitlines()
+    assert "24 unused recordings" in lines[0]
+    assert lines[1:21] == [
+        f"seedproxy: unused recording #{n} /v1/chat/completions gpt-test" for n in range(2, 22)
+    ]
+    assert lines[21:] == ["seedproxy: and 4 more unused recordings"]
