@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import drift
+from . import drift, logprobs
 from .config import CacheSettings
 from .redact import Redactor
 from .sse import (
@@ -297,18 +297,35 @@ def _echoed(events: bytes, echo: Echo) -> Iterator[bytes]:
 
 
 def scrubbed(kind: Kind, redactor: Redactor, body: bytes, events: bytes) -> tuple[bytes, bytes]:
-    """An answer's body and kept events as they may be written: redacted, and when that
-    changes either, the events rebuilt from the redacted body. Redacting events one by
+    """An answer's body and kept events as they may be written: redacted (its logprob
+    tokens too), and when that changes either, or the stream's logprob tokens spell a
+    secret joined, the events rebuilt from the redacted body. Redacting events one by
     one would leave a secret the upstream split across deltas (``"AK"``, ``"IAIOSF"``...),
     which no detector sees whole, while the done events said ``[REDACTED...]``."""
-    redacted = redactor.json_bytes(body)
-    if not events or (redacted is body and redactor.sse(events) is events):
+    redacted = _answer(redactor, body)
+    if not events or (
+        redacted is body
+        and redactor.sse(events) is events
+        and not logprobs.stream_spells(redactor, events)
+    ):
         return redacted, events
     try:
         answer = orjson.loads(redacted)
     except orjson.JSONDecodeError:  # nothing to rebuild them from: a hit synthesizes
         return redacted, b""
     return redacted, b"".join(kind.synthesized(answer, False)) if isinstance(answer, dict) else b""
+
+
+def _answer(redactor: Redactor, body: bytes) -> bytes:
+    """An answer's bytes redacted, its logprob tokens too (a secret cut across them)."""
+    redacted = redactor.json_bytes(body)
+    if not redactor.active or not logprobs.present(redacted):
+        return redacted
+    try:
+        answer = orjson.loads(redacted)
+    except orjson.JSONDecodeError:
+        return redacted
+    return orjson.dumps(answer) if logprobs.scrub(answer, redactor) else redacted
 
 
 def _int(value: Any) -> int:

@@ -345,6 +345,17 @@ class Redactor:
             spans = sorted(spans + _custom_spans(pattern, data, spans), key=lambda s: s[1])
         return spans
 
+    def secrets(self, data: bytes) -> list[tuple[str, int, int]]:
+        """Where the secrets in UTF-8 ``data`` are, in order: (kind, start, end), for a
+        caller that keeps a text in pieces (logprob tokens) and rewrites them itself."""
+        if not self.active:
+            return []
+        return [(kind, start, end) for kind, start, end in self._spans(data) if kind is not None]
+
+    def placeholder(self, kind: str, value: bytes) -> bytes:
+        """What replaces the secret ``value`` of ``kind``."""
+        return _placeholder(kind, value, self.legacy)
+
     def find(self, text: str) -> Iterator[Found]:
         """Every secret in ``text``, in order."""
         data = text.encode("utf-8", "surrogatepass")

@@ -5,7 +5,9 @@ Reads only.
 A streamed answer spells its text across many events ("er me: AK", "IAIOSFODN",
 "N7EXAMPLE"): each stream's deltas are joined again (chat ``delta`` fields per choice,
 Responses ``*.delta`` events per output item and part, legacy completions' ``text``) and
-the joined texts are searched too, as well as every string of every event."""
+the joined texts are searched too, as well as every string of every event. Logprob
+tokens are joined the same way, their ``bytes`` decoded (:mod:`proxy.logprobs`), in
+answers as in streams."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 import orjson
 import yaml
 
+from . import logprobs
 from .keys import QUERY_CREDENTIAL, query_credentials
 from .redact import Redactor, mask, names_secret
 from .sse import iter_events, parse_event
@@ -63,6 +66,12 @@ def _strings(value: Any) -> Iterator[str]:
                 yield f"{key} = {item}"
 
 
+def _looked_at(value: Any) -> Iterator[str]:
+    """The strings of a JSON value, and what its logprob tokens spell joined."""
+    yield from _strings(value)
+    yield from logprobs.texts(value)
+
+
 def _payloads(raw: bytes) -> Iterator[Any]:
     """The data of each event of a raw event stream: JSON, or text when it is not."""
     for event in iter_events(raw):
@@ -90,8 +99,10 @@ def _leaves(value: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...]
 
 def reassembled(payloads: Iterable[Any]) -> list[str]:
     """The texts a stream's deltas spell once joined: per Responses output item, part and
-    event type (``response.output_text.delta``, ``...arguments.delta``), and per chat
-    choice and delta field (``content``, a tool call's ``arguments``)."""
+    event type (``response.output_text.delta``, ``...arguments.delta``), per chat
+    choice and delta field (``content``, a tool call's ``arguments``), and its logprob
+    tokens (:func:`~proxy.logprobs.stream_texts`)."""
+    payloads = list(payloads)
     parts: dict[tuple[Any, ...], list[str]] = {}
     for payload in payloads:
         if not isinstance(payload, dict):
@@ -109,21 +120,22 @@ def reassembled(payloads: Iterable[Any]) -> list[str]:
                 parts.setdefault(("text", index), []).append(choice["text"])
             for path, text in _leaves(choice.get("delta"), ("choice", index)):
                 parts.setdefault(path, []).append(text)
-    return ["".join(texts) for texts in parts.values() if len(texts) > 1]
+    joined = ["".join(texts) for texts in parts.values() if len(texts) > 1]
+    return joined + list(logprobs.stream_texts(payloads))
 
 
 def _texts(raw: bytes) -> Iterator[str]:
     """The strings of JSON bytes; of a raw event stream, each event's and what its deltas
     spell joined; else the bytes as text."""
     try:
-        yield from _strings(orjson.loads(raw))
+        yield from _looked_at(orjson.loads(raw))
         return
     except orjson.JSONDecodeError:
         pass
     if raw.lstrip().startswith((b"data:", b"event:", b":")):
         payloads = list(_payloads(raw))
         for payload in payloads:
-            yield from _strings(payload)
+            yield from _looked_at(payload)
         yield from reassembled(payloads)
         return
     yield raw.decode("utf-8", "replace")
@@ -132,7 +144,7 @@ def _texts(raw: bytes) -> Iterator[str]:
 def _record(record: Any) -> Iterator[str]:
     """The strings of one interaction (a cassette's, a JSON Lines line) and of its stream:
     a cassette's event list, or a version 1 export's base64 events."""
-    yield from _strings(record)
+    yield from _looked_at(record)
     if not isinstance(record, dict):
         return
     response = record.get("response")
@@ -209,10 +221,10 @@ class Scanner:
                 for value in query_credentials(query if isinstance(query, str) else ""):
                     yield Finding(name, f"interaction {n}", QUERY_CREDENTIAL, mask(value))
             rest = {k: v for k, v in document.items() if k != "interactions"}
-            yield from self._in(name, "-", _strings(rest))
+            yield from self._in(name, "-", _looked_at(rest))
             return
         if document is not None:
-            yield from self._in(name, "-", _strings(document))
+            yield from self._in(name, "-", _looked_at(document))
             return
         for n, line in enumerate(raw.splitlines(), 1):
             try:

@@ -145,8 +145,8 @@ class FakeUpstream:
         self.fault_after = 2  # events sent before the fault
         self.extra_fields: dict[str, Any] = {}  # added to every message, e.g. reasoning_content
         self.reply: str | None = None  # the text every answer says, instead of random words
-        # Responses streams: text deltas of these sizes in turn (a secret split across
-        # events), instead of a word each
+        # Text deltas and logprob tokens (Responses and chat) of these sizes in turn (a
+        # secret split across events and tokens), instead of a word each
         self.delta_sizes: tuple[int, ...] = ()
         # Set to a threading.Event to hold answers until it is set (streams: after their
         # first event).
@@ -233,9 +233,13 @@ class FakeUpstream:
                             "token": t,
                             "logprob": -rng.random(),
                             "bytes": list(t.encode()),
-                            "top_logprobs": [],
+                            "top_logprobs": [
+                                {"token": t, "logprob": -0.5, "bytes": list(t.encode())}
+                            ]
+                            if req.get("top_logprobs")
+                            else [],
                         }
-                        for t in tokens(message["content"])
+                        for t in self.deltas(message["content"])
                     ],
                     "refusal": None,
                 }
@@ -279,7 +283,7 @@ class FakeUpstream:
                     deltas += [{key: t} for t in tokens(value)]
                 else:
                     deltas.append({key: value})
-            for i, token in enumerate(tokens(msg["content"] or "")):
+            for i, token in enumerate(self.deltas(msg["content"] or "")):
                 deltas.append({"content": token, "_logprobs": lp[i] if lp else None})
             if msg["refusal"]:
                 deltas += [{"refusal": t} for t in tokens(msg["refusal"])]
@@ -549,10 +553,13 @@ class FakeUpstream:
         )
         messages = [*self.history(req), *(items or [])]
         answered = bool(messages) and messages[-1].get("type") == "function_call_output"
+        logprobs = "message.output_text.logprobs" in (req.get("include") or [])
         chat = self.completion(
-            {**req, "messages": messages, "n": 1} | ({"tools": []} if answered else {})
+            {**req, "messages": messages, "n": 1, "logprobs": logprobs}
+            | ({"tools": []} if answered else {})
         )
         message = chat["choices"][0]["message"]
+        tokens_lp = (chat["choices"][0]["logprobs"] or {}).get("content") or []
         rid = f"resp_{uuid.uuid4().hex[:16]}"
         if message.get("tool_calls"):
             call = message["tool_calls"][0]
@@ -578,7 +585,7 @@ class FakeUpstream:
                             "type": "output_text",
                             "text": message["content"] or "",
                             "annotations": [],
-                            "logprobs": [],
+                            "logprobs": tokens_lp,
                         }
                     ],
                 }
@@ -664,6 +671,7 @@ class FakeUpstream:
         for oi, item in enumerate(answer["output"]):
             if item["type"] == "message":
                 text = item["content"][0]["text"]
+                lp = item["content"][0]["logprobs"]
                 where = {"item_id": item["id"], "output_index": oi, "content_index": 0}
                 events += [
                     event(
@@ -677,10 +685,15 @@ class FakeUpstream:
                         part={"type": "output_text", "text": "", "annotations": []},
                     ),
                     *[
-                        event("response.output_text.delta", **where, delta=t, logprobs=[])
-                        for t in self.deltas(text)
+                        event(
+                            "response.output_text.delta",
+                            **where,
+                            delta=t,
+                            logprobs=lp[i : i + 1],
+                        )
+                        for i, t in enumerate(self.deltas(text))
                     ],
-                    event("response.output_text.done", **where, text=text, logprobs=[]),
+                    event("response.output_text.done", **where, text=text, logprobs=lp),
                     event("response.content_part.done", **where, part=item["content"][0]),
                 ]
             else:
