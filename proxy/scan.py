@@ -19,6 +19,7 @@ import gzip
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote_plus
 
 import orjson
 import yaml
@@ -182,6 +183,10 @@ def _vcr(value: Any) -> Iterator[str]:
             yield from _vcr(item)
 
 
+def _field(record: Any, name: str) -> Any:
+    return record.get(name) if isinstance(record, dict) else None
+
+
 class Scanner:
     """Finds secrets with ``redactor``, names where each one is, and keeps what it did
     not read, and why, in ``skipped``."""
@@ -197,6 +202,14 @@ class Scanner:
                 if (found.kind, found.value) not in seen:
                     seen.add((found.kind, found.value))
                     yield Finding(file, entry, found.kind, mask(found.value))
+
+    def _credentials(self, file: str, entry: str, query: Any) -> Iterator[Finding]:
+        """The credentials a recorded query string holds as they were sent (our
+        cassettes' ``query``, a vcrpy request's ``uri``), but for those a detector names
+        already (``?key=AIza...`` is a Google API key)."""
+        for value in query_credentials(query if isinstance(query, str) else ""):
+            if next(self.redactor.find(unquote_plus(value)), None) is None:
+                yield Finding(file, entry, QUERY_CREDENTIAL, mask(value))
 
     def file(self, path: Path) -> Iterator[Finding]:
         """A cassette (its interactions), a JSON Lines file (its lines), a vcrpy YAML
@@ -217,9 +230,7 @@ class Scanner:
         if isinstance(document, dict) and isinstance(document.get("interactions"), list):
             for n, record in enumerate(document["interactions"], 1):
                 yield from self._in(name, f"interaction {n}", _record(record))
-                query = record.get("query") if isinstance(record, dict) else None
-                for value in query_credentials(query if isinstance(query, str) else ""):
-                    yield Finding(name, f"interaction {n}", QUERY_CREDENTIAL, mask(value))
+                yield from self._credentials(name, f"interaction {n}", _field(record, "query"))
             rest = {k: v for k, v in document.items() if k != "interactions"}
             yield from self._in(name, "-", _looked_at(rest))
             return
@@ -228,10 +239,12 @@ class Scanner:
             return
         for n, line in enumerate(raw.splitlines(), 1):
             try:
-                texts: Iterable[str] = _record(orjson.loads(line))
+                record = orjson.loads(line)
+                texts: Iterable[str] = _record(record)
             except orjson.JSONDecodeError:
-                texts = _texts(line)
+                record, texts = None, _texts(line)
             yield from self._in(name, f"line {n}", texts)
+            yield from self._credentials(name, f"line {n}", _field(record, "query"))
 
     def _yaml(self, name: str, raw: bytes) -> Iterator[Finding]:
         """A vcrpy cassette: each interaction's request and response, bodies and headers."""
@@ -247,6 +260,9 @@ class Scanner:
             return
         for n, interaction in enumerate(interactions, 1):
             yield from self._in(name, f"interaction {n}", _vcr(interaction))
+            uri = _field(_field(interaction, "request"), "uri")
+            query = uri.partition("?")[2] if isinstance(uri, str) else ""
+            yield from self._credentials(name, f"interaction {n}", query)
 
     def _entry(self, name: str, entry: Entry) -> Iterator[Finding]:
         where = f"entry {entry.key[:16]} {entry.fingerprint}"

@@ -385,3 +385,34 @@ def test_the_unused_summary_lists_twenty_and_counts_the_rest():
         f"seedproxy: unused recording #{n} /v1/chat/completions gpt-test" for n in range(2, 22)
     ]
     assert lines[21:] == ["seedproxy: and 4 more unused recordings"]
+
+
+VCR_CASSETTE = """interactions:
+- request:
+    body: '{"model": "gpt-test"}'
+    headers: {}
+    method: POST
+    uri: https://api.example.com/v1/chat/completions?api-version=1&api_key=vcr-raw-token-1
+  response:
+    body: {string: '{}'}
+    headers: {}
+    status: {code: 200, message: OK}
+version: 1
+"""
+
+
+def test_scan_finds_a_raw_query_credential_in_json_lines_and_vcrpy_cassettes(tmp_path: Path):
+    lines = tmp_path / "llm.jsonl"
+    lines.write_bytes(orjson.dumps(recorded("q", query="token=lines-raw-token-2")) + b"\n")
+    vcr = tmp_path / "vcr.yaml"
+    vcr.write_text(VCR_CASSETTE)
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(
+        orjson.dumps(recorded("q", query="token=[REDACTED:query_credential:0123456789ab]")) + b"\n"
+    )
+    for path, where in ((lines, "line 1"), (vcr, "interaction 1")):
+        scanned = seedproxy("scan", str(path), cwd=tmp_path)
+        assert scanned.returncode == 1, scanned
+        assert f"{path}: {where}: query_credential" in scanned.stdout
+        assert "raw-token" not in scanned.stdout
+    assert seedproxy("scan", str(clean), cwd=tmp_path).returncode == 0
