@@ -383,12 +383,16 @@ def _recorded(
     own = None
     if settings.cache.scope == "per-key":
         ns = namespace(call.client_headers, settings.cache.scope)
-        own = Where(call.endpoint.path, call.raw_query, ns, "passthrough")
+        query = settings.keyer.query(call.raw_query, live=True)  # as its key was made
+        own = Where(call.endpoint.path, query, ns, "passthrough")
     recorded = []
     for key, raw in stored:
         with contextlib.suppress(orjson.JSONDecodeError, ProxyError):
             request = orjson.loads(raw)
-            if own is None or settings.keyer.key(own, call.endpoint.seeded, request).key == key:
+            if (
+                own is None
+                or settings.keyer.key(own, call.endpoint.seeded, request, live=False).key == key
+            ):
                 recorded.append((key, request))
     return recorded
 

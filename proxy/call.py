@@ -205,7 +205,7 @@ def parse_body(ident: Ident, endpoint: Endpoint, settings: Settings) -> Parsed:
             param="model",
         )
     where = Where(path, raw_query, name, client_mode)
-    keyed = settings.keyer.key(where, endpoint.seeded, body, raw)
+    keyed = settings.keyer.key(where, endpoint.seeded, body, raw, live=True)
     return Parsed(
         body,
         keyed.seed_edit,

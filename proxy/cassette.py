@@ -92,7 +92,7 @@ def key_for(
     matches, and a recording made with another mode keeps its key."""
     target = endpoint_for(endpoint)
     where = Where(target.path, query, namespace, seed_mode)
-    return settings.keyer.key(where, target.seeded, dict(request)).key
+    return settings.keyer.key(where, target.seeded, dict(request), live=False).key
 
 
 def _time(created: float) -> str:
@@ -168,7 +168,7 @@ def interaction(
     one the proxy refuses. Pass one ``repeats`` for the entries of one file, in order,
     to number repeated requests."""
     request = orjson.loads(entry.request) if entry.request else {}
-    query = settings.keyer.query(query)
+    query = settings.keyer.query(query, live=False)
     try:
         derived = key_for(entry.endpoint, request, query, namespace, settings, seed_mode)
         counted = endpoint_for(entry.endpoint).kind.per_occurrence(request)
@@ -347,7 +347,7 @@ def _recording(record: Any, settings: Settings, repeats: Repeats) -> Recording:
     except ProxyError as exc:
         raise Bad("endpoint", exc.message) from None
     request = _get(record, "request", dict, ...)
-    query = settings.keyer.query(_get(record, "query", str, ""))
+    query = settings.keyer.query(_get(record, "query", str, ""), live=False)
     namespace = _get(record, "namespace", str, "")
     seed_mode = _get(record, "seed_mode", (str, type(None)), None)
     if seed_mode is not None and seed_mode not in SEED_MODES:

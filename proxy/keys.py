@@ -20,7 +20,7 @@ from . import strictjson
 from .errors import ProxyError
 from .patterns import Match, Pattern, compile_str, template
 from .policy import apply_seed
-from .redact import Redactor, is_placeholder, placeholder
+from .redact import Redactor, disarmed, is_placeholder, placeholder
 
 _MAX_EXACT = 2**53
 MAX_DEPTH = 254  # what orjson can encode
@@ -194,13 +194,19 @@ class KeyRules:
     normalize: tuple[Rewrite, ...] = ()
     redactor: Redactor = field(default_factory=lambda: Redactor(builtin=False))
 
-    def shape(self, body: dict[str, Any], raw: bytes | None = None) -> Any:
+    def shape(self, body: dict[str, Any], raw: bytes | None = None, live: bool = False) -> Any:
         """The body as it is hashed; ``raw`` (the client's bytes), when given, lets a body
-        with no secret in it skip the redaction walk."""
-        return self.shaped(body, raw)[0]
+        with no secret in it skip the redaction walk. ``live``: a client's body as it
+        arrives, whose literal placeholders are made placeholders of their own first
+        (see :class:`~proxy.redact.Redactor`); else a stored one, kept as it is."""
+        return self.shaped(body, raw, live=live)[0]
 
     def shaped(
-        self, body: dict[str, Any], raw: bytes | None = None, redactor: Redactor | None = None
+        self,
+        body: dict[str, Any],
+        raw: bytes | None = None,
+        redactor: Redactor | None = None,
+        live: bool = False,
     ) -> tuple[Any, bool]:
         """:meth:`shape` with ``redactor`` (else the rules' own), and whether redaction
         changed anything (only then can another placeholder form give another key)."""
@@ -209,21 +215,23 @@ class KeyRules:
         shaped: Any = {k: v for k, v in body.items() if k not in skip}
         for steps in self.ignore_paths:
             shaped = drop_path(shaped, steps)
-        if not (redactor.active and (raw is None or redactor.might(raw))):
+        if not (redactor.active and (raw is None or redactor.might(raw, live))):
             for rule in self.normalize:
                 shaped = rule.apply(shaped)
             return shaped, False
         before = shaped
-        if self.normalize:
-            shaped = redactor.value(shaped)
+        if self.normalize:  # the literals are the client's: only before the rules
+            shaped = redactor.value(shaped, live)
         changed = shaped is not before
         for rule in self.normalize:
             shaped = rule.apply(shaped)
-        redacted = redactor.value(shaped)
+        redacted = redactor.value(shaped, live and not self.normalize)
         return redacted, changed or redacted is not shaped
 
-    def canonical(self, body: dict[str, Any], raw: bytes | None = None) -> bytes:
-        return canonical_body(self.shape(body, raw))
+    def canonical(
+        self, body: dict[str, Any], raw: bytes | None = None, live: bool = False
+    ) -> bytes:
+        return canonical_body(self.shape(body, raw, live))
 
 
 def show_path(steps: tuple[Step, ...]) -> str:
@@ -290,17 +298,25 @@ def query_credentials(query: str) -> Iterator[str]:
             yield value
 
 
-def redact_query(query: str, redactor: Redactor) -> str:
+def redact_query(query: str, redactor: Redactor, live: bool = False) -> str:
     """``query`` with each credential parameter's value (:data:`QUERY_CREDENTIALS`) and
     each secret a detector finds in a value replaced by a placeholder carrying a digest of
     what it replaced, so two tokens still give two keys; the same string when nothing
-    changed. Placeholders are left as they are: redacting twice changes nothing."""
+    changed. Placeholders are left as they are, so redacting twice changes nothing; in a
+    ``live`` query (a client's) a value that only looks like one is first made a
+    placeholder of its own, as in a body (see :class:`~proxy.redact.Redactor`)."""
     if not query:
         return query
     pairs = query.split("&")
     changed = False
     for i, pair in enumerate(pairs):
         name, _, value = pair.partition("=")
+        if live and value:  # credentials are redacted with the detectors off too
+            text = unquote_plus(value)
+            if (own := disarmed(text)) != text:
+                value = quote(own, safe="[]:")
+                pairs[i] = f"{name}={value}"
+                changed = True
         if _credential(name, value):
             pairs[i] = f"{name}={placeholder(QUERY_CREDENTIAL, value)}"
             changed = True
@@ -396,7 +412,14 @@ class Keyer:
     (``seed.mode``, ``seed.default``), the key rules (``cache.ignore_fields``,
     ``ignore_paths``, ``normalize``, redaction), the upstream base URL and
     ``cache.repeat``. Every key in seedproxy comes from :meth:`key` (and
-    :meth:`occurrence` for repeats), so a change to how keys are made is made here once."""
+    :meth:`occurrence` for repeats), so a change to how keys are made is made here once.
+
+    Each call says whether its request is ``live`` (a client's, as it arrives: parsing,
+    explain, ``seedproxy key``, the query ``seedproxy run`` writes) or stored (a cassette
+    or import being loaded, a recording compared with the request that missed): text in
+    a live request that only looks like a placeholder is made a placeholder of its own
+    before redaction, so it never shares a key with the secret the placeholder names,
+    while a stored request keeps its placeholders and so its live key."""
 
     rules: KeyRules
     upstream: str
@@ -405,12 +428,18 @@ class Keyer:
     sequence: bool = False
 
     def key(
-        self, where: Where, seeded: bool, body: dict[str, Any], raw: bytes | None = None
+        self,
+        where: Where,
+        seeded: bool,
+        body: dict[str, Any],
+        raw: bytes | None = None,
+        *,
+        live: bool,
     ) -> Keyed:
         """The key of ``body`` sent to ``where``, after the seed policy (applied to
         ``body`` in place when the endpoint is ``seeded``: the body then is what goes
-        upstream). ``raw``, the client's bytes, lets a body without a secret skip the
-        redaction walk. A bad seed is the client's 400."""
+        upstream); ``live`` or stored, see above. ``raw``, the client's bytes, lets a body
+        without a secret skip the redaction walk. A bad seed is the client's 400."""
         mode = where.seed_mode or self.seed_mode
         seed, edit = None, ""
         if seeded:
@@ -419,13 +448,13 @@ class Keyer:
             if body.get("seed", _ABSENT) is not before:
                 edit = "added" if before is _ABSENT else "replaced"
         plain = canonical_query(where.query)
-        query = redact_query(plain, self.rules.redactor)
-        shaped, redacted = self.rules.shaped(body, raw)
+        query = redact_query(plain, self.rules.redactor, live)
+        shaped, redacted = self.rules.shaped(body, raw, live=live)
         canonical = canonical_body(shaped)
         key = cache_key(where.path, query, where.namespace, self.upstream, canonical)
         legacy = None
         if redacted or query is not plain:  # a secret: it was keyed another way before
-            old = canonical_body(self.rules.shaped(body, raw, self._legacy)[0])
+            old = canonical_body(self.rules.shaped(body, raw, self._legacy, live)[0])
             legacy = cache_key(where.path, plain, where.namespace, self.upstream, old)
         return Keyed(key, seed, edit, mode, query, canonical, legacy if legacy != key else None)
 
@@ -433,9 +462,9 @@ class Keyer:
     def _legacy(self) -> Redactor:
         return self.rules.redactor.legacy_form()
 
-    def query(self, raw: str) -> str:
+    def query(self, raw: str, *, live: bool) -> str:
         """The query string as keyed and written: canonical, credentials redacted."""
-        return redact_query(canonical_query(raw), self.rules.redactor)
+        return redact_query(canonical_query(raw), self.rules.redactor, live)
 
     def occurrence(self, key: str, n: int) -> str:
         """The key of the n-th repeat (from 0) of the request with ``key``; n stays 0
@@ -445,9 +474,10 @@ class Keyer:
 
     def explain(self, where: Where, seeded: bool, body: dict[str, Any]) -> dict[str, Any]:
         """Everything that goes into a request's key (the canonical form after the seed
-        policy, ignore, normalize and redaction rules), and the key."""
+        policy, ignore, normalize and redaction rules), and the key, of a request as a
+        client would send it (live)."""
         ignore = self.rules.ignore_fields
-        keyed = self.key(where, seeded, body)
+        keyed = self.key(where, seeded, body, live=True)
         ignored = sorted(f for f in ignore if f in body)
         return {
             "path": where.path,
@@ -468,9 +498,9 @@ class Keyer:
         self, body: dict[str, Any], recorded: Iterable[tuple[str, dict[str, Any]]]
     ) -> tuple[str, list[str]] | None:
         """The recorded (key, body as sent upstream) whose canonical form differs from
-        ``body``'s (also as sent upstream) in the fewest fields, with those fields; None
-        if nothing was recorded."""
-        mine = self.rules.shape(body)
+        ``body``'s (the live request's, also as sent upstream) in the fewest fields, with
+        those fields; None if nothing was recorded."""
+        mine = self.rules.shape(body, live=True)
         best: tuple[str, list[str]] | None = None
         for key, other in recorded:
             diff = field_diff(mine, self.rules.shape(other), limit=50)

@@ -74,11 +74,11 @@ class Recorder:
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
         redactor = self.redactor
         body, events = await self._scrubbed(call, live)
-        request = call.upstream_body
+        request = call.upstream_body  # live: literal placeholders as its key saw them
         if on_loop(request):  # the rule the request's parse followed
-            request = redactor.json_bytes(request)
+            request = redactor.json_bytes(request, live=True)
         else:
-            request = await asyncio.to_thread(redactor.json_bytes, request)
+            request = await asyncio.to_thread(redactor.json_bytes, request, True)
         entry = Entry(
             call.key,
             live.fingerprint,
@@ -86,7 +86,7 @@ class Recorder:
             live.status,
             live.headers.get("Content-Type", "application/json"),
             call.endpoint.path,
-            redactor.text(call.model),
+            redactor.text(call.model, live=True),
             call.seed,
             prompt_tokens,
             completion_tokens,

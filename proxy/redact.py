@@ -177,6 +177,12 @@ CUSTOM = "custom"  # the kind a user pattern reports
 # A placeholder, this form or the legacy one: never matched again, by anything.
 _PLACEHOLDER = r"\[REDACTED:[a-z0-9_]+(?::[0-9a-f]{12})?\]"
 
+# A client's literal placeholder-shaped text becomes a placeholder of this kind, carrying a
+# digest of the literal: see Redactor.text(live=True).
+LITERAL = "placeholder"
+_LITERAL = compile_bytes(_PLACEHOLDER.encode())
+_LITERAL_START = "[REDACTED:"
+
 # Raw JSON bytes that may hold a secret: a detector's start, or an escape (``\u0073k-``,
 # ``\/``) that could spell one out of sight of the others.
 _QUICK = compile_bytes(
@@ -235,6 +241,17 @@ class _Detectors:
                 if end < m.end():  # what follows a secret may start the next one
                     matches = self._regex.finditer(data, end)
         return out
+
+
+def disarmed(text: str) -> str:
+    """``text`` with each placeholder-shaped literal (either form) replaced by
+    ``[REDACTED:placeholder:<digest of the literal>]``: in one pass over the text as it
+    came, never over its own output, so it ends."""
+    if _LITERAL_START not in text:  # at C speed: nearly every string stops here
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    out = _LITERAL.sub(lambda m: _placeholder(LITERAL, m.group(0) or b"", False), data)
+    return out.decode("utf-8", "surrogatepass")
 
 
 def _placeholder(kind: str, value: bytes, legacy: bool) -> bytes:
@@ -322,6 +339,14 @@ class Redactor:
     naming the reason when one does not compile), and how to apply them to text, JSON
     values, JSON bytes and server-sent events.
 
+    Input is *live* (``live=True``: a client's request as it arrives, and what is recorded
+    of it) or *stored* (a cassette, an import, a recorded request compared with another).
+    Live text that already looks like a placeholder would otherwise share a key with the
+    secret it names (anyone can copy a digest from an export or a drift event): it is
+    first made a placeholder of its own, ``[REDACTED:placeholder:<digest of the literal>]``.
+    Stored text keeps its placeholders, so the key of a recorded request computed again
+    on load is the key its live request had.
+
     ``legacy=True`` gives what seedproxy wrote before placeholders carried a digest: the
     old detectors, each whole match replaced by ``[REDACTED:<kind>]``. Nothing is stored
     that way any more; it exists so that a key can also be computed the old way, to find
@@ -363,10 +388,13 @@ class Redactor:
             if kind is not None:
                 yield Found(kind, data[start:end].decode("utf-8", "surrogatepass"))
 
-    def text(self, text: str) -> str:
-        """``text`` with each secret replaced by its placeholder."""
+    def text(self, text: str, live: bool = False) -> str:
+        """``text`` with each secret replaced by its placeholder (``live``: literal
+        placeholders first made placeholders of their own)."""
         if not self.active:
             return text
+        if live:
+            text = disarmed(text)
         data = text.encode("utf-8", "surrogatepass")
         spans = self._spans(data)
         if all(kind is None for kind, _, _ in spans):
@@ -387,19 +415,29 @@ class Redactor:
             text = self._replaced(data, spans)
         return text
 
-    def might(self, raw: bytes) -> bool:
-        """Whether raw JSON bytes can hold a secret: a regex over the bytes, so a body
-        without one costs no JSON walk. User patterns may match what JSON escapes, so with
-        them every body is walked."""
-        return bool(self._custom) or (self.builtin and _QUICK.search(raw) is not None)
+    def might(self, raw: bytes, live: bool = False) -> bool:
+        """Whether raw JSON bytes can hold a secret (or, ``live``, a literal placeholder):
+        a regex over the bytes, so a body without one costs no JSON walk. User patterns
+        may match what JSON escapes, so with them every body is walked."""
+        return (
+            bool(self._custom)
+            or (self.builtin and _QUICK.search(raw) is not None)
+            or (live and self.active and b"[REDACTED:" in raw)
+        )
 
-    def value(self, value: Any) -> Any:
-        """A JSON value with its strings (and object keys) redacted; the very same object
-        when nothing was found, so callers can tell by identity."""
+    def value(self, value: Any, live: bool = False) -> Any:
+        """A JSON value with its strings (and object keys) redacted (``live``: literal
+        placeholders first made placeholders of their own); the very same object when
+        nothing was found, so callers can tell by identity."""
         strings: list[str] = []
         named: list[int] = []  # the values of fields named like a secret access key
         _gather(value, strings, named)
-        changed = self._strings(strings)
+        own: dict[int, str] = {}  # literal placeholders made placeholders of their own
+        if live and self.active:
+            for i, text in enumerate(strings):
+                if _LITERAL_START in text and (new := disarmed(text)) != text:
+                    strings[i] = own[i] = new
+        changed = own | self._strings(strings)
         if self.builtin and not self.legacy:  # "SecretAccessKey": "..." is one in JSON too
             for i in named:
                 if i not in changed and _aws_secret(strings[i]):
@@ -437,19 +475,19 @@ class Redactor:
         out = _replace(data, spans, lambda kind, value: _placeholder(kind, value, legacy))
         return out.decode("utf-8", "surrogatepass")
 
-    def json_bytes(self, raw: bytes) -> bytes:
-        """A JSON document's bytes redacted; the same bytes when there is nothing to redact
-        (so a recording keeps the upstream's exact bytes). Bytes that are not JSON are
-        redacted as text."""
-        if not self.active or not raw or not self.might(raw):
+    def json_bytes(self, raw: bytes, live: bool = False) -> bytes:
+        """A JSON document's bytes redacted (``live``: see :meth:`value`); the same bytes
+        when there is nothing to redact (so a recording keeps the upstream's exact bytes).
+        Bytes that are not JSON are redacted as text."""
+        if not self.active or not raw or not self.might(raw, live):
             return raw
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError:
             text = raw.decode("utf-8", "replace")
-            out = self.text(text)
+            out = self.text(text, live)
             return raw if out == text else out.encode()
-        redacted = self.value(document)
+        redacted = self.value(document, live)
         return raw if redacted is document else orjson.dumps(redacted)
 
     def sse(self, raw: bytes) -> bytes:

@@ -373,7 +373,7 @@ class Session:
         (its query and namespace, for the cassette), and replay misses with their reasons."""
         key = response.headers.get("X-Seedproxy-Key")
         if key is not None and key not in self._where:
-            query = self.settings.keyer.query(request.rel_url.raw_query_string)
+            query = self.settings.keyer.query(request.rel_url.raw_query_string, live=True)
             namespace = request.headers.get("X-Seedproxy-Namespace", "")
             self._where[key] = (query, namespace, _seed_mode(request))
         if key is not None and response.headers.get("X-Cache") in ("HIT", "REFRESH"):
