@@ -284,7 +284,14 @@ def logprob_cassette(sizes: tuple[int, ...], where: str) -> dict[str, Any]:
     return {
         "version": 2,
         "interactions": [
-            {"endpoint": endpoint, "model": "gpt-test", "request": CHAT, "response": response}
+            {
+                "endpoint": endpoint,
+                "model": "gpt-test",
+                "fingerprint": "fp_one",
+                "recorded_at": "2026-01-31T12:00:00.000000Z",
+                "request": CHAT if endpoint.endswith("completions") else RESP,
+                "response": response,
+            }
         ],
     }
 
@@ -300,3 +307,27 @@ def test_scan_joins_logprob_tokens_and_decodes_bytes(tmp_path, where, sizes):
     jsonl = tmp_path / "lines.jsonl"
     jsonl.write_bytes(orjson.dumps(logprob_cassette(sizes, where)["interactions"][0]) + b"\n")
     assert cli("scan", str(jsonl), cwd=tmp_path).returncode == 1
+
+
+@pytest.mark.parametrize("where", ["tokens", "bytes", "events"])
+def test_an_imported_cassette_whose_logprobs_spell_a_secret_is_stored_rewritten(tmp_path, where):
+    path = tmp_path / "cassette.json"
+    path.write_bytes(orjson.dumps(logprob_cassette((1, 2, 3), where)))
+    cache = tmp_path / "cache"
+    result = cli("import", str(path), "--cache-dir", str(cache), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = cli("scan", str(cache), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "out.json"
+    assert cli("export", str(out), "--cache-dir", str(cache), cwd=tmp_path).returncode == 0
+    (interaction,) = orjson.loads(out.read_bytes())["interactions"]
+    response = interaction["response"]
+    if where == "events":  # rebuilt from the answer: no delta spells it
+        assert SECRET not in orjson.dumps(response["events"]).decode()
+        assert all(
+            SECRET not in t
+            for t in spelled(stream_entries([e["data"] for e in response["events"]])[0])
+        )
+    else:
+        entries = response["body"]["choices"][0]["logprobs"]["content"]
+        assert all(SECRET not in t for t in spelled(entries))
