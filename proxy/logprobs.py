@@ -28,8 +28,9 @@ from .sse import iter_events, parse_event
 
 _PASSES = 3  # rewrites of one sequence at most, as Redactor settles a text
 
-# Raw JSON whose logprobs are neither null nor empty: only such an answer is walked.
-_PRESENT = compile_bytes(rb'"logprobs"\s*:\s*(?:\{|\[\s*\{)')
+# Raw JSON whose logprobs are neither null nor empty, or that escapes a character (which
+# could spell the field's name): only such an answer is walked.
+_PRESENT = compile_bytes(rb'"logprobs"\s*:\s*(?:\{|\[\s*\{)|\\u[0-9a-fA-F]{4}')
 
 
 def present(raw: bytes) -> bool:

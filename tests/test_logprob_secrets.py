@@ -109,6 +109,17 @@ def test_an_alternative_alone_that_spells_a_secret_is_rewritten():
     assert bytes(e["top_logprobs"][1]["bytes"]).decode() == PLACEHOLDER
 
 
+def test_an_escaped_field_name_does_not_hide_the_logprobs():
+    entries = [entry(t) for t in cut(REPLY, (2,))]
+    raw = orjson.dumps({"choices": [{"index": 0, "logprobs": {"content": entries}}]})
+    raw = raw.replace(b'"logprobs"', b'"logprob\\u0073"')
+    body, _ = scrubbed(KINDS["chat"], Redactor(), raw, b"")
+    joined = bytes(
+        b for e in orjson.loads(body)["choices"][0]["logprobs"]["content"] for b in e["bytes"]
+    )
+    assert SECRET.encode() not in joined
+
+
 def test_legacy_completion_tokens_are_rewritten():
     tokens = cut(REPLY, (3,))
     logprobs = {"tokens": tokens, "top_logprobs": [{t: -0.1} for t in tokens]}
