@@ -31,6 +31,7 @@ from .keys import Where, value_at
 from .kinds import Echo, Kind, same
 from .lru import Lru
 from .policy import SERVER_STATE, UNSEEDED
+from .redact import ON_LOOP
 from .registry import Registry
 from .store import Entry, Store
 from .urls import masked_url
@@ -74,6 +75,15 @@ class _Source:
         self.body, self.events, self.answer = body, events, answer
 
 
+def _ident(call: Call, entry: Entry) -> tuple[str, str, str | None, float]:
+    return (call.endpoint.path, entry.key, entry.fingerprint, entry.created)
+
+
+def _current(source: _Source, entry: Entry) -> bool:
+    """Whether ``source`` is the very answer ``entry`` holds (an import may replace it)."""
+    return source.body == entry.body and source.events == entry.stream
+
+
 class Replays:
     """What a hit sends: stored JSON with the caller's echoes, and streamed hits' SSE. A
     small entry's SSE body is kept by the content it replays (a digest of the stored
@@ -101,8 +111,22 @@ class Replays:
         echoes = self._echoes[call.endpoint.path]
         return echoes.json(body, echoes.mine(call.body)) if echoes.fields else body
 
-    def sse(self, call: Call, entry: Entry) -> bytes | Payload:
-        """The SSE body of a streamed hit on ``entry``."""
+    def unparsed(self, call: Call, entry: Entry) -> bool:
+        """Whether a streamed hit on ``entry`` would parse it here: a large entry that no
+        client is streaming now (the caller parses it off the loop and hands it to
+        :meth:`sse`)."""
+        if len(entry.body) + len(entry.stream) <= SMALL:
+            return False
+        if call.endpoint.kind.keeps_events and entry.stream:
+            return False
+        source = self._shared.get(_ident(call, entry))
+        return source is None or not _current(source, entry)
+
+    def sse(
+        self, call: Call, entry: Entry, parsed: dict[str, Any] | None = None
+    ) -> bytes | Payload:
+        """The SSE body of a streamed hit on ``entry``; ``parsed``: its answer, when the
+        caller parsed it already (:meth:`unparsed`)."""
         kind, path = call.endpoint.kind, call.endpoint.path
         echoes = self._echoes[path]
         mine = echoes.mine(call.body)
@@ -115,11 +139,12 @@ class Replays:
                 body = b"".join(events)
                 self._kept.put(key, body)
             return body
-        ident = (path, entry.key, entry.fingerprint, entry.created)
+        ident = _ident(call, entry)
         source = self._shared.get(ident)
-        if source is None or source.body != entry.body or source.events != entry.stream:
-            answer = {} if kind.keeps_events and entry.stream else orjson.loads(entry.body)
-            source = self._shared[ident] = _Source(entry.body, entry.stream, answer)
+        if source is None or not _current(source, entry):
+            if parsed is None:
+                parsed = {} if kind.keeps_events and entry.stream else orjson.loads(entry.body)
+            source = self._shared[ident] = _Source(entry.body, entry.stream, parsed)
         return _streamed(source, kind, call.include_usage, echo(echoes, mine))
 
     def live(self, call: Call, answer: Live, own: bool) -> bytes | Payload:
@@ -210,21 +235,30 @@ def our_headers(
     return headers
 
 
-def stored(
+async def stored(
     request: web.Request, call: Call, entry: Entry, now: float, replays: Replays
 ) -> web.Response:
     """A hit: the entry as stored, or as SSE synthesized from it for a streamed request,
-    with the caller's echoes. Nothing here holds the entry once this returns."""
+    with the caller's echoes. A large entry's parse (for a stream, or to give it the
+    caller's echoes) is done in a worker thread: its cost grows with the entry. Nothing
+    here holds the entry once this returns."""
     headers = our_headers(call, entry.fingerprint, "HIT")
     headers["Age"] = str(max(0, int(now - entry.created)))
     if call.stream:
         headers.update(_SSE_HEADERS)
-        body = replays.sse(call, entry)
+        parsed = None
+        if replays.unparsed(call, entry):
+            parsed = await asyncio.to_thread(orjson.loads, entry.body)
+        body = replays.sse(call, entry, parsed)
         if isinstance(body, Payload):
             _modest_send_buffer(request)
         return web.Response(status=entry.status, body=body, headers=headers)
     headers["Content-Type"] = entry.content_type
-    return web.Response(status=entry.status, body=replays.json(call, entry.body), headers=headers)
+    if len(entry.body) > ON_LOOP:
+        body = await asyncio.to_thread(replays.json, call, entry.body)
+    else:
+        body = replays.json(call, entry.body)
+    return web.Response(status=entry.status, body=body, headers=headers)
 
 
 def _modest_send_buffer(request: web.Request) -> None:

@@ -111,7 +111,7 @@ class Pipeline:
                 self.health.ok()
         match decide(plan, variants, sightings, now, cache):
             case Hit(entry):
-                return self._hit(request, call, entry, now)
+                return await self._hit(request, call, entry, now)
             case ReplayMiss(reason):
                 self.counters.add("replay_misses")
                 error = await answers.replay_miss(
@@ -141,7 +141,9 @@ class Pipeline:
         self.counters.add("misses")
         return await self._bypass(request, call, "MISS")
 
-    def _hit(self, request: web.Request, call: Call, entry: Entry, now: float) -> web.Response:
+    async def _hit(
+        self, request: web.Request, call: Call, entry: Entry, now: float
+    ) -> web.Response:
         counters = self.counters
         counters.add("hits")
         counters.add("prompt_tokens_saved", entry.prompt_tokens)
@@ -149,7 +151,7 @@ class Pipeline:
         counters.add(f"saved_prompt:{entry.model}", entry.prompt_tokens)
         counters.add(f"saved_completion:{entry.model}", entry.completion_tokens)
         self.verifier.sample(call, entry)
-        return answers.stored(request, call, entry, now, self.replays)
+        return await answers.stored(request, call, entry, now, self.replays)
 
     async def _bypass(self, request: web.Request, call: Call, label: str) -> web.StreamResponse:
         """Live, stored nowhere; a stream is relayed byte for byte."""

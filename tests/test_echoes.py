@@ -249,3 +249,40 @@ def test_an_entry_another_process_stored_meanwhile_carries_the_callers_echoes():
         assert isinstance(answer.body, bytes)
         no_alice(answer.body)
         assert b"bob@corp.example" in answer.body
+
+
+def test_a_large_hit_is_given_its_echoes_and_parsed_off_the_loop(make_proxy, upstream):
+    """Giving a large stored answer the caller's echoes (JSON) or parsing it to stream it
+    costs time that grows with the entry: it happens in a worker thread, never on the loop
+    that serves everyone else."""
+    proxy = make_proxy(cache=CACHE)
+    upstream.content_lines = 5_000  # a 200 KB answer
+    loop_thread = proxy.bg.run(_loop_thread())
+    threads: list[int] = []
+    handed: list[Any] = []
+    replays = proxy.pipeline.replays
+    json, sse = replays.json, replays.sse
+
+    def spy_json(*args: Any) -> bytes:
+        threads.append(threading.get_ident())
+        return json(*args)
+
+    def spy_sse(call: Any, entry: Any, parsed: Any = None) -> Any:
+        handed.append(parsed)  # parsed already, off the loop, by the caller
+        return sse(call, entry, parsed)
+
+    replays.json, replays.sse = spy_json, spy_sse
+    with sdk(proxy) as client:
+        assert ask(client, ALICE).headers["x-cache"] == "MISS"
+        hit = ask(client, BOB)
+        assert hit.headers["x-cache"] == "HIT"
+        bobs(orjson.loads(hit.content), BOB)
+        assert threads and loop_thread not in threads
+        label, events = stream_events(client, BOB)
+    assert label == "HIT" and events[-1].response.output_text == hit.parse().output_text
+    assert len(handed) == 1 and isinstance(handed[0], dict)
+    bobs(events[-1].response.model_dump(exclude_unset=True), BOB)
+
+
+async def _loop_thread() -> int:
+    return threading.get_ident()
