@@ -17,6 +17,8 @@ from proxy.redact import Redactor
 from tests.harness import Serve, free_port, http
 from tests.upstream import FakeUpstream
 
+pytestmark = pytest.mark.serial
+
 MB = 1024 * 1024
 
 

@@ -24,6 +24,8 @@ from proxy.writes import WriteWatch
 from tests.harness import Serve, free_port, http
 from tests.upstream import FakeUpstream
 
+pytestmark = pytest.mark.serial
+
 MiB = 1024 * 1024
 BIG = "word " * 600_000  # a 3 MB answer; its SSE is several times that
 CHAT = "/v1/chat/completions"
