@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from . import __version__, cassette, human, reports
+from .browser import is_loopback
 from .config import (
     ConfigError,
     Settings,
@@ -63,13 +63,6 @@ def _settings(config: str | None, flags: dict[str, Any], serving: bool = False) 
     except OSError as exc:
         _fail(f"auth.tokens_file: cannot read it: {exc.strerror or exc}")
     return settings
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def banner(settings: Settings) -> str:
@@ -127,7 +120,7 @@ def serve(
         serving=True,
     )
     setup_logging(settings.log.format, settings.log.level)
-    if not _is_loopback(settings.server.host) and not settings.proxy_tokens():
+    if not is_loopback(settings.server.host) and not settings.proxy_tokens():
         log.warning(
             "listening on a non-loopback address without auth.tokens: anyone who can "
             "reach it can spend the upstream key and read the cache",

@@ -179,13 +179,14 @@ def test_serve_process_output_has_no_secrets(tmp_path, upstream):
     assert orjson.loads(err.splitlines()[0])["level"] in ("warning", "info", "debug")
 
 
-def test_non_loopback_without_tokens_warns(tmp_path, upstream):
+def _serve_stderr(host: str, cache_dir) -> bytes:
+    """What ``seedproxy serve --host HOST`` writes to stderr until it is listening (or has
+    given up: a name this machine cannot resolve)."""
     from tests.harness import free_port
 
-    env = clean_env()
     proc = subprocess.Popen(
-        serve_argv(free_port(), "--host", "0.0.0.0", "--cache-dir", str(tmp_path / "c")),
-        env=env,
+        serve_argv(free_port(), "--host", host, "--cache-dir", str(cache_dir)),
+        env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -193,5 +194,14 @@ def test_non_loopback_without_tokens_warns(tmp_path, upstream):
     threading.Thread(target=lambda: (proc.stdout.readline(), ready.set()), daemon=True).start()
     assert ready.wait(30)
     proc.terminate()
-    _, err = proc.communicate(timeout=20)
-    assert b"without auth.tokens" in err
+    return proc.communicate(timeout=20)[1]
+
+
+def test_non_loopback_without_tokens_warns(tmp_path, upstream):
+    assert b"without auth.tokens" in _serve_stderr("0.0.0.0", tmp_path / "c")
+
+
+@pytest.mark.parametrize("host", ["localhost.", "app.localhost"])
+def test_loopback_names_without_tokens_do_not_warn(tmp_path, upstream, host):
+    # the one loopback check (browser.is_loopback) decides, as it does for the Host guard
+    assert b"without auth.tokens" not in _serve_stderr(host, tmp_path / "c")
