@@ -39,8 +39,8 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +54,7 @@ from .keys import Where
 from .kinds import scrubbed
 from .policy import SEED_MODES
 from .redact import Redactor
+from .repeats import Occurrences
 from .sse import EventSplitter, parse_event
 from .store import Entry
 
@@ -135,21 +136,19 @@ class Repeats:
 
     def __init__(self, settings: Settings) -> None:
         self.keyer = settings.keyer
-        self.seen: Counter[str] = Counter()
+        # exact, not forgetting: a file's distinct requests are at most its interactions
+        self.seen = Occurrences(self.keyer.sequence, limit=sys.maxsize)
         self.shown: set[tuple[str, str | None]] = set()  # (key, fingerprint) written
         self.rekeyed = 0  # entries written whose key the file's request does not give
 
     def key(self, base: str, counted: bool = False) -> str:
         """The key of the next interaction whose request has key ``base`` (``counted``:
         one its kind records per occurrence whatever ``cache.repeat`` says)."""
-        key = self.expected(base)
-        if self.keyer.sequence or counted:
-            self.seen[base] += 1
-        return key
+        return self.keyer.occurrence(base, self.seen.next(base, counted))
 
     def expected(self, base: str) -> str:
         """The key :meth:`key` would give, without counting it."""
-        return self.keyer.occurrence(base, self.seen[base])
+        return self.keyer.occurrence(base, self.seen.peek(base))
 
 
 def interaction(

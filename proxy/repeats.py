@@ -23,12 +23,16 @@ class Occurrences:
         self.sequence = sequence
         self._counts: Lru[str, int] = Lru(entries=limit)
 
+    def peek(self, key: str) -> int:
+        """Which repeat the next request for ``key`` will be, without counting it."""
+        return self._counts.get(key) or 0
+
     def next(self, key: str, counted: bool = False) -> int:
         """Which repeat (from 0) this request for ``key`` is; always 0 with ``same`` unless
         the request is ``counted`` (one per occurrence whatever ``cache.repeat`` says)."""
         if not (self.sequence or counted):
             return 0
-        n = self._counts.get(key) or 0
+        n = self.peek(key)
         self._counts.put(key, n + 1)
         return n
 
