@@ -247,7 +247,7 @@ def test_explaining_a_body_of_many_parts_is_done_off_the_loop(proxy, monkeypatch
         threaded.append(getattr(fn, "__name__", repr(fn)))
         return await real(fn, *args)
 
-    monkeypatch.setattr("proxy.app.asyncio.to_thread", to_thread)
+    monkeypatch.setattr("proxy.admin.asyncio.to_thread", to_thread)
     many = b'{"model":"gpt-a","messages":[%s]}' % b",".join([b'{"role":"user"}'] * 3_000)
     small = orjson.dumps({"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]})
     answers = {}

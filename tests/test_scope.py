@@ -12,7 +12,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from proxy.app import unframed
+from proxy.guard import unframed
 from proxy.scope import credential, credential_scope, event_owner
 from tests.harness import Serve, free_port, http
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
