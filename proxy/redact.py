@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .patterns import Pattern, compile_bytes, compile_str
+from .sse import data_value
 
 Check = Callable[[bytes], bool]
 
@@ -494,14 +495,15 @@ class Redactor:
         """A recorded event stream with each ``data:`` line redacted as JSON."""
         if not self.active or not raw or not self.might(raw):
             return raw
-        lines = raw.split(b"\n")
+        lines = raw.splitlines(keepends=True)
         for i, line in enumerate(lines):
-            if line.startswith(b"data:"):
-                payload = line[5:].lstrip(b" ")
+            text = line.rstrip(b"\r\n")
+            payload = data_value(text)
+            if payload is not None:
                 redacted = self.json_bytes(payload)
-                if redacted is not payload:
-                    lines[i] = b"data: " + redacted
-        out = b"\n".join(lines)
+                if redacted is not payload:  # the line keeps its own end (CRLF, LF or CR)
+                    lines[i] = b"data: " + redacted + line[len(text) :]
+        out = b"".join(lines)
         return raw if out == raw else out
 
 

@@ -12,7 +12,8 @@ import orjson
 from . import strictjson
 
 DONE = b"data: [DONE]\n\n"
-_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+# a blank line after a line's end; "\n\r\n": a line ended by LF, the blank one by CRLF
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r", b"\n\r\n")
 _PIECE = re.compile(r"\s*\S+|\s+")
 PIECE_CHARS = 24  # a synthesized delta carries about this much text (a few tokens)
 
@@ -71,13 +72,21 @@ def iter_events(data: bytes) -> Iterator[bytes]:
         yield data[start:]
 
 
+def data_value(line: bytes) -> bytes | None:
+    """The value of a ``data:`` line (its end removed), one leading space dropped as the
+    SSE format says; None for any other line."""
+    if not line.startswith(b"data:"):
+        return None
+    return line[6:] if line[5:6] == b" " else line[5:]
+
+
 def parse_event(raw: bytes) -> tuple[str | None, bytes | None]:
     """(event name, data) of one raw event; data lines are joined with newlines."""
     name = None
     data: list[bytes] = []
     for line in raw.splitlines():
-        if line.startswith(b"data:"):
-            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        if (value := data_value(line)) is not None:
+            data.append(value)
         elif line.startswith(b"event:"):
             name = line[6:].strip().decode("utf-8", "replace")
     return name, b"\n".join(data) if data else None

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.redact import Redactor
+from proxy.sse import iter_events, parse_event
 from tests.conftest import sdk
 from tests.harness import chat_completion, http
 from tests.upstream import Scripted
@@ -72,6 +73,21 @@ def test_user_patterns():
     assert redactor.text("id ACME-123456") == f"id {shown}"
     event = b'data: {"t":"ACME-123456"}\n\n'
     assert redactor.sse(event) == b'data: {"t":"' + shown.encode() + b'"}\n\n'
+
+
+def test_a_redacted_stream_keeps_its_line_ends():
+    """A data line rewritten keeps its CRLF (or CR), so the stream still splits into the
+    same events."""
+    redactor = Redactor(builtin=False, patterns=[r"ACME-\d{6}"])
+    shown = placeholder("custom", "ACME-123456").encode()
+    for end in (b"\r\n", b"\r", b"\n"):
+        stream = b'data:{"t":"ACME-123456"}' + end + end + b"data: [DONE]" + end + end
+        out = redactor.sse(stream)
+        assert out == b'data: {"t":"' + shown + b'"}' + end + end + b"data: [DONE]" + end + end
+        assert [parse_event(e)[1] for e in iter_events(out)] == [
+            b'{"t":"' + shown + b'"}',
+            b"[DONE]",
+        ]
 
 
 def _files(directory) -> bytes:

@@ -6,7 +6,14 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import CompletionAccumulator, EventSplitter, merge_delta, parse_event, synthesize
+from proxy.sse import (
+    CompletionAccumulator,
+    EventSplitter,
+    iter_events,
+    merge_delta,
+    parse_event,
+    synthesize,
+)
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
 maybe_text = st.none() | text
@@ -131,7 +138,7 @@ def test_legacy_completion_round_trip(texts, finish):
 @given(
     st.lists(st.binary(min_size=0, max_size=40), max_size=8),
     st.lists(st.integers(0, 400), max_size=6),
-    st.sampled_from([b"\n\n", b"\r\n\r\n"]),
+    st.sampled_from([b"\n\n", b"\r\n\r\n", b"\n\r\n", b"\r\r"]),
 )
 def test_splitter_is_independent_of_chunk_boundaries(payloads, cuts, sep):
     payloads = [p.replace(b"\n", b"").replace(b"\r", b"") for p in payloads]
@@ -144,6 +151,16 @@ def test_splitter_is_independent_of_chunk_boundaries(payloads, cuts, sep):
         start = cut
     assert [parse_event(e)[1] for e in events] == payloads
     assert splitter.pending == b""
+
+
+def test_a_blank_crlf_line_after_an_lf_line_ends_an_event():
+    """``\n\r\n``: a line ended by LF, then a blank line ended by CRLF (what a stream of
+    CRLF lines becomes when one line is rewritten with LF)."""
+    splitter = EventSplitter()
+    events = splitter.feed(b"data: 1\n\r\ndata: 2\r\n\r\ndata: 3\n\r")
+    assert [parse_event(e)[1] for e in events] == [b"1", b"2"]
+    assert splitter.feed(b"\n") == [b"data: 3\n\r\n"]
+    assert list(iter_events(b"data: 1\n\r\ndata: 2")) == [b"data: 1\n\r\n", b"data: 2"]
 
 
 def test_parse_event_reads_names_multiline_data_and_comments():
