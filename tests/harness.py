@@ -84,6 +84,21 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SEEDPROXY_")}
 
 
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy ARGS`` (the seedproxy CLI) in ``cwd``, in a SEEDPROXY_-free
+    environment plus ``env``, its output kept as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env() | (env or {}),
+        cwd=cwd,
+    )
+
+
 def serve_argv(port: int, *flags: str) -> list[str]:
     """``seedproxy serve`` on ``port`` with ``flags``, as a command line of this Python."""
     return [sys.executable, "-m", "proxy", "serve", "--port", str(port), *flags]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -19,7 +17,7 @@ from proxy.keys import cache_key, canonical_body
 from proxy.store import Entry
 from proxy.store.disk import DiskStore
 from proxy.store.memory import MemoryStore
-from tests.harness import clean_env
+from tests.harness import cli
 
 pytestmark = pytest.mark.every_store
 
@@ -176,18 +174,6 @@ def test_the_memory_store_keeps_recording_order_and_one_answer_per_request():
 
 
 # -- the CLI --------------------------------------------------------------------------------
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = clean_env()
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=cwd,
-    )
 
 
 def test_drift_show_takes_store_options_after_it_and_an_id_prefix(tmp_path: Path):

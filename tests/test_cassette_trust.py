@@ -17,7 +17,7 @@ import pytest
 
 from proxy import cassette
 from proxy.config import load_settings
-from tests.harness import FAKE_KEY, chat_completion, clean_env
+from tests.harness import FAKE_KEY, chat_completion, clean_env, cli
 from tests.test_plugin import PLUGIN
 from tests.upstream import FakeUpstream
 
@@ -40,14 +40,7 @@ for suffix, headers, body in json.loads(sys.argv[1]):
 
 
 def seedproxy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=clean_env() | {"OPENAI_API_KEY": FAKE_KEY},
-    )
+    return cli(*args, cwd=cwd, env={"OPENAI_API_KEY": FAKE_KEY}, timeout=120)
 
 
 def ask(

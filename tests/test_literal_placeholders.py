@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from hypothesis import strategies as st
 
 from proxy.keys import Where
 from proxy.redact import Redactor, disarmed
-from tests.harness import FAKE_KEY, Serve, clean_env, free_port, proxy_settings
+from tests import harness
+from tests.harness import FAKE_KEY, Serve, free_port, proxy_settings
 from tests.secrets_corpus import FAKES
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
@@ -128,14 +128,7 @@ def test_a_literal_placeholder_in_the_query_is_its_own_too(keyer):
 
 def cli(*args: str, cwd: Path, upstream: str = "") -> subprocess.CompletedProcess[str]:
     env = {"SEEDPROXY_UPSTREAM_BASE_URL": upstream} if upstream else {}
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env() | env,
-        cwd=cwd,
-    )
+    return harness.cli(*args, cwd=cwd, env=env)
 
 
 PROMPTS = {

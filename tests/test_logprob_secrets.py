@@ -5,9 +5,6 @@ alternative of the store, a JSON or streamed hit (chat and Responses) or an expo
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -19,7 +16,7 @@ from hypothesis import strategies as st
 from proxy.kinds import KINDS, scrubbed
 from proxy.logprobs import rewritten, scrub
 from proxy.redact import Redactor
-from tests.harness import FAKE_KEY, Serve, clean_env, free_port
+from tests.harness import FAKE_KEY, Serve, cli, free_port
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 REPLY = f"Remember me: {SECRET} is the deploy key."
@@ -149,17 +146,6 @@ def test_rewritten_pieces_join_to_the_redacted_text(before, after, sizes):
 
 
 # -- through a real seedproxy serve ----------------------------------------------------------
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        cwd=cwd,
-    )
 
 
 def chat_stream_logprobs(client: openai.OpenAI) -> tuple[str, list[dict[str, Any]]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from proxy.call import ENDPOINTS, Endpoint
 from proxy.config import CacheSettings
 from proxy.store import Entry
 from tests.conftest import sdk
-from tests.harness import FAKE_KEY, chat_completion, clean_env
+from tests.harness import FAKE_KEY, chat_completion, cli
 from tests.test_plugin import PLUGIN
 
 pytestmark = pytest.mark.every_store
@@ -126,19 +125,6 @@ def said(client: openai.OpenAI) -> tuple[str, str]:
     chunks = client.chat.completions.create(model="gpt-test", messages=PROMPT, stream=True)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return plain.choices[0].message.content or "", streamed
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env() | (env or {}),
-        cwd=cwd,
-    )
 
 
 def answering(cassette: Path, content: str, recorded_at: str | None = None) -> None:

@@ -6,12 +6,9 @@ stream carry ``[REDACTED:...]`` in deltas that agree with the done events."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +17,7 @@ import pytest
 from proxy.sse import iter_events, parse_event
 from proxy.store.disk import DiskStore
 from tests.conftest import sdk
-from tests.harness import clean_env
+from tests.harness import cli
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 REPLY = f"Remember me: {SECRET} is the deploy key."
@@ -57,17 +54,6 @@ def stream(client: Any) -> tuple[str, str, list[dict[str, Any]]]:
     with client.responses.with_streaming_response.create(**ASK, stream=True) as response:
         events = [e.model_dump(exclude_unset=True) for e in response.parse()]
         return response.headers["x-cache"], response.headers["x-seedproxy-key"], events
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        cwd=cwd,
-    )
 
 
 @pytest.mark.parametrize("sizes", [(1,), (3,), (1, 2, 3)])
