@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from aiohttp import web
@@ -112,6 +113,9 @@ async def explain(request: web.Request) -> web.Response:
     return web.Response(body=text, content_type="application/json")
 
 
+_PAGES = ThreadPoolExecutor(1, thread_name_prefix="seedproxy-page")  # started on first use
+
+
 async def dashboard_page(request: web.Request) -> web.Response:
     store, settings = request.app[STORE], request.app[SETTINGS]
     await request.app[PIPELINE].flush()
@@ -126,8 +130,10 @@ async def dashboard_page(request: web.Request) -> web.Response:
         human.proxy_facts(settings, auth=bool(request.app[TOKENS])),
         dashboard.refresh_seconds(request.query.get("refresh")),
     )
-    # drawing diffs costs more than linearly in their size: off the loop, which serves on
-    html = await asyncio.get_running_loop().run_in_executor(None, render)
+    # drawing diffs costs more than linearly in their size: off the loop, which serves on,
+    # and one page at a time, so that pages asked for at once queue rather than each take
+    # the GIL from the loop in turn
+    html = await asyncio.get_running_loop().run_in_executor(_PAGES, render)
     return web.Response(text=html, content_type="text/html")
 
 
