@@ -27,6 +27,7 @@ from .config import CacheSettings, Settings
 from .echoes import Echoes
 from .errors import ProxyError
 from .fetch import Live, Tee
+from .human import fingerprint as shown_fingerprint
 from .keys import Where, value_at
 from .kinds import Echo, Kind, same
 from .lru import Lru
@@ -228,8 +229,7 @@ def our_headers(
     headers["X-Content-Type-Options"] = "nosniff"  # a stored answer is data, never a page
     headers["X-Seedproxy-Key"] = call.key
     if call.endpoint.kind.fingerprinted:
-        shown = fingerprint if fingerprint is not None else "null"
-        headers["X-Seedproxy-Fingerprint"] = header_text(shown)
+        headers["X-Seedproxy-Fingerprint"] = header_text(shown_fingerprint(fingerprint))
     if call.seed is not None:
         headers["X-Seedproxy-Seed"] = str(call.seed)
     return headers

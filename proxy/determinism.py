@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .human import fingerprint as shown_fingerprint
 from .policy import Sighting
 
 PREFIX: Final = "cmp:"
@@ -266,7 +267,7 @@ def report(
 
 
 def _fp_order(pair: Pair) -> tuple[str, str]:
-    return fingerprint_label(pair[2]), fingerprint_label(pair[3])
+    return shown_fingerprint(pair[2]), shown_fingerprint(pair[3])
 
 
 def failing(rows: Iterable[Mapping[str, Any]], rate: float, min_compared: int) -> list[str]:
@@ -279,12 +280,6 @@ def failing(rows: Iterable[Mapping[str, Any]], rate: float, min_compared: int) -
         and row["compared"] >= max(1, min_compared)
         and row["identical"] / row["compared"] < rate
     ]
-
-
-def fingerprint_label(fingerprint: str | None) -> str:
-    """How a fingerprint is written where a string is needed: ``null`` for none, as in
-    ``seedproxy purge --fingerprint null`` and the ``X-Seedproxy-Fingerprint`` header."""
-    return "null" if fingerprint is None else fingerprint
 
 
 def metric_samples(counters: Mapping[str, int]) -> dict[tuple[str, str, str], int]:
@@ -301,9 +296,9 @@ def metric_samples(counters: Mapping[str, int]) -> dict[tuple[str, str, str], in
         ):
             continue
         cell, measure = parsed
-        fingerprint = fingerprint_label(cell.live)
+        fingerprint = shown_fingerprint(cell.live)
         if cell.stored != cell.live:
-            fingerprint = f"{fingerprint_label(cell.stored)}->{fingerprint}"
+            fingerprint = f"{shown_fingerprint(cell.stored)}->{fingerprint}"
         label = (cell.model, fingerprint, measure)
         out[label] = out.get(label, 0) + value
     return out

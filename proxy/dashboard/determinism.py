@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from ..determinism import fingerprint_label
 from ..human import count
+from ..human import fingerprint as shown_fingerprint
 from ..reports import iso
 from .html import drift_event, page, table
 
@@ -55,7 +55,7 @@ def rate_rows(row: Mapping[str, Any]) -> list[list[object]]:
     for fp in row["fingerprints"]:
         lines.append(
             [
-                fingerprint_label(fp["fingerprint"]),
+                shown_fingerprint(fp["fingerprint"]),
                 row["source"],
                 fp["compared"],
                 fp["identical"],
@@ -70,7 +70,7 @@ def rate_rows(row: Mapping[str, Any]) -> list[list[object]]:
     for change in row["changes"]:
         lines.append(
             [
-                f"{fingerprint_label(change['from'])} -> {fingerprint_label(change['to'])}",
+                f"{shown_fingerprint(change['from'])} -> {shown_fingerprint(change['to'])}",
                 row["source"],
                 change["compared"],
                 change["identical"],
@@ -99,7 +99,7 @@ def timeline(seen: Sequence[Mapping[str, Any]], now: float) -> str:
         f"height={height} viewBox='0 0 {WIDTH} {height}' role=img>"
     ]
     for i, s in enumerate(seen):
-        name = escape(fingerprint_label(s["fingerprint"]))
+        name = escape(shown_fingerprint(s["fingerprint"]))
         y = ROW * i
         x = LABEL + (s["first_seen"] - start) / span * plot
         width = max(3.0, (s["last_seen"] - s["first_seen"]) / span * plot)
