@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from proxy.runmodes import PLACEHOLDER_KEY, pointed
 from tests.harness import FAKE_KEY, clean_env
 
 PYTHON = """
@@ -270,3 +271,26 @@ def test_a_miss_shows_values_truncated_and_redacted():
     secret = {"messages": [{"content": "key sk-proj-" + "A1b2C3d4" * 12}]}
     shown = _shown(secret, "messages[0].content", settings)
     assert "A1b2C3d4" not in shown and "REDACTED" in shown
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "placeholder"),
+    [
+        ("replay", None, True),
+        ("replay", "", True),
+        ("replay", FAKE_KEY, False),
+        ("record", None, False),
+        ("auto", None, False),
+    ],
+)
+def test_the_one_rule_for_pointing_a_program_at_the_proxy(mode, key, placeholder):
+    """``seedproxy run`` and the pytest plugin both set the environment with
+    :func:`~proxy.runmodes.pointed`: the proxy's URL under both names, and a placeholder
+    key only when replaying without a key of the user's (which is never replaced)."""
+    base = {"OPENAI_BASE_URL": "https://user.example/v1"} | (
+        {} if key is None else {"OPENAI_API_KEY": key}
+    )
+    url = "http://127.0.0.1:1/v1"
+    env = pointed(base, url, mode)
+    expected = {"OPENAI_BASE_URL": url, "OPENAI_API_BASE": url}
+    assert env == expected | ({"OPENAI_API_KEY": PLACEHOLDER_KEY} if placeholder else {})
