@@ -19,6 +19,7 @@ from .config import UpstreamSettings
 from .errors import ProxyError, error_body
 from .kinds import StreamFold, fingerprint_of
 from .observe import Counters
+from .policy import Outcome
 from .sse import EventSplitter, parse_event
 from .store import Entry
 from .traffic import Traffic
@@ -46,6 +47,13 @@ class Live:
         if self.parsed is None:
             return None
         return fingerprint_of(self.parsed.get("system_fingerprint"))
+
+    @property
+    def outcome(self) -> Outcome:
+        """What :func:`policy.after_fetch` judges: ``parsed`` is set for an answer only."""
+        if self.parsed is not None:
+            return Outcome.ANSWER
+        return Outcome.NOT_ANSWER if 200 <= self.status < 300 else Outcome.ERROR
 
     @classmethod
     def of(cls, entry: Entry) -> Live:
@@ -161,7 +169,7 @@ class Fetcher:
                 "The upstream answered with a body that is not a JSON object; nothing was cached.",
                 code="upstream_invalid",
             )
-        if not call.endpoint.kind.is_answer(parsed):  # passed on as it came, never stored
+        if not call.endpoint.kind.is_answer(parsed):  # passed on as it came: NOT_ANSWER
             self.counters.add("upstream_errors")
             return Live(response.status, headers, body, None)
         return Live(response.status, headers, body, parsed)

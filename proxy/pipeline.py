@@ -21,10 +21,12 @@ from .passthrough import relay
 from .policy import (
     Action,
     Bypass,
+    Discard,
     Hit,
     Miss,
     ReplayMiss,
     Sighting,
+    after_fetch,
     decide,
     looks_up,
     wants_sightings,
@@ -181,8 +183,10 @@ class Pipeline:
 
         async def go(tee: Tee | None = None) -> Live:
             live = await self.fetcher.fetch(call, tee)
-            if live.parsed is not None and not (tee is not None and tee.gone and not complete):
-                await self.recorder.record(call, live, stored, reason)
+            gone = tee is not None and tee.gone
+            decision = after_fetch(call.plan, reason, live.outcome, gone, self.settings.cache)
+            if not isinstance(decision, Discard):
+                await self.recorder.record(call, live, stored, reason, decision)
             if tee is not None and tee.head is not None:
                 tee.end(live.final)  # after the answer is stored
             return live

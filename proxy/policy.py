@@ -311,3 +311,57 @@ def decide(
         return Hit(chosen)
     reason = "absent" if not variants else "expired" if chosen is not None else "fingerprint"
     return ReplayMiss(reason) if replay else Miss(reason)
+
+
+class Outcome(enum.Enum):
+    """What a fetch brought back (an incomplete stream or a body that is not a JSON object
+    never gets here: the fetch answers 502 for it)."""
+
+    ANSWER = "answer"  # a complete 2xx answer of the endpoint (a stream read to its end)
+    ERROR = "upstream error"  # a non-2xx answer: the caller's own
+    NOT_ANSWER = "not an answer"  # 2xx, but not the endpoint's answer ({}, an error object)
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """Store the answer, note it for the registry, compare it with the stored variants."""
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """Note the answer and compare it with the stored variant, which stays in place."""
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """Neither store nor compare the answer, for ``reason``."""
+
+    reason: str
+
+
+Recorded = Keep | Compare
+AfterFetch = Keep | Compare | Discard
+
+VERIFY: Final = "verify"  # the reason of a hit's background re-request
+
+
+def after_fetch(
+    plan: Plan, reason: str, outcome: Outcome, client_gone: bool, cache: CacheSettings
+) -> AfterFetch:
+    """What becomes of a live answer fetched for ``reason`` (a :class:`Miss`'s, or
+    :data:`VERIFY`). Only a complete 2xx answer is kept; never one whose plan bypasses the
+    cache (no-store, server-side state, unseeded under ``require``); a verification
+    replaces the stored answer only with ``cache.verify_replace``; a streaming client that
+    left (``client_gone``) stops the store only when ``cache.complete_on_disconnect`` is
+    off, since then the upstream read was given up for it."""
+    if outcome is not Outcome.ANSWER:
+        return Discard(outcome.value)
+    if plan.action is Action.BYPASS:
+        return Discard(plan.asked or "bypass")
+    if reason == VERIFY:
+        return Keep() if cache.verify_replace else Compare()
+    if plan.action is Action.REPLAY:  # replay never goes live but to verify
+        return Discard("replay")
+    if client_gone and not cache.complete_on_disconnect:
+        return Discard("the client left")
+    return Keep()

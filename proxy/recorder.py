@@ -22,6 +22,7 @@ from .fetch import Fetcher, Live
 from .health import StoreHealth
 from .kinds import Kind, scrubbed
 from .observe import Counters, DivergenceMetric
+from .policy import VERIFY, Discard, Keep, Recorded, after_fetch
 from .redact import ON_LOOP, Redactor
 from .registry import Registry
 from .scope import event_owner
@@ -65,10 +66,11 @@ class Recorder:
         self._compare_pool.shutdown(wait=False)
 
     async def record(
-        self, call: Call, live: Live, stored: Sequence[Entry], reason: str, keep: bool = True
+        self, call: Call, live: Live, stored: Sequence[Entry], reason: str, decision: Recorded
     ) -> None:
-        """Store (if ``keep``) a complete answer, note it for the registry, and compare it
-        with ``stored``, the variants there were before."""
+        """Store (if :func:`policy.after_fetch` said :class:`Keep`) a complete answer,
+        note it for the registry, and compare it with ``stored``, the variants there were
+        before."""
         assert live.parsed is not None
         now = self.clock()
         prompt_tokens, completion_tokens = call.endpoint.kind.usage(live.parsed)
@@ -96,7 +98,7 @@ class Recorder:
         )
         # Durably stored before anyone is answered. The recent-keys index and the registry
         # are written with the next flush; this process's copy of the registry learns at once.
-        if keep:
+        if isinstance(decision, Keep):
             try:
                 await self.store.put(entry)
             except StoreError as exc:  # the client still gets its answer, uncached
@@ -200,14 +202,15 @@ def _measure(
 
 class Verifier:
     """Re-requests ``rate`` of hits live in the background, at most ``concurrency`` at
-    once, and records drift; the live answer replaces the stored one only if ``replace``."""
+    once, and records drift; whether the live answer replaces the stored one is
+    :func:`policy.after_fetch`'s (``verify_replace``)."""
 
     def __init__(
         self, cache: CacheSettings, counters: Counters, fetcher: Fetcher, recorder: Recorder
     ) -> None:
+        self.cache = cache
         self.rate = cache.verify_rate
         self.concurrency = cache.verify_concurrency
-        self.replace = cache.verify_replace
         self.counters = counters
         self.fetcher = fetcher
         self.recorder = recorder
@@ -229,10 +232,11 @@ class Verifier:
     async def _verify(self, call: Call, entry: Entry) -> None:
         try:
             live = await self.fetcher.fetch(call)
-            if live.parsed is None:
+            decision = after_fetch(call.plan, VERIFY, live.outcome, False, self.cache)
+            if isinstance(decision, Discard):
                 return
             self.counters.add("verifications")
-            await self.recorder.record(call, live, [entry], "verify", keep=self.replace)
+            await self.recorder.record(call, live, [entry], VERIFY, decision)
         except ProxyError as exc:
             log.warning(
                 "verify request failed",
