@@ -26,7 +26,7 @@ from .appstate import (
 )
 from .browser import Guard
 from .call import ENDPOINTS, Endpoint
-from .config import Settings, upstream_credential
+from .config import Settings
 from .errors import ProxyError, error_response
 from .guard import ADMIN_PAGES, check_browser, check_token, unframed
 from .health import unavailable
@@ -35,7 +35,7 @@ from .passthrough import forward
 from .pipeline import Pipeline
 from .store import Store, StoreError, open_store
 from .traffic import Traffic
-from .upstream import Upstream
+from .upstream import Upstream, upstream_credential
 from .writes import WriteWatch
 
 __all__ = ["COUNTS", "PIPELINE", "create_app"]

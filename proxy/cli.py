@@ -21,15 +21,15 @@ from .browser import is_loopback
 from .config import (
     ConfigError,
     Settings,
-    cannot_listen,
     check_cache_dir,
     load_settings,
     parse_duration,
-    upstream_credential,
 )
 from .observe import AccessLogger, access_log, loop_name, new_event_loop, setup_logging
 from .store import Note, Store, StoreError, open_store
+from .upstream import upstream_credential
 from .urls import masked_url
+from .workers import cannot_listen
 
 log = logging.getLogger("seedproxy")
 

@@ -16,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Histogram
 from yarl import URL
 
-from .config import UpstreamSettings
+from .config import ConfigError, Settings, UpstreamSettings
 from .errors import ProxyError
 from .redact import mask_key_material
 from .urls import masked_url
@@ -43,6 +43,24 @@ HOP_BY_HOP = frozenset(
 PROXY_ONLY = frozenset({"cache-control", "x-seedproxy-namespace", "x-seedproxy-seed-mode"})
 _REQUEST_DROPS = HOP_BY_HOP | PROXY_ONLY
 _DECODED_DROPS = HOP_BY_HOP | {"content-encoding"}  # a body the client gets decoded
+
+
+def upstream_credential(
+    settings: Settings, env: Mapping[str, str], tokens: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """With proxy ``tokens``, the (header, value) the proxy sends upstream instead of the
+    client's; None without tokens (the client's own credential is forwarded)."""
+    if not tokens:
+        return None
+    key = env.get(settings.upstream.api_key_env, "")
+    if not key:
+        raise ConfigError(
+            f"upstream.api_key_env: ${settings.upstream.api_key_env} is not set; "
+            "with auth.tokens the proxy sends its own key upstream"
+        )
+    if settings.upstream.api_key_header == "api-key":
+        return "api-key", key
+    return "Authorization", f"Bearer {key}"
 
 
 def _kept(headers: CIMultiDictProxy[str], always: frozenset[str]) -> CIMultiDict[str]:

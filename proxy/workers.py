@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import ServerSettings, Settings, cannot_listen
+from .config import ConfigError, ServerSettings, Settings
 from .observe import AccessLogger, access_log, new_event_loop, setup_logging
 from .store import StoreError
 
@@ -27,6 +28,16 @@ log = logging.getLogger("seedproxy.workers")
 RAPID_EXIT = 5.0  # a worker that dies sooner than this after starting counts as failing
 MAX_RAPID_EXITS = 3
 CANNOT_START = 3  # a worker's exit status when restarting it cannot help; it said why first
+
+
+def cannot_listen(server: ServerSettings, exc: OSError) -> ConfigError:
+    """The one line for an address the proxy cannot listen on, the same whichever process
+    found out (the supervisor's check, a worker, a single process)."""
+    errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
+    reason = os.strerror(errno) if errno else exc.strerror or str(exc)
+    return ConfigError(
+        f"server: cannot listen on {server.host}:{server.port}: {reason[:1].lower()}{reason[1:]}"
+    )
 
 
 class StartError(RuntimeError):

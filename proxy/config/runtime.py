@@ -1,39 +1,8 @@
-"""Runtime checks on loaded settings, for the processes that start the proxy."""
+"""The startup check of the disk cache directory, for the commands that open the store."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-
-from .schema import ConfigError, ServerSettings, Settings
-
-
-def upstream_credential(
-    settings: Settings, env: Mapping[str, str], tokens: tuple[str, ...]
-) -> tuple[str, str] | None:
-    """With proxy ``tokens``, the (header, value) the proxy sends upstream instead of the
-    client's; None without tokens (the client's own credential is forwarded)."""
-    if not tokens:
-        return None
-    key = env.get(settings.upstream.api_key_env, "")
-    if not key:
-        raise ConfigError(
-            f"upstream.api_key_env: ${settings.upstream.api_key_env} is not set; "
-            "with auth.tokens the proxy sends its own key upstream"
-        )
-    if settings.upstream.api_key_header == "api-key":
-        return "api-key", key
-    return "Authorization", f"Bearer {key}"
-
-
-def cannot_listen(server: ServerSettings, exc: OSError) -> ConfigError:
-    """The one line for an address the proxy cannot listen on, the same whichever process
-    found out (the supervisor's check, a worker, a single process)."""
-    errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
-    reason = os.strerror(errno) if errno else exc.strerror or str(exc)
-    return ConfigError(
-        f"server: cannot listen on {server.host}:{server.port}: {reason[:1].lower()}{reason[1:]}"
-    )
+from .schema import ConfigError, Settings
 
 
 def check_cache_dir(settings: Settings) -> None:
