@@ -1,4 +1,4 @@
-"""Sharing across a team: the store contract on both backends, Redis limits, coalescing
+"""Sharing across a team (the store contract is in test_store.py): Redis limits, coalescing
 across processes, --workers, proxy tokens, namespaces and upstream identity."""
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import orjson
 import pytest
 import redis
 
-from proxy.policy import Sighting
-from proxy.store import Entry, Note, open_store
+from proxy.store import Entry, open_store
 from proxy.store.disk import CHECKPOINT_EVERY, CHECKPOINT_PUTS, checkpoint_due
 from proxy.traffic import Traffic
 from tests.conftest import sdk
@@ -58,91 +57,6 @@ def entry(key: str, fp: str | None, created: float, body: bytes = b"{}") -> Entr
         body,
         b'{"model":"m"}',
     )
-
-
-# -- the store contract, on both backends -------------------------------------------------
-
-
-async def test_store_contract(store_config, cache_dir, upstream):
-    traffic = Traffic()  # busy or not: the disk store writes from a thread or the loop
-    store = open_store(proxy_settings(cache_dir, upstream.url, cache=store_config), traffic)
-    await store.start()
-    try:
-        await store.put(entry("k1", "fp_a", 1.0, b'{"a":1}'))
-        await store.put(entry("k1", "fp_b", 2.0))
-        await store.put(entry("k1", "fp_a", 3.0, b'{"a":2}'))  # replaces fp_a
-        await store.put(entry("k1", None, 4.0))
-        variants = await store.variants("k1")
-        assert [(v.fingerprint, v.created) for v in variants] == [
-            (None, 4.0),
-            ("fp_a", 3.0),
-            ("fp_b", 2.0),
-        ]
-        assert variants[1].body == b'{"a":2}' and variants[1].request == b'{"model":"m"}'
-        for i in range(12):  # at most eight fingerprints per key, the oldest go
-            traffic.live = 2 if i % 2 == 0 else 0
-            await store.put(entry("k2", f"fp{i}", float(i)))
-        assert len(await store.variants("k2")) == 8
-        assert sorted(await store.keys()) == ["k1", "k2"]
-
-        def note(key: str, fp: str | None, now: float, see: bool = True) -> Note:
-            return Note(key, "/v1/chat/completions", "m", fp, now, see)
-
-        assert (
-            await store.note(
-                [
-                    note("k1", "fp_a", 3.0, False),
-                    note("k2", "fp_a", 3.0, False),
-                    note("k3", "fp_a", 3.0, False),
-                    note("k1", "fp_a", 3.0, False),
-                ]
-            )
-            == [None] * 4
-        )
-        assert (await store.recent("/v1/chat/completions", "m"))[:3] == ["k1", "k3", "k2"]
-
-        # applied in order, in one call or several
-        first = await store.note([note("k9", "fp_a", 10.0), note("k9", None, 11.0)])
-        second = await store.note([note("k9", "fp_a", 12.0)])
-        assert [(s.previous, s.is_new) for s in (*first, *second)] == [
-            (None, False),
-            ("fp_a", True),
-            (None, False),
-        ]
-        assert second[0].sightings == await store.sightings("m")
-        assert (await store.sightings("m"))["fp_a"] == Sighting("fp_a", 10.0, 12.0, 2)
-        assert await store.note([note("k9", "fp_z", 13.0, see=False)]) == [None]
-        assert "fp_z" not in await store.sightings("m")
-        assert await store.models() == ["m"]
-
-        for i in range(3):
-            await store.add_event({"kind": "drift", "id": str(i)})
-        assert [e["id"] for e in await store.events("drift", 2)] == ["2", "1"]
-        await store.add_counters({"hits": 2, "misses": 1})
-        await store.add_counters({"hits": 3})
-        assert (await store.counters())["hits"] == 5
-
-        assert await store.delete("k1", {"fp_b"}) == 1
-        assert len(await store.variants("k1")) == 2
-        assert await store.delete("k1") == 2
-        assert await store.variants("k1") == []
-        entries, volume = await store.size()
-        assert entries == 1 and volume > 0
-
-        assert await store.lock("k", "me", 0.3)
-        assert not await store.lock("k", "other", 5)
-        assert await store.locked("k")
-        assert await store.extend("k", "me", 0.3)
-        assert not await store.extend("k", "other", 5)
-        await asyncio.sleep(0.5)  # expired: a crashed holder's marker goes away
-        assert not await store.locked("k")
-        assert await store.lock("k", "other", 5)
-        await store.unlock("k", "me")  # not ours any more: nothing happens
-        assert await store.locked("k")
-        await store.unlock("k", "other")
-        assert not await store.locked("k")
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("backend", ["disk"], indirect=True)

@@ -1,4 +1,5 @@
-"""The Store interface shared by the disk and Redis backends, and the stored Entry."""
+"""The store protocols, one per concern (entries; sightings and the recent keys; events;
+counters; markers), ``Store`` their union, and the stored Entry."""
 
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ class CorruptStoreError(StoreError):
     """The store's files cannot be read; the message names them and how to recover."""
 
 
-class Store(Protocol):
-    """Async storage for entries, the fingerprint registry, events and counters."""
+class Entries(Protocol):
+    """The stored answers, by key and fingerprint."""
 
     async def variants(self, key: str) -> list[Entry]:
         """All entries stored for ``key``, newest first."""
@@ -76,6 +77,22 @@ class Store(Protocol):
     async def put(self, entry: Entry) -> None:
         """Durably store ``entry``, replacing the one with the same key and fingerprint."""
         ...
+
+    async def keys(self) -> list[str]:
+        """Every stored key (for reports, export and purge; not for the hot path)."""
+        ...
+
+    async def delete(self, key: str, fingerprints: set[str | None] | None = None) -> int:
+        """Remove the entries of ``key`` (only those ``fingerprints`` if given); return how many."""
+        ...
+
+    async def size(self) -> tuple[int, int]:
+        """(entries, bytes) currently stored."""
+        ...
+
+
+class Sightings(Protocol):
+    """The fingerprint registry per model and the recent keys per (endpoint, model)."""
 
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         """The fingerprint registry for ``model``."""
@@ -86,6 +103,18 @@ class Store(Protocol):
         registry after it if it ``see``s, else None."""
         ...
 
+    async def models(self) -> list[str]:
+        """Models that have a fingerprint registry."""
+        ...
+
+    async def recent(self, endpoint: str, model: str) -> list[str]:
+        """Keys most recently stored for (endpoint, model), newest first."""
+        ...
+
+
+class Events(Protocol):
+    """Drift and fingerprint-change events."""
+
     async def add_event(self, event: Mapping[str, Any]) -> None:
         """Keep a drift or fingerprint-change event (``event["kind"]``)."""
         ...
@@ -95,31 +124,19 @@ class Store(Protocol):
         (only those are read: a page costs the same however many are kept)."""
         ...
 
+
+class Tallies(Protocol):
+    """The counters shared by every process on the store."""
+
     async def add_counters(self, deltas: Mapping[str, int]) -> None:
         """Add to the shared counters."""
         ...
 
     async def counters(self) -> dict[str, int]: ...
 
-    async def keys(self) -> list[str]:
-        """Every stored key (for reports, export and purge; not for the hot path)."""
-        ...
 
-    async def delete(self, key: str, fingerprints: set[str | None] | None = None) -> int:
-        """Remove the entries of ``key`` (only those ``fingerprints`` if given); return how many."""
-        ...
-
-    async def models(self) -> list[str]:
-        """Models that have a fingerprint registry."""
-        ...
-
-    async def recent(self, endpoint: str, model: str) -> list[str]:
-        """Keys most recently stored for (endpoint, model), newest first."""
-        ...
-
-    async def size(self) -> tuple[int, int]:
-        """(entries, bytes) currently stored."""
-        ...
+class Markers(Protocol):
+    """In-flight markers: which process is fetching a key (coalescing across processes)."""
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         """Take the in-flight marker of ``key`` for ``ttl`` seconds unless another holds it."""
@@ -135,6 +152,10 @@ class Store(Protocol):
 
     async def locked(self, key: str) -> bool: ...
 
+
+class Lifecycle(Protocol):
+    """Opening, checking, housekeeping and closing a store."""
+
     async def ping(self) -> None:
         """A cheap read that raises StoreError while the store cannot be used."""
         ...
@@ -148,6 +169,10 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Store(Entries, Sightings, Events, Tallies, Markers, Lifecycle, Protocol):
+    """Every part at once: what the pipeline and the reports are given."""
 
 
 def open_store(settings: Settings, traffic: Traffic | None = None) -> Store:
