@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from .runmodes import ENV, MODES, drift_line, pointed
+from .runmodes import ENV, MODES, Plays, drift_line, pointed
 
 if TYPE_CHECKING:
     from .run import Result, Session
@@ -114,11 +114,9 @@ class _Proxy:
 
 
 @dataclass
-class _Cassette:
+class _Cassette(Plays):
     """What this run did with one cassette file, over every test that used it."""
 
-    loaded: dict[str, str] = field(default_factory=dict)  # key -> description
-    played: set[str] = field(default_factory=set)
     written: bool = False
 
 
@@ -150,16 +148,14 @@ class _State:
 
     def add(self, path: str, result: Result) -> None:
         seen = self.cassettes.setdefault(path, _Cassette())
-        seen.loaded.update(result.loaded)
-        seen.played |= result.played
+        seen.add(result)
         seen.written |= result.written
 
     def unused(self) -> list[str]:
         return [
             f"{path} {what}"
             for path, seen in sorted(self.cassettes.items())
-            for key, what in seen.loaded.items()
-            if key not in seen.played
+            for what in seen.unused
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -183,8 +179,7 @@ class _State:
         self.unused_files.update(data["unused_files"])
         for path, seen in data["cassettes"].items():
             mine = self.cassettes.setdefault(path, _Cassette())
-            mine.loaded.update(seen["loaded"])
-            mine.played.update(seen["played"])
+            mine.add(Plays(loaded=seen["loaded"], played=set(seen["played"])))
             mine.written |= seen["written"]
 
 

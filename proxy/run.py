@@ -23,7 +23,7 @@ from .app import COUNTS, PIPELINE, create_app
 from .config import Settings, UpstreamSettings, load_settings, with_overrides
 from .errors import ProxyError
 from .policy import SEED_MODE_HEADER, seed_mode
-from .runmodes import BASE_URL, drift_line, effective_mode, pointed
+from .runmodes import BASE_URL, Plays, drift_line, effective_mode, pointed
 from .store import Entry, Store, open_store
 from .store.memory import MemoryStore
 from .urls import masked_url
@@ -79,7 +79,7 @@ def cassette_settings(settings: Settings) -> Settings:
 
 
 @dataclass
-class Result:
+class Result(Plays):
     """What a proxy served between :meth:`Session.begin` and :meth:`Session.end`."""
 
     cassette: str | None
@@ -91,14 +91,7 @@ class Result:
     drift: int = 0
     replay_misses: list[str] = field(default_factory=list)  # their messages
     drifts: list[dict[str, Any]] = field(default_factory=list)  # drift events, as stored
-    loaded: dict[str, str] = field(default_factory=dict)  # key -> "#n endpoint model"
-    played: set[str] = field(default_factory=set)  # keys served, compared or recorded
     written: bool = False
-
-    @property
-    def unused(self) -> list[str]:
-        """The recordings loaded and never played."""
-        return [what for key, what in self.loaded.items() if key not in self.played]
 
     def to_json(self) -> dict[str, Any]:
         return {

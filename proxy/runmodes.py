@@ -5,6 +5,7 @@ must not pay for importing one."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("once", "replay", "record", "rewrite", "refresh")
@@ -40,3 +41,21 @@ def drift_line(event: Mapping[str, Any]) -> str:
         f"{event.get('endpoint')} {event.get('model')}: first difference at "
         f"{event.get('path') or '(outputs)'} (similarity {event.get('similarity')})"
     )
+
+
+@dataclass(kw_only=True)
+class Plays:
+    """The recordings a cassette loaded and which were played: the rest are unused. A
+    session's, and (added up over tests and xdist workers) the pytest plugin's per file."""
+
+    loaded: dict[str, str] = field(default_factory=dict)  # key -> "#n endpoint model"
+    played: set[str] = field(default_factory=set)  # keys served, compared or recorded
+
+    @property
+    def unused(self) -> list[str]:
+        """The recordings loaded and never played."""
+        return [what for key, what in self.loaded.items() if key not in self.played]
+
+    def add(self, other: Plays) -> None:
+        self.loaded.update(other.loaded)
+        self.played |= other.played
