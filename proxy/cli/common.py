@@ -15,7 +15,7 @@ import click
 import orjson
 
 from .. import reports
-from ..config import ConfigError, Settings, check_cache_dir, load_settings
+from ..config import ConfigError, Settings, load_settings
 from ..store import Store, StoreError, open_store
 from ..upstream import upstream_credential
 
@@ -38,6 +38,20 @@ FLAG_NAMES = {
     "seed.mode": "--seed-mode",
     "log.format": "--log-format",
 }
+
+
+def check_cache_dir(settings: Settings) -> None:
+    """Create the disk cache directory and prove it is writable, or raise ConfigError."""
+    if settings.cache.backend != "disk":
+        return
+    path = settings.cache_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cache.dir: cannot use {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def settings_for(config: str | None, flags: dict[str, Any], serving: bool = False) -> Settings:

@@ -12,11 +12,11 @@ from aiohttp import web
 
 from .. import __version__, human
 from ..browser import is_loopback
-from ..config import ConfigError, Settings, check_cache_dir
+from ..config import ConfigError, Settings
 from ..observe import AccessLogger, access_log, loop_name, new_event_loop, setup_logging
 from ..store import StoreError
 from ..workers import cannot_listen
-from .common import fail, settings_for
+from .common import check_cache_dir, fail, settings_for
 
 log = logging.getLogger("seedproxy")
 

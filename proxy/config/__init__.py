@@ -4,7 +4,6 @@ The schema (``schema``) is apart from the loader (``loader``) and from the parse
 values a user writes (``values``); importers use the names re-exported here."""
 
 from .loader import ENV_PREFIX, load_settings
-from .runtime import check_cache_dir
 from .schema import (
     SECTIONS,
     AuthSettings,
@@ -34,7 +33,6 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "UpstreamSettings",
-    "check_cache_dir",
     "did_you_mean",
     "load_settings",
     "parse_duration",
