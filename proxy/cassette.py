@@ -55,7 +55,7 @@ from .kinds import scrubbed
 from .policy import SEED_MODES
 from .redact import Redactor
 from .repeats import Occurrences
-from .sse import EventSplitter, parse_event
+from .sse import iter_events, parse_event
 from .store import Entry
 
 VERSION = 2
@@ -102,20 +102,18 @@ def _time(created: float) -> str:
 
 def _events(stream: bytes) -> list[dict[str, Any]]:
     """Raw SSE bytes as a list: ``{"event": name, "data": JSON}``, or ``"text"`` for data
-    that is not JSON."""
-    splitter = EventSplitter()
-    raws = splitter.feed(stream)
-    if splitter.pending.strip():
-        raws.append(splitter.pending)
+    that is not JSON. An event without data (a ``: keep-alive`` comment) is one no client
+    is given, so it is left out: written as ``{}`` it made the file fail to load."""
     out = []
-    for raw in raws:
+    for raw in iter_events(stream):
         name, data = parse_event(raw)
+        if data is None:
+            continue
         item: dict[str, Any] = {} if name is None else {"event": name}
-        if data is not None:
-            try:
-                item["data"] = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                item["text"] = data.decode("utf-8", "replace")
+        try:
+            item["data"] = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            item["text"] = data.decode("utf-8", "replace")
         out.append(item)
     return out
 

@@ -75,6 +75,24 @@ def test_a_cassette_reads_back_to_the_same_entries_and_bytes():
     assert cassette.dumps(cassette.interaction(e, SETTINGS) for e in loaded) == data
 
 
+def test_a_stream_with_comments_and_crlf_lines_is_written_as_a_file_that_loads():
+    """Events without data (``: keep-alive``) are left out; CRLF and mixed line ends split."""
+    stream = (
+        b": keep-alive\r\n\r\n"
+        b"event: response.created\r\n"
+        b'data: {"type":"response.created","response":{"id":"r"}}\n\r\n'
+        b"event: response.completed\r\n"
+        b'data: {"type":"response.completed","response":{"id":"r"}}\r\n\r\n'
+    )
+    data = cassette.dumps(
+        [cassette.interaction(entry("/v1/responses", stream, input="hi"), SETTINGS)]
+    )
+    events = orjson.loads(data)["interactions"][0]["response"]["events"]
+    assert [e["event"] for e in events] == ["response.created", "response.completed"]
+    [loaded] = cassette.loads(data, SETTINGS)
+    assert loaded.entry.stream == EVENTS
+
+
 def test_keys_are_computed_again_with_the_current_settings():
     data = cassette.dumps([cassette.interaction(entry(temperature=0.5), SETTINGS)])
     changed = with_overrides(
