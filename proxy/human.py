@@ -16,10 +16,13 @@ def plural(count: int, noun: str, nouns: str = "") -> str:
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
+NO_FINGERPRINT = "null"  # a model that gives none, in text, headers and --fingerprint
+
+
 def fingerprint(value: str | None) -> str:
-    """``null`` for a model that gives none, spelled as ``X-Seedproxy-Fingerprint`` and
-    ``seedproxy purge --fingerprint null`` spell it."""
-    return "null" if value is None else value
+    """:data:`NO_FINGERPRINT` for a model that gives none, spelled as
+    ``X-Seedproxy-Fingerprint`` and ``seedproxy purge --fingerprint null`` spell it."""
+    return NO_FINGERPRINT if value is None else value
 
 
 def seed(value: int | None) -> str:

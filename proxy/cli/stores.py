@@ -414,7 +414,7 @@ async def purge(
         cutoff = time.time() - parse_duration(older_than) if older_than else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    wanted_fp = None if fingerprint is None else (None if fingerprint == "null" else fingerprint)
+    wanted_fp = None if fingerprint == human.NO_FINGERPRINT else fingerprint
     removed = []
     for key in await store.keys():
         victims = {
