@@ -223,6 +223,23 @@ def dumps_for(name: str, interactions: Iterable[dict[str, Any] | None]) -> bytes
     return dumps_lines(interactions) if lines else dumps(interactions)
 
 
+class Dumped(NamedTuple):
+    """A file's bytes, how many interactions it shows, and how many of them are keyed
+    otherwise than they were recorded (see :func:`interaction`)."""
+
+    data: bytes
+    kept: int
+    rekeyed: int
+
+
+def dump(name: str, recordings: Iterable[Recording], settings: Settings) -> Dumped:
+    """The one way recordings become the bytes of a file named ``name`` (a session's
+    cassette, an export): each shown in order, repeats numbered across the file."""
+    repeats = Repeats(settings)
+    shown = [interaction(r.entry, settings, *r.where, repeats=repeats) for r in recordings]
+    return Dumped(dumps_for(name, shown), sum(item is not None for item in shown), repeats.rekeyed)
+
+
 class Bad(ValueError):
     """A value a cassette must not hold: the field and what is wrong with it."""
 

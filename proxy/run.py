@@ -343,22 +343,8 @@ class Session:
                         for r in cassette.read(path, self.settings, one_per_key=True)
                         if r.entry.key not in mine and _identity(r) not in dropped
                     ]
-            repeats = cassette.Repeats(self.settings)
-            data = cassette.dumps_for(
-                path.name,
-                [
-                    *(
-                        cassette.interaction(
-                            e, self.settings, *where.get(e.key, ("", "", None)), repeats=repeats
-                        )
-                        for e in entries
-                    ),
-                    *(
-                        cassette.interaction(r.entry, self.settings, *r.where, repeats=repeats)
-                        for r in theirs
-                    ),
-                ],
-            )
+            ours = [cassette.Recording(e, *where.get(e.key, ("", "", None))) for e in entries]
+            data = cassette.dump(path.name, [*ours, *theirs], self.settings).data
             return _save(path, data, bool(entries or theirs))
 
     async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:

@@ -3,7 +3,6 @@ export, import, purge. They parse options and print; the store work is ``storeop
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from pathlib import Path
@@ -11,9 +10,9 @@ from typing import Any, BinaryIO
 
 import click
 
-from .. import cassette, human, reports
+from .. import cassette, human, reports, storeops
 from ..config import Settings, parse_duration
-from ..store import Note, Store
+from ..store import Store
 from .common import emit_json, fail, since_time, store_command
 
 
@@ -330,33 +329,23 @@ async def export_cmd(
     """Write entries as a cassette (readable JSON, no credentials) to FILE (- for stdout),
     as JSON Lines (one interaction a line) when FILE ends in .jsonl; an unchanged FILE is
     left as it is."""
-    after = since_time(since)
-    entries = [
-        entry
-        for key in await store.keys()
-        for entry in await store.variants(key)
-        if (model is None or entry.model == model) and (after is None or entry.created >= after)
-    ]
-    entries.sort(key=lambda e: e.created)  # recording order
-    repeats = cassette.Repeats(settings)
-    shown = [cassette.interaction(e, settings, repeats=repeats) for e in entries]
-    data = cassette.dumps_for(file, shown)
+    dumped, total = await storeops.exported(store, settings, file, model, since_time(since))
     if file == "-":
-        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.write(dumped.data)
     else:
-        cassette.write(Path(file), data)
-    kept = sum(item is not None for item in shown)
+        cassette.write(Path(file), dumped.data)
+    kept = dumped.kept
     click.echo(f"exported {human.plural(kept, 'entry', 'entries')} to {file}", err=True)
-    if repeats.rekeyed:
+    if dumped.rekeyed:
         click.echo(
-            f"{human.plural(repeats.rekeyed, 'entry was', 'entries were')} recorded under "
+            f"{human.plural(dumped.rekeyed, 'entry was', 'entries were')} recorded under "
             "another upstream, namespace, query or seed mode than these settings give: the "
             "file shows their requests, and an import keys them as its settings do",
             err=True,
         )
-    if kept < len(entries):
+    if kept < total:
         click.echo(
-            f"left out {human.plural(len(entries) - kept, 'entry', 'entries')} whose request "
+            f"left out {human.plural(total - kept, 'entry', 'entries')} whose request "
             "the file already shows with the same fingerprint",
             err=True,
         )
@@ -369,25 +358,13 @@ async def import_cmd(store: Store, settings: Settings, file: BinaryIO) -> None:
     """Load a cassette, or a JSON Lines export (- for stdin); keys are computed with the
     current settings; importing the same file twice changes nothing."""
     try:
-        recordings = await asyncio.to_thread(cassette.loads, file.read(), settings)
+        done = await storeops.imported(store, file.read(), settings)
     except cassette.CassetteError as exc:
         fail(f"{file.name}: {exc}")
-    entries = [recording.entry for recording in recordings]
-    added = replaced = 0
-    for entry in entries:
-        stored = [e for e in await store.variants(entry.key) if e.fingerprint == entry.fingerprint]
-        if stored == [entry]:
-            continue
-        await store.put(entry)
-        added, replaced = (added, replaced + 1) if stored else (added + 1, replaced)
-    # indexed among the recent keys, so that a replay miss can name the nearest of them
-    await store.note(
-        [Note(e.key, e.endpoint, e.model, e.fingerprint, e.created, False) for e in entries]
-    )
-    there = len(entries) - added - replaced
     click.echo(
-        f"imported {human.plural(len(entries), 'entry', 'entries')} from {file.name}: "
-        f"{added} added, {there} already there" + (f", {replaced} replaced" if replaced else "")
+        f"imported {human.plural(done.total, 'entry', 'entries')} from {file.name}: "
+        f"{done.added} added, {done.there} already there"
+        + (f", {done.replaced} replaced" if done.replaced else "")
     )
 
 
@@ -414,20 +391,7 @@ async def purge(
         cutoff = time.time() - parse_duration(older_than) if older_than else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    wanted_fp = None if fingerprint == human.NO_FINGERPRINT else fingerprint
-    removed = []
-    for key in await store.keys():
-        victims = {
-            e.fingerprint
-            for e in await store.variants(key)
-            if (model is None or e.model == model)
-            and (fingerprint is None or e.fingerprint == wanted_fp)
-            and (cutoff is None or e.created < cutoff)
-        }
-        if victims:
-            gone = [e for e in await store.variants(key) if e.fingerprint in victims]
-            await store.delete(key, victims)
-            removed += gone
+    removed = await storeops.purged(store, model, fingerprint, cutoff)
     if as_json:
         emit_json(
             [
