@@ -10,7 +10,7 @@ from typing import Any
 from .config import Settings, parse_duration
 from .determinism import report as determinism_report
 from .determinism import tallies
-from .human import terminal_safe
+from .human import fingerprint, terminal_safe
 from .observe import COUNTERS
 from .store import Store
 
@@ -136,6 +136,19 @@ async def fingerprints(store: Store, model: str | None = None) -> dict[str, list
                 for s in sorted(sightings.values(), key=lambda s: s.last_seen, reverse=True)
             ]
     return table
+
+
+FINGERPRINT_HEADERS = ["model", "fingerprint", "first seen (UTC)", "last seen (UTC)", "count"]
+
+
+def fingerprint_rows(table: Mapping[str, list[dict[str, Any]]]) -> list[list[Any]]:
+    """:func:`fingerprints`'s table as the rows the CLI and the dashboard show, under
+    :data:`FINGERPRINT_HEADERS`."""
+    return [
+        [name, fingerprint(s["fingerprint"]), iso(s["first_seen"]), iso(s["last_seen"]), s["count"]]
+        for name, seen in table.items()
+        for s in seen
+    ]
 
 
 def text_table(headers: list[str], rows: list[list[Any]]) -> str:

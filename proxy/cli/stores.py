@@ -174,21 +174,9 @@ async def fingerprints(store: Store, settings: Settings, model: str | None, as_j
     if as_json:
         emit_json(table)
         return
-    rows = [
-        [
-            name,
-            human.fingerprint(s["fingerprint"]),
-            reports.iso(s["first_seen"]),
-            reports.iso(s["last_seen"]),
-            s["count"],
-        ]
-        for name, seen in table.items()
-        for s in seen
-    ]
+    rows = reports.fingerprint_rows(table)
     click.echo(
-        reports.text_table(
-            ["model", "fingerprint", "first seen (UTC)", "last seen (UTC)", "count"], rows
-        )
+        reports.text_table(reports.FINGERPRINT_HEADERS, rows)
         if rows
         else "no fingerprints seen yet"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import human
-from ..reports import iso
+from ..reports import FINGERPRINT_HEADERS, fingerprint_rows, iso
 from .determinism import section
 from .html import drift_event, page, table
 
@@ -53,22 +53,7 @@ def render(
 
     parts.append("<h2>Fingerprints per model</h2>")
     if fingerprints:
-        parts.append(
-            table(
-                ["model", "fingerprint", "first seen (UTC)", "last seen (UTC)", "count"],
-                [
-                    [
-                        model,
-                        human.fingerprint(s["fingerprint"]),
-                        iso(s["first_seen"]),
-                        iso(s["last_seen"]),
-                        s["count"],
-                    ]
-                    for model, seen in fingerprints.items()
-                    for s in seen
-                ],
-            )
-        )
+        parts.append(table(FINGERPRINT_HEADERS, fingerprint_rows(fingerprints)))
     else:
         parts.append("<p class=meta>No fingerprint seen live yet.</p>")
     if changes:
