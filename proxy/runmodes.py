@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
-MODES = ("once", "replay", "record", "rewrite", "refresh")
+# The proxy's cache mode (cache.mode, serve --mode, run --mode without --cassette) and a
+# test session's run mode (run --mode with --cassette, --seedproxy-mode): each spelled once.
+CacheMode = Literal["record", "replay", "refresh", "passthrough"]
+CACHE_MODES: Final[tuple[CacheMode, ...]] = get_args(CacheMode)
+RunMode = Literal["once", "replay", "record", "rewrite", "refresh"]
+MODES: Final[tuple[RunMode, ...]] = get_args(RunMode)
 # What SDKs are given as OPENAI_API_KEY when replaying without one: they refuse to start
 # without a key, and a replay needs none. Plainly not a key, so it is never mistaken for one.
 PLACEHOLDER_KEY = "seedproxy-replay-no-key"

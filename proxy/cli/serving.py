@@ -144,14 +144,13 @@ def run(
     seedproxy run --cassette tests/llm.json -- python my_eval.py"""
     from ..run import chosen_upstream, session_settings
     from ..run import run as run_command
-    from ..runmodes import MODES
+    from ..runmodes import CACHE_MODES, MODES
 
-    cache_modes = ("record", "replay", "refresh", "passthrough")
     if cassette is not None and mode is not None and mode not in MODES:
         raise click.BadParameter(f"with --cassette, one of {', '.join(MODES)}", param_hint="--mode")
-    if cassette is None and mode is not None and mode not in cache_modes:
+    if cassette is None and mode is not None and mode not in CACHE_MODES:
         raise click.BadParameter(
-            f"without --cassette, one of {', '.join(cache_modes)}", param_hint="--mode"
+            f"without --cassette, one of {', '.join(CACHE_MODES)}", param_hint="--mode"
         )
     flags = {
         "cache.dir": cache_dir,

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from ..keys import Keyer, KeyRules, Rewrite, parse_path
 from ..patterns import compile_bytes
 from ..redact import Redactor
+from ..runmodes import CacheMode
 from ..urls import masked_url
 from .values import parse_auto, parse_duration, parse_rewrites, parse_size, parse_tokens
 
@@ -81,7 +82,7 @@ class CacheSettings:
     dir: str = "./.seedproxy"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
-    mode: Literal["record", "replay", "refresh", "passthrough"] = "record"
+    mode: CacheMode = "record"
     fingerprint: Literal["current", "latest", "any"] = "current"
     fingerprint_window: float = _duration(3600.0)
     ignore_fields: tuple[str, ...] = ("stream", "stream_options", "user", "metadata", "store")
