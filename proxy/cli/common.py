@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,8 +17,6 @@ from .. import reports
 from ..config import ConfigError, Settings, load_settings
 from ..store import Store, StoreError, open_store
 from ..upstream import upstream_credential
-
-log = logging.getLogger("seedproxy")
 
 
 def fail(message: str) -> None:
