@@ -76,6 +76,9 @@ class _Source:
         self.body, self.events, self.answer = body, events, answer
 
 
+Parsing = asyncio.Future[dict[str, Any]]
+
+
 def _ident(call: Call, entry: Entry) -> tuple[str, str, str | None, float]:
     return (call.endpoint.path, entry.key, entry.fingerprint, entry.created)
 
@@ -98,6 +101,9 @@ class Replays:
         self._kept: Lru[tuple[str, bytes, bool, bytes], bytes] = Lru(budget, budget // 16, _length)
         self._shared: weakref.WeakValueDictionary[tuple[str, str, str | None, float], _Source]
         self._shared = weakref.WeakValueDictionary()
+        # large entries being parsed for a stream, one parse each however many clients
+        # ask at once (an entry only while its parse runs)
+        self._parsing: dict[tuple[str, str, str | None, float], tuple[bytes, Parsing]] = {}
         self._echoes = {
             e.path: Echoes(e.kind.echoed, cache.ignore_fields, cache.ignore_paths)
             for e in ENDPOINTS
@@ -122,6 +128,23 @@ class Replays:
             return False
         source = self._shared.get(_ident(call, entry))
         return source is None or not _current(source, entry)
+
+    async def parsed(self, call: Call, entry: Entry) -> dict[str, Any]:
+        """A large entry's answer parsed in a worker thread (its cost grows with the
+        entry), once for every client that asks while the parse runs: forty clients
+        streaming a 3 MB entry at once hold one parsed copy, not forty."""
+        ident = _ident(call, entry)
+        pending = self._parsing.get(ident)
+        if pending is None or pending[0] != entry.body:  # an import may replace it
+            task = asyncio.ensure_future(asyncio.to_thread(orjson.loads, entry.body))
+            pending = self._parsing[ident] = (entry.body, task)
+            task.add_done_callback(lambda t: self._landed(ident, t))
+        return await asyncio.shield(pending[1])
+
+    def _landed(self, ident: tuple[str, str, str | None, float], task: Parsing) -> None:
+        held = self._parsing.get(ident)
+        if held is not None and held[1] is task:
+            del self._parsing[ident]
 
     def sse(
         self, call: Call, entry: Entry, parsed: dict[str, Any] | None = None
@@ -248,7 +271,7 @@ async def stored(
         headers.update(_SSE_HEADERS)
         parsed = None
         if replays.unparsed(call, entry):
-            parsed = await asyncio.to_thread(orjson.loads, entry.body)
+            parsed = await replays.parsed(call, entry)
         body = replays.sse(call, entry, parsed)
         if isinstance(body, Payload):
             _modest_send_buffer(request)

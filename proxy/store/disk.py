@@ -118,6 +118,9 @@ class DiskStore:
             directory / "entries" / "cache.db", isolation_level=None, check_same_thread=False
         )
         self._hot = HotRecords(HOT_BYTES)
+        # large values being read and decoded in the pool, one read a key however many
+        # clients ask at once (a key only while its read runs)
+        self._reading: dict[str, asyncio.Future[tuple[list[Entry], int]]] = {}
         self._meta = Meta(
             _open(directory / "meta", eviction_policy="none", **wal),
             {
@@ -196,10 +199,25 @@ class DiskStore:
             entries = self._decoded(key, raw)
             size = len(raw or b"")
         else:
-            entries, size = await self._run(self._slurped, key, raw)
+            entries, size = await self._slurp_once(key, raw)
         if entries and version is not None:
             self._hot.put(key, entries, size + DECODED * len(entries))
         return entries
+
+    async def _slurp_once(self, key: str, file: BinaryIO) -> tuple[list[Entry], int]:
+        """A large value read and decoded in the pool, shared by every request for ``key``
+        that arrives while it is read: forty clients asking for a 3 MB entry at once hold
+        one copy of it, not forty."""
+        pending = self._reading.get(key)
+        if pending is not None:
+            file.close()
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self._run(self._slurped, key, file))
+        self._reading[key] = task
+        task.add_done_callback(
+            lambda t: self._reading.pop(key, None) if self._reading.get(key) is t else None
+        )
+        return await asyncio.shield(task)
 
     def _slurped(self, key: str, file: BinaryIO) -> tuple[list[Entry], int]:
         with file:
