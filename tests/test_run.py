@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from proxy.runmodes import PLACEHOLDER_KEY, pointed
-from tests.harness import FAKE_KEY, clean_env
+from tests.harness import FAKE_KEY, clean_env, cli
 
 PYTHON = """
 import sys, openai
@@ -217,25 +217,13 @@ def test_the_users_openai_base_url_is_the_default_upstream(programs, tmp_path, u
     env = clean_env() | {"OPENAI_API_KEY": FAKE_KEY, "OPENAI_BASE_URL": f"{upstream.url}/v1"}
     command = [*programs["curl"](), "hello", "0"]
     cassette = ["--cassette", str(tmp_path / "llm.json")]
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", *cassette, "--", *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env,
-    )
+    result = cli("run", *cassette, "--", *command, cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"upstream {upstream.url}/v1 (from OPENAI_BASE_URL) | mode record" in result.stderr
     assert len(upstream.chat_calls) == 1
     env.pop("OPENAI_BASE_URL")
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "--mode", "replay", *cassette, "--", *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env,
+    result = cli(
+        "run", "--mode", "replay", *cassette, "--", *command, cwd=tmp_path, env=env, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "upstream https://api.openai.com/v1 (from default) | mode replay" in result.stderr

@@ -5,6 +5,7 @@ explain. The masker alone with hostile URLs, then a real `seedproxy serve`."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import orjson
 import pytest
@@ -166,19 +167,20 @@ def test_a_token_in_the_redis_user_slot_is_never_shown(own_redis, upstream, tmp_
         assert TOKEN.encode() not in text
 
 
-def test_a_store_that_refuses_the_user_slot_token_fails_without_showing_it(own_redis, tmp_path):
-    port, _ = own_redis
-    result = subprocess.run(
+def serve_on_redis(url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`seedproxy serve` on the Redis store at ``url``, expected to stop at start-up."""
+    return subprocess.run(
         serve_argv(free_port(), "--cache-dir", str(tmp_path / "c")),
-        env=clean_env()
-        | {
-            "SEEDPROXY_CACHE_BACKEND": "redis",
-            "SEEDPROXY_CACHE_REDIS_URL": f"redis://not-{TOKEN}:pw-{TOKEN}@127.0.0.1:{port}/0",
-        },
+        env=clean_env() | {"SEEDPROXY_CACHE_BACKEND": "redis", "SEEDPROXY_CACHE_REDIS_URL": url},
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_a_store_that_refuses_the_user_slot_token_fails_without_showing_it(own_redis, tmp_path):
+    port, _ = own_redis
+    result = serve_on_redis(f"redis://not-{TOKEN}:pw-{TOKEN}@127.0.0.1:{port}/0", tmp_path)
     assert result.returncode == 2
     assert f"cannot reach redis://***@127.0.0.1:{port}/0" in result.stderr
     assert TOKEN not in result.stderr + result.stdout
@@ -206,17 +208,7 @@ def test_a_redis_url_redis_py_cannot_read_is_one_masked_line(url, problem):
 
 
 def test_serve_with_an_unreadable_redis_url_stops_with_one_line(tmp_path):
-    result = subprocess.run(
-        serve_argv(free_port(), "--cache-dir", str(tmp_path / "c")),
-        env=clean_env()
-        | {
-            "SEEDPROXY_CACHE_BACKEND": "redis",
-            "SEEDPROXY_CACHE_REDIS_URL": f"http://{TOKEN}@127.0.0.1:1/0",
-        },
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_on_redis(f"http://{TOKEN}@127.0.0.1:1/0", tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "seedproxy: SEEDPROXY_CACHE_REDIS_URL: must be a redis://, rediss:// or unix:// URL, "
