@@ -33,6 +33,7 @@ from .health import unavailable
 from .observe import Counters, Metrics, flush_logs
 from .passthrough import forward
 from .pipeline import Pipeline
+from .runmodes import CacheMode
 from .store import Store, StoreError, open_store
 from .traffic import Traffic
 from .upstream import Upstream, upstream_credential
@@ -208,7 +209,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     # rel_url, not raw_path: an absolute-form target (GET http://elsewhere/v1/x) names
     # another host, which is never contacted; only its path below /v1/ is used
     raw_tail = request.rel_url.raw_path[len("/v1/") :]
-    if request.app[PIPELINE].mode == "replay":  # offline means offline, whatever the path
+    if request.app[PIPELINE].mode == CacheMode.REPLAY:  # offline means offline, whatever the path
         raise ProxyError(
             504,
             f"seedproxy runs in replay mode, so it will not call the upstream, and "

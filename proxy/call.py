@@ -22,6 +22,7 @@ from .memo import NODES_ON_LOOP, Ident, Memo, Parsed, shape
 from .policy import SEED_MODE_HEADER, Plan, add_seed, plan_request, uncached
 from .policy import seed_mode as request_seed_mode
 from .redact import ON_LOOP
+from .runmodes import CacheMode
 from .scope import credential_scope
 from .upstream import forward_request_headers
 
@@ -221,7 +222,7 @@ async def parse(
     request: web.Request,
     endpoint: Endpoint,
     settings: Settings,
-    mode: str,
+    mode: CacheMode,
     credential: tuple[str, str] | None,
     memo: Memo | None = None,
 ) -> Call:

@@ -33,6 +33,7 @@ from .policy import (
 )
 from .recorder import Recorder, Verifier
 from .registry import Registry
+from .runmodes import CacheMode
 from .scope import credential_scope
 from .store import Entry, Store, StoreError
 from .traffic import Traffic
@@ -59,7 +60,7 @@ class Pipeline:
         self.upstream = upstream
         self.counters = counters
         self.credential = credential
-        self.mode: str = settings.cache.mode
+        self.mode: CacheMode = settings.cache.mode
         self.language = answers.SERVER  # how a replay miss says how to record (see Session)
         self.untouched = False  # a test session's unmarked test: as if no proxy were there
         cache = settings.cache

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from .errors import ProxyError
+from .runmodes import CacheMode
 
 if TYPE_CHECKING:
     from .config import CacheSettings
@@ -100,6 +101,15 @@ class Action(enum.Enum):
     BYPASS = "bypass"  # go live, store nothing
 
 
+# What each cache mode does with a request that asks nothing of the cache itself.
+MODE_ACTION: Final = {
+    CacheMode.RECORD: Action.RECORD,
+    CacheMode.REPLAY: Action.REPLAY,
+    CacheMode.REFRESH: Action.REFRESH,
+    CacheMode.PASSTHROUGH: Action.BYPASS,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     action: Action
@@ -133,7 +143,7 @@ def uncached(stateful: bool, seeded: bool, seed: int | None, configured: str) ->
 
 
 @functools.lru_cache(maxsize=256)  # nearly every request asks the same question
-def plan_request(mode: str, cache_control: str | None, never: str = "") -> Plan:
+def plan_request(mode: CacheMode, cache_control: str | None, never: str = "") -> Plan:
     """Combine ``cache.mode`` with the request's directives, as an HTTP cache would.
     ``never``: why the answer is never cached (:func:`uncached`), "" when it may be.
     Replay mode, and ``only-if-cached``, are offline whatever else the request asks: what
@@ -144,7 +154,7 @@ def plan_request(mode: str, cache_control: str | None, never: str = "") -> Plan:
     live = never or next(
         (f"Cache-Control: {name}" for name in ("no-store", "no-cache") if name in d), ""
     )
-    if mode == "replay":
+    if mode == CacheMode.REPLAY:
         return Plan(Action.REPLAY, max_age, refused=live)
     if "only-if-cached" in d:  # offline for this request, even for what is never cached
         return Plan(Action.REPLAY, max_age, asked="only-if-cached", refused=never)
@@ -154,7 +164,7 @@ def plan_request(mode: str, cache_control: str | None, never: str = "") -> Plan:
         return Plan(Action.BYPASS, max_age, asked="no-store")
     if "no-cache" in d:
         return Plan(Action.REFRESH, max_age, asked="no-cache")
-    return Plan(Action(mode if mode != "passthrough" else "bypass"), max_age)
+    return Plan(MODE_ACTION[mode], max_age)
 
 
 @dataclass(frozen=True, slots=True)

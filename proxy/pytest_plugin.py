@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from .runmodes import ENV, MODES, Plays, drift_line, pointed
+from .runmodes import ENV, Plays, RunMode, drift_line, effective_mode, parse_mode, pointed
 
 if TYPE_CHECKING:
     from .run import Result, Session
@@ -50,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("seedproxy", "seedproxy: recorded OpenAI API answers")
     group.addoption(
         "--seedproxy-mode",
-        choices=MODES,
+        choices=[mode.value for mode in RunMode],  # argparse shows choices by repr
         help="once (default: record a missing cassette, replay an existing one strictly), "
         "replay, record, rewrite or refresh.",
     )
@@ -72,7 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=DRIFT,
         help="warn (default): list drift in the summary; fail: drift also fails its test.",
     )
-    parser.addini("seedproxy_mode", "seedproxy's default --seedproxy-mode.", default="once")
+    parser.addini(
+        "seedproxy_mode", "seedproxy's default --seedproxy-mode.", default=RunMode.ONCE.value
+    )
     parser.addini("seedproxy_upstream", "seedproxy's default --seedproxy-upstream.", default="")
     parser.addini(
         "seedproxy_fail_unused", "seedproxy's --seedproxy-fail-unused.", type="bool", default=False
@@ -122,7 +124,7 @@ class _Cassette(Plays):
 
 @dataclass
 class _State:
-    mode: str
+    mode: RunMode
     fail_unused: bool
     drift: str
     rootpath: Path
@@ -219,9 +221,12 @@ def _state(config: pytest.Config) -> _State:
     state = config.stash.get(STATE, None)
     if state is not None:
         return state
-    mode, drift = _setting(config, "seedproxy_mode"), _setting(config, "seedproxy_drift")
-    if mode not in MODES:
-        raise pytest.UsageError(f"seedproxy_mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    given, drift = _setting(config, "seedproxy_mode"), _setting(config, "seedproxy_drift")
+    mode = parse_mode(RunMode, given)
+    if mode is None:
+        raise pytest.UsageError(
+            f"seedproxy_mode: must be one of {', '.join(RunMode)}, got {given!r}"
+        )
     if drift not in DRIFT:
         raise pytest.UsageError(f"seedproxy_drift: must be warn or fail, got {drift!r}")
     state = _State(
@@ -310,8 +315,9 @@ def _start_early(config: pytest.Config) -> None:
     if _is_xdist_controller(config):
         return
     proxy = _start(config, state)
-    replaying = "replay" if state.mode in ("once", "replay") else state.mode
-    state.ours = pointed(os.environ, proxy.session.base_url, replaying)
+    # for every test: as if its cassette existed (once replays it), so a replay needs no key
+    everywhere = effective_mode(state.mode, exists=True)
+    state.ours = pointed(os.environ, proxy.session.base_url, everywhere)
     _set_env(state.ours)
 
 
@@ -377,7 +383,7 @@ def cassette_name(item: pytest.Item, name: str | None) -> str:
     return f"{head}-{digest}{suffix}"
 
 
-def _marker_mode(item: pytest.Item, marker: pytest.Mark) -> str | None:
+def _marker_mode(item: pytest.Item, marker: pytest.Mark) -> RunMode | None:
     """The marker's ``mode=``, checked, with its arguments."""
     unknown = set(marker.kwargs) - {"cassette", "mode"}
     if marker.args or unknown:
@@ -385,11 +391,12 @@ def _marker_mode(item: pytest.Item, marker: pytest.Mark) -> str | None:
             f"{item.nodeid}: @pytest.mark.seedproxy takes only cassette=NAME and mode=MODE "
             f"(got {', '.join([*map(repr, marker.args), *sorted(unknown)])})"
         )
-    mode = marker.kwargs.get("mode")
-    if mode is not None and mode not in MODES:
+    given = marker.kwargs.get("mode")
+    mode = None if given is None else parse_mode(RunMode, given)
+    if given is not None and mode is None:
         raise pytest.UsageError(
             f"{item.nodeid}: @pytest.mark.seedproxy(mode=...) must be one of "
-            f"{', '.join(MODES)}, got {mode!r}"
+            f"{', '.join(RunMode)}, got {given!r}"
         )
     return mode
 
@@ -429,7 +436,7 @@ def _seedproxy_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             return
         session = state.proxy.session
         before = _set_env(_ours_undone(state))
-        state.call(session.begin(None, "untouched"))
+        state.call(session.begin_untouched())
         try:
             yield
         finally:
@@ -446,7 +453,8 @@ def _seedproxy_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     first = path not in state.existed
     if first:
         state.existed[path] = path.exists() and not written
-    mode = "record" if mode == "rewrite" and not (first and not written) else mode
+    if mode == RunMode.REWRITE and not (first and not written):
+        mode = RunMode.RECORD
     state.call(proxy.session.begin(path, mode, state.existed[path]))
     proxy_mode = state.call(proxy.session.current()).mode
     before = _set_env(pointed(os.environ, proxy.session.base_url, proxy_mode))
@@ -472,8 +480,9 @@ class Recordings:
 
     @property
     def mode(self) -> str:
-        """The proxy's cache mode for this test (``once`` becomes record or replay)."""
-        return self._counts().mode
+        """The proxy's cache mode for this test (``once`` becomes record or replay), as a
+        plain string."""
+        return str(self._counts().mode)
 
     @property
     def hits(self) -> int:

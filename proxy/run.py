@@ -23,7 +23,7 @@ from .app import COUNTS, PIPELINE, create_app
 from .config import Settings, UpstreamSettings, load_settings, with_overrides
 from .errors import ProxyError
 from .policy import SEED_MODE_HEADER, seed_mode
-from .runmodes import BASE_URL, Plays, drift_line, effective_mode, pointed
+from .runmodes import BASE_URL, CacheMode, Plays, RunMode, drift_line, effective_mode, pointed
 from .store import Entry, Store, open_store
 from .store.memory import MemoryStore
 from .urls import masked_url
@@ -83,7 +83,7 @@ class Result(Plays):
     """What a proxy served between :meth:`Session.begin` and :meth:`Session.end`."""
 
     cassette: str | None
-    mode: str  # the cache mode the proxy ran in
+    mode: CacheMode  # the cache mode the proxy ran in
     hits: int = 0
     recorded: int = 0
     live: int = 0
@@ -152,7 +152,7 @@ def drift_record(event: Mapping[str, Any], cassette: str | None) -> dict[str, An
     return {"cassette": cassette, **shown, "diff": drift.short_diff(event.get("diff", ""))}
 
 
-def miss_language(caller: str, mode: str, path: Path | None) -> answers.Language:
+def miss_language(caller: str, mode: RunMode, path: Path | None) -> answers.Language:
     """How a replay miss speaks to a session's user: the flags of ``caller`` ("pytest" or
     "run") that record, for the cassette at ``path`` served in run mode ``mode``."""
     if caller == "pytest":
@@ -241,12 +241,13 @@ class Session:
             await self._runner.cleanup()
             self._runner = None
 
-    async def begin(self, path: Path | None, mode: str, exists: bool | None = None) -> None:
-        """Serve the cassette at ``path`` (None: the configured store, or nothing at all in
-        a cassette session) in run mode ``mode`` (or a cache mode, without a cassette;
-        ``untouched``: every request goes to the upstream as sent, and nothing is kept).
-        ``exists``: whether the cassette counts as existing for ``once``, if not now."""
-        proxy_mode, recordings = mode, list[cassette.Recording]()
+    async def begin(
+        self, path: Path | None, mode: RunMode = RunMode.ONCE, exists: bool | None = None
+    ) -> None:
+        """Serve the cassette at ``path`` in run mode ``mode`` (None: the configured store,
+        or nothing at all in a cassette session, in ``cache.mode``). ``exists``: whether
+        the cassette counts as existing for ``once``, if not now."""
+        proxy_mode, recordings = self.settings.cache.mode, list[cassette.Recording]()
         self._dropped = set()
         if path is not None:  # reading and checking a file: in a thread, off the loop
             proxy_mode, recordings = await asyncio.to_thread(self._load, path, mode, exists)
@@ -266,19 +267,26 @@ class Session:
         self._drifts.clear()
         self._before = dict(self.app[COUNTS].total)
         pipeline = self.app[PIPELINE]
-        pipeline.untouched = proxy_mode == "untouched"
-        pipeline.mode = "passthrough" if pipeline.untouched else proxy_mode
+        pipeline.untouched = False
+        pipeline.mode = proxy_mode
         pipeline.language = miss_language(self.caller, mode, path)
         pipeline.repeats.reset()
 
+    async def begin_untouched(self) -> None:
+        """A segment with no cassette where every request goes to the upstream as sent and
+        nothing is kept: a test session's unmarked test, as if no proxy were there."""
+        await self.begin(None)
+        self._result.mode = self.app[PIPELINE].mode = CacheMode.PASSTHROUGH
+        self.app[PIPELINE].untouched = True
+
     def _load(
-        self, path: Path, mode: str, exists: bool | None
-    ) -> tuple[str, list[cassette.Recording]]:
+        self, path: Path, mode: RunMode, exists: bool | None
+    ) -> tuple[CacheMode, list[cassette.Recording]]:
         there = path.exists()
         proxy_mode = effective_mode(mode, there if exists is None else exists)
         if not there:
             return proxy_mode, []
-        if mode != "rewrite":
+        if mode != RunMode.REWRITE:
             return proxy_mode, cassette.read(path, self.settings, one_per_key=True)
         with contextlib.suppress(cassette.CassetteError):  # an unreadable one is rewritten
             self._dropped = {
@@ -311,7 +319,7 @@ class Session:
         """Close the segment: write its cassette if anything changed, return its figures."""
         result = self.counts()
         path, memory = self._path, self.memory
-        if path is not None and memory is not None and result.mode != "replay":
+        if path is not None and memory is not None and result.mode != CacheMode.REPLAY:
             # merging and writing a file (and the JSON of every entry): in a thread
             result.written = await asyncio.to_thread(
                 self._write, path, memory.entries(), dict(self._where), self._dropped
@@ -397,7 +405,7 @@ def _seed_mode(request: web.Request) -> str | None:
     return None
 
 
-def child_env(base: Mapping[str, str], base_url: str, mode: str) -> dict[str, str]:
+def child_env(base: Mapping[str, str], base_url: str, mode: CacheMode) -> dict[str, str]:
     """The environment for the program: ``base``, pointed at the proxy."""
     return {**base, **pointed(base, base_url, mode)}
 
@@ -408,7 +416,7 @@ def _status(returncode: int) -> int:
 
 
 async def _run(
-    settings: Settings, command: Sequence[str], path: Path | None, mode: str, upstream_line: str
+    settings: Settings, command: Sequence[str], path: Path | None, mode: RunMode, upstream_line: str
 ) -> tuple[int, Result | None]:
     session = Session(settings, cassettes=path is not None)
     try:
@@ -456,11 +464,13 @@ def run(
     settings: Settings,
     command: Sequence[str],
     path: Path | None,
-    mode: str,
+    mode: RunMode,
     upstream_line: str,
     summary_json: Path | None = None,
 ) -> int:
-    """Run ``command`` through a proxy; print the summary; return the exit status."""
+    """Run ``command`` through a proxy serving the cassette at ``path`` in run mode ``mode``
+    (None: the configured store in ``cache.mode``); print the summary; return the exit
+    status."""
     from .observe import new_event_loop
 
     loop = new_event_loop()

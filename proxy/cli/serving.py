@@ -144,17 +144,26 @@ def run(
     seedproxy run --cassette tests/llm.json -- python my_eval.py"""
     from ..run import chosen_upstream, session_settings
     from ..run import run as run_command
-    from ..runmodes import CACHE_MODES, MODES
+    from ..runmodes import CacheMode, RunMode, parse_mode
 
-    if cassette is not None and mode is not None and mode not in MODES:
-        raise click.BadParameter(f"with --cassette, one of {', '.join(MODES)}", param_hint="--mode")
-    if cassette is None and mode is not None and mode not in CACHE_MODES:
-        raise click.BadParameter(
-            f"without --cassette, one of {', '.join(CACHE_MODES)}", param_hint="--mode"
-        )
+    run_mode = RunMode.ONCE  # a cassette's
+    cache_mode: CacheMode | None = None  # without a cassette: cache.mode's flag
+    if cassette is not None and mode is not None:
+        parsed = parse_mode(RunMode, mode)
+        if parsed is None:
+            raise click.BadParameter(
+                f"with --cassette, one of {', '.join(RunMode)}", param_hint="--mode"
+            )
+        run_mode = parsed
+    elif mode is not None:
+        cache_mode = parse_mode(CacheMode, mode)
+        if cache_mode is None:
+            raise click.BadParameter(
+                f"without --cassette, one of {', '.join(CacheMode)}", param_hint="--mode"
+            )
     flags = {
         "cache.dir": cache_dir,
-        "cache.mode": mode if cassette is None else None,
+        "cache.mode": cache_mode,
         "seed.mode": seed_mode,
         "log.format": log_format,
     }
@@ -172,7 +181,7 @@ def run(
             settings,
             command,
             cassette,
-            (mode or "once") if cassette is not None else settings.cache.mode,
+            run_mode,
             upstream_line,
             summary_json,
         )

@@ -3,6 +3,7 @@ CLI flags, each error naming where the user set the value."""
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
 import typing
@@ -24,6 +25,8 @@ def _coerce(hint: Any, parser: Callable[[Any], Any] | None, value: Any, from_tex
     origin = typing.get_origin(hint)
     if origin is Literal:
         return choice(typing.get_args(hint), value)
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):  # the modes: parsed once, here
+        return hint(choice(tuple(hint), value))
     if origin is tuple:
         return strings(value, from_text)
     if hint in SCALARS:

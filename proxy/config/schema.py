@@ -82,7 +82,7 @@ class CacheSettings:
     dir: str = "./.seedproxy"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
-    mode: CacheMode = "record"
+    mode: CacheMode = CacheMode.RECORD
     fingerprint: Literal["current", "latest", "any"] = "current"
     fingerprint_window: float = _duration(3600.0)
     ignore_fields: tuple[str, ...] = ("stream", "stream_options", "user", "metadata", "store")
