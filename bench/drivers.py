@@ -1,20 +1,37 @@
 """The benchmark's load drivers other than wrk: bench/sdkload.py (requests like the async
 openai SDK's, in its own process) run target by target, taking turns, and raw sockets for
-the time to a streamed miss's first event."""
+the time to a streamed miss's first event; and :func:`each`, which runs a group of runs one
+after another or, in the smoke run, all at once."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 SDKLOAD = Path(__file__).resolve().parent / "sdkload.py"
+T = TypeVar("T")
+
+
+def each(jobs: Sequence[Callable[[], T]], at_once: bool = False) -> list[T]:
+    """The jobs' results, in order. Run one after another, so that no run disturbs
+    another's figures; or, ``at_once``, all together in threads: the smoke run, which only
+    keeps the script working, so its figures mean nothing and only its time counts (wrk
+    runs whole seconds, each process starts Python)."""
+    if not at_once or len(jobs) < 2:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [future.result() for future in futures]
 
 
 def in_turns(names: list[str], turns: int) -> Iterator[tuple[int, str]]:
@@ -70,18 +87,22 @@ def sdk_taking_turns(
     turns: int,
     headers: dict[str, dict[str, str]] | None = None,
     options: dict[str, dict[str, bool]] | None = None,
+    at_once: bool = False,
     **common: bool,
 ) -> dict[str, dict[str, float]]:
     """Latency of each target over ``requests`` requests split into ``turns`` runs that take
     turns (the order reversed every other round), like run.py's ``taking_turns`` for wrk;
     percentiles of the pooled samples. ``headers``: extra headers per target name;
-    ``common`` and ``options`` (per target name): hit, stream, first_byte for :func:`sdk`."""
+    ``common`` and ``options`` (per target name): hit, stream, first_byte for :func:`sdk`;
+    ``at_once``: see :func:`each`."""
     turns = max(1, turns)
     per_turn = math.ceil(requests / turns)
     samples: dict[str, list[int]] = {name: [] for name in targets}
     errors = dict.fromkeys(targets, 0)
-    for turn, name in in_turns(list(targets), turns):
-        result = sdk(
+    order = list(in_turns(list(targets), turns))
+    runs = [
+        functools.partial(
+            sdk,
             targets[name],
             concurrency,
             per_turn,
@@ -89,6 +110,9 @@ def sdk_taking_turns(
             headers=(headers or {}).get(name),
             **(common | (options or {}).get(name, {})),
         )
+        for turn, name in order
+    ]
+    for (_, name), result in zip(order, each(runs, at_once), strict=True):
         samples[name] += result["latencies_us"]
         errors[name] += result["errors"]
     return {

@@ -19,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from drivers import in_turns  # noqa: E402
+from drivers import each, in_turns  # noqa: E402
 
 TEST = """
 def test_{n}():
@@ -92,26 +93,27 @@ def pytest_run(folder: Path, args: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def measure(upstream_url: str, tests: int, turns: int) -> dict[str, list[float]]:
+def measure(
+    upstream_url: str, tests: int, turns: int, at_once: bool = False
+) -> dict[str, list[float]]:
     """Record each way's cassettes from ``upstream_url``, then time ``turns`` offline
-    replays of each, taking turns: the seconds per way."""
+    replays of each, taking turns: the seconds per way. ``at_once``: see drivers.each."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SEEDPROXY_", "OPENAI_"))}
-    where = Path(tempfile.mkdtemp(prefix="seedproxy-suites-"))
-    base.pop("PYTHONDONTWRITEBYTECODE", None)  # every run compiling the SDK is no one's cost
-    base |= {
-        "PYTHONPATH": str(ROOT),
-        "PYTHONPYCACHEPREFIX": str(where / "pycache"),
-        "OPENAI_API_KEY": "sk-bench-placeholder",
-    }
-    folders = {way: suite(where, way, tests) for way in WAYS}
-    # Replays keep the upstream's URL (vcrpy matches on it), and reach nothing: both
-    # replay modes refuse the network.
-    env = base | {"OPENAI_BASE_URL": upstream_url}
-    for way in WAYS:
-        pytest_run(folders[way], RECORD[way], env)
-    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
-    for _, way in in_turns(list(WAYS), turns):
-        seconds[way].append(pytest_run(folders[way], REPLAY[way], env))
+    # Every run compiling the SDK is no one's cost: the runs read and write the usual
+    # __pycache__ (a cache folder of their own started empty, so the first run compiled it all).
+    base.pop("PYTHONDONTWRITEBYTECODE", None)
+    base |= {"PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-bench-placeholder"}
+    with tempfile.TemporaryDirectory(prefix="seedproxy-suites-") as where:
+        folders = {way: suite(Path(where), way, tests) for way in WAYS}
+        # Replays keep the upstream's URL (vcrpy matches on it), and reach nothing: both
+        # replay modes refuse the network.
+        env = base | {"OPENAI_BASE_URL": upstream_url}
+        each([partial(pytest_run, folders[way], RECORD[way], env) for way in WAYS], at_once)
+        order = [way for _, way in in_turns(list(WAYS), turns)]
+        runs = [partial(pytest_run, folders[way], REPLAY[way], env) for way in order]
+        seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+        for way, took in zip(order, each(runs, at_once), strict=True):
+            seconds[way].append(took)
     return seconds
 
 
