@@ -478,6 +478,8 @@ async def _nearest(call: Call, store: Store, registry: Registry, settings: Setti
         for key in list(recent)[:NEAREST_SCAN]
         for entry in (await store.variants(key))[:1]
     ]
+    if not stored:  # most replay misses of an unknown model: no hop to a thread and back
+        return f"Nothing is recorded for model {model!r} on {path}."
     # parsing, keying, shaping (redacting) and diffing the bodies grow with their size
     found, theirs = await asyncio.to_thread(_closest, call, stored, settings)
     if found is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_plus
@@ -495,11 +495,14 @@ class Keyer:
         }
 
     def nearest(
-        self, body: dict[str, Any], recorded: Iterable[tuple[str, dict[str, Any]]]
+        self, body: dict[str, Any], recorded: Sequence[tuple[str, dict[str, Any]]]
     ) -> tuple[str, list[str]] | None:
         """The recorded (key, body as sent upstream) whose canonical form differs from
         ``body``'s (the live request's, also as sent upstream) in the fewest fields, with
-        those fields; None if nothing was recorded."""
+        those fields; None if nothing was recorded (``body`` then is not shaped: redacting
+        a large body costs its size)."""
+        if not recorded:
+            return None
         mine = self.rules.shape(body, live=True)
         best: tuple[str, list[str]] | None = None
         for key, other in recorded:

@@ -12,8 +12,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from proxy import answers
 from proxy.cli import colored_diff, main
 from proxy.config import load_settings
+from proxy.keys import KeyRules
 from proxy.run import Result, Session
 from tests.conftest import sdk
 from tests.harness import FAKE_KEY, clean_env, http
@@ -330,7 +332,12 @@ def test_explain_endpoint_and_key_command_agree_with_the_proxy(client, proxy, tm
     assert orjson.loads(offline.stdout)["key"] == info["key"]
 
 
-def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make_proxy, upstream):
+def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(
+    make_proxy, upstream, monkeypatch
+):
+    compared = []  # the replay misses compared with recordings, in a thread
+    closest = answers._closest
+    monkeypatch.setattr(answers, "_closest", lambda *a: compared.append(a) or closest(*a))
     recorder = make_proxy()
     with sdk(recorder) as client:
         client.chat.completions.create(model="gpt-test", messages=MESSAGES, temperature=0.5)
@@ -354,9 +361,14 @@ def test_replay_miss_names_the_nearest_recording_and_the_fields_that_differ(make
             'differs in: messages[0].content (recorded "Say hello", sent "Say hello!"); '
             "temperature (recorded 0.5, sent 0.7)"
         ) in err.value.message
+        assert len(compared) == 1
         with pytest.raises(openai.APIStatusError) as err:
             client.chat.completions.create(model="other-model", messages=MESSAGES)
         assert "Nothing is recorded for model 'other-model'" in err.value.message
+        assert len(compared) == 1  # nothing to compare with: no thread, no walk of the body
+    # nor is a body shaped (redacted: a walk as long as the body) to be compared with nothing
+    monkeypatch.setattr(KeyRules, "shape", lambda *a, **k: pytest.fail("shaped"))
+    assert replay.settings.keyer.nearest({"model": "m", "messages": MESSAGES}, []) is None
 
 
 # -- verify sampling ----------------------------------------------------------------------
