@@ -12,7 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.harness import clean_env, free_port, serve_argv
+from tests.harness import ProxyServer, clean_env, free_port, proxy_settings, serve_argv
+from tests.test_tools import cli
 
 CHAT = "/v1/chat/completions"
 
@@ -68,24 +69,23 @@ KILLS = 20
 
 
 def stats(cache_dir) -> dict:
-    """`seedproxy stats` as a user runs it after a crash."""
-    env = clean_env()
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "stats", "--json", "--cache-dir", str(cache_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    """`seedproxy stats` as a user runs it after a crash (in this process: see ``cli``)."""
+    result = cli("stats", "--json", "--cache-dir", str(cache_dir))
     assert result.returncode == 0, result.stderr
     return orjson.loads(result.stdout)
 
 
-async def test_answered_requests_survive_sigkill(tmp_path, upstream):
+async def test_answered_requests_survive_sigkill(tmp_path, upstream, bg):
+    """A `seedproxy serve` killed twenty times while it records: after each kill, stats
+    counts every answered request, and the proxy (started in this process on the same
+    directory, in replay mode) serves each one the bytes it was answered, and nothing
+    damaged."""
     upstream.latency = 0.02
     port, cache_dir = free_port(), tmp_path / "cache"
     for round_ in range(KILLS):
         proc = serve(port, cache_dir, f"{upstream.url}/v1", "record")
+        # the same settings, in replay mode, on a port of its own (``port`` is taken now)
+        replay = proxy_settings(cache_dir, upstream.url, cache={"mode": "replay"})
         answered: dict[int, bytes] = {}
         ten_answered = asyncio.Event()
         async with aiohttp.ClientSession() as session:
@@ -98,16 +98,16 @@ async def test_answered_requests_survive_sigkill(tmp_path, upstream):
             await asyncio.gather(*tasks)
         proc.wait()
         assert answered
-        assert stats(cache_dir)["entries"] >= len(answered)
+        assert (await asyncio.to_thread(stats, cache_dir))["entries"] >= len(answered)
 
         # after the crash: every answered request is a hit with the same bytes, and no
         # request is ever answered with a damaged entry
-        proc = serve(port, cache_dir, f"{upstream.url}/v1", "replay")
+        server = await asyncio.to_thread(ProxyServer(bg, replay).start)
         try:
             async with aiohttp.ClientSession() as session:
                 for i in range(round_ * 100, round_ * 100 + 60):
                     async with session.post(
-                        f"http://127.0.0.1:{port}{CHAT}",
+                        f"{server.url}{CHAT}",
                         data=body(i),
                         headers={"Content-Type": "application/json"},
                     ) as r:
@@ -120,8 +120,7 @@ async def test_answered_requests_survive_sigkill(tmp_path, upstream):
                         parsed = orjson.loads(data)
                         assert "choices" in parsed or parsed["error"]["code"] == "cache_miss"
         finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            await asyncio.to_thread(server.stop)
 
 
 def corrupt(path, how: str) -> None:
