@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -119,7 +121,30 @@ class BackgroundLoop:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise AssertionError(f"still running after {timeout} s:\n{self.where()}") from None
+
+    def where(self) -> str:
+        """What the loop's thread and each of its tasks are doing: why a call is stuck."""
+        out = io.StringIO()
+        frame = sys._current_frames().get(self.thread.ident or 0)
+        out.write("loop thread:\n" + "".join(traceback.format_stack(frame)) if frame else "")
+        for task in list(asyncio.all_tasks(self.loop)):
+            out.write(f"{task!r}\n")
+            awaited: Any = task.get_coro()
+            while awaited is not None:  # the chain of awaits, outermost first
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is not None:
+                    out.write(
+                        f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n"
+                    )
+                awaited = getattr(awaited, "cr_await", None) or getattr(
+                    awaited, "gi_yieldfrom", None
+                )
+        return out.getvalue()
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
