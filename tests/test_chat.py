@@ -313,7 +313,8 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(proxy, u
             )
             for _ in range(50)
         ]
-        await until_async(lambda: proxy.counters["coalesced"] == 49)
+        # the holder's call has reached the upstream (held there) and the 49 others wait
+        await until_async(lambda: proxy.counters["coalesced"] == 49 and upstream.chat_calls)
         assert len(upstream.chat_calls) == 1 and not any(c.done() for c in calls)
         upstream.gate.set()
         results = await asyncio.gather(*calls)
