@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import openai
 import orjson
 import pytest
@@ -233,6 +234,36 @@ async def test_store_contract(backend: str, part: type, request: pytest.FixtureR
     await store.start()
     try:
         await CHECKS[part](store, traffic)
+    finally:
+        await store.close()
+
+
+async def test_the_disk_store_reads_recent_keys_on_the_loop_and_in_the_pool_when_locked(
+    tmp_path, monkeypatch
+):
+    """A replay miss's recent keys: read on the event loop's never-waiting connection, no
+    hop to the pool (a third of an unknown model's replay miss); in the pool when that
+    connection would have to wait."""
+    store = DiskStore(tmp_path / "c")
+    try:
+        await store.note([note("k1", "fp", 1.0), note("k2", "fp", 2.0)])
+        pooled: list[Any] = []
+        run = store._run
+
+        async def counted(fn: Any, *args: Any) -> Any:
+            pooled.append(fn)
+            return await run(fn, *args)
+
+        monkeypatch.setattr(store, "_run", counted)
+        assert await store.recent(CHAT, "m") == ["k2", "k1"]
+        assert pooled == []
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            raise diskcache.Timeout
+
+        monkeypatch.setattr(store._meta_now, "get", locked)
+        assert await store.recent(CHAT, "m") == ["k2", "k1"]
+        assert len(pooled) == 1
     finally:
         await store.close()
 

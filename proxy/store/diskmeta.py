@@ -36,8 +36,10 @@ class Meta:
     def directory(self) -> str:
         return str(self.cache.directory)
 
-    def recent(self, endpoint: str, model: str) -> list[str]:
-        raw = self.cache.get(f"recent:{endpoint}:{model}")
+    def recent(self, endpoint: str, model: str, cache: diskcache.Cache | None = None) -> list[str]:
+        """The keys last recorded for (``endpoint``, ``model``), newest first; read on
+        ``cache``, another connection to this store, when given."""
+        raw = (self.cache if cache is None else cache).get(f"recent:{endpoint}:{model}")
         return orjson.loads(raw) if raw else []
 
     def models(self) -> list[str]:
