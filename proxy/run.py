@@ -317,6 +317,9 @@ class Session:
 
     async def end(self) -> Result:
         """Close the segment: write its cassette if anything changed, return its figures."""
+        # its registry notes indexed now, while the store holds its entries: not among the
+        # next segment's recent keys, which a replay miss there names the nearest of
+        await self.app[PIPELINE].flush()
         result = self.counts()
         path, memory = self._path, self.memory
         if path is not None and memory is not None and result.mode != CacheMode.REPLAY:

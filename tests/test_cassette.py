@@ -14,7 +14,7 @@ import pytest
 from proxy import cassette
 from proxy.config import load_settings, with_overrides
 from proxy.keys import cache_key, canonical_body
-from proxy.store import Entry
+from proxy.store import Entry, Note
 from proxy.store.disk import DiskStore
 from proxy.store.memory import MemoryStore
 from tests.harness import cli
@@ -185,9 +185,17 @@ def test_the_memory_store_keeps_recording_order_and_one_answer_per_request():
     store = MemoryStore(max_variants=1)
     a, b = entry(), entry(temperature=1)
     store.replace([a, b])
+    assert asyncio.run(store.recent(a.endpoint, a.model)) == [b.key, a.key]  # loaded, indexed
     refreshed = dataclasses.replace(a, fingerprint="fp_two")
     asyncio.run(store.put(refreshed))
     assert store.entries() == [refreshed, b]
+    held = sum(len(e.body) + len(e.request) + len(e.stream) for e in (refreshed, b))
+    assert asyncio.run(store.size()) == (2, held)  # keys; the bytes of what is held
+    assert asyncio.run(store.delete(b.key)) == 1
+    assert asyncio.run(store.size()) == (1, held - len(b.body) - len(b.request))
+    # indexed by its note (the pipeline's next flush), as on the shared stores
+    note = Note(a.key, a.endpoint, a.model, "fp_two", refreshed.created, False)
+    assert asyncio.run(store.note([note])) == [None]
     assert asyncio.run(store.recent(a.endpoint, a.model)) == [a.key, b.key]
 
 

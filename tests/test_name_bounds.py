@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from proxy.call import MAX_MODEL_NAME
-from proxy.store import Note, diskmeta
+from proxy.store import Entry, Note, diskmeta, memory
 from proxy.store.disk import DiskStore
 from proxy.store.redis import META_TTL, RedisStore
 from tests.harness import http, stored_bytes
@@ -80,6 +80,53 @@ def test_many_distinct_models_keep_the_disk_meta_store_bounded(tmp_path: Path, m
     assert sorted(registry) == [f"fp:{m}" for m in kept]
     assert len(recent) == 2 * 5 and all(k.endswith(tuple(kept)) for k in recent)
     assert models == kept
+
+
+def test_many_distinct_models_keep_the_memory_store_bounded(monkeypatch):
+    """As on disk: the registry and recent keys of the least recently noted models go,
+    whether noted live or indexed from a loaded cassette."""
+    monkeypatch.setattr(memory, "MAX_MODELS", 5)
+    store = memory.MemoryStore()
+    for i in range(0, 40, 8):
+        asyncio.run(store.note(notes(40)[i * 2 : (i + 8) * 2]))
+    kept = [f"model-{i}" for i in range(35, 40)]
+    assert asyncio.run(store.models()) == kept
+    assert sorted(store._recent) == sorted((e, m) for m in kept for e in (CHAT, "/v1/embeddings"))
+    assert asyncio.run(store.recent(CHAT, "model-34")) == []
+    assert asyncio.run(store.recent(CHAT, "model-39")) == ["key39"]
+    store.replace(
+        Entry(
+            f"k{i}",
+            None,
+            1.0,
+            200,
+            "application/json",
+            CHAT,
+            f"cassette-{i}",
+            1,
+            2,
+            3,
+            b"{}",
+            b"{}",
+        )
+        for i in range(1_000)
+    )
+    assert len(store._models) == len(store._recent) == 5
+    assert asyncio.run(store.models()) == []  # no fingerprint seen for a loaded one
+    assert asyncio.run(store.recent(CHAT, "cassette-999")) == ["k999"]
+
+
+def test_many_more_distinct_models_than_its_bound_keep_the_memory_store_within_it():
+    store = memory.MemoryStore()
+    batch = 10_000
+    for start in range(0, 100 * memory.MAX_MODELS, batch):
+        asyncio.run(
+            store.note(
+                [Note(f"k{i}", CHAT, f"m{i}", "fp", 1.0, True) for i in range(start, start + batch)]
+            )
+        )
+    assert len(store._models) == len(store._sightings) == len(store._recent) == memory.MAX_MODELS
+    assert asyncio.run(store.recent(CHAT, "m99999")) == ["k99999"]
 
 
 def test_redis_meta_keys_expire_so_they_can_be_evicted(redis_server):

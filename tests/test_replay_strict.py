@@ -5,6 +5,10 @@ from __future__ import annotations
 import openai
 import pytest
 
+from proxy.answers import NEAREST_SCAN
+from proxy.config import load_settings
+from proxy.run import Session
+from proxy.runmodes import RunMode
 from tests.conftest import sdk
 from tests.test_chat import create
 from tests.test_tools import cli
@@ -74,3 +78,48 @@ def test_an_imported_recording_is_named_by_a_replay_miss(make_proxy, cache_dir, 
         assert create(offline)[0]["x-cache"] == "HIT"
         err = miss(offline, messages=[{"role": "user", "content": "Say goodbye"}])
     assert "differs in: messages[0].content" in err.message
+
+
+def test_a_cassette_miss_names_its_own_recording_right_after_a_busy_segment(
+    tmp_path, upstream, bg, monkeypatch
+):
+    """What the segment before recorded is indexed when it ends, while the store still holds
+    it: its twenty keys never crowd the next cassette's own out of the nearest ones, even
+    before the once-a-second flush (here: never) would have written them."""
+    monkeypatch.setattr("proxy.app.FLUSH_INTERVAL", 3600.0)
+    settings = load_settings(None, {}, {"upstream.base_url": upstream.url + "/v1"})
+    session = Session(settings, cassettes=True)
+    mine, busy = tmp_path / "mine.json", tmp_path / "busy.json"
+
+    async def ask(content: str) -> str:
+        async with openai.AsyncOpenAI(
+            base_url=session.base_url, api_key="x", max_retries=0
+        ) as client:
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="gpt-test", messages=[{"role": "user", "content": content}]
+                )
+            except openai.APIStatusError as err:
+                assert err.status_code == 504 and err.code == "cache_miss"
+                return err.message
+            return raw.headers["x-seedproxy-key"]
+
+    async def scenario() -> tuple[str, str]:
+        await session.start()
+        try:
+            await session.begin(mine, RunMode.RECORD)
+            key = await ask("Name a colour")
+            await session.end()
+            await session.begin(busy, RunMode.RECORD)
+            for n in range(NEAREST_SCAN):
+                await ask(f"question {n}")
+            await session.end()
+            await session.begin(mine, RunMode.REPLAY)
+            message = await ask("Name a color")
+            await session.end()
+            return key, message
+        finally:
+            await session.stop()
+
+    key, message = bg.run(scenario())
+    assert f"(key {key}) differs in: messages[0].content" in message

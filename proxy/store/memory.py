@@ -10,11 +10,16 @@ from typing import Any
 from ..policy import Sighting, observe_sighting
 from . import Entry, Note, Seen
 from .disk import MAX_VARIANTS
-from .diskmeta import MAX_EVENTS, MAX_RECENT
+from .diskmeta import MAX_EVENTS, MAX_MODELS, MAX_RECENT
+
+
+def _weight(variants: Iterable[Entry]) -> int:
+    return sum(len(e.body) + len(e.request) + len(e.stream) for e in variants)
 
 
 class MemoryStore:
-    """The Store interface over dicts. Keys keep the order they were first stored in, so a
+    """The Store interface over dicts, with every part behaving as on the shared stores
+    (one contract test runs them all). Keys keep the order they were first stored in, so a
     cassette written from it lists its recordings in recording order, and an answer
     recorded again keeps its place (a small diff in review)."""
 
@@ -22,32 +27,42 @@ class MemoryStore:
         # A cassette keeps one answer per request (1): a refreshed answer replaces it.
         self.max_variants = max_variants
         self._entries: dict[str, list[Entry]] = {}
+        self._bytes = 0  # of every variant held: size() is read by each /metrics scrape
         self._sightings: dict[str, dict[str | None, Sighting]] = {}
         self._recent: dict[tuple[str, str], list[str]] = {}
+        # the endpoints each model was noted under, least recently noted first: the
+        # registry and recent keys of the least recently noted go beyond MAX_MODELS (model
+        # names are the clients' to choose), as on disk
+        self._models: dict[str, set[str]] = {}
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._counters: dict[str, int] = {}
         self._locks: dict[str, tuple[str, float]] = {}
 
     def replace(self, entries: Iterable[Entry]) -> None:
-        """Hold ``entries`` (in order) and nothing else; the registry, events and counters
-        stay: they describe what was seen live, not what a cassette holds."""
+        """Hold ``entries`` (in order) and nothing else, each indexed among the recent keys
+        as an import indexes it (so that a replay miss can name the nearest); the registry,
+        events and counters stay: they describe what was seen live, not what a cassette
+        holds."""
         self._entries.clear()
+        self._bytes = 0
         self._recent.clear()
         for entry in entries:
             self._store(entry)
+            self._note(
+                Note(
+                    entry.key, entry.endpoint, entry.model, entry.fingerprint, entry.created, False
+                )
+            )
 
     def entries(self) -> list[Entry]:
         """Every entry, keys in the order they were first stored, newest variant first."""
         return [entry for variants in self._entries.values() for entry in variants]
 
     def _store(self, entry: Entry) -> None:
-        kept = [e for e in self._entries.get(entry.key, ()) if e.fingerprint != entry.fingerprint]
-        self._entries[entry.key] = [entry, *kept][: self.max_variants]
-        recent = self._recent.setdefault((entry.endpoint, entry.model), [])
-        self._recent[entry.endpoint, entry.model] = [
-            entry.key,
-            *(k for k in recent if k != entry.key),
-        ][:MAX_RECENT]
+        before = self._entries.get(entry.key, [])
+        kept = [e for e in before if e.fingerprint != entry.fingerprint]
+        variants = self._entries[entry.key] = [entry, *kept][: self.max_variants]
+        self._bytes += _weight(variants) - _weight(before)
 
     async def variants(self, key: str) -> list[Entry]:
         return list(self._entries.get(key, ()))
@@ -58,18 +73,29 @@ class MemoryStore:
     async def sightings(self, model: str) -> dict[str | None, Sighting]:
         return dict(self._sightings.get(model, {}))
 
+    def _note(self, note: Note) -> Seen | None:
+        """The key first among the recent ones of its (endpoint, model); with ``see``, its
+        fingerprint seen live for the model."""
+        name = (note.endpoint, note.model)
+        recent = self._recent.get(name, [])
+        self._recent[name] = [note.key, *(k for k in recent if k != note.key)][:MAX_RECENT]
+        endpoints = self._models.pop(note.model, set())  # re-inserted: newest last
+        self._models[note.model] = endpoints | {note.endpoint}
+        while len(self._models) > MAX_MODELS:
+            model = next(iter(self._models))
+            self._sightings.pop(model, None)
+            for endpoint in self._models.pop(model):
+                self._recent.pop((endpoint, model), None)
+        if not note.see:
+            return None
+        table, previous, is_new = observe_sighting(
+            self._sightings.get(note.model, {}), note.fingerprint, note.now
+        )
+        self._sightings[note.model] = table
+        return Seen(dict(table), previous, is_new)
+
     async def note(self, notes: Sequence[Note]) -> list[Seen | None]:
-        seen: list[Seen | None] = []
-        for note in notes:
-            if not note.see:
-                seen.append(None)
-                continue
-            table, previous, is_new = observe_sighting(
-                self._sightings.get(note.model, {}), note.fingerprint, note.now
-            )
-            self._sightings[note.model] = table
-            seen.append(Seen(dict(table), previous, is_new))
-        return seen
+        return [self._note(note) for note in notes]
 
     async def add_event(self, event: Mapping[str, Any]) -> None:
         events = self._events.setdefault(event["kind"], [])
@@ -98,6 +124,7 @@ class MemoryStore:
         )
         if kept:
             self._entries[key] = kept
+        self._bytes -= _weight(variants) - _weight(kept)
         return len(variants) - len(kept)
 
     async def models(self) -> list[str]:
@@ -107,8 +134,8 @@ class MemoryStore:
         return list(self._recent.get((endpoint, model), ()))
 
     async def size(self) -> tuple[int, int]:
-        entries = self.entries()
-        return len(entries), sum(len(e.body) + len(e.request) + len(e.stream) for e in entries)
+        """(keys, bytes of their variants), as the shared stores count keys."""
+        return len(self._entries), self._bytes
 
     def _holder(self, key: str) -> str | None:
         held = self._locks.get(key)
