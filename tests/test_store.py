@@ -35,6 +35,7 @@ from proxy.store import (
     Tallies,
     open_store,
 )
+from proxy.store import redis as redis_store
 from proxy.store.disk import DiskStore
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import CLUSTER_META, PREFIX, RedisStore
@@ -299,9 +300,11 @@ async def test_every_redis_method_fails_as_a_store_error_without_the_password(cl
         await store.close()
 
 
-async def test_a_store_that_hangs_or_went_away_fails_and_comes_back(tmp_path):
+async def test_a_store_that_hangs_or_went_away_fails_and_comes_back(tmp_path, monkeypatch):
     """A Redis server frozen (SIGSTOP), then stopped and started again on the same port: a
     StoreError meanwhile, not a wait without end; then the same store object works again."""
+    # each of the three tries waits this long for the frozen server (3 s in production)
+    monkeypatch.setattr(redis_store, "COMMAND_TIMEOUT", 1.0)
     port = free_port()
     server = _ServerOnPort(port, tmp_path)
     store = RedisStore(f"redis://127.0.0.1:{port}/0")
