@@ -9,6 +9,7 @@ import inspect
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -544,3 +545,19 @@ def proxy_key(proxy: Any, body: bytes) -> str:
     )
     assert status == 200
     return headers["X-Seedproxy-Key"]
+
+
+def test_the_redis_and_memory_backends_load_neither_diskcache_nor_sqlite3():
+    """The limits every backend keeps live apart from the disk store (store/limits.py)."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, proxy.store.redis, proxy.store.memory; "
+            "print(sorted({'diskcache', 'sqlite3'} & set(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert loaded.strip() == "[]"

@@ -17,11 +17,11 @@ import diskcache
 from ..policy import Sighting
 from ..traffic import Traffic
 from . import CorruptStoreError, Entry, Note, Seen, StoreError, StoreWriteError
-from .diskmeta import Meta  # the limits every backend keeps
+from .diskmeta import Meta
 from .hot import HotRecords
+from .limits import MAX_VARIANTS
 from .record import RecordError, decode, encode
 
-MAX_VARIANTS = 8  # fingerprints kept per key; the oldest is dropped beyond this
 WAL_LIMIT = 16 * 1024**2  # a write-ahead log file is cut back to this after a checkpoint
 # A checkpoint's fsync stalls the misses being stored at that moment, so the write-ahead
 # logs are folded in about as often as SQLite's own auto-checkpoint would (1,000 pages; an

@@ -13,12 +13,7 @@ import orjson
 
 from ..policy import Sighting, observe_sighting
 from . import Note, Seen
-
-MAX_EVENTS = 10_000  # per kind
-MAX_RECENT = 50  # keys remembered per (endpoint, model) to explain replay misses
-# Models whose registry and recent keys are kept: beyond it the least recently noted go,
-# so that distinct names (a client may send any) cannot grow the meta store without end.
-MAX_MODELS = 1000
+from .limits import MAX_EVENTS, MAX_MODELS, MAX_RECENT
 
 
 class Meta:

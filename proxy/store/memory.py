@@ -9,8 +9,7 @@ from typing import Any
 
 from ..policy import Sighting, observe_sighting
 from . import Entry, Note, Seen
-from .disk import MAX_VARIANTS
-from .diskmeta import MAX_EVENTS, MAX_MODELS, MAX_RECENT
+from .limits import MAX_EVENTS, MAX_MODELS, MAX_RECENT, MAX_VARIANTS
 
 
 def _weight(variants: Iterable[Entry]) -> int:

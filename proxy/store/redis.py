@@ -44,8 +44,7 @@ from redis.exceptions import (
 from ..policy import Sighting, observe_sighting
 from ..urls import masked_url
 from . import Entry, Note, Seen, StoreError, StoreWriteError
-from .disk import MAX_VARIANTS
-from .diskmeta import MAX_EVENTS, MAX_RECENT
+from .limits import MAX_EVENTS, MAX_RECENT, MAX_VARIANTS
 from .record import RecordError, decode, encode
 
 PREFIX = "seedproxy:"
