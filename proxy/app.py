@@ -136,11 +136,13 @@ async def _unrouted(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-async def _flusher(app: web.Application) -> None:
+async def _flusher(app: web.Application, stopping: asyncio.Event) -> None:
     """Once a second: registry updates, counters, log lines and store housekeeping. A step
     that fails runs again next time (a store outage is reported once, by the pipeline's
-    health); the flusher itself never stops."""
-    while True:
+    health); the flusher runs until ``stopping`` is set. It checks that flag as well as
+    being cancelled, because a cancellation that lands inside a store client may be
+    swallowed there: shutting down must not then wait for it forever."""
+    while not stopping.is_set():
         await asyncio.sleep(FLUSH_INTERVAL)
         pipeline = app[PIPELINE]
         for step in (
@@ -181,10 +183,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         settings, store, upstream, app[COUNTS], traffic, metrics.divergence, credential
     )
     app[STORE], app[UPSTREAM], app[PIPELINE] = store, upstream, pipeline
-    flusher = asyncio.create_task(_flusher(app))
+    stopping = asyncio.Event()
+    flusher = asyncio.create_task(_flusher(app, stopping))
     try:
         yield
     finally:
+        stopping.set()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
