@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.harness import ProxyServer, clean_env, free_port, proxy_settings, serve_argv
+from tests.harness import ProxyServer, clean_env, free_port, http, proxy_settings, serve_argv
 from tests.test_tools import cli
 
 CHAT = "/v1/chat/completions"
@@ -129,36 +128,33 @@ def corrupt(path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["garbage", "truncated"])
-def test_a_damaged_cache_file_is_a_clear_error_not_a_traceback(tmp_path, upstream, how):
+def test_a_damaged_cache_file_is_a_clear_error_not_a_traceback(tmp_path, upstream, bg, how):
+    """`seedproxy serve`, `stats` and `export` on a cache whose entries file is damaged
+    (recorded by the proxy app in this process) each stop with one line naming the file
+    and the recovery, which then works; serve in its own process, as a user starts it,
+    stats and export in this one (see ``cli``: a traceback would raise here)."""
     port, cache_dir = free_port(), tmp_path / "cache"
-    proc = serve(port, cache_dir, f"{upstream.url}/v1", "record")
-    import urllib.request
-
+    recorder = ProxyServer(bg, proxy_settings(cache_dir, upstream.url)).start()
     for i in range(5):
-        urllib.request.urlopen(
-            urllib.request.Request(
-                f"http://127.0.0.1:{port}{CHAT}",
-                data=body(i),
-                headers={"Content-Type": "application/json"},
-            ),
-            timeout=10,
-        ).read()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
+        answer = http(recorder.url, "POST", CHAT, body(i), {"Content-Type": "application/json"})
+        assert answer[0] == 200
+    recorder.stop()
     damaged = cache_dir / "entries" / "cache.db"
     corrupt(damaged, how)
     for wal in cache_dir.glob("entries/cache.db-*"):
         wal.unlink()
-    env = clean_env()
-    for args in (["serve", "--port", str(port)], ["stats"], ["export", "-"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "proxy", *args, "--cache-dir", str(cache_dir)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-        assert result.returncode == 2, (args, result.stderr)
+    serving = subprocess.run(
+        serve_argv(port, "--cache-dir", str(cache_dir)),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
+    stats_and_export = [
+        cli(*args, "--cache-dir", str(cache_dir)) for args in (["stats"], ["export", "-"])
+    ]
+    for result in (serving, *stats_and_export):
+        assert result.returncode == 2, (result.args, result.stderr)
         assert "Traceback" not in result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
