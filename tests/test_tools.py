@@ -394,8 +394,12 @@ def test_verify_sampling_compares_in_the_background(make_proxy, upstream, replac
         assert raw.parse().choices[0].message.content == stored.choices[0].message.content
         upstream.gate.set()
         wait_for(lambda: proxy.counters["drift_events"] == 1)
-        events = orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])["drift"]
-        assert [e["reason"] for e in events] == ["verify"]
+
+        def events() -> list[dict]:
+            return orjson.loads(http(proxy.url, "GET", "/_seedproxy/drift")[2])["drift"]
+
+        wait_for(lambda: events() != [])  # counted before it is stored (in the pool)
+        assert [e["reason"] for e in events()] == ["verify"]
         upstream.gate = None
         upstream.nondeterministic = False
         again = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
