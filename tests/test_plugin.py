@@ -4,12 +4,20 @@ own processes), the official SDK creating its client at import time, the fake up
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from tests.harness import FAKE_KEY
+from tests.harness import FAKE_KEY, BackgroundLoop
+from tests.upstream import FakeUpstream
 
 # Installed, the package's pytest11 entry point loads the plugin; from a source tree it is
 # named on the command line.
@@ -68,14 +76,21 @@ class TestShared:
 """
 
 
+# Variables a user's shell would not have here: the API's (each test sets its own) and this
+# suite's own run's (an xdist worker's would make the pytest it starts, and that one's
+# workers, believe they are workers).
+def _outer(name: str) -> bool:
+    return name.startswith(("OPENAI_", "PYTEST_XDIST_")) or name == "PYTEST_ADDOPTS"
+
+
 @pytest.fixture
 def suite(pytester: pytest.Pytester, upstream, monkeypatch: pytest.MonkeyPatch):
     """A user's test module, and a function running pytest on it (with the fake upstream
     as the API, and the real key only when it is asked for)."""
     pytester.makepyfile(test_llm=SUITE)
+    for name in filter(_outer, list(os.environ)):
+        monkeypatch.delenv(name)
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
 
     def run(*args: str, expect: str = "record") -> pytest.RunResult:
         monkeypatch.setenv("EXPECT", expect)
@@ -92,25 +107,83 @@ def cassettes(root: Path) -> dict[str, bytes]:
     }
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """SUITE's first run, with nothing recorded yet (mode once), made once per module (per
+    xdist worker): what it printed, what the upstream was sent, the cassettes it wrote."""
+
+    result: pytest.RunResult
+    upstream: str
+    sent: list[dict[str, Any]]
+    files: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The one recording of SUITE that the tests starting from a recorded suite copy: made
+    as ``suite`` runs pytest (its own process, directory and home; the fake upstream)."""
+    root = tmp_path_factory.mktemp("recorded")
+    (root / "test_llm.py").write_text(SUITE)
+    env = {k: v for k, v in os.environ.items() if not _outer(k)} | {
+        "OPENAI_API_KEY": FAKE_KEY,
+        "EXPECT": "record",
+        "HOME": str(root),
+        "PY_COLORS": "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    bg, fake = BackgroundLoop(), FakeUpstream()
+    upstream = ["--seedproxy-upstream", f"{bg.run(fake.start())}/v1"]
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", f"--basetemp={root / 'tmp'}", *PLUGIN, *upstream],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        bg.run(fake.stop())
+        bg.close()
+    outcome = pytest.RunResult(
+        done.returncode,
+        done.stdout.splitlines(),
+        done.stderr.splitlines(),
+        time.monotonic() - started,
+    )
+    return Recorded(outcome, fake.url, [c.json() for c in fake.chat_calls], cassettes(root))
+
+
+@pytest.fixture
+def ran_once(pytester: pytest.Pytester, recorded: Recorded) -> None:
+    """``suite`` after its first run: the recorded cassettes copied into its directory."""
+    recorded.result.assert_outcomes(passed=6)
+    for name, data in recorded.files.items():
+        (pytester.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (pytester.path / name).write_bytes(data)
+
+
+@pytest.mark.usefixtures("ran_once")
 def test_record_once_then_replay_offline_without_rewriting(
-    suite, pytester, upstream, bg, monkeypatch
+    recorded, suite, pytester, upstream, bg, monkeypatch
 ):
-    first = suite()
+    first = recorded.result  # the first run, on a suite with no cassette yet
     first.assert_outcomes(passed=6)
-    recorded = cassettes(pytester.path)
-    assert sorted(recorded) == [
+    assert sorted(recorded.files) == [
         "cassettes/test_llm/shared.json",
         "cassettes/test_llm/test_hello.json",
         "cassettes/test_llm/test_stream.json",
         "cassettes/test_llm/test_topics[a-b]-0da27a559581.json",  # "a/b": a lossy name
         "cassettes/test_llm/test_topics[c-d]-1b14f1271c81.json",
     ]
-    assert len(upstream.chat_calls) == 6
-    assert len(orjson.loads(recorded["cassettes/test_llm/shared.json"])["interactions"]) == 2
-    assert all(FAKE_KEY.encode() not in data for data in recorded.values())
+    assert len(recorded.sent) == 6
+    shared = recorded.files["cassettes/test_llm/shared.json"]
+    assert len(orjson.loads(shared)["interactions"]) == 2
+    assert all(FAKE_KEY.encode() not in data for data in recorded.files.values())
     first.stdout.fnmatch_lines(
         [
-            f"seedproxy: proxy http://127.0.0.1:*/v1 | upstream {upstream.url}/v1 "
+            f"seedproxy: proxy http://127.0.0.1:*/v1 | upstream {recorded.upstream}/v1 "
             "(from --seedproxy-upstream) | mode once",
             "*cassette written: cassettes/test_llm/test_hello.json",
         ]
@@ -123,12 +196,12 @@ def test_record_once_then_replay_offline_without_rewriting(
         again = suite("--seedproxy-mode", mode, expect="replay")
         again.assert_outcomes(passed=6)
         assert "cassette written" not in again.stdout.str()
-    assert cassettes(pytester.path) == recorded
+    assert cassettes(pytester.path) == recorded.files
     assert {p: p.stat().st_mtime_ns for p in times} == times
 
 
+@pytest.mark.usefixtures("ran_once")
 def test_a_changed_prompt_fails_in_replay_naming_the_field(suite, pytester, upstream, bg):
-    suite("-k", "test_hello").assert_outcomes(passed=1)
     bg.run(upstream.stop())
     source = pytester.path / "test_llm.py"
     source.write_text(source.read_text().replace('"Say hello"', '"Say goodbye"'))
@@ -310,17 +383,15 @@ def test_a_pytest_recording_suite_records_and_replays_as_without_seedproxy(
         return interaction["request"]
 
     assert record(*PLUGIN) == record("-p", "no:seedproxy")
-    recorded = written.read_bytes()
+    recorded = written.read_bytes()  # made without seedproxy: replayed with it, unchanged
     bg.run(upstream.stop())
-    for plugin in (PLUGIN, ["-p", "no:seedproxy"]):
-        result = pytester.runpytest_subprocess(*plugin, "--record-mode=none")
-        result.assert_outcomes(passed=1)
-        assert written.read_bytes() == recorded
+    result = pytester.runpytest_subprocess(*PLUGIN, "--record-mode=none")
+    result.assert_outcomes(passed=1)
+    assert written.read_bytes() == recorded
 
 
+@pytest.mark.usefixtures("ran_once")
 def test_unused_recordings_are_listed_and_can_fail_the_run(suite, pytester, upstream, bg):
-    pytester.makeini("[pytest]\nseedproxy_mode = record\n")
-    suite().assert_outcomes(passed=6)
     bg.run(upstream.stop())
     source = pytester.path / "test_llm.py"
     original = source.read_text()
@@ -350,16 +421,36 @@ def test_unused_recordings_are_listed_and_can_fail_the_run(suite, pytester, upst
             "*0 recording(s) never played, 1 cassette file(s) no test uses*",
         ]
     )
-    for narrowed in (["-k", "test_hello"], ["-m", "seedproxy"], ["test_llm.py::test_hello"]):
-        result = suite(
-            "--seedproxy-mode", "replay", "--seedproxy-fail-unused", *narrowed, expect="replay"
-        )
-        assert result.ret == 0 and "no test uses" not in result.stdout.str()
+    # a run of some tests only: the other tests' cassettes are not unused
+    narrowed = "test_llm.py::test_hello"
+    result = suite(
+        "--seedproxy-mode", "replay", "--seedproxy-fail-unused", narrowed, expect="replay"
+    )
+    assert result.ret == 0 and "no test uses" not in result.stdout.str()
 
 
-def test_drift_is_listed_per_test_and_can_fail_it(suite, pytester, upstream):
+@pytest.mark.parametrize(
+    "narrowed",
+    [
+        ["-k", "test_hello"],
+        ["-m", "seedproxy"],
+        ["test_llm.py::test_hello"],
+        ["--deselect", "test_llm.py::test_stream"],
+        ["--lf"],
+    ],
+)
+def test_each_way_to_run_some_tests_only_is_seen(pytester, narrowed):
+    """What --seedproxy-fail-unused asks of a run before it names a cassette file no test
+    uses: that every test ran (the previous test runs one of these ways end to end)."""
+    from proxy.pytest_plugin import _narrowed
+
+    assert _narrowed(pytester.parseconfig("-p", "no:seedproxy", *narrowed))
+    assert not _narrowed(pytester.parseconfig("-p", "no:seedproxy", "test_llm.py"))
+
+
+@pytest.mark.usefixtures("ran_once")
+def test_drift_is_listed_per_test_and_can_fail_it(suite, upstream):
     chosen = "test_stream or TestShared"
-    suite("-k", chosen).assert_outcomes(passed=3)
     upstream.nondeterministic = True
     warned = suite("-k", chosen, "--seedproxy-mode", "refresh")
     warned.assert_outcomes(passed=3)
@@ -387,50 +478,52 @@ def test_drift_is_listed_per_test_and_can_fail_it(suite, pytester, upstream):
     )
 
 
-def test_xdist_workers_sharing_one_cassette_lose_nothing(
+SHARING = """
+import openai, pytest
+
+@pytest.mark.seedproxy(cassette="shared")
+@pytest.mark.parametrize("n", range(8))
+def test_n(n):
+    reply = openai.OpenAI().chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": f"question {n}"}])
+    assert reply.choices[0].message.content
+"""
+
+
+def test_xdist_workers_each_have_a_proxy_and_lose_nothing_of_a_cassette_they_share(
     suite, pytester, upstream, bg, monkeypatch
 ):
+    """Two workers, each with its proxy: two modules of per-test cassettes, and one
+    cassette that tests on both workers record into (once, then anew), replayed offline."""
+    # per-test cassettes in these two modules; test_shared's tests share one
+    per_test = SUITE.replace('cassette="shared"', "")
     pytester.makepyfile(
-        test_shared="""
-        import openai, pytest
-
-        @pytest.mark.seedproxy(cassette="shared")
-        @pytest.mark.parametrize("n", range(8))
-        def test_n(n):
-            reply = openai.OpenAI().chat.completions.create(
-                model="gpt-test", messages=[{"role": "user", "content": f"question {n}"}])
-            assert reply.choices[0].message.content
-        """
+        test_llm=per_test, test_more=per_test.replace("Say hello", "Say hi"), test_shared=SHARING
     )
+    # test_shared.py first: xdist hands each worker its first tests from the front
+    modules = ("-n", "2", "-v", "test_shared.py", "test_llm.py", "test_more.py")
     shared = pytester.path / "cassettes" / "test_shared" / "shared.json"
+
+    def run(mode: str, expect: str = "record") -> dict[str, bytes]:
+        result = suite(*modules, "--seedproxy-mode", mode, expect=expect)
+        result.assert_outcomes(passed=20)
+        workers = re.findall(r"^\[(gw\d)\] .*PASSED test_shared\.py", result.stdout.str(), re.M)
+        assert set(workers) == {"gw0", "gw1"}, "the shared cassette's tests ran on one worker"
+        return cassettes(pytester.path)
+
     for mode in ("once", "rewrite"):
-        suite("-n", "2", "--seedproxy-mode", mode, "test_shared.py").assert_outcomes(passed=8)
+        written = run(mode)
         questions = sorted(
             i["request"]["messages"][0]["content"]
             for i in orjson.loads(shared.read_bytes())["interactions"]
         )
         assert questions == [f"question {n}" for n in range(8)]
+        per_test_files = [name for name in written if "test_shared" not in name]
+        assert len(per_test_files) == 12
+        assert "cassettes/test_more/TestShared.test_two.json" in per_test_files
     bg.run(upstream.stop())
     monkeypatch.delenv("OPENAI_API_KEY")
-    recorded = shared.read_bytes()
-    replayed = suite("-n", "2", "--seedproxy-mode", "replay", "test_shared.py", expect="replay")
-    replayed.assert_outcomes(passed=8)
-    assert shared.read_bytes() == recorded
-
-
-def test_each_xdist_worker_has_its_own_proxy(suite, pytester, upstream, bg, monkeypatch):
-    # per-test cassettes only: tests sharing one belong on one worker (--dist loadfile)
-    per_test = SUITE.replace('cassette="shared"', "")
-    pytester.makepyfile(test_llm=per_test, test_more=per_test.replace("Say hello", "Say hi"))
-    suite("-n", "2").assert_outcomes(passed=12)
-    written = cassettes(pytester.path)
-    assert len(written) == 12
-    assert "cassettes/test_more/TestShared.test_two.json" in written
-    bg.run(upstream.stop())
-    monkeypatch.delenv("OPENAI_API_KEY")
-    replayed = suite("-n", "2", "--seedproxy-mode", "replay", expect="replay")
-    replayed.assert_outcomes(passed=12)
-    assert cassettes(pytester.path) == written
+    assert run("replay", expect="replay") == written
 
 
 def name_of(test_id: str, cassette: str | None = None) -> str:
