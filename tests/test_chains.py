@@ -75,6 +75,10 @@ async def main():
 asyncio.run(main())
 """
 
+# The chain, then the agent, in one program: one start of Python and of the SDK for both.
+BOTH = CHAIN + AGENT
+CHAIN_LINES = 3  # what the chain prints: one line per answer; then the agent's
+
 
 def responses_calls(upstream) -> list[dict]:
     return [c.json() for c in upstream.calls if c.path == "/v1/responses"]
@@ -144,23 +148,22 @@ def test_a_chain_replays_through_seedproxy_run_with_the_sdk_and_openai_agents(
     upstream,
     bg,
 ):
-    (tmp_path / "chain.py").write_text(CHAIN)
-    (tmp_path / "agent.py").write_text(AGENT)
-    recorded = {}
-    for name in ("chain", "agent"):
-        tape = tmp_path / f"{name}.json"
-        result, summary = seedproxy_run("--cassette", str(tape), "--", sys.executable, f"{name}.py")
-        assert result.returncode == 0, result.stderr
-        assert summary is not None and summary["mode"] == "record"
-        recorded[name] = result.stdout, summary["recorded"]
-        interactions = orjson.loads(tape.read_bytes())["interactions"]
-        ids = [i["response"]["body"]["id"] for i in interactions]
-        previous = [i["request"].get("previous_response_id") for i in interactions]
-        assert all(p is None or p in ids for p in previous) and any(previous)
-        assert all("key" not in i for i in interactions)  # keys are computed again on load
-    chain = links(recorded["chain"][0])
+    (tmp_path / "chains.py").write_text(BOTH)
+    tape = tmp_path / "chains.json"
+    recorded, summary = seedproxy_run("--cassette", str(tape), "--", sys.executable, "chains.py")
+    assert recorded.returncode == 0, recorded.stderr
+    assert summary is not None and summary["mode"] == "record"
+    interactions = orjson.loads(tape.read_bytes())["interactions"]
+    assert summary["recorded"] == len(interactions)
+    ids = [i["response"]["body"]["id"] for i in interactions]
+    previous = [i["request"].get("previous_response_id") for i in interactions]
+    assert all(p is None or p in ids for p in previous) and any(previous)
+    assert all("key" not in i for i in interactions)  # keys are computed again on load
+    printed = links(recorded.stdout)
+    chain, agent = printed[:CHAIN_LINES], printed[CHAIN_LINES:]
     assert [link[1] for link in chain] == ["None", chain[0][0], chain[1][0]]
-    agent_requests = responses_calls(upstream)[3:]
+    assert len(agent) == 2  # its two runs
+    agent_requests = responses_calls(upstream)[CHAIN_LINES:]
     assert any(r.get("previous_response_id") for r in agent_requests)  # the agent chained
     assert any(  # and went through its tool
         item.get("type") == "function_call_output"
@@ -170,20 +173,18 @@ def test_a_chain_replays_through_seedproxy_run_with_the_sdk_and_openai_agents(
     )
 
     bg.run(upstream.stop())
-    for name in ("chain", "agent"):
-        tape = tmp_path / f"{name}.json"
-        result, summary = seedproxy_run(
-            "--cassette", str(tape), "--", sys.executable, f"{name}.py", key=None
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == recorded[name][0]
-        assert summary is not None
-        assert (summary["mode"], summary["hits"], summary["live_calls"]) == (
-            "replay",
-            recorded[name][1],
-            0,
-        )
-        assert summary["unused_recordings"] == [] and not summary["written"]
+    replayed, summary = seedproxy_run(
+        "--cassette", str(tape), "--", sys.executable, "chains.py", key=None
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == recorded.stdout
+    assert summary is not None
+    assert (summary["mode"], summary["hits"], summary["live_calls"]) == (
+        "replay",
+        len(interactions),
+        0,
+    )
+    assert summary["unused_recordings"] == [] and not summary["written"]
 
 
 PLUGIN_SUITE = """
@@ -233,34 +234,32 @@ def test_a_chain_replays_under_the_pytest_plugin(pytester, upstream, bg, monkeyp
 
 
 def test_chains_replay_from_a_plain_serve_with_the_disk_store(tmp_path, upstream, bg):
-    (tmp_path / "chain.py").write_text(CHAIN)
-    (tmp_path / "agent.py").write_text(AGENT)
+    (tmp_path / "chains.py").write_text(BOTH)
     cache_dir, port = tmp_path / "cache", free_port()
     env = clean_env() | {
         "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
         "OPENAI_API_KEY": FAKE_KEY,
     }
-    outputs: dict[str, list[str]] = {"chain.py": [], "agent.py": []}
+    outputs: list[str] = []
     for mode in ("record", "replay"):
         served = Serve(port, upstream, {}, "--cache-dir", str(cache_dir), "--mode", mode)
         try:
-            for program, seen in outputs.items():
-                result = subprocess.run(
-                    [sys.executable, program],
-                    cwd=tmp_path,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                assert result.returncode == 0, result.stderr
-                seen.append(result.stdout)
+            result = subprocess.run(
+                [sys.executable, "chains.py"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout)
         finally:
             served.stop()
         bg.run(upstream.stop())  # the replay is offline: nothing answers there
-    for recorded, replayed in outputs.values():
-        assert replayed == recorded and len(links(recorded)) >= 2
-    assert len(links(outputs["chain.py"][0])) == 3
+    recorded, replayed = outputs
+    assert replayed == recorded
+    assert len(links(recorded)) == CHAIN_LINES + 2  # the chain's three, the agent's two
 
 
 # -- conversation ----------------------------------------------------------------------------
