@@ -20,7 +20,7 @@ from tests.harness import Serve, free_port
 pytestmark = pytest.mark.load
 
 MIB = 1024 * 1024
-RSS_BUDGET = 100 * MIB  # README "Limits and timeouts": growth under distinct traffic (41 measured)
+RSS_BUDGET = 100 * MIB  # README "Limits and timeouts": growth under distinct traffic (33 measured)
 CONNECTIONS = 16
 NAMES = 60_000
 # The names reach the parse memo (4,096 entries) and the hot records' seen keys (8,192); the
