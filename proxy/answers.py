@@ -116,7 +116,9 @@ class Replays:
     def json(self, call: Call, body: bytes) -> bytes:
         """A stored JSON answer as this caller gets it."""
         echoes = self._echoes[call.endpoint.path]
-        return echoes.json(body, echoes.mine(call.body)) if echoes.fields else body
+        if echoes.untouched(body, call.body):
+            return body
+        return echoes.json(body, echoes.mine(call.body))
 
     def unparsed(self, call: Call, entry: Entry) -> bool:
         """Whether a streamed hit on ``entry`` would parse it here: a large entry that no

@@ -43,10 +43,25 @@ class Echoes:
         kept.update(mine)
         return kept
 
+    def untouched(self, body: bytes, request: dict[str, Any]) -> bool:
+        """Whether a stored answer's bytes go to the caller of ``request`` as they are: it
+        sent none of the fields and the bytes name none of them. The common case, and a
+        hit's: decided with plain loops, building nothing."""
+        for field in self.fields:
+            if field in request:
+                return False
+        return self._names_none(body)
+
+    def _names_none(self, body: bytes) -> bool:
+        for needle in self._needles:  # noqa: SIM110 (a loop: all() of a generator costs a hit 1 us)
+            if needle in body:
+                return False
+        return True
+
     def json(self, body: bytes, mine: dict[str, Any]) -> bytes:
         """A stored JSON answer's bytes as the caller gets them: as they are (no parsing)
         when the caller sent none of the fields and the bytes name none of them."""
-        if not mine and not any(needle in body for needle in self._needles):
+        if not mine and self._names_none(body):
             return body
         try:
             answer = orjson.loads(body)

@@ -181,6 +181,11 @@ def test_only_echoed_fields_the_key_ignores_are_the_callers() -> None:
     assert echoes.json(orjson.dumps(answer), {}) == b'{"id":"r","tools":[]}'
     plain = orjson.dumps({"id": "r", "output": []})
     assert echoes.json(plain, {}) is plain  # nothing to do: the bytes as stored, unparsed
+    # what a hit decides before building anything: only the plain case goes as it is
+    assert echoes.untouched(plain, {"input": "hi"})
+    assert not echoes.untouched(plain, {"input": "hi", "store": False})  # the caller's own
+    assert not echoes.untouched(orjson.dumps(answer), {"input": "hi"})  # another's, to drop
+    assert Echoes(KINDS["embedding"].echoed, IGNORED, []).untouched(b'{"user":1}', {"user": 2})
     assert Echoes(KINDS["chat"].echoed, IGNORED, []).fields == {"metadata"}
     assert not Echoes(KINDS["embedding"].echoed, IGNORED, []).fields
     assert not Echoes(KINDS["response"].echoed, [], []).fields  # all keyed: nothing to swap
