@@ -13,7 +13,7 @@ import orjson
 
 from ..policy import Sighting, observe_sighting
 from . import Note, Seen
-from .limits import MAX_EVENTS, MAX_MODELS, MAX_RECENT
+from .limits import MAX_EVENTS, MAX_MODELS, MAX_RECENT, track_models
 
 
 class Meta:
@@ -80,11 +80,8 @@ class Meta:
         noted first (JSON keeps the order), and drop the registry and recent keys of the
         least recently noted beyond MAX_MODELS."""
         tracked: dict[str, list[str]] = orjson.loads(self.cache.get("models", b"{}"))
-        for note in notes:
-            endpoints = tracked.pop(note.model, [])  # re-inserted: newest last
-            tracked[note.model] = sorted({*endpoints, note.endpoint})
-        for model in list(itertools.islice(tracked, max(0, len(tracked) - MAX_MODELS))):
-            endpoints = tracked.pop(model)
+        noted = ((note.model, note.endpoint) for note in notes)
+        for model, endpoints in track_models(tracked, noted, MAX_MODELS):
             self.cache.delete(f"fp:{model}")
             for endpoint in endpoints:
                 self.cache.delete(f"recent:{endpoint}:{model}")

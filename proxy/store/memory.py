@@ -9,7 +9,7 @@ from typing import Any
 
 from ..policy import Sighting, observe_sighting
 from . import Entry, Note, Seen
-from .limits import MAX_EVENTS, MAX_MODELS, MAX_RECENT, MAX_VARIANTS
+from .limits import MAX_EVENTS, MAX_MODELS, MAX_RECENT, MAX_VARIANTS, track_models
 
 
 def _weight(variants: Iterable[Entry]) -> int:
@@ -31,8 +31,8 @@ class MemoryStore:
         self._recent: dict[tuple[str, str], list[str]] = {}
         # the endpoints each model was noted under, least recently noted first: the
         # registry and recent keys of the least recently noted go beyond MAX_MODELS (model
-        # names are the clients' to choose), as on disk
-        self._models: dict[str, set[str]] = {}
+        # names are the clients' to choose), as on disk: limits.track_models serves both
+        self._models: dict[str, list[str]] = {}
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._counters: dict[str, int] = {}
         self._locks: dict[str, tuple[str, float]] = {}
@@ -78,12 +78,11 @@ class MemoryStore:
         name = (note.endpoint, note.model)
         recent = self._recent.get(name, [])
         self._recent[name] = [note.key, *(k for k in recent if k != note.key)][:MAX_RECENT]
-        endpoints = self._models.pop(note.model, set())  # re-inserted: newest last
-        self._models[note.model] = endpoints | {note.endpoint}
-        while len(self._models) > MAX_MODELS:
-            model = next(iter(self._models))
+        for model, endpoints in track_models(
+            self._models, [(note.model, note.endpoint)], MAX_MODELS
+        ):
             self._sightings.pop(model, None)
-            for endpoint in self._models.pop(model):
+            for endpoint in endpoints:
                 self._recent.pop((endpoint, model), None)
         if not note.see:
             return None
