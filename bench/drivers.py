@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 SDKLOAD = Path(__file__).resolve().parent / "sdkload.py"
 T = TypeVar("T")
@@ -40,6 +40,16 @@ def in_turns(names: list[str], turns: int) -> Iterator[tuple[int, str]]:
     for turn in range(turns):
         for name in names if turn % 2 == 0 else names[::-1]:
             yield turn, name
+
+
+def each_in_turns(
+    names: list[str], turns: int, run: Callable[[int, str], T], at_once: bool = False
+) -> list[tuple[str, T]]:
+    """``run(turn, name)`` for each name once per turn, in :func:`in_turns` order, through
+    :func:`each`: (name, result) pairs in that order."""
+    order = list(in_turns(names, turns))
+    results = each([functools.partial(run, turn, name) for turn, name in order], at_once)
+    return [(name, result) for (_, name), result in zip(order, results, strict=True)]
 
 
 def sdk(
@@ -99,10 +109,9 @@ def sdk_taking_turns(
     per_turn = math.ceil(requests / turns)
     samples: dict[str, list[int]] = {name: [] for name in targets}
     errors = dict.fromkeys(targets, 0)
-    order = list(in_turns(list(targets), turns))
-    runs = [
-        functools.partial(
-            sdk,
+
+    def one(turn: int, name: str) -> dict[str, Any]:  # sdk's JSON line
+        return sdk(
             targets[name],
             concurrency,
             per_turn,
@@ -110,9 +119,8 @@ def sdk_taking_turns(
             headers=(headers or {}).get(name),
             **(common | (options or {}).get(name, {})),
         )
-        for turn, name in order
-    ]
-    for (_, name), result in zip(order, each(runs, at_once), strict=True):
+
+    for name, result in each_in_turns(list(targets), turns, one, at_once):
         samples[name] += result["latencies_us"]
         errors[name] += result["errors"]
     return {

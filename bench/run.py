@@ -39,6 +39,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's proxy package, installed or not
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # the modules beside this one, run as a
 
 import portkey  # noqa: E402
 import suites  # noqa: E402
-from drivers import each, first_chunks_ms, in_turns, sdk_taking_turns  # noqa: E402
+from drivers import each, each_in_turns, first_chunks_ms, sdk_taking_turns  # noqa: E402
 
 LUA = ROOT / "bench" / "chat.lua"
 PROMPT = "benchmark prompt fixed"
@@ -258,10 +259,9 @@ def taking_turns(
     turns = max(1, min(turns, int(seconds)))
     hists: dict[str, list[list[int]]] = {name: [] for name in targets}
     errors = dict.fromkeys(targets, 0)
-    order = list(in_turns(list(targets), turns))
-    runs = [
-        functools.partial(
-            wrk,
+
+    def one(turn: int, name: str) -> dict[str, Any]:  # wrk's JSON line
+        return wrk(
             targets[name],
             connections,
             seconds / turns,
@@ -269,9 +269,8 @@ def taking_turns(
             run=f"{name}{connections}-{turn}",
             headers=(headers or {}).get(name),
         )
-        for turn, name in order
-    ]
-    for (_, name), result in zip(order, each(runs, at_once), strict=True):
+
+    for name, result in each_in_turns(list(targets), turns, one, at_once):
         hists[name] += result["hist"]
         errors[name] += result["errors"]
     return {

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from drivers import each, in_turns  # noqa: E402
+from drivers import each, each_in_turns  # noqa: E402
 
 TEST = """
 def test_{n}():
@@ -109,10 +109,12 @@ def measure(
         # replay modes refuse the network.
         env = base | {"OPENAI_BASE_URL": upstream_url}
         each([partial(pytest_run, folders[way], RECORD[way], env) for way in WAYS], at_once)
-        order = [way for _, way in in_turns(list(WAYS), turns)]
-        runs = [partial(pytest_run, folders[way], REPLAY[way], env) for way in order]
         seconds: dict[str, list[float]] = {way: [] for way in WAYS}
-        for way, took in zip(order, each(runs, at_once), strict=True):
+
+        def replay(turn: int, way: str) -> float:
+            return pytest_run(folders[way], REPLAY[way], env)
+
+        for way, took in each_in_turns(list(WAYS), turns, replay, at_once):
             seconds[way].append(took)
     return seconds
 
